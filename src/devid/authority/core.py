@@ -1,0 +1,309 @@
+"""The Authority: policy, signing and recording in one place.
+
+Every certificate devid hands out goes through `issue_many`: requests are checked against policy,
+signed, and written (certificate, device record, audit event) in one transaction that commits
+before any caller sees the result. A batch is atomic; callers that want per-item isolation (the
+factory) retry a refused batch one request at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import Engine, insert
+from sqlalchemy.exc import IntegrityError
+
+from devid.authority.requests import Issued, IssueRequest, NewDevice, check_device_serial
+from devid.clock import Clock, SystemClock
+from devid.errors import ConflictError, DevidError, NotFoundError, PolicyError
+from devid.keys.base import KeyStore
+from devid.pki.csr import load_and_check_csr
+from devid.pki.der import HardwareModuleName
+from devid.pki.keypolicy import require_p256
+from devid.pki.profiles import (
+    CLOCK_SKEW,
+    PROFILES,
+    Profile,
+    ProfileName,
+    Template,
+    device_subject,
+    device_subject_text,
+    server_names,
+    subject_text,
+)
+from devid.pki.serials import random_serial, serial_hex
+from devid.store import audit, repo
+
+#: Which CA signs which profile.
+ISSUER_OF: dict[ProfileName, str] = {
+    ProfileName.IDEVID: "manufacturing",
+    ProfileName.LDEVID: "operational",
+    ProfileName.SESSION: "operational",
+    ProfileName.SERVER: "operational",
+}
+_DER = serialization.Encoding.DER
+
+
+@dataclass
+class IssuingCA:
+    """A CA as the authority uses it: its certificate, its key (opened on first use), its templates."""
+
+    id: int
+    name: str
+    role: str
+    certificate: x509.Certificate
+    key_label: str | None
+    keystore: KeyStore
+    _key: ec.EllipticCurvePrivateKey | None = None
+    _templates: dict[ProfileName, Template] = field(default_factory=dict)
+
+    @property
+    def key(self) -> ec.EllipticCurvePrivateKey:
+        if self._key is None:
+            if self.key_label is None:
+                raise PolicyError("ca-no-key", f"CA {self.name!r} has no signing key here")
+            self._key = self.keystore.load(self.key_label)
+        return self._key
+
+    def template(self, profile: Profile) -> Template:
+        tpl = self._templates.get(profile.name)
+        if tpl is None or tpl.profile != profile:
+            tpl = self._templates[profile.name] = Template.for_issuer(profile, self.certificate)
+        return tpl
+
+
+class Authority:
+    """Issues certificates under devid's policy; the only object in devid that holds CA keys."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        org: str,
+        cas: dict[str, IssuingCA],
+        *,
+        clock: Clock | None = None,
+        hw_type: str,
+        lifetimes: dict[ProfileName, timedelta | None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.org = org
+        self.cas = cas
+        self.clock = clock or SystemClock()
+        self.hw_type = hw_type
+        self.profiles = {
+            name: PROFILES[name].with_validity(validity) for name, validity in (lifetimes or {}).items()
+        }
+
+    def profile(self, name: ProfileName) -> Profile:
+        return self.profiles.get(name) or PROFILES[name]
+
+    def issuer_for(self, name: ProfileName) -> IssuingCA:
+        try:
+            return self.cas[ISSUER_OF[name]]
+        except KeyError:
+            raise PolicyError(
+                "profile-not-issuable", f"devid does not issue {name.value} certificates on request"
+            ) from None
+
+    def chain(self, ca_name: str) -> list[x509.Certificate]:
+        """The CA certificates from `ca_name` up to (not including) the root."""
+        chain = [self.cas[ca_name].certificate]
+        while chain[-1].issuer != chain[-1].subject:
+            parent = next(ca for ca in self.cas.values() if ca.certificate.subject == chain[-1].issuer)
+            chain.append(parent.certificate)
+        return chain[:-1]
+
+    @property
+    def root(self) -> x509.Certificate:
+        return self.cas["root"].certificate
+
+    # --- issuance -------------------------------------------------------------------------------
+
+    def issue(self, request: IssueRequest, actor: str = "system") -> Issued:
+        return self.issue_many([request], actor)[0]
+
+    def issue_csr(
+        self,
+        csr_data: bytes,
+        profile: ProfileName,
+        *,
+        device_serial: str | None = None,
+        new_device: NewDevice | None = None,
+        dns: Sequence[str] = (),
+        ips: Sequence[str] = (),
+        actor: str = "system",
+    ) -> Issued:
+        """Issue from a PEM or DER CSR after the CSR checks; only the key is taken from the CSR."""
+        subject = (new_device.serial if new_device else device_serial) or ",".join(dns) or "-"
+        try:
+            _, key = load_and_check_csr(csr_data)
+        except PolicyError as exc:
+            self.record_refusal(exc, "certificate.issue", subject, actor, {"profile": profile.value})
+            raise
+        request = IssueRequest(profile, key, device_serial, new_device, dns=tuple(dns), ips=tuple(ips))
+        return self.issue(request, actor)
+
+    def issue_many(self, requests: Sequence[IssueRequest], actor: str = "system") -> list[Issued]:
+        """Sign and record a batch atomically; raise (and audit the refusal) if any request is refused."""
+        try:
+            return self._issue_many(requests, actor)
+        except DevidError as exc:
+            first = requests[0] if requests else None
+            subject = (first.serial_of_device or "-") if first else "-"
+            self.record_refusal(
+                exc,
+                "certificate.issue",
+                subject,
+                actor,
+                {"batch": len(requests), "profile": first.profile.value if first else None},
+            )
+            raise
+
+    def _issue_many(self, requests: Sequence[IssueRequest], actor: str) -> list[Issued]:
+        now = self.clock.now()
+        for req in requests:
+            self._check(req)
+        with self.engine.begin() as conn:
+            known = repo.device_ids(conn, [r.device_serial for r in requests if r.device_serial])
+            missing = [r.device_serial for r in requests if r.device_serial and r.device_serial not in known]
+            if missing:
+                raise NotFoundError("unknown-device", f"no device with serial {missing[0]!r}")
+            new_devices = [r.new_device for r in requests if r.new_device]
+            if new_devices:
+                known.update(self._insert_devices(conn, new_devices, now))
+            issued, rows, events = [], [], []
+            for req in requests:
+                item, row = self._sign(req, now, known)
+                issued.append(item)
+                rows.append(row)
+                events.append(
+                    audit.Event(
+                        "certificate.issue",
+                        serial_hex(item.serial),
+                        actor,
+                        "ok",
+                        {
+                            "profile": req.profile.value,
+                            "issuer": item.issuer,
+                            "device": item.device_serial,
+                            "fingerprint": item.fingerprint,
+                        },
+                    )
+                )
+            try:
+                conn.execute(insert(repo.certificates), rows)
+            except IntegrityError as exc:
+                raise ConflictError(
+                    "certificate-conflict", f"certificate could not be recorded: {exc.orig}"
+                ) from None
+            audit.append(conn, events, now)
+        return issued
+
+    def _check(self, req: IssueRequest) -> None:
+        require_p256(req.public_key)
+        profile = self.profile(req.profile)
+        self.issuer_for(req.profile)
+        if profile.for_device:
+            serial = req.serial_of_device
+            if serial is None:
+                raise PolicyError(
+                    "device-required", f"a {req.profile.value} certificate needs a device serial"
+                )
+            check_device_serial(serial)
+        if req.profile == ProfileName.SERVER and not (req.dns or req.ips):
+            raise PolicyError(
+                "server-names-required", "a server certificate needs at least one DNS name or IP"
+            )
+
+    def _insert_devices(self, conn: Any, devices: Sequence[NewDevice], now: Any) -> dict[str, int]:
+        serials = [d.serial for d in devices]
+        if len(set(serials)) != len(serials):
+            raise ConflictError("duplicate-device", "the same device serial appears twice in one batch")
+        existing = repo.device_ids(conn, serials)
+        if existing:
+            raise ConflictError(
+                "duplicate-device", f"device {next(iter(existing))!r} already exists: not issued twice"
+            )
+        rows = [
+            {
+                "serial": d.serial,
+                "model": d.model,
+                "lot": d.lot,
+                "line": d.line,
+                "state": "ACTIVE",
+                "se_backend": d.se_backend,
+                "directory": d.directory,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for d in devices
+        ]
+        try:
+            # A plain executemany and one indexed read back: RETURNING with ordered rows makes
+            # SQLite's dialect insert row by row.
+            conn.execute(insert(repo.devices), rows)
+        except IntegrityError:
+            raise ConflictError(
+                "duplicate-device", "a device serial in this batch already exists: not issued twice"
+            ) from None
+        return repo.device_ids(conn, serials)
+
+    def _sign(self, req: IssueRequest, now: Any, device_ids: dict[str, int]) -> tuple[Issued, dict[str, Any]]:
+        profile = self.profile(req.profile)
+        ca = self.issuer_for(req.profile)
+        device = req.serial_of_device
+        alt: list[x509.GeneralName] = []
+        if profile.hardware_module_name and device:
+            alt.append(HardwareModuleName(self.hw_type, device.encode()).to_other_name())
+        if req.dns or req.ips:
+            alt.extend(server_names(req.dns, req.ips))
+        if profile.for_device and device:
+            subject = device_subject(self.org, device, req.common_name)
+            text = device_subject_text(self.org, device, req.common_name)
+        else:
+            subject = x509.Name(
+                [
+                    x509.NameAttribute(x509.NameOID.ORGANIZATION_NAME, self.org),
+                    x509.NameAttribute(x509.NameOID.COMMON_NAME, req.common_name or (req.dns or req.ips)[0]),
+                ]
+            )
+            text = subject_text(subject)
+        serial = random_serial()
+        builder = ca.template(profile).builder(subject, req.public_key, serial, now, alt)
+        cert = builder.sign(ca.key, hashes.SHA256())
+        der = cert.public_bytes(_DER)
+        fp = hashlib.sha256(der).hexdigest()
+        issued = Issued(cert, der, serial, fp, req.profile, ca.name, device)
+        row = {
+            "serial": serial_hex(serial),
+            "issuer_id": ca.id,
+            "device_id": device_ids.get(device) if device else None,
+            "profile": req.profile.value,
+            "subject": text,
+            "not_before": now - CLOCK_SKEW,
+            "not_after": profile.not_after(now, ca.certificate.not_valid_after_utc),
+            "fingerprint": fp,
+            "status": "valid",
+            "der": der,
+            "created_at": now,
+        }
+        return issued, row
+
+    # --- audit ----------------------------------------------------------------------------------
+
+    def record_refusal(
+        self, error: DevidError, action: str, subject: str, actor: str, detail: dict[str, Any] | None = None
+    ) -> None:
+        """Audit a refusal in its own transaction: the refusal is recorded, nothing else changes."""
+        event = audit.Event(
+            action, subject, actor, "refused", {"code": error.code, "reason": error.message, **(detail or {})}
+        )
+        with self.engine.begin() as conn:
+            audit.append(conn, [event], self.clock.now())

@@ -1,0 +1,72 @@
+"""Typed issuance requests and results, the authority's whole vocabulary with its callers."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from devid.errors import PolicyError
+from devid.pki.profiles import ProfileName
+
+_SERIAL_SYNTAX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+
+
+def check_device_serial(serial: str) -> str:
+    """Device serials name folders, URLs and subjects: 1-64 of letters, digits and `._:-`."""
+    if not _SERIAL_SYNTAX.fullmatch(serial):
+        raise PolicyError(
+            "device-serial-syntax",
+            f"device serial {serial!r} is not 1-64 characters of letters, digits and . _ : - "
+            "starting with a letter or digit",
+        )
+    return serial
+
+
+@dataclass(frozen=True)
+class NewDevice:
+    """A device record created in the same transaction as its first certificate."""
+
+    serial: str
+    model: str | None = None
+    lot: str | None = None
+    line: str | None = None
+    se_backend: str | None = None
+    directory: str | None = None
+
+
+@dataclass(frozen=True)
+class IssueRequest:
+    """One certificate to issue. The public key must already have passed key policy or a CSR check."""
+
+    profile: ProfileName
+    public_key: ec.EllipticCurvePublicKey
+    device_serial: str | None = None
+    new_device: NewDevice | None = None
+    common_name: str | None = None
+    dns: tuple[str, ...] = ()
+    ips: tuple[str, ...] = ()
+
+    @property
+    def serial_of_device(self) -> str | None:
+        return self.new_device.serial if self.new_device else self.device_serial
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A certificate that is already committed to the store."""
+
+    certificate: x509.Certificate
+    der: bytes
+    serial: int
+    fingerprint: str
+    profile: ProfileName
+    issuer: str
+    device_serial: str | None
+
+    @property
+    def pem(self) -> bytes:
+        return self.certificate.public_bytes(serialization.Encoding.PEM)

@@ -1,0 +1,1 @@
+"""The `devid` command line: thin Typer commands over the authority, factory and store."""

@@ -1,0 +1,52 @@
+"""`devid bench`: measured figures beside same-run baselines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from devid.bench import report
+from devid.cli.common import JsonOpt
+
+app = typer.Typer(
+    help="Benchmarks; each figure beside a baseline measured in the same run.", no_args_is_help=True
+)
+
+
+@app.command("issue")
+def issue(
+    n: Annotated[int, typer.Option("--n", min=100, help="certificates per measurement")] = 5000,
+    db: Annotated[
+        str | None, typer.Option("--db", help="empty database URL (default: SQLite in a temp home)")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """IDevIDs/s through the authority (store writes included) vs a bare cryptography sign loop."""
+    from devid.bench import issue as bench
+
+    report(bench.run(n, db), as_json)
+
+
+@app.command("factory")
+def factory(
+    n: Annotated[int, typer.Option("--n", min=10, help="devices with the software secure element")] = 10000,
+    workers: Annotated[int, typer.Option("--workers", min=1)] = 2,
+    pkcs11_n: Annotated[
+        int, typer.Option("--pkcs11-n", min=0, help="devices with a SoftHSM2 secure element (0: skip)")
+    ] = 200,
+    softhsm_module: Annotated[Path, typer.Option(help="SoftHSM2 PKCS#11 module")] = Path(
+        "/usr/lib/softhsm/libsofthsm2.so"
+    ),
+    as_json: JsonOpt = False,
+) -> None:
+    """The full factory flow in devices/s (software SE on N devices, SoftHSM2 SE on --pkcs11-n)."""
+    from devid.bench import factory as bench
+    from devid.keys.softhsm import temporary_token
+
+    if pkcs11_n and softhsm_module.exists():
+        with temporary_token(softhsm_module, "devid-bench-se") as token:
+            report(bench.run(n, workers, pkcs11_n, token), as_json)
+    else:
+        report(bench.run(n, workers), as_json)

@@ -1,0 +1,108 @@
+"""`devid factory run`: the reference production line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from devid.cli.common import HomeOpt, PassphraseOpt, console, load_home
+from devid.config import Home, Pkcs11Settings, resolve_passphrase
+from devid.errors import ConfigError
+from devid.factory.line import RunSpec, Summary, next_serials, run_line
+from devid.factory.secure_elements import SecureElementSpec
+from devid.factory.station import LineInfo
+
+app = typer.Typer(help="Provision devices on a production line.", no_args_is_help=True)
+
+
+def se_spec(
+    home: Home, backend: str, module: str | None, token: str | None, pin_file: Path | None
+) -> SecureElementSpec:
+    """The line's secure element; a PKCS#11 element defaults to the home's token settings."""
+    pkcs11 = None
+    if backend == "pkcs11":
+        base = home.config.pkcs11
+        module = module or (base.module if base else None)
+        token = token or (base.token if base else None)
+        pin = str(pin_file.resolve()) if pin_file else (base.pin_file if base else None)
+        if not (module and token and pin):
+            raise ConfigError(
+                "se-pkcs11",
+                "--secure-element pkcs11 needs --se-module, --se-token and --se-pin-file (or a pkcs11 home)",
+            )
+        pkcs11 = Pkcs11Settings(module, token, pin)
+    spec = SecureElementSpec(backend, bytes.fromhex(home.config.se_salt), pkcs11)
+    spec.validate()
+    return spec
+
+
+def run_with_progress(spec: RunSpec, serials: list[str], workers: int, manifest: Path, label: str) -> Summary:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task(label, total=len(serials), rate="")
+
+        def advance(n: int) -> None:
+            progress.advance(task, n)
+            elapsed = progress.tasks[task].elapsed or 0
+            if elapsed:
+                progress.update(task, rate=f"{progress.tasks[task].completed / elapsed:,.0f} devices/s")
+
+        return run_line(spec, serials, workers, manifest, advance)
+
+
+def print_summary(summary: Summary, manifest: Path) -> None:
+    console.print(
+        f"devices: {summary.devices}  failures: {summary.failures}  "
+        f"rate: {summary.rate:,.0f} devices/s  per device p50: {summary.percentile(50) * 1000:.2f} ms  "
+        f"p99: {summary.percentile(99) * 1000:.2f} ms  manifest: {manifest}",
+        highlight=False,
+    )
+    for failed in summary.failed[:20]:
+        console.print(f"[red]failed[/] {failed.serial}: {failed.error}", highlight=False)
+    if len(summary.failed) > 20:
+        console.print(f"... and {len(summary.failed) - 20} more failures (see the manifest)")
+
+
+@app.command("run")
+def run(
+    count: Annotated[int, typer.Option("--count", min=1, help="devices to provision")],
+    line: Annotated[str, typer.Option("--line")] = "line-1",
+    model: Annotated[str, typer.Option("--model")] = "device",
+    lot: Annotated[str, typer.Option("--lot")] = "lot-1",
+    serial_prefix: Annotated[str, typer.Option("--serial-prefix")] = "DEV",
+    start: Annotated[
+        int | None, typer.Option("--start", help="first serial number (default: next free)")
+    ] = None,
+    secure_element: Annotated[str, typer.Option("--secure-element", help="software or pkcs11")] = "software",
+    se_module: Annotated[str | None, typer.Option(help="PKCS#11 module of the device elements")] = None,
+    se_token: Annotated[str | None, typer.Option(help="token label holding the device keys")] = None,
+    se_pin_file: Annotated[Path | None, typer.Option(help="PIN file of that token")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="station processes")] = 1,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="folder for device folders and the manifest")
+    ] = None,
+    home: HomeOpt = None,
+    passphrase_file: PassphraseOpt = None,
+) -> None:
+    """Provision COUNT devices: key in the secure element, CSR, IDevID, write-back, end-of-line test."""
+    passphrase = resolve_passphrase(passphrase_file)
+    home_obj = load_home(home)
+    se = se_spec(home_obj, secure_element, se_module, se_token, se_pin_file)
+    out_dir = (out or home_obj.path / "devices").resolve()
+    serials = next_serials(home_obj, serial_prefix, count, start)
+    spec = RunSpec(home_obj.path.resolve(), passphrase, LineInfo(line, model, lot), se, out_dir)
+    manifest = out_dir / "manifest.jsonl"
+    summary = run_with_progress(spec, serials, workers, manifest, f"{line} {lot}")
+    print_summary(summary, manifest)
+    if summary.failures == summary.devices:
+        raise typer.Exit(1)

@@ -1,0 +1,35 @@
+"""Entry point: assembles the command groups and turns devid errors into one clear line."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from devid.cli import audit_cmd, bench_cmd, ca_cmd, cert_cmd, demo_cmd, factory_cmd, init_cmd
+from devid.cli.common import err_console
+from devid.errors import DevidError
+
+app = typer.Typer(
+    name="devid",
+    help="Device identity for IoT fleets: IDevIDs at the factory, LDevIDs in the field, revocation.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("init")(init_cmd.init)
+app.command("demo")(demo_cmd.demo)
+app.add_typer(ca_cmd.app, name="ca")
+app.add_typer(cert_cmd.app, name="cert")
+app.add_typer(audit_cmd.app, name="audit")
+app.add_typer(factory_cmd.app, name="factory")
+app.add_typer(bench_cmd.app, name="bench")
+
+
+def run() -> None:
+    """Console script: a DevidError is reported as `error: <message> [<code>]`, exit status 2."""
+    try:
+        app()
+    except DevidError as exc:
+        err_console.print(f"[bold red]error:[/] {exc.message} [dim]\\[{exc.code}][/]", highlight=False)
+        sys.exit(2)

@@ -1,0 +1,118 @@
+"""The devid home: a folder holding `devid.toml`, the embedded store and software CA keys."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from devid.errors import ConfigError, ConflictError, KeyAccessError
+
+CONFIG_FILE = "devid.toml"
+#: Default hwType for hardwareModuleName: an OID under the UUID arc (2.25, ITU-T X.667), which
+#: needs no registration; deployments set their own per model.
+DEFAULT_HW_TYPE = "2.25.223072830930129391093620427498329213458"
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("DEVID_HOME") or "devid-home")
+
+
+@dataclass
+class Pkcs11Settings:
+    module: str
+    token: str
+    pin_file: str
+
+    def pin(self) -> str:
+        try:
+            pin = Path(self.pin_file).read_text().strip()
+        except OSError as exc:
+            raise KeyAccessError(
+                "pin-file", f"cannot read PKCS#11 PIN file {self.pin_file}: {exc.strerror}"
+            ) from None
+        if not pin:
+            raise KeyAccessError("pin-file", f"PKCS#11 PIN file {self.pin_file} is empty")
+        return pin
+
+
+@dataclass
+class Config:
+    org: str
+    db_url: str
+    key_backend: str
+    se_salt: str
+    key_prefix: str
+    hw_type: str = DEFAULT_HW_TYPE
+    pkcs11: Pkcs11Settings | None = None
+    idevid_days: int = 0  # 0: notAfter 99991231235959Z
+    ldevid_days: int = 365
+
+    def to_toml(self) -> bytes:
+        data: dict[str, Any] = {k: v for k, v in asdict(self).items() if v is not None}
+        return tomli_w.dumps(data).encode()
+
+    @classmethod
+    def from_toml(cls, text: str, path: Path) -> Config:
+        try:
+            data = tomllib.loads(text)
+            pkcs11 = data.pop("pkcs11", None)
+            return cls(**data, pkcs11=Pkcs11Settings(**pkcs11) if pkcs11 else None)
+        except (tomllib.TOMLDecodeError, TypeError) as exc:
+            raise ConfigError("config-invalid", f"{path} is not a valid devid configuration: {exc}") from None
+
+
+@dataclass
+class Home:
+    path: Path
+    config: Config
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.path / "keys"
+
+    @classmethod
+    def load(cls, path: Path) -> Home:
+        file = path / CONFIG_FILE
+        try:
+            text = file.read_text()
+        except FileNotFoundError:
+            raise ConfigError(
+                "home-missing", f"no devid home at {path} (no {CONFIG_FILE}): run `devid init`"
+            ) from None
+        return cls(path, Config.from_toml(text, file))
+
+    @classmethod
+    def create(cls, path: Path, config: Config) -> Home:
+        """Write the configuration of a new home; refuses if one is already there."""
+        file = path / CONFIG_FILE
+        if file.exists():
+            raise ConflictError("home-exists", f"{path} is already a devid home; nothing was changed")
+        path.mkdir(parents=True, exist_ok=True)
+        with open(file, "xb") as fh:
+            fh.write(config.to_toml())
+        return cls(path, config)
+
+
+def resolve_passphrase(passphrase_file: Path | None) -> bytes:
+    """The passphrase from `--passphrase-file`, else `DEVID_PASSPHRASE`; refuses to go on without."""
+    if passphrase_file is not None:
+        try:
+            value = passphrase_file.read_bytes().rstrip(b"\r\n")
+        except OSError as exc:
+            raise KeyAccessError(
+                "passphrase-file", f"cannot read passphrase file {passphrase_file}: {exc.strerror}"
+            ) from None
+    else:
+        value = os.environ.get("DEVID_PASSPHRASE", "").encode()
+    if not value:
+        raise KeyAccessError(
+            "passphrase-missing",
+            "no passphrase: set DEVID_PASSPHRASE or pass --passphrase-file "
+            "(devid will not keep keys unencrypted)",
+        )
+    return value

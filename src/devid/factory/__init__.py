@@ -1,0 +1,1 @@
+"""The production-line station: secure elements in, tested devices with IDevIDs out."""

@@ -1,0 +1,136 @@
+"""A production run: serials in, a manifest and a summary out, over one or more worker processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from devid.authority.setup import open_authority
+from devid.config import Home
+from devid.factory.secure_elements import SecureElementMaker, SecureElementSpec
+from devid.factory.station import DeviceResult, LineInfo, Station
+from devid.store import repo
+
+SERIAL_DIGITS = 8
+CHUNK = 200
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything a worker process needs to build its own station (picklable)."""
+
+    home: Path
+    passphrase: bytes
+    info: LineInfo
+    se: SecureElementSpec
+    out_dir: Path
+    batch: int = 200
+
+
+@dataclass
+class Summary:
+    devices: int = 0
+    failures: int = 0
+    seconds: float = 0.0
+    per_device: list[float] = field(default_factory=list)
+    failed: list[DeviceResult] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return (self.devices - self.failures) / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: float) -> float:
+        if len(self.per_device) < 2:
+            return self.per_device[0] if self.per_device else 0.0
+        return statistics.quantiles(self.per_device, n=100, method="inclusive")[round(q) - 1]
+
+
+def next_serials(home: Home, prefix: str, count: int, start: int | None) -> list[str]:
+    """`count` serials `<prefix><8 digits>`, by default continuing after the highest in the store."""
+    if start is None:
+        from devid.store.engine import make_engine
+
+        engine = make_engine(home.config.db_url)
+        with engine.connect() as conn:
+            highest = conn.execute(
+                select(func.max(repo.devices.c.serial)).where(repo.devices.c.serial.like(f"{prefix}%"))
+            ).scalar()
+        engine.dispose()
+        tail = highest[len(prefix) :] if highest else ""
+        start = int(tail) + 1 if tail.isdigit() else 1
+    return [f"{prefix}{n:0{SERIAL_DIGITS}d}" for n in range(start, start + count)]
+
+
+_station: Station | None = None
+
+
+def _worker_init(spec: RunSpec) -> None:
+    global _station
+    _station = _make_station(spec)
+
+
+def _worker_run(serials: Sequence[str]) -> list[DeviceResult]:
+    assert _station is not None
+    return _station.provision(serials)
+
+
+def _make_station(spec: RunSpec) -> Station:
+    authority = open_authority(Home.load(spec.home), spec.passphrase)
+    maker = SecureElementMaker(spec.se, spec.passphrase)
+    return Station(authority, maker, spec.out_dir, spec.info)
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def run_line(
+    spec: RunSpec,
+    serials: Sequence[str],
+    workers: int,
+    manifest: Path,
+    progress: Callable[[int], None] | None = None,
+) -> Summary:
+    """Provision `serials`; append each device to the JSON Lines `manifest` as its chunk completes."""
+    spec.out_dir.mkdir(parents=True, exist_ok=True)
+    summary = Summary()
+    start = time.perf_counter()
+    with open(manifest, "a") as out:
+        for results in _results(spec, serials, workers):
+            for r in results:
+                out.write(r.manifest_line(spec.info) + "\n")
+                summary.devices += 1
+                summary.per_device.append(r.seconds)
+                if not r.ok:
+                    summary.failures += 1
+                    summary.failed.append(r)
+            out.flush()
+            if progress:
+                progress(len(results))
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _results(spec: RunSpec, serials: Sequence[str], workers: int) -> Iterator[list[DeviceResult]]:
+    size = min(CHUNK, spec.batch)
+    if workers <= 1:
+        station = _make_station(spec)
+        for chunk in _chunks(serials, size):
+            yield station.provision(chunk)
+        return
+    # forkserver: workers start from a clean process, not a fork of one holding database
+    # connections or a PKCS#11 session, and the preload keeps their start cheap.
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["devid.factory.line"])
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(spec,)) as pool:
+        futures = [pool.submit(_worker_run, chunk) for chunk in _chunks(serials, size)]
+        for future in as_completed(futures):
+            yield future.result()

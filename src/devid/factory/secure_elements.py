@@ -1,0 +1,56 @@
+"""Making the secure element of a device on the line, whichever backend the line uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from devid.config import Pkcs11Settings
+from devid.errors import ConfigError
+from devid.keys.base import SecureElement
+from devid.keys.software import Sealer, SoftwareSecureElement
+
+
+@dataclass(frozen=True)
+class SecureElementSpec:
+    """Which secure element the line fits; picklable, so worker processes can rebuild it."""
+
+    backend: str
+    salt: bytes
+    pkcs11: Pkcs11Settings | None = None
+
+    def validate(self) -> None:
+        if self.backend not in ("software", "pkcs11"):
+            raise ConfigError(
+                "se-backend", f"unknown secure element {self.backend!r}: use software or pkcs11"
+            )
+        if self.backend == "pkcs11" and self.pkcs11 is None:
+            raise ConfigError("se-pkcs11", "a pkcs11 secure element needs a module, token and PIN file")
+
+
+class SecureElementMaker:
+    """Creates new elements (factory) and opens existing ones (tests, the device agent)."""
+
+    def __init__(self, spec: SecureElementSpec, passphrase: bytes) -> None:
+        spec.validate()
+        self.spec = spec
+        self._sealer = Sealer(passphrase, spec.salt) if spec.backend == "software" else None
+        self._pin = spec.pkcs11.pin() if spec.pkcs11 else ""
+
+    def create(self, directory: Path, device_serial: str) -> SecureElement:
+        if self._sealer is not None:
+            return SoftwareSecureElement.create(directory, self._sealer, durable=False, persist=False)
+        from devid.keys.pkcs11 import Pkcs11SecureElement
+
+        assert self.spec.pkcs11 is not None
+        p = self.spec.pkcs11
+        return Pkcs11SecureElement.create(p.module, p.token, self._pin, device_serial)
+
+    def open(self, directory: Path, device_serial: str) -> SecureElement:
+        if self._sealer is not None:
+            return SoftwareSecureElement.open(directory, self._sealer)
+        from devid.keys.pkcs11 import Pkcs11SecureElement
+
+        assert self.spec.pkcs11 is not None
+        p = self.spec.pkcs11
+        return Pkcs11SecureElement.open(p.module, p.token, self._pin, device_serial)

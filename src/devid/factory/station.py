@@ -1,0 +1,290 @@
+"""One production-line station: for each device, key in the element, CSR, IDevID, write-back, test.
+
+A station works in batches: the CSRs of a batch are issued in one authority transaction (the
+store commit is the expensive part of issuance), then each device gets its certificate and is
+tested on its own, so one bad device is reported without stopping the line or losing others.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import update
+
+from devid.authority.core import Authority
+from devid.authority.requests import Issued, IssueRequest, NewDevice, check_device_serial
+from devid.errors import DevidError
+from devid.factory.secure_elements import SecureElementMaker
+from devid.fsutil import write_new
+from devid.keys.base import SecureElement
+from devid.pki.csr import load_and_check_csr
+from devid.pki.keypolicy import require_p256
+from devid.pki.profiles import ProfileName, device_subject
+from devid.pki.serials import serial_hex
+from devid.store import audit, repo
+
+DEVICE_FILE = "device.json"
+IDEVID_FILE = "idevid.pem"
+CHAIN_FILE = "chain.pem"
+_SIGN = ec.ECDSA(hashes.SHA256())
+
+
+@dataclass(frozen=True)
+class LineInfo:
+    line: str
+    model: str
+    lot: str
+
+
+@dataclass
+class DeviceResult:
+    """What the manifest records for one device."""
+
+    serial: str
+    ok: bool
+    directory: str
+    seconds: float
+    cert_serial: str | None = None
+    fingerprint: str | None = None
+    error: str | None = None
+
+    def manifest_line(self, info: LineInfo) -> str:
+        return json.dumps(
+            {
+                "device_serial": self.serial,
+                "status": "ok" if self.ok else "failed",
+                "lot": info.lot,
+                "model": info.model,
+                "line": info.line,
+                "certificate_serial": self.cert_serial,
+                "fingerprint": self.fingerprint,
+                "directory": self.directory,
+                "error": self.error,
+            }
+        )
+
+
+@dataclass
+class _Pending:
+    serial: str
+    directory: Path
+    se: SecureElement
+    request: IssueRequest
+    seconds: float
+
+
+class Station:
+    """Provisions devices against one authority and one kind of secure element."""
+
+    def __init__(
+        self,
+        authority: Authority,
+        maker: SecureElementMaker,
+        out_dir: Path,
+        info: LineInfo,
+        actor: str = "factory",
+    ) -> None:
+        self.authority = authority
+        self.maker = maker
+        self.out_dir = out_dir
+        self.info = info
+        self.actor = actor
+        issuer = authority.issuer_for(ProfileName.IDEVID)
+        self._ca_key = issuer.key  # opened now: a wrong passphrase stops the line before any device
+        self._issuer_cert = issuer.certificate
+        self._issuer_key = require_p256(issuer.certificate.public_key(), "manufacturing CA key")
+        chain = authority.chain(issuer.name)
+        chain[0].verify_directly_issued_by(authority.root)
+        self._chain_pem = b"".join(
+            c.public_bytes(serialization.Encoding.PEM) for c in [*chain, authority.root]
+        )
+
+    def provision(self, serials: Sequence[str]) -> list[DeviceResult]:
+        results: list[DeviceResult] = []
+        pending: list[_Pending] = []
+        for serial in serials:
+            start = time.perf_counter()
+            directory = self.out_dir / serial
+            try:
+                pending.append(self._prepare(serial, directory, start))
+            except Exception as exc:
+                results.append(
+                    DeviceResult(
+                        serial, False, str(directory), time.perf_counter() - start, error=_reason(exc)
+                    )
+                )
+        issued = self._issue(pending, results)
+        failed: list[str] = []
+        for item, cert in issued:
+            start = time.perf_counter()
+            try:
+                self._install_and_test(item, cert)
+                results.append(
+                    DeviceResult(
+                        item.serial,
+                        True,
+                        str(item.directory),
+                        item.seconds + time.perf_counter() - start,
+                        serial_hex(cert.serial),
+                        cert.fingerprint,
+                    )
+                )
+            except Exception as exc:
+                failed.append(item.serial)
+                results.append(
+                    DeviceResult(
+                        item.serial,
+                        False,
+                        str(item.directory),
+                        item.seconds + time.perf_counter() - start,
+                        serial_hex(cert.serial),
+                        cert.fingerprint,
+                        _reason(exc),
+                    )
+                )
+        if failed:
+            self._mark_failed(failed, {r.serial: r.error for r in results if not r.ok})
+        return results
+
+    def _prepare(self, serial: str, directory: Path, start: float) -> _Pending:
+        check_device_serial(serial)
+        directory.mkdir(parents=True)
+        try:
+            se = self.maker.create(directory, serial)
+            builder = x509.CertificateSigningRequestBuilder().subject_name(
+                device_subject(self.authority.org, serial, self.info.model)
+            )
+            csr_der = se.sign_csr(builder).public_bytes(serialization.Encoding.DER)
+            # The station sees only the CSR bytes from the element, and checks them as any CA would.
+            _, key = load_and_check_csr(csr_der)
+            device = NewDevice(
+                serial, self.info.model, self.info.lot, self.info.line, se.backend, str(directory)
+            )
+            request = IssueRequest(ProfileName.IDEVID, key, new_device=device, common_name=self.info.model)
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        return _Pending(serial, directory, se, request, time.perf_counter() - start)
+
+    def _issue(self, pending: list[_Pending], results: list[DeviceResult]) -> list[tuple[_Pending, Issued]]:
+        if not pending:
+            return []
+        start = time.perf_counter()
+        try:
+            certs = self.authority.issue_many([p.request for p in pending], self.actor)
+        except DevidError:
+            return self._issue_one_by_one(pending, results)
+        share = (time.perf_counter() - start) / len(pending)
+        for p in pending:
+            p.seconds += share
+        return list(zip(pending, certs, strict=True))
+
+    def _issue_one_by_one(
+        self, pending: list[_Pending], results: list[DeviceResult]
+    ) -> list[tuple[_Pending, Issued]]:
+        """After a refused batch: issue each device alone so only the refused ones fail."""
+        out = []
+        for p in pending:
+            start = time.perf_counter()
+            try:
+                cert = self.authority.issue(p.request, self.actor)
+            except DevidError as exc:
+                shutil.rmtree(p.directory, ignore_errors=True)
+                results.append(
+                    DeviceResult(
+                        p.serial,
+                        False,
+                        str(p.directory),
+                        p.seconds + time.perf_counter() - start,
+                        error=_reason(exc),
+                    )
+                )
+                continue
+            p.seconds += time.perf_counter() - start
+            out.append((p, cert))
+        return out
+
+    def _install_and_test(self, item: _Pending, issued: Issued) -> None:
+        se = item.se
+        se.write_slot("idevid", issued.der)
+        write_new(item.directory / IDEVID_FILE, issued.pem)
+        write_new(item.directory / CHAIN_FILE, self._chain_pem)
+        write_new(
+            item.directory / DEVICE_FILE,
+            json.dumps(
+                {
+                    "serial": item.serial,
+                    "model": self.info.model,
+                    "lot": self.info.lot,
+                    "line": self.info.line,
+                    "secure_element": se.reference(),
+                    "idevid": IDEVID_FILE,
+                    "chain": CHAIN_FILE,
+                    "idevid_serial": serial_hex(issued.serial),
+                }
+            ).encode(),
+        )
+        self._test(se, issued)
+
+    def _test(self, se: SecureElement, issued: Issued) -> None:
+        """The end-of-line test: chain, key match, and a fresh challenge signed by the element."""
+        cert = issued.certificate
+        # The manufacturing CA's link to the root was verified when the station opened; here each
+        # IDevID is checked against the CA's key, loaded once (not re-parsed per device).
+        try:
+            if cert.issuer != self._issuer_cert.subject:
+                raise InvalidSignature
+            self._issuer_key.verify(cert.signature, cert.tbs_certificate_bytes, _SIGN)
+        except (ValueError, TypeError, InvalidSignature):
+            raise DeviceTestError("chain", "IDevID does not verify against the manufacturing CA") from None
+        if se.read_slot("idevid") != issued.der:
+            raise DeviceTestError("slot", "the element's IDevID slot does not hold the issued certificate")
+        cert_key = cert.public_key()
+        if not isinstance(cert_key, ec.EllipticCurvePublicKey) or cert_key != se.public_key():
+            raise DeviceTestError("key-mismatch", "IDevID public key differs from the element's key")
+        challenge = os.urandom(32)
+        try:
+            cert_key.verify(se.sign(challenge), challenge, _SIGN)
+        except InvalidSignature:
+            raise DeviceTestError(
+                "challenge", "the element's signature over a fresh challenge does not verify"
+            ) from None
+
+    def _mark_failed(self, serials: list[str], errors: dict[str, str | None]) -> None:
+        now = self.authority.clock.now()
+        with self.authority.engine.begin() as conn:
+            conn.execute(
+                update(repo.devices)
+                .where(repo.devices.c.serial.in_(serials))
+                .values(state="FAILED_TEST", updated_at=now)
+            )
+            audit.append(
+                conn,
+                [
+                    audit.Event("factory.test", s, self.actor, "refused", {"reason": errors.get(s)})
+                    for s in serials
+                ],
+                now,
+            )
+
+
+class DeviceTestError(DevidError):
+    """A device failed its end-of-line test."""
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, DevidError):
+        return f"{exc.code}: {exc.message}"
+    if isinstance(exc, FileExistsError):
+        return f"device-folder-exists: {exc.filename}"
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,1 @@
+"""Signers and secure elements: CA keys for the authority, device keys that never leave their element."""

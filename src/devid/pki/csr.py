@@ -1,0 +1,64 @@
+"""CSR intake: strict parsing and the checks every certificate request passes before any profile."""
+
+from __future__ import annotations
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from devid.errors import PolicyError
+from devid.pki.encoding import looks_like_pem, pem_blocks
+from devid.pki.keypolicy import require_p256
+
+MAX_CSR_BYTES = 16 * 1024
+_CSR_LABELS = {"CERTIFICATE REQUEST", "NEW CERTIFICATE REQUEST"}
+
+
+def load_csr(data: bytes) -> x509.CertificateSigningRequest:
+    """Parse a CSR given as PEM or DER; refuse oversize input, junk and anything not a CSR."""
+    if len(data) > MAX_CSR_BYTES:
+        raise PolicyError("csr-too-large", f"CSR is {len(data)} bytes; the limit is {MAX_CSR_BYTES}")
+    if not data.strip():
+        raise PolicyError("csr-empty", "CSR is empty")
+    if looks_like_pem(data):
+        blocks = pem_blocks(data)
+        if len(blocks) != 1 or blocks[0][0] not in _CSR_LABELS:
+            found = ", ".join(label for label, _ in blocks)
+            raise PolicyError("csr-malformed", f"expected one CERTIFICATE REQUEST PEM block, found: {found}")
+        der = blocks[0][1]
+    else:
+        der = data
+    try:
+        return x509.load_der_x509_csr(der)
+    except ValueError as exc:
+        raise PolicyError("csr-malformed", f"not a valid PKCS#10 CSR: {exc}") from None
+
+
+def check_csr(csr: x509.CertificateSigningRequest) -> ec.EllipticCurvePublicKey:
+    """Check key policy, proof of possession and requested powers; return the device public key.
+
+    Key type is checked before the signature so an RSA request is refused as RSA, which is what
+    the operator needs to hear.
+    """
+    try:
+        public_key = csr.public_key()
+    except (ValueError, TypeError) as exc:
+        raise PolicyError("csr-malformed", f"CSR public key cannot be read: {exc}") from None
+    key = require_p256(public_key, "CSR key")
+    if not csr.is_signature_valid:
+        raise PolicyError("csr-signature", "CSR signature does not verify with its public key")
+    try:
+        extensions = csr.extensions
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
+        raise PolicyError("csr-malformed", f"CSR extensions cannot be parsed: {exc}") from None
+    for ext in extensions:
+        value = ext.value
+        if isinstance(value, x509.BasicConstraints) and value.ca:
+            raise PolicyError("csr-ca-request", "CSR asks for a CA certificate (basicConstraints cA=true)")
+        if isinstance(value, x509.KeyUsage) and (value.key_cert_sign or value.crl_sign):
+            raise PolicyError("csr-ca-request", "CSR asks for keyCertSign/cRLSign key usage")
+    return key
+
+
+def load_and_check_csr(data: bytes) -> tuple[x509.CertificateSigningRequest, ec.EllipticCurvePublicKey]:
+    csr = load_csr(data)
+    return csr, check_csr(csr)

@@ -1,0 +1,116 @@
+"""The few DER structures no library builds for us: RFC 4108 hardwareModuleName.
+
+`cryptography` carries an otherName as opaque DER and has no public ASN.1 encoder, so this
+module encodes and decodes exactly SEQUENCE { OBJECT IDENTIFIER, OCTET STRING } and nothing more.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from cryptography import x509
+
+from devid.errors import PolicyError
+
+ID_ON_HARDWARE_MODULE_NAME = x509.ObjectIdentifier("1.3.6.1.5.5.7.8.4")
+
+_SEQUENCE, _OID, _OCTET_STRING = 0x30, 0x06, 0x04
+
+
+def _length(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(raw)]) + raw
+
+
+def _tlv(tag: int, content: bytes) -> bytes:
+    return bytes([tag]) + _length(len(content)) + content
+
+
+def _base128(value: int) -> bytes:
+    out = [value & 0x7F]
+    value >>= 7
+    while value:
+        out.append(0x80 | (value & 0x7F))
+        value >>= 7
+    return bytes(reversed(out))
+
+
+@functools.lru_cache(maxsize=256)
+def encode_oid(dotted: str) -> bytes:
+    arcs = [int(a) for a in dotted.split(".")]
+    body = _base128(40 * arcs[0] + arcs[1]) + b"".join(_base128(a) for a in arcs[2:])
+    return _tlv(_OID, body)
+
+
+def _read_tlv(data: bytes, pos: int, tag: int) -> tuple[bytes, int]:
+    if pos + 2 > len(data) or data[pos] != tag:
+        raise PolicyError("der-malformed", f"expected DER tag {tag:#x} at offset {pos}")
+    length = data[pos + 1]
+    pos += 2
+    if length & 0x80:
+        count = length & 0x7F
+        if count == 0 or count > 4 or pos + count > len(data):
+            raise PolicyError("der-malformed", "bad DER length")
+        length = int.from_bytes(data[pos : pos + count], "big")
+        pos += count
+    end = pos + length
+    if end > len(data):
+        raise PolicyError("der-malformed", "DER value runs past its container")
+    return data[pos:end], end
+
+
+def decode_oid(body: bytes) -> str:
+    arcs: list[int] = []
+    value = 0
+    for byte in body:
+        value = (value << 7) | (byte & 0x7F)
+        if not byte & 0x80:
+            arcs.append(value)
+            value = 0
+    if not arcs:
+        raise PolicyError("der-malformed", "empty OBJECT IDENTIFIER")
+    first = min(arcs[0] // 40, 2)
+    return ".".join(str(a) for a in [first, arcs[0] - 40 * first, *arcs[1:]])
+
+
+@dataclass(frozen=True)
+class HardwareModuleName:
+    """RFC 4108 hardwareModuleName: the hardware type OID and the module's serial number."""
+
+    hw_type: str
+    hw_serial: bytes
+
+    def to_other_name(self) -> x509.OtherName:
+        inner = encode_oid(self.hw_type) + _tlv(_OCTET_STRING, self.hw_serial)
+        return x509.OtherName(ID_ON_HARDWARE_MODULE_NAME, _tlv(_SEQUENCE, inner))
+
+    @classmethod
+    def from_other_name(cls, name: x509.OtherName) -> HardwareModuleName:
+        if name.type_id != ID_ON_HARDWARE_MODULE_NAME:
+            raise PolicyError(
+                "der-malformed", f"otherName {name.type_id.dotted_string} is not hardwareModuleName"
+            )
+        seq, end = _read_tlv(name.value, 0, _SEQUENCE)
+        if end != len(name.value):
+            raise PolicyError("der-malformed", "trailing data after hardwareModuleName")
+        oid_body, pos = _read_tlv(seq, 0, _OID)
+        serial, pos = _read_tlv(seq, pos, _OCTET_STRING)
+        if pos != len(seq):
+            raise PolicyError("der-malformed", "trailing data inside hardwareModuleName")
+        return cls(decode_oid(oid_body), serial)
+
+
+def hardware_module_names(cert: x509.Certificate) -> list[HardwareModuleName]:
+    """All hardwareModuleName entries in a certificate's subjectAltName."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [
+        HardwareModuleName.from_other_name(n)
+        for n in san.get_values_for_type(x509.OtherName)
+        if n.type_id == ID_ON_HARDWARE_MODULE_NAME
+    ]

@@ -1,0 +1,51 @@
+"""Key policy: device keys are ECDSA P-256, and nothing else."""
+
+from __future__ import annotations
+
+from cryptography.hazmat.primitives.asymmetric import dh, dsa, ec, ed448, ed25519, rsa, x448, x25519
+
+from devid.errors import PolicyError
+
+PublicKey = (
+    ec.EllipticCurvePublicKey
+    | rsa.RSAPublicKey
+    | dsa.DSAPublicKey
+    | ed25519.Ed25519PublicKey
+    | ed448.Ed448PublicKey
+    | x25519.X25519PublicKey
+    | x448.X448PublicKey
+    | dh.DHPublicKey
+)
+
+
+def describe_key(key: object) -> str:
+    """A short human name of a public key's type, for error messages."""
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"RSA-{key.key_size}"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"EC {key.curve.name}"
+    if isinstance(key, dsa.DSAPublicKey):
+        return f"DSA-{key.key_size}"
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return "Ed25519"
+    if isinstance(key, ed448.Ed448PublicKey):
+        return "Ed448"
+    return type(key).__name__
+
+
+def require_p256(key: object, what: str = "device key") -> ec.EllipticCurvePublicKey:
+    """Return `key` as a P-256 public key, or refuse naming what was found."""
+    if isinstance(key, rsa.RSAPublicKey):
+        raise PolicyError(
+            "key-type",
+            f"{what} is {describe_key(key)}: RSA is not accepted; devid issues only to ECDSA P-256 keys",
+        )
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise PolicyError(
+            "key-type", f"{what} is {describe_key(key)}: only ECDSA P-256 (secp256r1) keys are accepted"
+        )
+    if not isinstance(key.curve, ec.SECP256R1):
+        raise PolicyError(
+            "key-curve", f"{what} is on curve {key.curve.name}: only P-256 (secp256r1) is accepted"
+        )
+    return key

@@ -1,0 +1,34 @@
+"""Certificate serial numbers: 159 bits from the CSPRNG, positive, at most 20 octets (RFC 5280 4.1.2.2)."""
+
+from __future__ import annotations
+
+import secrets
+
+from devid.errors import PolicyError
+
+SERIAL_BITS = 159
+
+
+def random_serial() -> int:
+    """A fresh positive serial; 159 bits keep the DER INTEGER within 20 octets without a sign byte."""
+    while True:
+        serial = secrets.randbits(SERIAL_BITS)
+        if serial:
+            return serial
+
+
+def serial_hex(serial: int) -> str:
+    """The canonical text form used in the store, the CLI and URLs: lower-case hex, no leading zeros."""
+    return format(serial, "x")
+
+
+def parse_serial(text: str) -> int:
+    """Parse a serial typed by a person: hex, with optional `0x` prefix or colons."""
+    cleaned = text.strip().lower().removeprefix("0x").replace(":", "")
+    try:
+        value = int(cleaned, 16)
+    except ValueError:
+        raise PolicyError("serial-syntax", f"not a hexadecimal serial number: {text!r}") from None
+    if value <= 0:
+        raise PolicyError("serial-syntax", f"a serial number is positive: {text!r}")
+    return value

@@ -1,0 +1,102 @@
+"""The hash-chained audit log.
+
+Each event's hash is SHA-256 over the previous hash and the event's canonical JSON, so editing,
+deleting or reordering any event breaks every later link. Appending locks the single head row
+inside the caller's transaction: events commit together with the change they describe, and
+concurrent writers (processes, PostgreSQL replicas) line up on that lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Connection, Table, insert, select, update
+
+from devid.store.models import AuditEvent, AuditHead
+
+GENESIS = "0" * 64
+_events = cast(Table, AuditEvent.__table__)
+_head = cast(Table, AuditHead.__table__)
+
+
+@dataclass(frozen=True)
+class Event:
+    """An audit event before it is chained; `outcome` is `ok` or `refused`."""
+
+    action: str
+    subject: str
+    actor: str = "system"
+    outcome: str = "ok"
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def _digest(
+    prev: str, seq: int, at: datetime, actor: str, action: str, outcome: str, subject: str, detail: str
+) -> str:
+    body = json.dumps([seq, at.isoformat(), actor, action, outcome, subject, detail], separators=(",", ":"))
+    return hashlib.sha256(f"{prev}\n{body}".encode()).hexdigest()
+
+
+def append(conn: Connection, events: Sequence[Event], at: datetime) -> None:
+    """Chain `events` onto the log inside the caller's transaction."""
+    if not events:
+        return
+    seq, prev = conn.execute(select(_head.c.seq, _head.c.hash).where(_head.c.id == 1).with_for_update()).one()
+    rows = []
+    for ev in events:
+        seq += 1
+        detail = json.dumps(ev.detail, sort_keys=True, separators=(",", ":"), default=str)
+        digest = _digest(prev, seq, at, ev.actor, ev.action, ev.outcome, ev.subject, detail)
+        rows.append(
+            {
+                "seq": seq,
+                "at": at,
+                "actor": ev.actor,
+                "action": ev.action,
+                "outcome": ev.outcome,
+                "subject": ev.subject[:256],
+                "detail": detail,
+                "prev_hash": prev,
+                "hash": digest,
+            }
+        )
+        prev = digest
+    conn.execute(insert(_events), rows)
+    conn.execute(update(_head).where(_head.c.id == 1).values(seq=seq, hash=prev))
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    events: int
+    broken_seq: int | None = None
+    reason: str = ""
+
+
+def verify(conn: Connection, batch: int = 5000) -> Verification:
+    """Walk the whole chain in order; name the first broken link and why it is broken."""
+    prev, expected_seq, count = GENESIS, 1, 0
+    last_seq = 0
+    stream: Iterable[Any] = conn.execution_options(yield_per=batch).execute(
+        select(_events).order_by(_events.c.seq)
+    )
+    for row in stream:
+        if row.seq != expected_seq:
+            return Verification(False, count, expected_seq, f"event {expected_seq} is missing")
+        if row.prev_hash != prev:
+            return Verification(False, count, row.seq, "its prev_hash does not match the previous event")
+        digest = _digest(prev, row.seq, row.at, row.actor, row.action, row.outcome, row.subject, row.detail)
+        if digest != row.hash:
+            return Verification(False, count, row.seq, "its content does not match its hash (edited)")
+        prev, expected_seq, last_seq, count = digest, expected_seq + 1, row.seq, count + 1
+    head_seq, head_hash = conn.execute(select(_head.c.seq, _head.c.hash).where(_head.c.id == 1)).one()
+    if head_seq != last_seq or head_hash != prev:
+        return Verification(
+            False, count, last_seq + 1, f"the head names event {head_seq}: events were removed"
+        )
+    return Verification(True, count)

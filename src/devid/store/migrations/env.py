@@ -1,0 +1,12 @@
+"""Alembic environment: runs on the engine devid hands over in `config.attributes`."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from devid.store.models import Base
+
+engine = context.config.attributes["engine"]
+with engine.begin() as connection:
+    context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
+    context.run_migrations()

@@ -1,0 +1,98 @@
+"""Repository functions: the queries devid runs, each on an indexed column."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Connection, Row, Table, func, select
+
+from devid.store.models import Certificate as CertRow
+from devid.store.models import CertificateAuthority, Device
+
+certificates = cast(Table, CertRow.__table__)
+devices = cast(Table, Device.__table__)
+cas = cast(Table, CertificateAuthority.__table__)
+
+
+def device_ids(conn: Connection, serials: Iterable[str]) -> dict[str, int]:
+    """Map device serials to ids for the ones that exist (one indexed IN query per 500)."""
+    wanted = list(dict.fromkeys(serials))
+    found: dict[str, int] = {}
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        found.update(
+            conn.execute(select(devices.c.serial, devices.c.id).where(devices.c.serial.in_(chunk))).all()
+        )
+    return found
+
+
+def device_by_serial(conn: Connection, serial: str) -> Row[Any] | None:
+    return conn.execute(select(devices).where(devices.c.serial == serial)).first()
+
+
+def list_devices(
+    conn: Connection, *, state: str | None = None, after_id: int = 0, limit: int = 100
+) -> Sequence[Row[Any]]:
+    query = select(devices).where(devices.c.id > after_id).order_by(devices.c.id).limit(limit)
+    if state:
+        query = query.where(devices.c.state == state)
+    return conn.execute(query).all()
+
+
+def certificates_by_serial(conn: Connection, serial_hex: str) -> Sequence[Row[Any]]:
+    """Certificates with this serial (normally one; serials are unique per issuer only)."""
+    query = (
+        select(certificates, cas.c.name.label("issuer_name"), devices.c.serial.label("device_serial"))
+        .join(cas, cas.c.id == certificates.c.issuer_id)
+        .outerjoin(devices, devices.c.id == certificates.c.device_id)
+        .where(certificates.c.serial == serial_hex)
+    )
+    return conn.execute(query).all()
+
+
+def list_certificates(
+    conn: Connection,
+    *,
+    device_serial: str | None = None,
+    profile: str | None = None,
+    expiring_before: datetime | None = None,
+    after_id: int = 0,
+    limit: int = 100,
+) -> Sequence[Row[Any]]:
+    """A page of certificates in issue order (keyset paging on id: no OFFSET scans)."""
+    query = (
+        select(
+            certificates.c.id,
+            certificates.c.serial,
+            certificates.c.profile,
+            certificates.c.subject,
+            certificates.c.not_before,
+            certificates.c.not_after,
+            certificates.c.status,
+            certificates.c.fingerprint,
+            cas.c.name.label("issuer_name"),
+            devices.c.serial.label("device_serial"),
+        )
+        .join(cas, cas.c.id == certificates.c.issuer_id)
+        .outerjoin(devices, devices.c.id == certificates.c.device_id)
+        .where(certificates.c.id > after_id)
+        .order_by(certificates.c.id)
+        .limit(limit)
+    )
+    if device_serial is not None:
+        query = query.where(devices.c.serial == device_serial)
+    if profile is not None:
+        query = query.where(certificates.c.profile == profile)
+    if expiring_before is not None:
+        query = query.where(certificates.c.not_after < expiring_before)
+    return list(conn.execute(query).all())
+
+
+def all_cas(conn: Connection) -> Sequence[Row[Any]]:
+    return list(conn.execute(select(cas).order_by(cas.c.id)).all())
+
+
+def count(conn: Connection, table: Any) -> int:
+    return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
