@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.x509.oid import NameOID
 from pkcs11 import Attribute, ObjectClass
-from softhsm import SoftToken, make_token
+from softhsm import SoftToken
 
 from devid.errors import ConflictError, KeyAccessError, KeyExportRefused, NotFoundError, PolicyError
 from devid.keys.base import P256_EC_PARAMS
@@ -31,24 +31,7 @@ from devid.keys.pkcs11 import (
     pkcs11_uri,
 )
 
-SE_PIN = "se-pin-7f3a9c"
-TOKENS = {
-    "ca": "devid-ca",
-    "se": "devid-se",
-    "fresh": "devid-never-logged-in",
-    "cached": "devid-cached-pin",
-}
 SIGN = ec.ECDSA(hashes.SHA256())
-
-
-@pytest.fixture(scope="session")
-def tokens(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SoftToken]:
-    """Every token the session needs, made before SoftHSM is first loaded (it lists tokens once)."""
-    base = tmp_path_factory.mktemp("softhsm")
-    return {
-        name: make_token(base, label=label, pin=SE_PIN if name == "se" else "1234")
-        for name, label in TOKENS.items()
-    }
 
 
 @pytest.fixture
@@ -389,7 +372,7 @@ def test_se_reference_names_the_key_without_the_pin(se_token: SoftToken) -> None
     assert ref["object"] == se.device_serial
     assert ref["uri"] == f"pkcs11:token={se_token.label};object={se.device_serial};type=private"
     assert ref["uri"] == se.tls_key_uri()
-    assert SE_PIN not in repr(ref)
+    assert se_token.pin not in repr(ref)
 
 
 def test_uri_percent_encodes_reserved_characters() -> None:

@@ -60,7 +60,7 @@ def list_certificates(
     expiring_before: datetime | None = None,
     after_id: int = 0,
     limit: int = 100,
-) -> Sequence[Row[Any]]:
+) -> Sequence[Any]:
     """A page of certificates in issue order (keyset paging on id: no OFFSET scans)."""
     query = (
         select(
@@ -87,7 +87,8 @@ def list_certificates(
         query = query.where(certificates.c.profile == profile)
     if expiring_before is not None:
         query = query.where(certificates.c.not_after < expiring_before)
-    return list(conn.execute(query).all())
+    rows: Sequence[Any] = conn.execute(query).all()
+    return rows
 
 
 def all_cas(conn: Connection) -> Sequence[Row[Any]]:

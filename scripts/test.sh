@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Set up everything the tests need on a fresh Debian machine, then run lint, types and tests.
+# Usage: bash scripts/test.sh [pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# Debian packages: SoftHSM2 (PKCS#11 tests), OpenSSL and curl (interop peers), PostgreSQL.
+missing=()
+for pkg in softhsm2 openssl curl postgresql; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing Debian packages: ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+
+# PostgreSQL on 127.0.0.1:5432 (this machine kind runs one; a fresh machine may not).
+if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+  version=$(ls /etc/postgresql | sort -V | tail -n 1)
+  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start
+  for _ in $(seq 1 30); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 1; done
+fi
+export DEVID_TEST_PG_URL=${DEVID_TEST_PG_URL:-postgresql+psycopg://postgres:postgres@127.0.0.1:5432/postgres}
+if ! PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -d postgres -Atqc 'select 1' >/dev/null 2>&1; then
+  # A fresh Debian cluster asks for a password over TCP: give the postgres role the test one.
+  as_root su postgres -c "psql -qc \"ALTER USER postgres PASSWORD 'postgres'\""
+fi
+
+ruff check src tests
+ruff format --check src tests
+mypy --strict src
+python3 -m pytest -q "$@"
