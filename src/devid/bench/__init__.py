@@ -45,15 +45,20 @@ def report(figures: Sequence[Figure], as_json: bool, console: Console | None = N
             print(json.dumps(fig.as_json()), flush=True)
         return
     table = Table(title="devid bench")
-    for col in ("figure", "value", "unit", "baseline", "ratio", "note"):
-        table.add_column(col, justify="right" if col in ("value", "baseline", "ratio") else "left")
+    for col in ("figure", "value", "unit", "baseline", "ratio"):
+        table.add_column(
+            col, justify="right" if col in ("value", "baseline", "ratio") else "left", no_wrap=True
+        )
     for fig in figures:
         table.add_row(
             fig.name,
             f"{fig.value:,.1f}",
             fig.unit,
-            f"{fig.baseline:,.1f} ({fig.baseline_name})" if fig.baseline is not None else "",
+            f"{fig.baseline:,.1f}" if fig.baseline is not None else "",
             f"{fig.ratio:.2f}" if fig.ratio is not None else "",
-            fig.note,
         )
     console.print(table)
+    for fig in figures:
+        if fig.baseline_name or fig.note:
+            base = f"baseline: {fig.baseline_name}. " if fig.baseline_name else ""
+            console.print(f"  {fig.name}: {base}{fig.note}", highlight=False)

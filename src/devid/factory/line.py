@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -39,6 +40,7 @@ class Summary:
     devices: int = 0
     failures: int = 0
     seconds: float = 0.0
+    startup_seconds: float = 0.0
     per_device: list[float] = field(default_factory=list)
     failed: list[DeviceResult] = field(default_factory=list)
 
@@ -69,11 +71,13 @@ def next_serials(home: Home, prefix: str, count: int, start: int | None) -> list
 
 
 _station: Station | None = None
+_barrier: Any = None
 
 
-def _worker_init(spec: RunSpec) -> None:
-    global _station
+def _worker_init(spec: RunSpec, barrier: Any) -> None:
+    global _station, _barrier
     _station = _make_station(spec)
+    _barrier = barrier
 
 
 def _worker_run(serials: Sequence[str]) -> list[DeviceResult]:
@@ -104,7 +108,11 @@ def run_line(
     summary = Summary()
     start = time.perf_counter()
     with open(manifest, "a") as out:
-        for results in _results(spec, serials, workers):
+        stream = _results(spec, serials, workers)
+        next(stream)  # stations ready: the rate is the line's, not the process start-up's
+        summary.startup_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        for results in stream:
             for r in results:
                 out.write(r.manifest_line(spec.info) + "\n")
                 summary.devices += 1
@@ -119,10 +127,16 @@ def run_line(
     return summary
 
 
+def _worker_ready(_: None) -> None:
+    _barrier.wait(timeout=120)
+
+
 def _results(spec: RunSpec, serials: Sequence[str], workers: int) -> Iterator[list[DeviceResult]]:
+    """Yield `[]` once every station is ready (keys opened), then each chunk's results."""
     size = min(CHUNK, spec.batch)
     if workers <= 1:
         station = _make_station(spec)
+        yield []
         for chunk in _chunks(serials, size):
             yield station.provision(chunk)
         return
@@ -130,7 +144,14 @@ def _results(spec: RunSpec, serials: Sequence[str], workers: int) -> Iterator[li
     # connections or a PKCS#11 session, and the preload keeps their start cheap.
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["devid.factory.line"])
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(spec,)) as pool:
+    barrier = ctx.Barrier(workers)
+    with ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_worker_init, initargs=(spec, barrier)
+    ) as pool:
+        # Each worker blocks on the barrier in one warm-up task, so all of them are up and ready.
+        for ready in [pool.submit(_worker_ready, None) for _ in range(workers)]:
+            ready.result()
+        yield []
         futures = [pool.submit(_worker_run, chunk) for chunk in _chunks(serials, size)]
         for future in as_completed(futures):
             yield future.result()

@@ -39,7 +39,9 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given to the store; devid works in aware UTC")
-        return value.astimezone(UTC).replace(tzinfo=None)
+        if value.tzinfo is not UTC:
+            value = value.astimezone(UTC)
+        return value.replace(tzinfo=None)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         return None if value is None else value.replace(tzinfo=UTC)
