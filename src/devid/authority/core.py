@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any
 
 from cryptography import x509
@@ -167,7 +167,8 @@ class Authority:
             raise
 
     def _issue_many(self, requests: Sequence[IssueRequest], actor: str) -> list[Issued]:
-        now = self.clock.now()
+        # Whole seconds: X.509 times have no fraction, and the stored validity must be the certificate's.
+        now = self.clock.now().astimezone(UTC).replace(microsecond=0)
         for req in requests:
             self._check(req)
         with self.engine.begin() as conn:

@@ -12,15 +12,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from devid.errors import PolicyError
 from devid.pki.profiles import ProfileName
 
-_SERIAL_SYNTAX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+#: No `_`: the serial is the subject's serialNumber (2.5.4.5), a PrintableString, which has none.
+_SERIAL_SYNTAX = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:-]{0,63}")
 
 
 def check_device_serial(serial: str) -> str:
-    """Device serials name folders, URLs and subjects: 1-64 of letters, digits and `._:-`."""
+    """Device serials name folders, URLs and subjects: 1-64 of letters, digits and `.:-`."""
     if not _SERIAL_SYNTAX.fullmatch(serial):
         raise PolicyError(
             "device-serial-syntax",
-            f"device serial {serial!r} is not 1-64 characters of letters, digits and . _ : - "
+            f"device serial {serial!r} is not 1-64 characters of letters, digits and . : - "
             "starting with a letter or digit",
         )
     return serial

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from rich.markup import escape
 from rich.table import Table
 
 from devid.cli.common import HomeOpt, JsonOpt, console, print_json, store
@@ -49,11 +50,10 @@ def list_(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     table = Table("name", "role", "issuer", "subject", "not after")
     for r in rows:
         table.add_row(
-            str(r["name"]),
-            str(r["role"]),
-            str(r["parent"] or "(self)"),
-            str(r["subject"]),
-            str(r["not_after"]),
+            *(
+                escape(str(v))
+                for v in (r["name"], r["role"], r["parent"] or "(self)", r["subject"], r["not_after"])
+            )
         )
     console.print(table)
 
@@ -70,12 +70,12 @@ def show(name: str, home: HomeOpt = None, pem: Annotated[bool, typer.Option("--p
         print(cert.public_bytes(serialization.Encoding.PEM).decode(), end="")
         return
     for key in ("name", "role", "parent", "subject", "serial", "not_after", "key", "fingerprint"):
-        console.print(f"[bold]{key:>12}[/]  {row[key]}", highlight=False)
+        console.print(f"[bold]{key:>12}[/]  {escape(str(row[key]))}", highlight=False)
     console.print(f"[bold]{'not_before':>12}[/]  {cert.not_valid_before_utc.isoformat()}")
     for ext in cert.extensions:
         console.print(
             f"[bold]{'extension':>12}[/]  {ext.oid._name}{' (critical)' if ext.critical else ''}: "
-            f"{ext.value}",
+            f"{escape(str(ext.value))}",
             highlight=False,
         )
 
@@ -97,6 +97,6 @@ def export(
     )
     if out:
         out.write_bytes(bundle)
-        console.print(f"wrote {out}")
+        console.print(f"wrote {escape(str(out))}", highlight=False)
     else:
         print(bundle.decode(), end="")

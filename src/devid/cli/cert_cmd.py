@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from rich.markup import escape
 from rich.table import Table
 
 from devid.authority.requests import NewDevice
@@ -60,7 +61,9 @@ def issue(
     )
     if out:
         out.write_bytes(issued.pem)
-        console.print(f"issued {profile} serial {serial_hex(issued.serial)} -> {out}", highlight=False)
+        console.print(
+            f"issued {profile} serial {serial_hex(issued.serial)} -> {escape(str(out))}", highlight=False
+        )
     else:
         print(issued.pem.decode(), end="")
 
@@ -101,7 +104,7 @@ def show(
             print_json([info])
         else:
             for key, value in info.items():
-                console.print(f"[bold]{key:>22}[/]  {value}", highlight=False)
+                console.print(f"[bold]{key:>22}[/]  {escape(str(value))}", highlight=False)
 
 
 @app.command("list")
@@ -125,12 +128,17 @@ def list_(
     table = Table("id", "serial", "profile", "issuer", "device", "not after", "status")
     for r in rows:
         table.add_row(
-            str(r.id),
-            r.serial,
-            r.profile,
-            r.issuer_name,
-            r.device_serial or "",
-            r.not_after.isoformat(),
-            r.status,
+            *(
+                escape(str(v))
+                for v in (
+                    r.id,
+                    r.serial,
+                    r.profile,
+                    r.issuer_name,
+                    r.device_serial or "",
+                    r.not_after.isoformat(),
+                    r.status,
+                )
+            )
         )
     console.print(table)

@@ -15,8 +15,10 @@ from devid.authority.setup import open_authority
 from devid.config import Home, default_home, resolve_passphrase
 from devid.store.engine import check_schema, make_engine
 
-console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: a line is never folded at the terminal width (80 columns when piped), so a path, a
+# serial or an error message stays whole for the person copying it and the script reading it.
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 HomeOpt = Annotated[
     Path | None, typer.Option("--home", help="devid home (default $DEVID_HOME, else ./devid-home)")

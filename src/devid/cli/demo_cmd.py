@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from cryptography import x509
 from cryptography.x509 import verification
+from rich.markup import escape
 
 from devid.authority.setup import init_home
 from devid.cli.common import HomeOpt, console
@@ -39,7 +40,7 @@ def _passphrase(path: Path) -> bytes:
         file.chmod(0o600)
         console.print(
             f"[yellow]demo:[/] no DEVID_PASSPHRASE set, so the demo made its own passphrase file "
-            f"{file} (a real home never does this: `devid init` refuses to run without one)"
+            f"{escape(str(file))} (a real home never does this: `devid init` refuses to run without one)"
         )
     return resolve_passphrase(file)
 
@@ -69,11 +70,11 @@ def demo(
     if not (path / CONFIG_FILE).exists():
         init_home(path, org="devid demo", passphrase=passphrase)
         console.print(
-            f"[bold]1. init[/]: new home {path} with root, manufacturing, operational CAs and "
+            f"[bold]1. init[/]: new home {escape(str(path))} with root, manufacturing, operational CAs and "
             "OCSP signers (P-256, encrypted at rest, SQLite store)"
         )
     else:
-        console.print(f"[bold]1. init[/]: using existing home {path}")
+        console.print(f"[bold]1. init[/]: using existing home {escape(str(path))}")
     home_obj = Home.load(path)
     out_dir = path / "devices"
     serials = next_serials(home_obj, "DEMO", devices, None)
@@ -101,5 +102,6 @@ def demo(
         raise DemoFailed("demo-failed", f"{summary.failures} devices failed on the line")
     console.print(
         f"[bold green]demo complete[/]: {devices} devices provisioned at {summary.rate:,.0f} devices/s; "
-        f"try `devid cert list --home {path} --limit 5` or `devid audit verify --home {path}`"
+        f"try `devid cert list --home {escape(str(path))} --limit 5` or "
+        f"`devid audit verify --home {escape(str(path))}`"
     )

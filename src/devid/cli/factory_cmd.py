@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from devid.cli.common import HomeOpt, PassphraseOpt, console, load_home
@@ -49,7 +50,7 @@ def run_with_progress(spec: RunSpec, serials: list[str], workers: int, manifest:
         console=console,
         transient=False,
     ) as progress:
-        task = progress.add_task(label, total=len(serials), rate="")
+        task = progress.add_task(escape(label), total=len(serials), rate="")
 
         def advance(n: int) -> None:
             progress.advance(task, n)
@@ -64,11 +65,11 @@ def print_summary(summary: Summary, manifest: Path) -> None:
     console.print(
         f"devices: {summary.devices}  failures: {summary.failures}  "
         f"rate: {summary.rate:,.0f} devices/s  per device p50: {summary.percentile(50) * 1000:.2f} ms  "
-        f"p99: {summary.percentile(99) * 1000:.2f} ms  manifest: {manifest}",
+        f"p99: {summary.percentile(99) * 1000:.2f} ms  manifest: {escape(str(manifest))}",
         highlight=False,
     )
     for failed in summary.failed[:20]:
-        console.print(f"[red]failed[/] {failed.serial}: {failed.error}", highlight=False)
+        console.print(f"[red]failed[/] {escape(failed.serial)}: {escape(str(failed.error))}", highlight=False)
     if len(summary.failed) > 20:
         console.print(f"... and {len(summary.failed) - 20} more failures (see the manifest)")
 

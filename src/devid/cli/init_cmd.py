@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from devid.authority.setup import init_home
 from devid.cli.common import HomeOpt, PassphraseOpt, console, home_path
@@ -43,6 +44,6 @@ def init(
     with engine.connect() as conn:
         names = [row.name for row in repo.all_cas(conn)]
     console.print(
-        f"Created devid home [bold]{path}[/] for {org!r} ({key_backend} keys, "
+        f"Created devid home [bold]{escape(str(path))}[/] for {escape(repr(org))} ({key_backend} keys, "
         f"{engine.dialect.name} store): {', '.join(names)}"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from devid.cli import audit_cmd, bench_cmd, ca_cmd, cert_cmd, demo_cmd, factory_cmd, init_cmd
 from devid.cli.common import err_console
@@ -31,5 +32,8 @@ def run() -> None:
     try:
         app()
     except DevidError as exc:
-        err_console.print(f"[bold red]error:[/] {exc.message} [dim]\\[{exc.code}][/]", highlight=False)
+        # Messages quote user input (serials, paths, names): escaped, so `[` is never taken as markup.
+        err_console.print(
+            f"[bold red]error:[/] {escape(exc.message)} [dim]{escape(f'[{exc.code}]')}[/]", highlight=False
+        )
         sys.exit(2)

@@ -104,11 +104,14 @@ def run_line(
     progress: Callable[[int], None] | None = None,
 ) -> Summary:
     """Provision `serials`; append each device to the JSON Lines `manifest` as its chunk completes."""
+    start = time.perf_counter()
+    # A station is built (CA key opened, secure-element token logged in) before anything is
+    # written: a wrong passphrase, PIN or token label is one clear error and leaves nothing behind.
+    station = _make_station(spec)
     spec.out_dir.mkdir(parents=True, exist_ok=True)
     summary = Summary()
-    start = time.perf_counter()
     with open(manifest, "a") as out:
-        stream = _results(spec, serials, workers)
+        stream = _results(spec, serials, workers, station)
         next(stream)  # stations ready: the rate is the line's, not the process start-up's
         summary.startup_seconds = time.perf_counter() - start
         start = time.perf_counter()
@@ -131,11 +134,16 @@ def _worker_ready(_: None) -> None:
     _barrier.wait(timeout=120)
 
 
-def _results(spec: RunSpec, serials: Sequence[str], workers: int) -> Iterator[list[DeviceResult]]:
-    """Yield `[]` once every station is ready (keys opened), then each chunk's results."""
+def _results(
+    spec: RunSpec, serials: Sequence[str], workers: int, station: Station
+) -> Iterator[list[DeviceResult]]:
+    """Yield `[]` once every station is ready (keys opened), then each chunk's results.
+
+    `station`, already built by the caller, serves a one-process line; worker processes build
+    their own.
+    """
     size = min(CHUNK, spec.batch)
     if workers <= 1:
-        station = _make_station(spec)
         yield []
         for chunk in _chunks(serials, size):
             yield station.provision(chunk)

@@ -36,6 +36,12 @@ class SecureElementMaker:
         self.spec = spec
         self._sealer = Sealer(passphrase, spec.salt) if spec.backend == "software" else None
         self._pin = spec.pkcs11.pin() if spec.pkcs11 else ""
+        if spec.pkcs11 is not None:
+            # Log in now, once: a wrong PIN or token label stops the line before any device, and a
+            # real token, which locks its PIN after a few failed logins, is not tried per device.
+            from devid.keys.pkcs11 import open_token
+
+            open_token(spec.pkcs11.module, spec.pkcs11.token, self._pin)
 
     def create(self, directory: Path, device_serial: str) -> SecureElement:
         if self._sealer is not None:

@@ -23,7 +23,7 @@ from sqlalchemy import update
 
 from devid.authority.core import Authority
 from devid.authority.requests import Issued, IssueRequest, NewDevice, check_device_serial
-from devid.errors import DevidError
+from devid.errors import ConflictError, DevidError
 from devid.factory.secure_elements import SecureElementMaker
 from devid.fsutil import write_new
 from devid.keys.base import SecureElement
@@ -112,9 +112,12 @@ class Station:
     def provision(self, serials: Sequence[str]) -> list[DeviceResult]:
         results: list[DeviceResult] = []
         pending: list[_Pending] = []
+        known = self._refuse_known(serials, results)
         for serial in serials:
             start = time.perf_counter()
             directory = self.out_dir / serial
+            if serial in known:
+                continue
             try:
                 pending.append(self._prepare(serial, directory, start))
             except Exception as exc:
@@ -155,6 +158,26 @@ class Station:
         if failed:
             self._mark_failed(failed, {r.serial: r.error for r in results if not r.ok})
         return results
+
+    def _refuse_known(self, serials: Sequence[str], results: list[DeviceResult]) -> set[str]:
+        """Refuse serials the store already has before a key is made for them in an element (a
+        token key made for a refused device would stay there) or their folder is touched."""
+        with self.authority.engine.connect() as conn:
+            known = set(repo.device_ids(conn, serials))
+        if not known:
+            return known
+        refused = [s for s in serials if s in known]
+        error = ConflictError("duplicate-device", "device already exists: not issued twice")
+        detail = {"code": error.code, "reason": error.message, "profile": ProfileName.IDEVID.value}
+        for serial in refused:
+            results.append(DeviceResult(serial, False, str(self.out_dir / serial), 0.0, error=_reason(error)))
+        with self.authority.engine.begin() as conn:
+            audit.append(
+                conn,
+                [audit.Event("certificate.issue", s, self.actor, "refused", detail) for s in refused],
+                self.authority.clock.now(),
+            )
+        return known
 
     def _prepare(self, serial: str, directory: Path, start: float) -> _Pending:
         check_device_serial(serial)

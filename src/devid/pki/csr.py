@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from devid.errors import PolicyError
@@ -30,6 +32,9 @@ def load_csr(data: bytes) -> x509.CertificateSigningRequest:
     try:
         return x509.load_der_x509_csr(der)
     except ValueError as exc:
+        if der is data and b"-----BEGIN " in data:
+            # PEM with something in front of it: say so, rather than report a DER parse error.
+            raise PolicyError("pem-junk", "unexpected data before the PEM block") from None
         raise PolicyError("csr-malformed", f"not a valid PKCS#10 CSR: {exc}") from None
 
 
@@ -44,6 +49,17 @@ def check_csr(csr: x509.CertificateSigningRequest) -> ec.EllipticCurvePublicKey:
     except (ValueError, TypeError) as exc:
         raise PolicyError("csr-malformed", f"CSR public key cannot be read: {exc}") from None
     key = require_p256(public_key, "CSR key")
+    try:
+        digest = csr.signature_hash_algorithm
+    except UnsupportedAlgorithm as exc:
+        raise PolicyError(
+            "csr-signature-algorithm", f"CSR signature algorithm is not supported: {exc}"
+        ) from None
+    if not isinstance(digest, hashes.SHA256):
+        name = digest.name if digest else "none"
+        raise PolicyError(
+            "csr-signature-algorithm", f"CSR is signed with ECDSA-{name}: only ECDSA with SHA-256 is accepted"
+        )
     if not csr.is_signature_valid:
         raise PolicyError("csr-signature", "CSR signature does not verify with its public key")
     try:

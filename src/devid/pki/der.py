@@ -55,6 +55,9 @@ def _read_tlv(data: bytes, pos: int, tag: int) -> tuple[bytes, int]:
         if count == 0 or count > 4 or pos + count > len(data):
             raise PolicyError("der-malformed", "bad DER length")
         length = int.from_bytes(data[pos : pos + count], "big")
+        # DER: the shortest length encoding only (no long form below 128, no leading zero octet).
+        if length < 0x80 or data[pos] == 0:
+            raise PolicyError("der-malformed", "non-minimal DER length")
         pos += count
     end = pos + length
     if end > len(data):
@@ -65,7 +68,11 @@ def _read_tlv(data: bytes, pos: int, tag: int) -> tuple[bytes, int]:
 def decode_oid(body: bytes) -> str:
     arcs: list[int] = []
     value = 0
-    for byte in body:
+    if body and body[-1] & 0x80:
+        raise PolicyError("der-malformed", "OBJECT IDENTIFIER ends inside an arc")
+    for i, byte in enumerate(body):
+        if byte == 0x80 and (i == 0 or not body[i - 1] & 0x80):
+            raise PolicyError("der-malformed", "OBJECT IDENTIFIER arc with a leading 0x80 octet")
         value = (value << 7) | (byte & 0x7F)
         if not byte & 0x80:
             arcs.append(value)

@@ -94,6 +94,7 @@ PROFILES: dict[ProfileName, Profile] = {
             _key_usage(signature=True),
             (ExtendedKeyUsageOID.CLIENT_AUTH,),
             for_device=True,
+            hardware_module_name=True,
         ),
         Profile(
             ProfileName.SESSION,
@@ -101,6 +102,7 @@ PROFILES: dict[ProfileName, Profile] = {
             _key_usage(signature=True),
             (ExtendedKeyUsageOID.CLIENT_AUTH,),
             for_device=True,
+            hardware_module_name=True,
         ),
         Profile(
             ProfileName.OCSP_SIGNER,
@@ -152,14 +154,22 @@ def device_subject(org: str, device_serial: str, common_name: str | None = None)
     )
 
 
+_DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
 def server_names(dns: Sequence[str], ips: Sequence[str]) -> list[x509.GeneralName]:
     """DNS and IP subjectAltNames for a TLS server certificate; refuses malformed entries."""
     names: list[x509.GeneralName] = []
     for name in dns:
-        label = name.strip().lower()
-        if not label or " " in label or len(label) > 253:
-            raise PolicyError("bad-dns-name", f"not a DNS name: {name!r}")
-        names.append(x509.DNSName(label))
+        host = name.strip().lower().rstrip(".")
+        labels = host.split(".")
+        # A wildcard may stand only as the whole leftmost label (RFC 6125 6.4.3).
+        checked = labels[1:] if labels[0] == "*" and len(labels) > 2 else labels
+        if len(host) > 253 or not all(_DNS_LABEL.fullmatch(part) for part in checked):
+            raise PolicyError(
+                "bad-dns-name", f"not a DNS name: {name!r} (letters, digits and hyphens per label)"
+            )
+        names.append(x509.DNSName(host))
     for ip in ips:
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(ip)))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 
 from devid.errors import PolicyError
 
 SERIAL_BITS = 159
+_HEX_DIGITS = re.compile(r"[0-9a-f]+")
 
 
 def random_serial() -> int:
@@ -25,10 +27,10 @@ def serial_hex(serial: int) -> str:
 def parse_serial(text: str) -> int:
     """Parse a serial typed by a person: hex, with optional `0x` prefix or colons."""
     cleaned = text.strip().lower().removeprefix("0x").replace(":", "")
-    try:
-        value = int(cleaned, 16)
-    except ValueError:
-        raise PolicyError("serial-syntax", f"not a hexadecimal serial number: {text!r}") from None
+    # Only ASCII hex digits: int() alone would also take signs, `_`, a second `0x` and non-ASCII digits.
+    if not _HEX_DIGITS.fullmatch(cleaned):
+        raise PolicyError("serial-syntax", f"not a hexadecimal serial number: {text!r}")
+    value = int(cleaned, 16)
     if value <= 0:
         raise PolicyError("serial-syntax", f"a serial number is positive: {text!r}")
     return value

@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, insert, select, update
@@ -48,6 +48,7 @@ def append(conn: Connection, events: Sequence[Event], at: datetime) -> None:
     """Chain `events` onto the log inside the caller's transaction."""
     if not events:
         return
+    at = at.astimezone(UTC)  # the store gives times back in UTC; hash the time as it will be read
     seq, prev = conn.execute(select(_head.c.seq, _head.c.hash).where(_head.c.id == 1).with_for_update()).one()
     rows = []
     for ev in events:
