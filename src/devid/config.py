@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,8 @@ class Config:
     pkcs11: Pkcs11Settings | None = None
     idevid_days: int = 0  # 0: notAfter 99991231235959Z
     ldevid_days: int = 365
+    #: EST labels and their renewal policies (see devid.authority.policy); "" is the base path.
+    est_labels: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_toml(self) -> bytes:
         data: dict[str, Any] = {k: v for k, v in asdict(self).items() if v is not None}

@@ -11,15 +11,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from sqlalchemy import Engine, insert
+from sqlalchemy import Connection, Engine, insert, update
 from sqlalchemy.exc import IntegrityError
 
+from devid.authority.policy import DEFAULT_LABELS, LabelPolicy
 from devid.authority.requests import Issued, IssueRequest, NewDevice, check_device_serial
 from devid.clock import Clock, SystemClock
 from devid.errors import ConflictError, DevidError, NotFoundError, PolicyError
@@ -62,7 +63,7 @@ class IssuingCA:
     key_label: str | None
     keystore: KeyStore
     _key: ec.EllipticCurvePrivateKey | None = None
-    _templates: dict[ProfileName, Template] = field(default_factory=dict)
+    _templates: dict[tuple[ProfileName, timedelta | None], Template] = field(default_factory=dict)
 
     @property
     def key(self) -> ec.EllipticCurvePrivateKey:
@@ -73,9 +74,10 @@ class IssuingCA:
         return self._key
 
     def template(self, profile: Profile) -> Template:
-        tpl = self._templates.get(profile.name)
+        key = (profile.name, profile.validity)
+        tpl = self._templates.get(key)
         if tpl is None or tpl.profile != profile:
-            tpl = self._templates[profile.name] = Template.for_issuer(profile, self.certificate)
+            tpl = self._templates[key] = Template.for_issuer(profile, self.certificate)
         return tpl
 
 
@@ -91,15 +93,23 @@ class Authority:
         clock: Clock | None = None,
         hw_type: str,
         lifetimes: dict[ProfileName, timedelta | None] | None = None,
+        labels: dict[str, LabelPolicy] | None = None,
     ) -> None:
         self.engine = engine
         self.org = org
         self.cas = cas
         self.clock = clock or SystemClock()
         self.hw_type = hw_type
+        self.labels = labels or dict(DEFAULT_LABELS)
         self.profiles = {
             name: PROFILES[name].with_validity(validity) for name, validity in (lifetimes or {}).items()
         }
+
+    def label_policy(self, label: str) -> LabelPolicy:
+        try:
+            return self.labels[label]
+        except KeyError:
+            raise NotFoundError("unknown-label", f"no EST label {label!r} is configured") from None
 
     def profile(self, name: ProfileName) -> Profile:
         return self.profiles.get(name) or PROFILES[name]
@@ -172,10 +182,8 @@ class Authority:
         for req in requests:
             self._check(req)
         with self.engine.begin() as conn:
-            known = repo.device_ids(conn, [r.device_serial for r in requests if r.device_serial])
-            missing = [r.device_serial for r in requests if r.device_serial and r.device_serial not in known]
-            if missing:
-                raise NotFoundError("unknown-device", f"no device with serial {missing[0]!r}")
+            known = self._existing_devices(conn, [r.device_serial for r in requests if r.device_serial])
+            self._supersede(conn, [r.supersedes for r in requests if r.supersedes], now, actor)
             new_devices = [r.new_device for r in requests if r.new_device]
             if new_devices:
                 known.update(self._insert_devices(conn, new_devices, now))
@@ -206,6 +214,37 @@ class Authority:
                 ) from None
             audit.append(conn, events, now)
         return issued
+
+    def _existing_devices(self, conn: Connection, serials: list[str]) -> dict[str, int]:
+        """Ids of the devices named; each must exist and be ACTIVE to receive a certificate."""
+        states = repo.device_states(conn, serials)
+        for serial in serials:
+            if serial not in states:
+                raise NotFoundError("unknown-device", f"no device with serial {serial!r}")
+            state = states[serial][1]
+            if state != "ACTIVE":
+                raise PolicyError(
+                    "device-not-active", f"device {serial!r} is {state}: no certificate is issued to it"
+                )
+        return {serial: dev_id for serial, (dev_id, _) in states.items()}
+
+    def _supersede(self, conn: Connection, fingerprints: list[str], now: datetime, actor: str) -> None:
+        """Mark the certificates being replaced as superseded; each must still be current."""
+        if not fingerprints:
+            return
+        for fp in fingerprints:
+            row = repo.certificate_by_fingerprint(conn, fp)
+            if row is None:
+                raise NotFoundError("unknown-certificate", f"no certificate with fingerprint {fp}")
+            if row.status != "valid":
+                raise PolicyError(f"certificate-{row.status}", f"certificate {row.serial} is {row.status}")
+        certs = repo.certificates
+        conn.execute(
+            update(certs)
+            .where(certs.c.fingerprint.in_(fingerprints))
+            .values(status="superseded", status_at=now)
+        )
+        audit.append(conn, [audit.Event("certificate.supersede", fp, actor) for fp in fingerprints], now)
 
     def _check(self, req: IssueRequest) -> None:
         require_p256(req.public_key)
@@ -258,6 +297,8 @@ class Authority:
 
     def _sign(self, req: IssueRequest, now: Any, device_ids: dict[str, int]) -> tuple[Issued, dict[str, Any]]:
         profile = self.profile(req.profile)
+        if req.lifetime is not None:
+            profile = profile.with_validity(req.lifetime)
         ca = self.issuer_for(req.profile)
         device = req.serial_of_device
         alt: list[x509.GeneralName] = []

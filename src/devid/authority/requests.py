@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -50,6 +51,11 @@ class IssueRequest:
     common_name: str | None = None
     dns: tuple[str, ...] = ()
     ips: tuple[str, ...] = ()
+    #: Validity chosen by a renewal policy, instead of the profile's default.
+    lifetime: timedelta | None = None
+    #: Fingerprint of the certificate this one replaces (re-enrollment): it must be current, and
+    #: is marked superseded in the same transaction.
+    supersedes: str | None = None
 
     @property
     def serial_of_device(self) -> str | None:

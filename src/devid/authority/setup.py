@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import Engine, insert
 
 from devid.authority.core import Authority, IssuingCA
+from devid.authority.policy import DEFAULT_LABELS, LabelPolicy
 from devid.clock import Clock, SystemClock
 from devid.config import Config, Home, Pkcs11Settings
 from devid.errors import ConfigError, ConflictError
@@ -89,6 +90,7 @@ def init_home(
         se_salt=os.urandom(16).hex(),
         key_prefix=f"devid-{os.urandom(4).hex()}-",
         pkcs11=pkcs11,
+        est_labels={label: policy.to_config() for label, policy in DEFAULT_LABELS.items()},
     )
     home = Home(path, config)
     try:
@@ -180,4 +182,13 @@ def open_authority(home: Home, passphrase: bytes, *, clock: Clock | None = None)
         ProfileName.IDEVID: timedelta(days=cfg.idevid_days) if cfg.idevid_days else None,
         ProfileName.LDEVID: timedelta(days=cfg.ldevid_days),
     }
-    return Authority(engine, cfg.org, cas, clock=clock, hw_type=cfg.hw_type, lifetimes=lifetimes)
+    labels = {label: LabelPolicy.from_config(label, data) for label, data in cfg.est_labels.items()}
+    return Authority(
+        engine,
+        cfg.org,
+        cas,
+        clock=clock,
+        hw_type=cfg.hw_type,
+        lifetimes=lifetimes,
+        labels=labels or dict(DEFAULT_LABELS),
+    )

@@ -79,6 +79,9 @@ class Device(Base):
     directory: Mapped[str | None] = mapped_column(String(1024))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: Enrollment approval (policies that hold enrollments until an operator approves).
+    approval_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class Certificate(Base):
@@ -100,8 +103,22 @@ class Certificate(Base):
     not_after: Mapped[datetime] = mapped_column(UTCDateTime())
     fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
     status: Mapped[str] = mapped_column(String(16), default="valid")
+    status_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     der: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class EnrollmentSecret(Base):
+    """A single-use secret for EST HTTP Basic enrollment; only its SHA-256 is stored."""
+
+    __tablename__ = "enrollment_secrets"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"), index=True)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class AuditEvent(Base):

@@ -9,23 +9,36 @@ from typing import Any, cast
 from sqlalchemy import Connection, Row, Table, func, select
 
 from devid.store.models import Certificate as CertRow
-from devid.store.models import CertificateAuthority, Device
+from devid.store.models import CertificateAuthority, Device, EnrollmentSecret
 
 certificates = cast(Table, CertRow.__table__)
 devices = cast(Table, Device.__table__)
 cas = cast(Table, CertificateAuthority.__table__)
+enrollment_secrets = cast(Table, EnrollmentSecret.__table__)
+
+
+def device_states(conn: Connection, serials: Iterable[str]) -> dict[str, tuple[int, str]]:
+    """Map device serials to (id, state) for the ones that exist (one indexed IN query per 500)."""
+    wanted = list(dict.fromkeys(serials))
+    found: dict[str, tuple[int, str]] = {}
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        query = select(devices.c.serial, devices.c.id, devices.c.state).where(devices.c.serial.in_(chunk))
+        found.update((serial, (dev_id, state)) for serial, dev_id, state in conn.execute(query))
+    return found
 
 
 def device_ids(conn: Connection, serials: Iterable[str]) -> dict[str, int]:
-    """Map device serials to ids for the ones that exist (one indexed IN query per 500)."""
-    wanted = list(dict.fromkeys(serials))
-    found: dict[str, int] = {}
-    for start in range(0, len(wanted), 500):
-        chunk = wanted[start : start + 500]
-        found.update(
-            conn.execute(select(devices.c.serial, devices.c.id).where(devices.c.serial.in_(chunk))).all()
-        )
-    return found
+    return {serial: dev_id for serial, (dev_id, _) in device_states(conn, serials).items()}
+
+
+def certificate_by_fingerprint(conn: Connection, fp: str) -> Row[Any] | None:
+    query = (
+        select(certificates, devices.c.serial.label("device_serial"), devices.c.state.label("device_state"))
+        .outerjoin(devices, devices.c.id == certificates.c.device_id)
+        .where(certificates.c.fingerprint == fp)
+    )
+    return conn.execute(query).first()
 
 
 def device_by_serial(conn: Connection, serial: str) -> Row[Any] | None:

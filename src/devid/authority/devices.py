@@ -1,0 +1,128 @@
+"""Device standing: states, single-use enrollment secrets and enrollment approval.
+
+These decide whether a device may receive a certificate; the authority consults them, so they
+live beside it. Every change is audited in the transaction that makes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+
+from devid.authority.core import Authority
+from devid.errors import NotFoundError, PolicyError
+from devid.store import audit, repo
+
+#: AWS IoT's certificate/device states where they apply, plus the factory's test failure.
+DEVICE_STATES = ("ACTIVE", "INACTIVE", "REVOKED", "PENDING_ACTIVATION", "FAILED_TEST")
+SECRET_TTL = timedelta(days=7)
+
+
+def _device(conn: Connection, serial: str) -> Any:
+    row = repo.device_by_serial(conn, serial)
+    if row is None:
+        raise NotFoundError("unknown-device", f"no device with serial {serial!r}")
+    return row
+
+
+def set_state(authority: Authority, serial: str, state: str, actor: str, reason: str = "") -> None:
+    """Change a device's state (ACTIVE, INACTIVE, ...): INACTIVE blocks enrollment and renewal at once."""
+    if state not in DEVICE_STATES:
+        raise PolicyError(
+            "device-state", f"unknown device state {state!r}; known: {', '.join(DEVICE_STATES)}"
+        )
+    now = authority.clock.now()
+    with authority.engine.begin() as conn:
+        device = _device(conn, serial)
+        conn.execute(
+            update(repo.devices).where(repo.devices.c.id == device.id).values(state=state, updated_at=now)
+        )
+        audit.append(
+            conn,
+            [
+                audit.Event(
+                    "device.state", serial, actor, "ok", {"from": device.state, "to": state, "reason": reason}
+                )
+            ],
+            now,
+        )
+
+
+def create_enrollment_secret(
+    authority: Authority, serial: str, actor: str, ttl: timedelta = SECRET_TTL
+) -> str:
+    """A new single-use secret for HTTP Basic EST enrollment (user = device serial). Shown once."""
+    secret = secrets.token_urlsafe(24)
+    now = authority.clock.now()
+    with authority.engine.begin() as conn:
+        device = _device(conn, serial)
+        conn.execute(
+            insert(repo.enrollment_secrets).values(
+                device_id=device.id, secret_hash=_hash(secret), created_at=now, expires_at=now + ttl
+            )
+        )
+        audit.append(
+            conn,
+            [audit.Event("device.enroll-secret", serial, actor, "ok", {"expires": (now + ttl).isoformat()})],
+            now,
+        )
+    return secret
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def consume_enrollment_secret(authority: Authority, serial: str, secret: str) -> None:
+    """Spend a secret: it must belong to this device, be unexpired and unused. Raises PolicyError
+    `enroll-secret` (wrong, expired) or `enroll-secret-reused`."""
+    now = authority.clock.now()
+    digest = _hash(secret)
+    table = repo.enrollment_secrets
+    with authority.engine.begin() as conn:
+        device = repo.device_by_serial(conn, serial)
+        row = conn.execute(select(table).where(table.c.secret_hash == digest)).first()
+        if device is None or row is None or not hmac.compare_digest(str(row.device_id), str(device.id)):
+            raise PolicyError("enroll-secret", "wrong device serial or enrollment secret")
+        if row.used_at is not None:
+            raise PolicyError("enroll-secret-reused", "this enrollment secret was already used")
+        if row.expires_at <= now:
+            raise PolicyError("enroll-secret-expired", "this enrollment secret has expired")
+        done = conn.execute(
+            update(table).where(table.c.id == row.id, table.c.used_at.is_(None)).values(used_at=now)
+        )
+        if done.rowcount != 1:
+            raise PolicyError("enroll-secret-reused", "this enrollment secret was already used")
+        audit.append(conn, [audit.Event("device.enroll-secret-used", serial, "est", "ok")], now)
+
+
+def approval_pending(authority: Authority, serial: str) -> bool:
+    """For policies that hold enrollments: record the request; True while it awaits an operator."""
+    now = authority.clock.now()
+    with authority.engine.begin() as conn:
+        device = _device(conn, serial)
+        if device.approved_at is not None:
+            return False
+        if device.approval_requested_at is None:
+            conn.execute(
+                update(repo.devices)
+                .where(repo.devices.c.id == device.id)
+                .values(approval_requested_at=now, updated_at=now)
+            )
+            audit.append(conn, [audit.Event("device.approval-requested", serial, "est", "ok")], now)
+        return True
+
+
+def approve(authority: Authority, serial: str, actor: str) -> None:
+    now = authority.clock.now()
+    with authority.engine.begin() as conn:
+        device = _device(conn, serial)
+        conn.execute(
+            update(repo.devices).where(repo.devices.c.id == device.id).values(approved_at=now, updated_at=now)
+        )
+        audit.append(conn, [audit.Event("device.approve", serial, actor, "ok")], now)
