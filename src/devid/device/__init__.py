@@ -1,0 +1,1 @@
+"""The device agent: IDevID -> LDevID -> renew -> fallback, persisted atomically, time injected."""

@@ -1,0 +1,250 @@
+"""The device agent.
+
+A device connects rarely and briefly, so every check-in does what is due and nothing else:
+enroll an LDevID with the IDevID, renew at the time the server's policy named, fall back to
+IDevID re-enrollment when the LDevID expired (or was superseded by a renewal the device never
+heard the answer of), fetch a session certificate under the session policy, and back off with
+jitter while the server is unreachable. State changes are written atomically, certificate first,
+so a crash at any point leaves a certificate the device can still use.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+from devid.clock import Clock, SystemClock
+from devid.errors import ConfigError, DevidError
+from devid.est.client import Enrolled, EstClient, EstError, tls_context
+from devid.fsutil import atomic_write
+from devid.keys.software import SE_STATE_FILE, Sealer, SoftwareSecureElement
+from devid.pki.encoding import load_certificates
+
+STATE_FILE = "agent.json"
+LDEVID_FILE = "ldevid.pem"
+SESSION_FILE = "session.pem"
+BACKOFF_BASE = timedelta(minutes=1)
+BACKOFF_CAP = timedelta(hours=6)
+#: Statuses after which the current LDevID cannot renew itself and the IDevID must step in.
+FALLBACK_STATUSES = {401, 403}
+
+
+@dataclass
+class AgentState:
+    server: str
+    label: str
+    trust_pem: str
+    policy: str | None = None
+    ldevid_fingerprint: str | None = None
+    ldevid_not_after: str | None = None
+    renew_at: str | None = None
+    session_not_after: str | None = None
+    failures: int = 0
+    next_attempt: str | None = None
+    last_success: str | None = None
+    last_error: str | None = None
+    events: list[str] = field(default_factory=list)
+
+    def note(self, now: datetime, text: str) -> None:
+        self.events = [*self.events[-19:], f"{now.isoformat()} {text}"]
+
+
+def _when(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+class DeviceAgent:
+    """One device folder, its secure element and its agent state."""
+
+    def __init__(
+        self,
+        directory: Path,
+        se: SoftwareSecureElement,
+        state: AgentState | None,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.directory = directory
+        self.se = se
+        self.state = state
+        self.clock = clock or SystemClock()
+        self.rng = rng or random.Random()
+        info = json.loads((directory / "device.json").read_text())
+        self.serial: str = info["serial"]
+        self.idevid_chain = (
+            load_certificates((directory / info["idevid"]).read_bytes())
+            + load_certificates((directory / info["chain"]).read_bytes())[:-1]
+        )
+
+    @classmethod
+    def open(
+        cls,
+        directory: Path,
+        passphrase: bytes,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> DeviceAgent:
+        info = json.loads((directory / "device.json").read_text())
+        backend = info["secure_element"]["backend"]
+        if backend != "software":
+            raise ConfigError(
+                "se-tls-unsupported",
+                "this device's key is in a PKCS#11 token: TLS client authentication from the token needs "
+                "OpenSSL's pkcs11-provider, which this machine's Debian release does not ship",
+            )
+        salt = base64.b64decode(json.loads((directory / SE_STATE_FILE).read_text())["salt"])
+        se = SoftwareSecureElement.open(directory, Sealer(passphrase, salt))
+        state_file = directory / STATE_FILE
+        state = AgentState(**json.loads(state_file.read_text())) if state_file.exists() else None
+        return cls(directory, se, state, clock=clock, rng=rng)
+
+    # --- persistence ----------------------------------------------------------------------------
+
+    def _save_state(self) -> None:
+        assert self.state is not None
+        atomic_write(self.directory / STATE_FILE, json.dumps(asdict(self.state), indent=1).encode())
+
+    def _install(self, enrolled: Enrolled, file: str, slot: str) -> None:
+        """Certificate first (slot and file, each atomic), state after: a crash in between leaves
+        the new certificate in place and the agent re-reads it on the next start."""
+        pem = b"".join(
+            c.public_bytes(serialization.Encoding.PEM) for c in [enrolled.certificate, *enrolled.chain]
+        )
+        self.se.write_slot(slot, enrolled.certificate.public_bytes(serialization.Encoding.DER))
+        atomic_write(self.directory / file, pem)
+
+    def ldevid(self) -> list[x509.Certificate] | None:
+        path = self.directory / LDEVID_FILE
+        return load_certificates(path.read_bytes()) if path.exists() else None
+
+    # --- protocol -------------------------------------------------------------------------------
+
+    def _client(self, chain: list[x509.Certificate], label: str | None = None) -> EstClient:
+        assert self.state is not None
+        key = self.se.tls_private_key()
+        ctx = tls_context(self.state.trust_pem.encode(), chain, key)
+        return EstClient(self.state.server, ctx, label=self.state.label if label is None else label)
+
+    def _csr(self, template: x509.Certificate | None) -> x509.CertificateSigningRequest:
+        """A CSR signed inside the element; for re-enrollment it repeats the current subject and SAN
+        (RFC 7030 4.2.2)."""
+        builder = x509.CertificateSigningRequestBuilder()
+        if template is not None:
+            builder = builder.subject_name(template.subject)
+            try:
+                san = template.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+                builder = builder.add_extension(san.value, san.critical)
+            except x509.ExtensionNotFound:
+                pass
+        else:
+            builder = builder.subject_name(self.idevid_chain[0].subject)
+        return self.se.sign_csr(builder)
+
+    async def enroll(self, server: str, trust_pem: bytes, label: str = "") -> Enrolled:
+        """First enrollment with the IDevID."""
+        self.state = AgentState(server=server, label=label, trust_pem=trust_pem.decode())
+        return await self._idevid_enroll(self.clock.now(), "enroll")
+
+    async def _idevid_enroll(self, now: datetime, why: str) -> Enrolled:
+        assert self.state is not None
+        async with self._client(self.idevid_chain) as est:
+            enrolled = await est.simpleenroll(self._csr(None))
+        self._accept(enrolled, now, f"{why} with IDevID")
+        return enrolled
+
+    def _accept(self, enrolled: Enrolled, now: datetime, what: str) -> None:
+        assert self.state is not None
+        session = enrolled.policy == "session"
+        self._install(enrolled, SESSION_FILE if session else LDEVID_FILE, "session" if session else "ldevid")
+        cert = enrolled.certificate
+        s = self.state
+        s.policy = enrolled.policy
+        if session:
+            s.session_not_after = cert.not_valid_after_utc.isoformat()
+        else:
+            s.ldevid_fingerprint = cert.fingerprint(hashes.SHA256()).hex()
+            s.ldevid_not_after = cert.not_valid_after_utc.isoformat()
+        s.renew_at = enrolled.renew_at.isoformat() if enrolled.renew_at else None
+        s.failures, s.next_attempt, s.last_error = 0, None, None
+        s.last_success = now.isoformat()
+        s.note(
+            now, f"{what}: serial {cert.serial_number:x}, valid to {cert.not_valid_after_utc:%Y-%m-%d %H:%M}"
+        )
+        self._save_state()
+
+    def due(self, now: datetime) -> str | None:
+        """What this check-in must do: enroll, fallback, renew, session, or nothing (None)."""
+        s = self.state
+        if s is None:
+            raise ConfigError(
+                "agent-not-enrolled", f"{self.directory} is not enrolled: run `devid agent enroll`"
+            )
+        if s.next_attempt and now < datetime.fromisoformat(s.next_attempt):
+            return None
+        if s.policy == "session":
+            end = _when(s.session_not_after)
+            return "session" if end is None or now >= end - timedelta(minutes=5) else None
+        chain = self.ldevid()
+        if chain is None:
+            return "enroll"
+        if now >= chain[0].not_valid_after_utc:
+            return "fallback"
+        renew = _when(s.renew_at)
+        return "renew" if renew is not None and now >= renew else None
+
+    async def check_in(self) -> str:
+        """One connection's worth of work; returns what happened (for logs and the simulator)."""
+        now = self.clock.now()
+        action = self.due(now)
+        if action is None:
+            return "idle"
+        try:
+            if action in ("enroll", "fallback", "session"):
+                await self._idevid_enroll(now, action)
+                return action
+            try:
+                chain = self.ldevid()
+                assert chain is not None
+                async with self._client(chain) as est:
+                    self._accept(await est.simplereenroll(self._csr(chain[0])), now, "renewed with LDevID")
+                return "renew"
+            except EstError as exc:
+                if exc.status not in FALLBACK_STATUSES:
+                    raise
+                await self._idevid_enroll(now, f"fallback after {exc.status} {exc.message}")
+                return "fallback"
+        except DevidError as exc:
+            self._back_off(now, exc)
+            return f"error: {exc.message}"
+
+    def _back_off(self, now: datetime, exc: DevidError) -> None:
+        assert self.state is not None
+        s = self.state
+        s.failures += 1
+        if isinstance(exc, EstError) and exc.retry_after:
+            delay = timedelta(seconds=exc.retry_after)
+        else:
+            delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(s.failures - 1, 20)) * (0.5 + self.rng.random())
+        s.next_attempt = (now + delay).isoformat()
+        s.last_error = exc.message
+        s.note(now, f"failed ({exc.message}); next attempt {s.next_attempt}")
+        self._save_state()
+
+    def status(self) -> dict[str, Any]:
+        chain = self.ldevid()
+        return {
+            "serial": self.serial,
+            "idevid_serial": format(self.idevid_chain[0].serial_number, "x"),
+            "ldevid_serial": format(chain[0].serial_number, "x") if chain else None,
+            **(asdict(self.state) if self.state else {"enrolled": False}),
+        }

@@ -1,0 +1,155 @@
+"""An EST client (RFC 7030) over mutual TLS or HTTP Basic, as a device uses it.
+
+One client class, protocol messages as typed results: the device agent, the EST benchmark and
+tests all speak EST through it.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+import aiohttp
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import pkcs7
+
+from devid.errors import DevidError
+
+PKCS10 = "application/pkcs10"
+WELL_KNOWN = "/.well-known/est"
+
+
+class EstError(DevidError):
+    """The EST server refused or could not be reached; `status` 0 means no HTTP answer."""
+
+    def __init__(self, status: int, reason: str, retry_after: int | None = None) -> None:
+        super().__init__(f"est-{status}" if status else "est-unreachable", reason)
+        self.status = status
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    """A certificate the server returned, with the renewal instructions it sent alongside."""
+
+    certificate: x509.Certificate
+    chain: list[x509.Certificate]
+    policy: str | None
+    renew_at: datetime | None
+
+
+@contextlib.contextmanager
+def _memory_file(data: bytes) -> Iterator[str]:
+    """A path to `data` that exists only in memory (memfd): Python's ssl loads keys only by path,
+    and a device key must not touch the disk in clear."""
+    fd = os.memfd_create("devid-tls", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, data)
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
+
+
+def tls_context(
+    trust_pem: bytes,
+    cert_chain: list[x509.Certificate] | None = None,
+    key: ec.EllipticCurvePrivateKey | None = None,
+) -> ssl.SSLContext:
+    """Client TLS context: trusts `trust_pem` only (explicit trust anchor), presents a certificate
+    chain with its key held in memory."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=trust_pem.decode())
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert_chain and key is not None:
+        chain_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in cert_chain)
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        with _memory_file(chain_pem) as certfile, _memory_file(key_pem) as keyfile:
+            ctx.load_cert_chain(certfile, keyfile)
+    return ctx
+
+
+def parse_certs_only(body: bytes) -> list[x509.Certificate]:
+    """A base64 (RFC 8951: line breaks or not) PKCS#7 certs-only body."""
+    try:
+        return pkcs7.load_der_pkcs7_certificates(base64.b64decode(b"".join(body.split()), validate=True))
+    except ValueError as exc:
+        raise EstError(200, f"the server's PKCS#7 answer does not parse: {exc}") from None
+
+
+class EstClient:
+    """EST operations against one server and label, over one connection pool (keep-alive)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        ssl_context: ssl.SSLContext,
+        *,
+        label: str = "",
+        basic: tuple[str, str] | None = None,
+        timeout: float = 30.0,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.base = base_url.rstrip("/") + WELL_KNOWN + (f"/{label}" if label else "")
+        self._ssl = ssl_context
+        self._auth = aiohttp.BasicAuth(*basic) if basic else None
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session = session
+        self._own_session = session is None
+
+    async def __aenter__(self) -> EstClient:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _request(self, method: str, op: str, body: bytes | None = None) -> tuple[bytes, dict[str, str]]:
+        assert self._session is not None, "use `async with EstClient(...)`"
+        headers = {"Content-Type": PKCS10, "Content-Transfer-Encoding": "base64"} if body is not None else {}
+        try:
+            async with self._session.request(
+                method, f"{self.base}/{op}", data=body, headers=headers, ssl=self._ssl, auth=self._auth
+            ) as resp:
+                data = await resp.read()
+                if resp.status == 202:
+                    retry = resp.headers.get("Retry-After", "60")
+                    raise EstError(
+                        202, "enrollment is waiting for approval", int(retry) if retry.isdigit() else 60
+                    )
+                if resp.status != 200:
+                    raise EstError(resp.status, data.decode(errors="replace").strip() or resp.reason or "")
+                return data, dict(resp.headers)
+        except (aiohttp.ClientError, TimeoutError, ssl.SSLError, OSError) as exc:
+            raise EstError(0, f"cannot reach the EST server at {self.base}: {exc}") from None
+
+    async def cacerts(self) -> list[x509.Certificate]:
+        body, _ = await self._request("GET", "cacerts")
+        return parse_certs_only(body)
+
+    async def simpleenroll(self, csr: x509.CertificateSigningRequest) -> Enrolled:
+        return await self._enroll("simpleenroll", csr)
+
+    async def simplereenroll(self, csr: x509.CertificateSigningRequest) -> Enrolled:
+        return await self._enroll("simplereenroll", csr)
+
+    async def _enroll(self, op: str, csr: x509.CertificateSigningRequest) -> Enrolled:
+        body = base64.encodebytes(csr.public_bytes(serialization.Encoding.DER))
+        data, headers = await self._request("POST", op, body)
+        certs = parse_certs_only(data)
+        if not certs:
+            raise EstError(200, "the server answered with no certificate")
+        renew = headers.get("Devid-Renew-At")
+        return Enrolled(
+            certs[0], certs[1:], headers.get("Devid-Policy"), datetime.fromisoformat(renew) if renew else None
+        )
