@@ -15,14 +15,16 @@ from sqlalchemy.exc import OperationalError
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from softhsm import SoftToken, make_token  # noqa: E402
+from softhsm import SoftToken, make_token
 
-from devid.authority.core import Authority  # noqa: E402
-from devid.authority.setup import init_home, open_authority  # noqa: E402
-from devid.config import Home  # noqa: E402
+from devid.authority.core import Authority
+from devid.authority.setup import init_home, open_authority
+from devid.config import Home
 
 PASSPHRASE = b"correct horse battery staple"
-PG_ADMIN_URL = os.environ.get("DEVID_TEST_PG_URL", "postgresql+psycopg://postgres:postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_URL = os.environ.get(
+    "DEVID_TEST_PG_URL", "postgresql+psycopg://postgres:postgres@127.0.0.1:5432/postgres"
+)
 #: Every token the session uses. SoftHSM lists tokens once, when first loaded in a process, so all
 #: of them are made up front by the autouse session fixture below.
 TOKENS = {

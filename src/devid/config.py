@@ -53,6 +53,8 @@ class Config:
     ldevid_days: int = 365
     #: EST labels and their renewal policies (see devid.authority.policy); "" is the base path.
     est_labels: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Session-token policy (issuer, audiences, scopes, lifetime): see devid.authority.token_keys.
+    tokens: dict[str, Any] = field(default_factory=dict)
 
     def to_toml(self) -> bytes:
         data: dict[str, Any] = {k: v for k, v in asdict(self).items() if v is not None}

@@ -176,6 +176,26 @@ class Authority:
             )
             raise
 
+    def issue_each(
+        self, requests: Sequence[IssueRequest], actor: str = "system"
+    ) -> list[Issued | DevidError]:
+        """Issue a batch in one transaction (one commit for all: the factory and the EST server's
+        group commit); if the batch is refused, issue each request alone, so only the refused ones
+        fail, each refusal audited on its own."""
+        if not requests:
+            return []
+        try:
+            return list(self._issue_many(requests, actor))
+        except DevidError:
+            pass
+        outcomes: list[Issued | DevidError] = []
+        for request in requests:
+            try:
+                outcomes.append(self.issue(request, actor))
+            except DevidError as exc:
+                outcomes.append(exc)
+        return outcomes
+
     def _issue_many(self, requests: Sequence[IssueRequest], actor: str) -> list[Issued]:
         # Whole seconds: X.509 times have no fraction, and the stored validity must be the certificate's.
         now = self.clock.now().astimezone(UTC).replace(microsecond=0)

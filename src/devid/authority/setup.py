@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import Engine, insert
 
+from devid.authority import token_keys
 from devid.authority.core import Authority, IssuingCA
 from devid.authority.policy import DEFAULT_LABELS, LabelPolicy
 from devid.clock import Clock, SystemClock
@@ -183,7 +184,7 @@ def open_authority(home: Home, passphrase: bytes, *, clock: Clock | None = None)
         ProfileName.LDEVID: timedelta(days=cfg.ldevid_days),
     }
     labels = {label: LabelPolicy.from_config(label, data) for label, data in cfg.est_labels.items()}
-    return Authority(
+    authority = Authority(
         engine,
         cfg.org,
         cas,
@@ -192,3 +193,5 @@ def open_authority(home: Home, passphrase: bytes, *, clock: Clock | None = None)
         lifetimes=lifetimes,
         labels=labels or dict(DEFAULT_LABELS),
     )
+    token_keys.attach(authority, home)
+    return authority

@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from devid.authority.requests import check_device_serial
 from devid.cli.common import HomeOpt, PassphraseOpt, console, load_home
 from devid.config import Home, Pkcs11Settings, resolve_passphrase
 from devid.errors import ConfigError
@@ -101,6 +102,8 @@ def run(
     se = se_spec(home_obj, secure_element, se_module, se_token, se_pin_file)
     out_dir = (out or home_obj.path / "devices").resolve()
     serials = next_serials(home_obj, serial_prefix, count, start)
+    for serial in (serials[0], serials[-1]):
+        check_device_serial(serial)  # a bad --serial-prefix is one error, not one per device
     spec = RunSpec(home_obj.path.resolve(), passphrase, LineInfo(line, model, lot), se, out_dir)
     manifest = out_dir / "manifest.jsonl"
     summary = run_with_progress(spec, serials, workers, manifest, f"{line} {lot}")

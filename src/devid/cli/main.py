@@ -7,7 +7,19 @@ import sys
 import typer
 from rich.markup import escape
 
-from devid.cli import agent_cmd, audit_cmd, bench_cmd, ca_cmd, cert_cmd, demo_cmd, factory_cmd, init_cmd
+from devid.cli import (
+    agent_cmd,
+    audit_cmd,
+    bench_cmd,
+    ca_cmd,
+    cert_cmd,
+    demo_cmd,
+    device_cmd,
+    factory_cmd,
+    init_cmd,
+    serve_cmd,
+    token_cmd,
+)
 from devid.cli.common import err_console
 from devid.errors import DevidError
 
@@ -25,6 +37,9 @@ app.add_typer(cert_cmd.app, name="cert")
 app.add_typer(audit_cmd.app, name="audit")
 app.add_typer(factory_cmd.app, name="factory")
 app.add_typer(bench_cmd.app, name="bench")
+app.add_typer(token_cmd.app, name="token")
+app.command("serve")(serve_cmd.serve)
+app.add_typer(device_cmd.app, name="device")
 app.add_typer(agent_cmd.app, name="agent")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+import ssl
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -72,8 +73,11 @@ class DeviceAgent:
         *,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        durable: bool = True,
     ) -> None:
         self.directory = directory
+        self.durable = durable
+        self._contexts: dict[tuple[int, str], ssl.SSLContext] = {}
         self.se = se
         self.state = state
         self.clock = clock or SystemClock()
@@ -93,7 +97,9 @@ class DeviceAgent:
         *,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        durable: bool = True,
     ) -> DeviceAgent:
+        """Open a device folder. `durable=False` (simulation only) skips fsync; writes stay atomic."""
         info = json.loads((directory / "device.json").read_text())
         backend = info["secure_element"]["backend"]
         if backend != "software":
@@ -103,16 +109,20 @@ class DeviceAgent:
                 "OpenSSL's pkcs11-provider, which this machine's Debian release does not ship",
             )
         salt = base64.b64decode(json.loads((directory / SE_STATE_FILE).read_text())["salt"])
-        se = SoftwareSecureElement.open(directory, Sealer(passphrase, salt))
+        se = SoftwareSecureElement.open(directory, Sealer(passphrase, salt), durable=durable)
         state_file = directory / STATE_FILE
         state = AgentState(**json.loads(state_file.read_text())) if state_file.exists() else None
-        return cls(directory, se, state, clock=clock, rng=rng)
+        return cls(directory, se, state, clock=clock, rng=rng, durable=durable)
 
     # --- persistence ----------------------------------------------------------------------------
 
     def _save_state(self) -> None:
         assert self.state is not None
-        atomic_write(self.directory / STATE_FILE, json.dumps(asdict(self.state), indent=1).encode())
+        atomic_write(
+            self.directory / STATE_FILE,
+            json.dumps(asdict(self.state), indent=1).encode(),
+            durable=self.durable,
+        )
 
     def _install(self, enrolled: Enrolled, file: str, slot: str) -> None:
         """Certificate first (slot and file, each atomic), state after: a crash in between leaves
@@ -121,7 +131,7 @@ class DeviceAgent:
             c.public_bytes(serialization.Encoding.PEM) for c in [enrolled.certificate, *enrolled.chain]
         )
         self.se.write_slot(slot, enrolled.certificate.public_bytes(serialization.Encoding.DER))
-        atomic_write(self.directory / file, pem)
+        atomic_write(self.directory / file, pem, durable=self.durable)
 
     def ldevid(self) -> list[x509.Certificate] | None:
         path = self.directory / LDEVID_FILE
@@ -131,8 +141,15 @@ class DeviceAgent:
 
     def _client(self, chain: list[x509.Certificate], label: str | None = None) -> EstClient:
         assert self.state is not None
-        key = self.se.tls_private_key()
-        ctx = tls_context(self.state.trust_pem.encode(), chain, key)
+        # A TLS context costs milliseconds to build (key and chain loading): keep one per identity.
+        cache_key = (chain[0].serial_number, self.state.trust_pem)
+        ctx = self._contexts.get(cache_key)
+        if ctx is None:
+            ctx = tls_context(self.state.trust_pem.encode(), chain, self.se.tls_private_key())
+            self._contexts = {cache_key: ctx} | {
+                k: v for k, v in self._contexts.items() if k[0] != cache_key[0]
+            }
+            self._contexts = dict(list(self._contexts.items())[:2])
         return EstClient(self.state.server, ctx, label=self.state.label if label is None else label)
 
     def _csr(self, template: x509.Certificate | None) -> x509.CertificateSigningRequest:

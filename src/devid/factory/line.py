@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 
 from devid.authority.setup import open_authority
 from devid.config import Home
@@ -61,13 +61,30 @@ def next_serials(home: Home, prefix: str, count: int, start: int | None) -> list
 
         engine = make_engine(home.config.db_url)
         with engine.connect() as conn:
-            highest = conn.execute(
-                select(func.max(repo.devices.c.serial)).where(repo.devices.c.serial.like(f"{prefix}%"))
-            ).scalar()
+            start = _highest_number(conn, prefix) + 1
         engine.dispose()
-        tail = highest[len(prefix) :] if highest else ""
-        start = int(tail) + 1 if tail.isdigit() else 1
     return [f"{prefix}{n:0{SERIAL_DIGITS}d}" for n in range(start, start + count)]
+
+
+def _highest_number(conn: Connection, prefix: str) -> int:
+    """The highest N among this line's serials `<prefix><8 digits>`, 0 if none.
+
+    Only tails of exactly 8 digits count: DEVB00000009 or DEV100000001 belong to the lines with
+    prefix DEVB and DEV1, not to DEV (the plain maximum of `LIKE 'DEV%'` took them and sent the
+    DEV line back to DEV00000001, every device a duplicate). Serials past 8 digits need --start.
+    """
+    pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    serial = repo.devices.c.serial
+    rows = conn.execute(
+        select(serial)
+        .where(serial.like(pattern, escape="\\"), func.length(serial) == len(prefix) + SERIAL_DIGITS)
+        .order_by(serial.desc())
+    )
+    for (value,) in rows:  # the first row, unless a serial has non-digits where digits go
+        tail = value[len(prefix) :]
+        if value.startswith(prefix) and tail.isascii() and tail.isdigit():
+            return int(tail)
+    return 0
 
 
 _station: Station | None = None

@@ -182,6 +182,7 @@ class Station:
     def _prepare(self, serial: str, directory: Path, start: float) -> _Pending:
         check_device_serial(serial)
         directory.mkdir(parents=True)
+        se: SecureElement | None = None
         try:
             se = self.maker.create(directory, serial)
             builder = x509.CertificateSigningRequestBuilder().subject_name(
@@ -195,6 +196,8 @@ class Station:
             )
             request = IssueRequest(ProfileName.IDEVID, key, new_device=device, common_name=self.info.model)
         except BaseException:
+            if se is not None:
+                se.discard()
             shutil.rmtree(directory, ignore_errors=True)
             raise
         return _Pending(serial, directory, se, request, time.perf_counter() - start)
@@ -203,39 +206,20 @@ class Station:
         if not pending:
             return []
         start = time.perf_counter()
-        try:
-            certs = self.authority.issue_many([p.request for p in pending], self.actor)
-        except DevidError:
-            return self._issue_one_by_one(pending, results)
+        outcomes = self.authority.issue_each([p.request for p in pending], self.actor)
         share = (time.perf_counter() - start) / len(pending)
-        for p in pending:
+        issued = []
+        for p, outcome in zip(pending, outcomes, strict=True):
             p.seconds += share
-        return list(zip(pending, certs, strict=True))
-
-    def _issue_one_by_one(
-        self, pending: list[_Pending], results: list[DeviceResult]
-    ) -> list[tuple[_Pending, Issued]]:
-        """After a refused batch: issue each device alone so only the refused ones fail."""
-        out = []
-        for p in pending:
-            start = time.perf_counter()
-            try:
-                cert = self.authority.issue(p.request, self.actor)
-            except DevidError as exc:
+            if isinstance(outcome, DevidError):
+                p.se.discard()
                 shutil.rmtree(p.directory, ignore_errors=True)
                 results.append(
-                    DeviceResult(
-                        p.serial,
-                        False,
-                        str(p.directory),
-                        p.seconds + time.perf_counter() - start,
-                        error=_reason(exc),
-                    )
+                    DeviceResult(p.serial, False, str(p.directory), p.seconds, error=_reason(outcome))
                 )
-                continue
-            p.seconds += time.perf_counter() - start
-            out.append((p, cert))
-        return out
+            else:
+                issued.append((p, outcome))
+        return issued
 
     def _install_and_test(self, item: _Pending, issued: Issued) -> None:
         se = item.se

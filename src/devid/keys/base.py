@@ -53,6 +53,10 @@ class SecureElement(Protocol):
         """Always refuses: raises KeyExportRefused."""
         ...
 
+    def discard(self) -> None:
+        """Destroy the key and slots: for a device refused before it received its identity."""
+        ...
+
     def reference(self) -> dict[str, Any]:
         """What a device folder records to find this element again (no secrets)."""
         ...

@@ -409,6 +409,15 @@ class Pkcs11SecureElement:
     def export_private_key(self) -> NoReturn:
         raise KeyExportRefused("key-export-refused", "the secure element never exports its private key")
 
+    def discard(self) -> None:
+        """Destroy the device's key pair and slots (a device refused before it got its identity)."""
+        with self._token.lock:
+            for obj in list(
+                self._token.session.get_objects({Attribute.ID: self.device_serial.encode("utf-8")})
+            ):
+                obj.destroy()
+            self._token.keys.pop(self.device_serial, None)
+
     def tls_key_uri(self) -> str:
         """The RFC 7512 URI of the device key, for OpenSSL's pkcs11-provider (no PIN in it)."""
         return pkcs11_uri(self.token_label, self.device_serial)

@@ -146,7 +146,7 @@ class SoftwareSecureElement:
         return se
 
     @classmethod
-    def open(cls, directory: Path, sealer: Sealer) -> SoftwareSecureElement:
+    def open(cls, directory: Path, sealer: Sealer, *, durable: bool = True) -> SoftwareSecureElement:
         try:
             state = json.loads((directory / SE_STATE_FILE).read_text())
         except FileNotFoundError:
@@ -155,7 +155,7 @@ class SoftwareSecureElement:
         scalar = sealer.open(base64.b64decode(state["sealed_key"]), context)
         key = ec.derive_private_key(int.from_bytes(scalar, "big"), ec.SECP256R1())
         slots = {name: base64.b64decode(der) for name, der in state["slots"].items()}
-        return cls(directory, sealer, key, slots)
+        return cls(directory, sealer, key, slots, durable)
 
     def _save(self) -> None:
         scalar = self._key.private_numbers().private_value.to_bytes(32, "big")
@@ -193,6 +193,10 @@ class SoftwareSecureElement:
 
     def export_private_key(self) -> NoReturn:
         raise KeyExportRefused("key-export-refused", "the secure element never exports its private key")
+
+    def discard(self) -> None:
+        """Forget the element: its sealed state file goes (a device refused before its identity)."""
+        (self.directory / SE_STATE_FILE).unlink(missing_ok=True)
 
     def tls_private_key(self) -> ec.EllipticCurvePrivateKey:
         """The key for an in-memory TLS handshake: the one place a software element lends its key."""

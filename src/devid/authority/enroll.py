@@ -1,0 +1,415 @@
+"""Enrollment decisions: who may receive which certificate, whatever protocol carries the request.
+
+The EST server (and later EST-coaps or any other front end) parses and encodes; this module
+decides. It identifies a client certificate against devid's own CAs and store (Python 3.11's `ssl`
+offers no verified chain, and the TLS layer is told not to check times so that an expired
+certificate reaches the application and is refused here with a reason), checks HTTP Basic
+enrollment secrets, applies the label's renewal policy, and calls the authority to issue.
+
+Every refusal raised here is audited once: refusals from `Authority.issue` are audited by the
+authority itself, the others here (as `est.<operation>`), when the client presented a credential.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import select
+
+from devid.authority.core import ISSUER_OF, Authority
+from devid.authority.devices import approval_pending, consume_enrollment_secret
+from devid.authority.policy import LabelPolicy
+from devid.authority.requests import Issued, IssueRequest, check_device_serial
+from devid.errors import DevidError, PolicyError
+from devid.pki.csr import load_and_check_csr, load_csr
+from devid.pki.profiles import ProfileName
+from devid.store import repo
+
+#: Profiles a device may authenticate with.
+CLIENT_PROFILES = (ProfileName.IDEVID, ProfileName.LDEVID, ProfileName.SESSION)
+
+
+class AuthenticationRequired(DevidError):
+    """No usable credential was presented (HTTP 401 with a challenge)."""
+
+
+class Operation(StrEnum):
+    ENROLL = "simpleenroll"
+    REENROLL = "simplereenroll"
+    SERVERKEYGEN = "serverkeygen"
+
+
+@dataclass(frozen=True)
+class ClientCertificate:
+    """A client certificate devid issued, recorded and still trusts, with its device's standing."""
+
+    certificate: x509.Certificate
+    der: bytes
+    fingerprint: str
+    issuer: str
+    profile: ProfileName
+    device_serial: str
+    device_state: str
+    status: str
+
+    @property
+    def not_after(self) -> datetime:
+        return self.certificate.not_valid_after_utc
+
+
+@dataclass(frozen=True)
+class CertificateCredential:
+    """A TLS client certificate (DER), as the TLS layer or a trusted proxy gave it."""
+
+    der: bytes
+
+
+@dataclass(frozen=True)
+class SecretCredential:
+    """HTTP Basic: user = device serial, password = single-use enrollment secret."""
+
+    serial: str
+    secret: str
+
+
+Credential = CertificateCredential | SecretCredential
+
+
+@dataclass(frozen=True)
+class EnrollResult:
+    """An issued certificate, or `pending` (awaiting operator approval: nothing issued)."""
+
+    policy: LabelPolicy
+    device_serial: str
+    issued: Issued | None = None
+    #: Only for server-side key generation: the new private key (sent once, never stored).
+    private_key: ec.EllipticCurvePrivateKey | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self.issued is None
+
+    @property
+    def renew_at(self) -> datetime | None:
+        if self.issued is None:
+            return None
+        cert = self.issued.certificate
+        return self.policy.renew_at(cert.not_valid_before_utc, cert.not_valid_after_utc, self.device_serial)
+
+
+def _now(authority: Authority) -> datetime:
+    return authority.clock.now().astimezone(UTC)
+
+
+def identify_client(authority: Authority, der: bytes, *, require_current: bool = True) -> ClientCertificate:
+    """Which device presented `der`: issued by devid's manufacturing or operational CA (signature
+    checked here), recorded in the store, and (with `require_current`) valid now by the authority's
+    clock and not revoked or superseded. Raises PolicyError (`client-cert-*`) naming the problem.
+
+    Callers that accept a TLS client certificate must call this: the server context does not check
+    certificate times (X509_V_FLAG_NO_CHECK_TIME) so that this check can answer with a reason.
+    """
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError as exc:
+        raise PolicyError("client-cert-malformed", f"client certificate cannot be parsed: {exc}") from None
+    issuer = None
+    for name in dict.fromkeys(ISSUER_OF.values()):
+        ca = authority.cas.get(name)
+        if ca is None or cert.issuer != ca.certificate.subject:
+            continue
+        try:
+            cert.verify_directly_issued_by(ca.certificate)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        issuer = ca
+        break
+    if issuer is None:
+        raise PolicyError(
+            "client-cert-unknown-issuer",
+            "client certificate was not issued by this devid's manufacturing or operational CA",
+        )
+    fingerprint = hashlib.sha256(der).hexdigest()
+    with authority.engine.connect() as conn:
+        row = repo.certificate_by_fingerprint(conn, fingerprint)
+    if row is None or row.issuer_id != issuer.id:
+        raise PolicyError(
+            "client-cert-unknown", "client certificate is not in this authority's records: it is not trusted"
+        )
+    try:
+        profile = ProfileName(row.profile)
+    except ValueError:
+        profile = None
+    if profile not in CLIENT_PROFILES or row.device_serial is None:
+        raise PolicyError(
+            "client-cert-profile",
+            f"a {row.profile} certificate does not authenticate a device (IDevID, LDevID or session only)",
+        )
+    assert profile is not None
+    serial_attrs = cert.subject.get_attributes_for_oid(x509.NameOID.SERIAL_NUMBER)
+    if [a.value for a in serial_attrs] != [row.device_serial]:
+        raise PolicyError(
+            "client-cert-identity", "client certificate subject serialNumber does not match its device record"
+        )
+    client = ClientCertificate(
+        cert, der, fingerprint, issuer.name, profile, row.device_serial, row.device_state, row.status
+    )
+    if require_current:
+        check_current(authority, client)
+    return client
+
+
+def check_current(authority: Authority, client: ClientCertificate) -> None:
+    """Refuse a client certificate that is expired, not yet valid, revoked or superseded."""
+    now = _now(authority)
+    cert = client.certificate
+    what = f"client certificate ({client.profile.value} of device {client.device_serial})"
+    if now > cert.not_valid_after_utc:
+        raise PolicyError("client-cert-expired", f"{what} expired at {cert.not_valid_after_utc.isoformat()}")
+    if now < cert.not_valid_before_utc:
+        raise PolicyError(
+            "client-cert-not-yet-valid", f"{what} is not valid before {cert.not_valid_before_utc.isoformat()}"
+        )
+    ca = authority.cas[client.issuer].certificate
+    if not ca.not_valid_before_utc <= now <= ca.not_valid_after_utc:
+        raise PolicyError("client-cert-issuer-expired", f"the CA that issued the {what} is not valid now")
+    if client.status != "valid":
+        raise PolicyError(f"client-cert-{client.status}", f"{what} is {client.status}")
+
+
+def check_enrollment_secret(authority: Authority, serial: str, secret: str) -> None:
+    """Check (without spending it) a device's enrollment secret: AuthenticationRequired when the
+    serial or secret is wrong, PolicyError when it was used or has expired."""
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    table = repo.enrollment_secrets
+    with authority.engine.connect() as conn:
+        device = repo.device_by_serial(conn, serial)
+        row = conn.execute(select(table).where(table.c.secret_hash == digest)).first()
+    if device is None or row is None or not hmac.compare_digest(str(row.device_id), str(device.id)):
+        raise AuthenticationRequired("enroll-secret", "wrong device serial or enrollment secret")
+    if row.used_at is not None:
+        raise PolicyError("enroll-secret-reused", "this enrollment secret was already used")
+    if row.expires_at <= _now(authority):
+        raise PolicyError("enroll-secret-expired", "this enrollment secret has expired")
+
+
+def device_state(authority: Authority, serial: str) -> str:
+    with authority.engine.connect() as conn:
+        device = repo.device_by_serial(conn, serial)
+    if device is None:
+        raise AuthenticationRequired("enroll-secret", "wrong device serial or enrollment secret")
+    return str(device.state)
+
+
+def has_operational_identity(authority: Authority, serial: str, profile: ProfileName) -> bool:
+    """Whether the device was ever issued a certificate of `profile` (LDevID): enrolled before."""
+    certs, devices = repo.certificates, repo.devices
+    query = (
+        select(certs.c.id)
+        .join(devices, devices.c.id == certs.c.device_id)
+        .where(devices.c.serial == serial, certs.c.profile == profile.value)
+        .limit(1)
+    )
+    with authority.engine.connect() as conn:
+        return conn.execute(query).first() is not None
+
+
+def _require_active(serial: str, state: str) -> None:
+    if state != "ACTIVE":
+        raise PolicyError(
+            "device-not-active", f"device {serial!r} is {state}: no certificate is issued to it"
+        )
+
+
+def _names_match(csr: x509.CertificateSigningRequest, current: x509.Certificate) -> None:
+    """RFC 7030 4.2.2: a re-enrollment CSR names the subject (and SAN, if it carries one) of the
+    certificate being renewed. devid's profile sets the SAN, so a CSR without one changes nothing."""
+    if csr.subject != current.subject:
+        raise PolicyError(
+            "reenroll-subject-mismatch",
+            f"CSR subject {csr.subject.rfc4514_string()!r} differs from the certificate being renewed "
+            f"({current.subject.rfc4514_string()!r}); RFC 7030 4.2.2 requires them equal",
+        )
+    try:
+        wanted = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return
+    try:
+        have = current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        have = x509.SubjectAlternativeName([])
+    if set(wanted) != set(have):
+        raise PolicyError(
+            "reenroll-san-mismatch",
+            "CSR subjectAltName differs from that of the certificate being renewed (RFC 7030 4.2.2)",
+        )
+
+
+class _Context:
+    """What a refusal is audited under."""
+
+    def __init__(self) -> None:
+        self.subject = "-"
+        self.credential = "none"
+
+
+@contextmanager
+def _audited(authority: Authority, action: str, actor: str, ctx: _Context) -> Iterator[None]:
+    try:
+        yield
+    except DevidError as exc:
+        if not getattr(exc, "audited", False) and ctx.credential != "none":
+            authority.record_refusal(exc, action, ctx.subject, actor, {"credential": ctx.credential})
+            exc.audited = True  # type: ignore[attr-defined]
+        raise
+
+
+def enroll(
+    authority: Authority,
+    label: str,
+    operation: Operation,
+    credential: Credential | None,
+    csr_data: bytes,
+    *,
+    actor: str = "est",
+) -> EnrollResult:
+    """Decide and issue one EST enrollment. Raises DevidError subclasses (audited) on refusal;
+    returns a pending result (nothing issued) while the label's policy awaits operator approval.
+
+    Rules:
+    - IDevID (manufacturing CA, recorded, valid): first enrollment of an ACTIVE device; again
+      later (the LDevID expired or was lost) only if the label's policy has `idevid_fallback`.
+      Identity comes from the IDevID, never from the CSR.
+    - LDevID / session certificate (current): re-enrollment; on `simplereenroll` the CSR's subject
+      (and SAN, if any) must equal the certificate's; the certificate is superseded when the new
+      one has the same profile. A session certificate renews only under a session label.
+    - HTTP Basic (device serial + single-use secret): `simpleenroll` of an LDevID only; the secret
+      is spent only after the CSR passed its checks and approval (if any) was given.
+    """
+    ctx = _Context()
+    with _audited(authority, f"est.{operation.value}", actor, ctx):
+        policy = authority.label_policy(label)
+        if credential is None:
+            raise AuthenticationRequired(
+                "auth-required",
+                "authenticate with a TLS client certificate (IDevID or LDevID) or HTTP Basic "
+                "(device serial and enrollment secret)",
+            )
+        if isinstance(credential, SecretCredential):
+            ctx.credential = "enrollment-secret"
+            ctx.subject = credential.serial[:64] or "-"
+            return _enroll_with_secret(authority, policy, operation, credential, csr_data, actor)
+        ctx.credential = "certificate"
+        client = identify_client(authority, credential.der)
+        ctx.subject = client.device_serial
+        ctx.credential = client.profile.value
+        return _enroll_with_certificate(authority, policy, operation, client, csr_data, actor)
+
+
+def _csr_key(
+    operation: Operation, csr_data: bytes
+) -> tuple[x509.CertificateSigningRequest, ec.EllipticCurvePublicKey, ec.EllipticCurvePrivateKey | None]:
+    """The checked CSR and the key to certify; for serverkeygen (RFC 7030 4.4.1) the CSR's key and
+    signature are ignored, so only its syntax is checked, and a new P-256 key is made here."""
+    if operation is Operation.SERVERKEYGEN:
+        csr = load_csr(csr_data)
+        private = ec.generate_private_key(ec.SECP256R1())
+        return csr, private.public_key(), private
+    csr, key = load_and_check_csr(csr_data)
+    return csr, key, None
+
+
+def _issue(authority: Authority, request: IssueRequest, actor: str) -> Issued:
+    try:
+        return authority.issue(request, actor)
+    except DevidError as exc:
+        exc.audited = True  # type: ignore[attr-defined]
+        raise
+
+
+def _enroll_with_secret(
+    authority: Authority,
+    policy: LabelPolicy,
+    operation: Operation,
+    credential: SecretCredential,
+    csr_data: bytes,
+    actor: str,
+) -> EnrollResult:
+    serial = credential.serial
+    try:
+        check_device_serial(serial)
+    except PolicyError:
+        raise AuthenticationRequired("enroll-secret", "wrong device serial or enrollment secret") from None
+    check_enrollment_secret(authority, serial, credential.secret)
+    if operation is not Operation.ENROLL:
+        raise PolicyError(
+            "secret-not-accepted",
+            f"{operation.value} needs a TLS client certificate (IDevID or LDevID); an enrollment secret "
+            "is accepted by simpleenroll only",
+        )
+    if policy.profile is not ProfileName.LDEVID:
+        raise PolicyError(
+            "secret-not-accepted",
+            f"label {policy.label!r} issues {policy.profile.value} certificates only to devices that "
+            "authenticate with their IDevID or LDevID",
+        )
+    _require_active(serial, device_state(authority, serial))
+    _, key = load_and_check_csr(csr_data)
+    if policy.approval and approval_pending(authority, serial):
+        return EnrollResult(policy, serial)
+    consume_enrollment_secret(authority, serial, credential.secret)
+    request = IssueRequest(policy.profile, key, device_serial=serial, lifetime=policy.lifetime)
+    return EnrollResult(policy, serial, _issue(authority, request, actor))
+
+
+def _enroll_with_certificate(
+    authority: Authority,
+    policy: LabelPolicy,
+    operation: Operation,
+    client: ClientCertificate,
+    csr_data: bytes,
+    actor: str,
+) -> EnrollResult:
+    serial = client.device_serial
+    _require_active(serial, client.device_state)
+    supersedes = None
+    if client.profile is ProfileName.IDEVID:
+        if (
+            policy.profile is ProfileName.LDEVID
+            and not policy.idevid_fallback
+            and has_operational_identity(authority, serial, policy.profile)
+        ):
+            raise PolicyError(
+                "idevid-fallback-refused",
+                f"device {serial!r} already holds an LDevID and label {policy.label!r} "
+                f"({policy.policy.value}) does not re-enroll with the IDevID: renew with the LDevID "
+                "on simplereenroll",
+            )
+        csr, public_key, private_key = _csr_key(operation, csr_data)
+        if policy.approval and approval_pending(authority, serial):
+            return EnrollResult(policy, serial)
+    else:
+        if client.profile is ProfileName.SESSION and policy.profile is not ProfileName.SESSION:
+            raise PolicyError(
+                "session-cert-not-accepted",
+                f"a session certificate renews only session certificates, not label {policy.label!r} "
+                f"({policy.profile.value})",
+            )
+        csr, public_key, private_key = _csr_key(operation, csr_data)
+        if operation is Operation.REENROLL:
+            _names_match(csr, client.certificate)
+        if client.profile is policy.profile:
+            supersedes = client.fingerprint
+    request = IssueRequest(
+        policy.profile, public_key, device_serial=serial, lifetime=policy.lifetime, supersedes=supersedes
+    )
+    return EnrollResult(policy, serial, _issue(authority, request, actor), private_key)

@@ -1,0 +1,1 @@
+"""Fleet simulation: many devices, connectivity gaps, renewal policies, years in seconds."""

@@ -1,0 +1,153 @@
+"""Simulate a fleet of device agents against a real EST server on loopback, on a shared clock.
+
+Every device is a real agent with its own secure element and folder, talking real mTLS to a
+real server; only time is simulated: the authority and the agents read one FixedClock that the
+simulator moves a day at a time, so 90 days offline take seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from devid.authority.setup import init_home, open_authority
+from devid.clock import FixedClock
+from devid.device.agent import DeviceAgent
+from devid.factory.line import RunSpec, next_serials, run_line
+from devid.factory.secure_elements import SecureElementSpec
+from devid.factory.station import LineInfo
+from devid.pki.encoding import cert_pem
+from devid.web.app import make_app, start_server
+from devid.web.tls import client_trust, ensure_server_certificate, server_context, server_names_for
+
+PASSPHRASE = b"devid-sim"
+
+
+@dataclass
+class FleetReport:
+    label: str
+    devices: int
+    days: int
+    offline: tuple[int, int]
+    outcomes: Counter[str] = field(default_factory=Counter)
+    #: Devices holding no valid operational identity at the end of the run.
+    without_identity: int = 0
+    #: Days on which an online device lacked a valid identity after its check-in, summed.
+    online_days_without_identity: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.without_identity == 0 and self.online_days_without_identity == 0
+
+
+def has_identity(agent: DeviceAgent, now: datetime) -> bool:
+    """Whether the device holds an operational certificate valid at `now` (LDevID or session)."""
+    if agent.state is not None and agent.state.policy == "session":
+        end = agent.state.session_not_after
+        return end is not None and now < datetime.fromisoformat(end)
+    chain = agent.ldevid()
+    return chain is not None and chain[0].not_valid_before_utc <= now < chain[0].not_valid_after_utc
+
+
+async def _each(
+    agents: Sequence[DeviceAgent],
+    work: str,
+    concurrency: int,
+    report: FleetReport,
+    trust: bytes,
+    url: str,
+    label: str,
+) -> None:
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(agent: DeviceAgent) -> None:
+        async with gate:
+            if work == "enroll":
+                await agent.enroll(url, trust, label)
+                report.outcomes["enroll"] += 1
+            else:
+                outcome = await agent.check_in()
+                report.outcomes[outcome.split(":")[0]] += 1
+                if outcome.startswith("error") and len(report.errors) < 10:
+                    report.errors.append(f"{agent.serial}: {outcome}")
+
+    await asyncio.gather(*(one(a) for a in agents))
+
+
+async def simulate(
+    agents: Sequence[DeviceAgent],
+    clock: FixedClock,
+    url: str,
+    trust: bytes,
+    *,
+    label: str,
+    days: int,
+    offline: tuple[int, int],
+    concurrency: int = 32,
+) -> FleetReport:
+    """Enroll every agent, then move time a day at a time; devices check in daily unless offline."""
+    report = FleetReport(label, len(agents), days, offline)
+    await _each(agents, "enroll", concurrency, report, trust, url, label)
+    start, end = offline
+    for day in range(1, days + 1):
+        clock.advance(timedelta(days=1))
+        if start <= day < end:
+            continue
+        await _each(agents, "check-in", concurrency, report, trust, url, label)
+        now = clock.now()
+        report.online_days_without_identity += sum(not has_identity(a, now) for a in agents)
+    now = clock.now()
+    report.without_identity = sum(not has_identity(a, now) for a in agents)
+    return report
+
+
+async def run_fleet(
+    devices: int, labels: Sequence[str], days: int, offline: tuple[int, int], workdir: Path | None = None
+) -> list[FleetReport]:
+    """Provision `devices` per label in a throw-away home, serve EST on loopback, simulate each label."""
+    with tempfile.TemporaryDirectory(prefix="devid-sim-") as tmp:
+        base = workdir or Path(tmp)
+        home = init_home(base / "home", org="devid sim", passphrase=PASSPHRASE)
+        total = devices * len(labels)
+        serials = next_serials(home, "SIM", total, 1)
+        spec = RunSpec(
+            home.path.resolve(),
+            PASSPHRASE,
+            LineInfo("sim", "sim-device", "sim-lot"),
+            SecureElementSpec("software", bytes.fromhex(home.config.se_salt)),
+            base / "devices",
+        )
+        summary = run_line(spec, serials, 2 if total >= 400 else 1, base / "devices" / "manifest.jsonl")
+        if summary.failures:
+            raise RuntimeError(f"{summary.failures} devices failed on the line")
+        clock = FixedClock(datetime.now(UTC))
+        authority = open_authority(home, PASSPHRASE, clock=clock)
+        dns, ips = server_names_for("127.0.0.1")
+        cert = ensure_server_certificate(authority, home.path / "tls", PASSPHRASE, dns, ips)
+        ctx = server_context(cert.cert_file, cert.key_file, client_trust(authority), password=PASSPHRASE)
+        server = await start_server(make_app(authority), ctx, host="127.0.0.1", port=0)
+        trust = cert_pem(authority.root)
+        reports = []
+        try:
+            for i, label in enumerate(labels):
+                chunk = serials[i * devices : (i + 1) * devices]
+                agents = [
+                    DeviceAgent.open(
+                        base / "devices" / s, PASSPHRASE, clock=clock, rng=random.Random(s), durable=False
+                    )
+                    for s in chunk
+                ]
+                reports.append(
+                    await simulate(agents, clock, server.url, trust, label=label, days=days, offline=offline)
+                )
+        finally:
+            await server.stop()
+            authority.engine.dispose()
+        return reports

@@ -1,0 +1,1 @@
+"""The aiohttp application: EST (and session tokens) over TLS with optional client certificates."""

@@ -1,0 +1,157 @@
+"""The aiohttp application `devid serve` runs: EST, and session tokens when that package is present.
+
+Start it in-process (tests, benchmarks, the demo) with `devid.web.app.start_server`, or build the
+application with `make_app` and run it yourself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from devid.authority.core import Authority
+from devid.errors import ConfigError
+from devid.est.server import MAX_BODY, EstServer
+from devid.web.errors import error_middleware
+from devid.web.peer import TRUSTED_PROXIES, TrustedProxies, peer_certificate
+
+log = logging.getLogger("devid.web")
+
+AUTHORITY = web.AppKey("devid.authority", Authority)
+
+
+class InFlight:
+    """Counts requests being handled, so a shutdown can wait for them.
+
+    aiohttp's own graceful shutdown waits for running handlers but stops reading from their
+    connections first, so a request whose body is still arriving never completes. `RunningServer.stop`
+    therefore stops accepting, waits here until the requests in flight are answered (their
+    connections are closed after the answer), and only then lets aiohttp close what is left.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self.count += 1
+        self._idle.clear()
+        try:
+            response = await handler(request)
+            if self.draining:
+                response.force_close()
+            return response
+        finally:
+            self.count -= 1
+            if self.count == 0:
+                self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """True once no request is in flight; False if `timeout` passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+IN_FLIGHT = web.AppKey("devid.in_flight", InFlight)
+
+
+def make_app(
+    authority: Authority,
+    *,
+    trusted_proxies: Iterable[str] = (),
+    client_max_size: int = MAX_BODY,
+) -> web.Application:
+    """The devid web application for `authority`.
+
+    `trusted_proxies`: IP addresses or networks of TLS-terminating proxies whose
+    `X-SSL-Client-Cert` header (URL-encoded PEM) is taken as the client certificate; from any
+    other peer the header is ignored. Bodies over `client_max_size` bytes are refused with 413.
+    """
+    in_flight = InFlight()
+    app = web.Application(
+        client_max_size=client_max_size, middlewares=[in_flight.middleware, error_middleware]
+    )
+    app[AUTHORITY] = authority
+    app[IN_FLIGHT] = in_flight
+    app[TRUSTED_PROXIES] = TrustedProxies.parse(trusted_proxies)
+    app.add_routes(EstServer(authority).routes())
+    try:
+        from devid.tokens.routes import token_routes  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        log.debug("devid.tokens.routes is not available: no token endpoints")
+    else:
+        # The token service reads the client certificate the same way EST does (trusted proxies).
+        app.add_routes(token_routes(authority, peer_certificate=peer_certificate))
+    return app
+
+
+@dataclass
+class RunningServer:
+    """A started server: its runner (call `await stop()` to shut it down gracefully) and URL."""
+
+    runner: web.AppRunner
+    site: web.TCPSite
+    host: str
+    port: int
+    shutdown_timeout: float = 30.0
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}:{self.port}"
+
+    async def stop(self) -> None:
+        """Graceful shutdown: stop accepting, let requests in flight finish (up to the shutdown
+        timeout), then close the remaining (idle) connections."""
+        in_flight = self.runner.app.get(IN_FLIGHT)
+        await self.site.stop()
+        if in_flight is not None:
+            in_flight.draining = True
+            if not await in_flight.wait_idle(self.shutdown_timeout):
+                log.warning(
+                    "shutdown: %d request(s) still in flight after %ss",
+                    in_flight.count,
+                    self.shutdown_timeout,
+                )
+        await self.runner.cleanup()
+
+
+async def start_server(
+    app: web.Application,
+    ssl_context: ssl.SSLContext,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    shutdown_timeout: float = 30.0,
+    access_log: logging.Logger | None = None,
+) -> RunningServer:
+    """Listen on `host:port` (0: a free port) over TLS; returns once the socket accepts."""
+    # aiohttp's own shutdown runs after `stop` has drained the requests in flight: a short grace.
+    runner = web.AppRunner(app, shutdown_timeout=min(shutdown_timeout, 5.0), access_log=access_log)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError("listen", f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound = port
+    server = site._server  # the asyncio Server: the only place the chosen port can be read
+    if isinstance(server, asyncio.Server) and server.sockets:
+        bound = int(server.sockets[0].getsockname()[1])
+    return RunningServer(runner, site, host, bound, shutdown_timeout)
