@@ -177,7 +177,7 @@ class Authority:
             raise
 
     def issue_each(
-        self, requests: Sequence[IssueRequest], actor: str = "system"
+        self, requests: Sequence[IssueRequest], actor: str | Sequence[str] = "system"
     ) -> list[Issued | DevidError]:
         """Issue a batch in one transaction (one commit for all: the factory and the EST server's
         group commit); if the batch is refused, issue each request alone, so only the refused ones
@@ -189,26 +189,28 @@ class Authority:
         except DevidError:
             pass
         outcomes: list[Issued | DevidError] = []
-        for request in requests:
+        for i, request in enumerate(requests):
             try:
-                outcomes.append(self.issue(request, actor))
+                outcomes.append(self.issue(request, actor if isinstance(actor, str) else actor[i]))
             except DevidError as exc:
                 outcomes.append(exc)
         return outcomes
 
-    def _issue_many(self, requests: Sequence[IssueRequest], actor: str) -> list[Issued]:
+    def _issue_many(self, requests: Sequence[IssueRequest], actor: str | Sequence[str]) -> list[Issued]:
         # Whole seconds: X.509 times have no fraction, and the stored validity must be the certificate's.
         now = self.clock.now().astimezone(UTC).replace(microsecond=0)
         for req in requests:
             self._check(req)
+        actors = [actor] * len(requests) if isinstance(actor, str) else list(actor)
         with self.engine.begin() as conn:
             known = self._existing_devices(conn, [r.device_serial for r in requests if r.device_serial])
-            self._supersede(conn, [r.supersedes for r in requests if r.supersedes], now, actor)
+            superseding = [(r.supersedes, a) for r, a in zip(requests, actors, strict=True) if r.supersedes]
+            self._supersede(conn, superseding, now)
             new_devices = [r.new_device for r in requests if r.new_device]
             if new_devices:
                 known.update(self._insert_devices(conn, new_devices, now))
             issued, rows, events = [], [], []
-            for req in requests:
+            for req, req_actor in zip(requests, actors, strict=True):
                 item, row = self._sign(req, now, known)
                 issued.append(item)
                 rows.append(row)
@@ -216,7 +218,7 @@ class Authority:
                     audit.Event(
                         "certificate.issue",
                         serial_hex(item.serial),
-                        actor,
+                        req_actor,
                         "ok",
                         {
                             "profile": req.profile.value,
@@ -248,10 +250,11 @@ class Authority:
                 )
         return {serial: dev_id for serial, (dev_id, _) in states.items()}
 
-    def _supersede(self, conn: Connection, fingerprints: list[str], now: datetime, actor: str) -> None:
+    def _supersede(self, conn: Connection, superseding: list[tuple[str, str]], now: datetime) -> None:
         """Mark the certificates being replaced as superseded; each must still be current."""
-        if not fingerprints:
+        if not superseding:
             return
+        fingerprints = [fp for fp, _ in superseding]
         for fp in fingerprints:
             row = repo.certificate_by_fingerprint(conn, fp)
             if row is None:
@@ -264,7 +267,9 @@ class Authority:
             .where(certs.c.fingerprint.in_(fingerprints))
             .values(status="superseded", status_at=now)
         )
-        audit.append(conn, [audit.Event("certificate.supersede", fp, actor) for fp in fingerprints], now)
+        audit.append(
+            conn, [audit.Event("certificate.supersede", fp, actor) for fp, actor in superseding], now
+        )
 
     def _check(self, req: IssueRequest) -> None:
         require_p256(req.public_key)

@@ -27,12 +27,14 @@ from sqlalchemy import select
 
 from devid.authority.core import ISSUER_OF, Authority
 from devid.authority.devices import approval_pending, consume_enrollment_secret
+from devid.authority.group_commit import committer
 from devid.authority.policy import LabelPolicy
 from devid.authority.requests import Issued, IssueRequest, check_device_serial
 from devid.errors import DevidError, PolicyError
 from devid.pki.csr import load_and_check_csr, load_csr
 from devid.pki.profiles import ProfileName
 from devid.store import repo
+from devid.store.engine import reading
 
 #: Profiles a device may authenticate with.
 CLIENT_PROFILES = (ProfileName.IDEVID, ProfileName.LDEVID, ProfileName.SESSION)
@@ -139,7 +141,7 @@ def identify_client(authority: Authority, der: bytes, *, require_current: bool =
             "client certificate was not issued by this devid's manufacturing or operational CA",
         )
     fingerprint = hashlib.sha256(der).hexdigest()
-    with authority.engine.connect() as conn:
+    with reading(authority.engine) as conn:
         row = repo.certificate_by_fingerprint(conn, fingerprint)
     if row is None or row.issuer_id != issuer.id:
         raise PolicyError(
@@ -191,7 +193,7 @@ def check_enrollment_secret(authority: Authority, serial: str, secret: str) -> N
     serial or secret is wrong, PolicyError when it was used or has expired."""
     digest = hashlib.sha256(secret.encode()).hexdigest()
     table = repo.enrollment_secrets
-    with authority.engine.connect() as conn:
+    with reading(authority.engine) as conn:
         device = repo.device_by_serial(conn, serial)
         row = conn.execute(select(table).where(table.c.secret_hash == digest)).first()
     if device is None or row is None or not hmac.compare_digest(str(row.device_id), str(device.id)):
@@ -203,7 +205,7 @@ def check_enrollment_secret(authority: Authority, serial: str, secret: str) -> N
 
 
 def device_state(authority: Authority, serial: str) -> str:
-    with authority.engine.connect() as conn:
+    with reading(authority.engine) as conn:
         device = repo.device_by_serial(conn, serial)
     if device is None:
         raise AuthenticationRequired("enroll-secret", "wrong device serial or enrollment secret")
@@ -219,7 +221,7 @@ def has_operational_identity(authority: Authority, serial: str, profile: Profile
         .where(devices.c.serial == serial, certs.c.profile == profile.value)
         .limit(1)
     )
-    with authority.engine.connect() as conn:
+    with reading(authority.engine) as conn:
         return conn.execute(query).first() is not None
 
 
@@ -330,7 +332,7 @@ def _csr_key(
 
 def _issue(authority: Authority, request: IssueRequest, actor: str) -> Issued:
     try:
-        return authority.issue(request, actor)
+        return committer(authority).issue(request, actor)
     except DevidError as exc:
         exc.audited = True  # type: ignore[attr-defined]
         raise

@@ -24,7 +24,7 @@ from devid.keys.software import Sealer, SoftwareKeyStore
 from devid.pki.profiles import PROFILES, ProfileName, Template, ca_subject, self_signed_template
 from devid.pki.serials import random_serial, serial_hex
 from devid.store import audit, repo
-from devid.store.engine import check_schema, make_engine, migrate
+from devid.store.engine import check_schema, make_engine, migrate, reading
 
 #: The hierarchy `devid init` creates: (name, role, parent, profile, common name suffix).
 HIERARCHY = (
@@ -98,7 +98,7 @@ def init_home(
         keystore = keystore_for(home, passphrase)
         engine = make_engine(config.db_url)
         migrate(engine)
-        with engine.connect() as conn:
+        with reading(engine) as conn:
             if repo.count(conn, repo.cas):
                 raise ConflictError("store-not-empty", "the database already holds a devid CA hierarchy")
         _create_hierarchy(engine, keystore, home, clock)
@@ -168,7 +168,7 @@ def open_authority(home: Home, passphrase: bytes, *, clock: Clock | None = None)
     engine = make_engine(home.config.db_url)
     check_schema(engine)
     keystore = keystore_for(home, passphrase)
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         ca_rows = repo.all_cas(conn)
     if not ca_rows:
         raise ConfigError("store-empty", f"the store of {home.path} holds no CA hierarchy")

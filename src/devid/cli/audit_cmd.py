@@ -7,6 +7,7 @@ import typer
 from devid.cli.common import HomeOpt, console, store
 from devid.errors import DevidError
 from devid.store import audit
+from devid.store.engine import reading
 
 app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 
@@ -19,7 +20,7 @@ class AuditBroken(DevidError):
 def verify(home: HomeOpt = None) -> None:
     """Walk the whole audit chain; name the first broken link."""
     engine = store(home)
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         result = audit.verify(conn)
     if not result.ok:
         raise AuditBroken(

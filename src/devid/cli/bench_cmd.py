@@ -50,3 +50,38 @@ def factory(
             report(bench.run(n, workers, pkcs11_n, token), as_json)
     else:
         report(bench.run(n, workers), as_json)
+
+
+@app.command("est")
+def est(
+    clients: Annotated[int, typer.Option("--clients", min=1, help="concurrent EST clients")] = 16,
+    n: Annotated[int, typer.Option("--n", min=10, help="enrollments per mode")] = 2000,
+    fresh_connections: Annotated[
+        bool, typer.Option("--fresh-connections", help="only: a new TLS connection per enrollment")
+    ] = False,
+    keep_alive: Annotated[bool, typer.Option("--keep-alive", help="only: reuse connections")] = False,
+    server: Annotated[str | None, typer.Option("--server", help="measure this EST server instead")] = None,
+    ca_bundle: Annotated[Path | None, typer.Option(help="trust anchor of --server")] = None,
+    client_cert: Annotated[
+        Path | None, typer.Option(help="client certificate chain PEM for --server")
+    ] = None,
+    client_key: Annotated[Path | None, typer.Option(help="client key PEM for --server")] = None,
+    label: Annotated[str, typer.Option(help="EST label (with --server)")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Full mTLS simpleenroll round trips: enrollments/s and p50/p99, both connection modes by default."""
+    from devid.bench import est as bench
+    from devid.errors import ConfigError
+
+    modes = [m for m, on in (("fresh", fresh_connections), ("keep-alive", keep_alive)) if on] or [
+        "fresh",
+        "keep-alive",
+    ]
+    if server:
+        if not (ca_bundle and client_cert and client_key):
+            raise ConfigError("bench-est", "--server needs --ca-bundle, --client-cert and --client-key")
+        report(
+            bench.run_remote(server, ca_bundle, client_cert, client_key, clients, n, modes, label), as_json
+        )
+    else:
+        report(bench.run_local(clients, n, modes), as_json)

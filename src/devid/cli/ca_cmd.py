@@ -15,13 +15,14 @@ from devid.cli.common import HomeOpt, JsonOpt, console, print_json, store
 from devid.errors import NotFoundError, PolicyError
 from devid.pki.encoding import fingerprint
 from devid.store import repo
+from devid.store.engine import reading
 
 app = typer.Typer(help="Inspect the CA hierarchy and export the trust bundle.", no_args_is_help=True)
 
 
 def _rows(home: Path | None) -> list[dict[str, object]]:
     engine = store(home)
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         cas = repo.all_cas(conn)
     by_id = {ca.id: ca.name for ca in cas}
     return [

@@ -18,6 +18,7 @@ from devid.pki.der import hardware_module_names
 from devid.pki.profiles import ProfileName
 from devid.pki.serials import parse_serial, serial_hex
 from devid.store import repo
+from devid.store.engine import reading
 
 app = typer.Typer(help="Issue, show and list certificates.", no_args_is_help=True)
 ISSUABLE = {"idevid": ProfileName.IDEVID, "ldevid": ProfileName.LDEVID, "server": ProfileName.SERVER}
@@ -77,7 +78,7 @@ def show(
 ) -> None:
     """One certificate by serial (hex)."""
     engine = store(home)
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         rows = repo.certificates_by_serial(conn, serial_hex(parse_serial(serial)))
     if not rows:
         raise NotFoundError("unknown-certificate", f"no certificate with serial {serial}")
@@ -118,7 +119,7 @@ def list_(
 ) -> None:
     """Certificates in issue order, filtered by device and profile, one page at a time."""
     engine = store(home)
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         rows = repo.list_certificates(
             conn, device_serial=device, profile=profile, after_id=after, limit=max(1, min(limit, 10_000))
         )

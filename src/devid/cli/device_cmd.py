@@ -13,6 +13,7 @@ from devid.authority import devices
 from devid.cli.common import HomeOpt, JsonOpt, PassphraseOpt, authority, console, print_json, store
 from devid.errors import NotFoundError, PolicyError
 from devid.store import repo
+from devid.store.engine import reading
 
 app = typer.Typer(help="Manage devices: enrollment secrets, approval, state.", no_args_is_help=True)
 
@@ -91,7 +92,7 @@ def _device_info(row: Any) -> dict[str, Any]:
 def show(serial: str, home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """One device: its state, approval and certificates."""
     engine = store(home)
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         row = repo.device_by_serial(conn, serial)
         if row is None:
             raise NotFoundError("unknown-device", f"no device with serial {serial!r}")
@@ -135,7 +136,7 @@ def list_(
             "device-state", f"unknown device state {state!r}; known: {', '.join(devices.DEVICE_STATES)}"
         )
     engine = store(home)
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         rows = repo.list_devices(conn, state=state, after_id=after, limit=max(1, min(limit, 10_000)))
     if as_json:
         print_json([{"id": r.id, **_device_info(r)} for r in rows])

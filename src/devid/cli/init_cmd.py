@@ -13,7 +13,7 @@ from devid.cli.common import HomeOpt, PassphraseOpt, console, home_path
 from devid.config import Pkcs11Settings, resolve_passphrase
 from devid.errors import ConfigError
 from devid.store import repo
-from devid.store.engine import make_engine
+from devid.store.engine import make_engine, reading
 
 
 def init(
@@ -41,7 +41,7 @@ def init(
         path, org=org, passphrase=passphrase, db_url=db, key_backend=key_backend, pkcs11=pkcs11
     )
     engine = make_engine(created.config.db_url)
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         names = [row.name for row in repo.all_cas(conn)]
     console.print(
         f"Created devid home [bold]{escape(str(path))}[/] for {escape(repr(org))} ({key_backend} keys, "

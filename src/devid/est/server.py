@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import os
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -136,6 +138,10 @@ def basic_credential(header: str | None) -> SecretCredential | None:
 class EstServer:
     """The EST endpoints of one authority."""
 
+    #: Enrollments wait in these threads for their group commit: enough of them that one commit
+    #: can carry many certificates.
+    _workers = ThreadPoolExecutor(max_workers=64, thread_name_prefix="devid-est")
+
     def __init__(self, authority: Authority) -> None:
         self.authority = authority
         self._cacerts: dict[str, bytes] = {}
@@ -199,8 +205,9 @@ class EstServer:
             csr = await self._read_csr(request)
             # The authority is synchronous (store reads, signing, a commit with fsync): it runs in a
             # worker thread, so the event loop keeps serving handshakes and other requests meanwhile.
-            result = await asyncio.to_thread(
-                enroll, self.authority, label, operation, credential, csr, actor=actor
+            result = await asyncio.get_running_loop().run_in_executor(
+                self._workers,
+                functools.partial(enroll, self.authority, label, operation, credential, csr, actor=actor),
             )
         except DevidError as exc:
             if credential is not None and not getattr(exc, "audited", False):

@@ -57,10 +57,10 @@ class Summary:
 def next_serials(home: Home, prefix: str, count: int, start: int | None) -> list[str]:
     """`count` serials `<prefix><8 digits>`, by default continuing after the highest in the store."""
     if start is None:
-        from devid.store.engine import make_engine
+        from devid.store.engine import make_engine, reading
 
         engine = make_engine(home.config.db_url)
-        with engine.connect() as conn:
+        with reading(engine) as conn:
             start = _highest_number(conn, prefix) + 1
         engine.dispose()
     return [f"{prefix}{n:0{SERIAL_DIGITS}d}" for n in range(start, start + count)]

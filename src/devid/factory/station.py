@@ -32,6 +32,7 @@ from devid.pki.keypolicy import require_p256
 from devid.pki.profiles import ProfileName, device_subject
 from devid.pki.serials import serial_hex
 from devid.store import audit, repo
+from devid.store.engine import reading
 
 DEVICE_FILE = "device.json"
 IDEVID_FILE = "idevid.pem"
@@ -162,7 +163,7 @@ class Station:
     def _refuse_known(self, serials: Sequence[str], results: list[DeviceResult]) -> set[str]:
         """Refuse serials the store already has before a key is made for them in an element (a
         token key made for a refused device would stay there) or their folder is touched."""
-        with self.authority.engine.connect() as conn:
+        with reading(self.authority.engine) as conn:
             known = set(repo.device_ids(conn, serials))
         if not known:
             return known
