@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from pathlib import Path
@@ -21,6 +22,7 @@ from devid.factory.line import RunSpec, next_serials
 from devid.factory.secure_elements import SecureElementSpec
 from devid.factory.station import IDEVID_FILE, LineInfo
 from devid.pki.encoding import load_certificates
+from devid.sim.onboarding import onboard
 
 DEMO_PASSPHRASE_FILE = "demo-passphrase"
 
@@ -100,8 +102,18 @@ def demo(
     )
     if summary.failures or verified != devices:
         raise DemoFailed("demo-failed", f"{summary.failures} devices failed on the line")
+    field = asyncio.run(onboard(home_obj, passphrase, [out_dir / s for s in ok_serials]))
     console.print(
-        f"[bold green]demo complete[/]: {devices} devices provisioned at {summary.rate:,.0f} devices/s; "
+        f"[bold]4. onboarding[/]: EST server at {field.url}; {field.enrolled} devices enrolled LDevIDs "
+        f"over mTLS with their IDevIDs, then {field.renewed} of them renewed with their LDevIDs at their "
+        f"renewal time (simulated clock) in {field.seconds:.1f} s; {field.verified} LDevIDs path-validate "
+        "through the operational CA"
+    )
+    if field.enrolled != len(ok_serials) or field.verified != len(ok_serials) or field.errors:
+        raise DemoFailed("demo-failed", f"onboarding incomplete: {field.errors}")
+    console.print(
+        f"[bold green]demo complete[/]: {devices} devices provisioned at {summary.rate:,.0f} devices/s, "
+        f"enrolled and partly renewed over EST; "
         f"try `devid cert list --home {escape(str(path))} --limit 5` or "
         f"`devid audit verify --home {escape(str(path))}`"
     )
