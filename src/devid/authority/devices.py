@@ -9,13 +9,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 
 from devid.authority.core import Authority
-from devid.errors import NotFoundError, PolicyError
+from devid.errors import DevidError, NotFoundError, PolicyError
 from devid.store import audit, repo
 
 #: AWS IoT's certificate/device states where they apply, plus the factory's test failure.
@@ -78,21 +78,30 @@ def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def usable_secret(
+    conn: Connection, serial: str, secret: str, now: datetime, wrong: type[DevidError] = PolicyError
+) -> Any:
+    """The secret's row if it belongs to this device and is unused and unexpired; a wrong serial or
+    secret raises `wrong` (code `enroll-secret`), a spent or expired one PolicyError."""
+    table = repo.enrollment_secrets
+    device = repo.device_by_serial(conn, serial)
+    row = conn.execute(select(table).where(table.c.secret_hash == _hash(secret))).first()
+    if device is None or row is None or not hmac.compare_digest(str(row.device_id), str(device.id)):
+        raise wrong("enroll-secret", "wrong device serial or enrollment secret")
+    if row.used_at is not None:
+        raise PolicyError("enroll-secret-reused", "this enrollment secret was already used")
+    if row.expires_at <= now:
+        raise PolicyError("enroll-secret-expired", "this enrollment secret has expired")
+    return row
+
+
 def consume_enrollment_secret(authority: Authority, serial: str, secret: str) -> None:
     """Spend a secret: it must belong to this device, be unexpired and unused. Raises PolicyError
     `enroll-secret` (wrong, expired) or `enroll-secret-reused`."""
     now = authority.clock.now()
-    digest = _hash(secret)
     table = repo.enrollment_secrets
     with authority.engine.begin() as conn:
-        device = repo.device_by_serial(conn, serial)
-        row = conn.execute(select(table).where(table.c.secret_hash == digest)).first()
-        if device is None or row is None or not hmac.compare_digest(str(row.device_id), str(device.id)):
-            raise PolicyError("enroll-secret", "wrong device serial or enrollment secret")
-        if row.used_at is not None:
-            raise PolicyError("enroll-secret-reused", "this enrollment secret was already used")
-        if row.expires_at <= now:
-            raise PolicyError("enroll-secret-expired", "this enrollment secret has expired")
+        row = usable_secret(conn, serial, secret, now)
         done = conn.execute(
             update(table).where(table.c.id == row.id, table.c.used_at.is_(None)).values(used_at=now)
         )

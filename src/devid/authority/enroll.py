@@ -13,7 +13,6 @@ authority itself, the others here (as `est.<operation>`), when the client presen
 from __future__ import annotations
 
 import hashlib
-import hmac
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select
 
 from devid.authority.core import ISSUER_OF, Authority
-from devid.authority.devices import approval_pending, consume_enrollment_secret
+from devid.authority.devices import approval_pending, consume_enrollment_secret, usable_secret
 from devid.authority.group_commit import committer
 from devid.authority.policy import LabelPolicy
 from devid.authority.requests import Issued, IssueRequest, check_device_serial
@@ -191,17 +190,8 @@ def check_current(authority: Authority, client: ClientCertificate) -> None:
 def check_enrollment_secret(authority: Authority, serial: str, secret: str) -> None:
     """Check (without spending it) a device's enrollment secret: AuthenticationRequired when the
     serial or secret is wrong, PolicyError when it was used or has expired."""
-    digest = hashlib.sha256(secret.encode()).hexdigest()
-    table = repo.enrollment_secrets
     with reading(authority.engine) as conn:
-        device = repo.device_by_serial(conn, serial)
-        row = conn.execute(select(table).where(table.c.secret_hash == digest)).first()
-    if device is None or row is None or not hmac.compare_digest(str(row.device_id), str(device.id)):
-        raise AuthenticationRequired("enroll-secret", "wrong device serial or enrollment secret")
-    if row.used_at is not None:
-        raise PolicyError("enroll-secret-reused", "this enrollment secret was already used")
-    if row.expires_at <= _now(authority):
-        raise PolicyError("enroll-secret-expired", "this enrollment secret has expired")
+        usable_secret(conn, serial, secret, _now(authority), AuthenticationRequired)
 
 
 def device_state(authority: Authority, serial: str) -> str:

@@ -35,7 +35,7 @@ from devid.authority.enroll import (
 )
 from devid.authority.policy import LabelPolicy
 from devid.errors import DevidError, PolicyError
-from devid.pki.der import encode_oid
+from devid.pki.der import encode_oid, tlv
 from devid.pki.encoding import certs_only
 from devid.web.peer import peer_address, peer_certificate
 
@@ -58,20 +58,10 @@ _EC_PUBLIC_KEY = "1.2.840.10045.2.1"
 _SECP256R1 = "1.2.840.10045.3.1.7"
 
 
-def _tlv(tag: int, content: bytes) -> bytes:
-    n = len(content)
-    if n < 0x80:
-        length = bytes([n])
-    else:
-        raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
-        length = bytes([0x80 | len(raw)]) + raw
-    return bytes([tag]) + length + content
-
-
 def csr_attributes() -> bytes:
     """DER CsrAttrs: SEQUENCE { ecdsa-with-SHA256, Attribute { id-ecPublicKey, SET { secp256r1 } } }."""
-    key_attr = _tlv(0x30, encode_oid(_EC_PUBLIC_KEY) + _tlv(0x31, encode_oid(_SECP256R1)))
-    return _tlv(0x30, encode_oid(_ECDSA_WITH_SHA256) + key_attr)
+    key_attr = tlv(0x30, encode_oid(_EC_PUBLIC_KEY) + tlv(0x31, encode_oid(_SECP256R1)))
+    return tlv(0x30, encode_oid(_ECDSA_WITH_SHA256) + key_attr)
 
 
 def b64_lines(der: bytes) -> bytes:

@@ -25,7 +25,7 @@ def _length(n: int) -> bytes:
     return bytes([0x80 | len(raw)]) + raw
 
 
-def _tlv(tag: int, content: bytes) -> bytes:
+def tlv(tag: int, content: bytes) -> bytes:
     return bytes([tag]) + _length(len(content)) + content
 
 
@@ -42,10 +42,10 @@ def _base128(value: int) -> bytes:
 def encode_oid(dotted: str) -> bytes:
     arcs = [int(a) for a in dotted.split(".")]
     body = _base128(40 * arcs[0] + arcs[1]) + b"".join(_base128(a) for a in arcs[2:])
-    return _tlv(_OID, body)
+    return tlv(_OID, body)
 
 
-def _read_tlv(data: bytes, pos: int, tag: int) -> tuple[bytes, int]:
+def _readtlv(data: bytes, pos: int, tag: int) -> tuple[bytes, int]:
     if pos + 2 > len(data) or data[pos] != tag:
         raise PolicyError("der-malformed", f"expected DER tag {tag:#x} at offset {pos}")
     length = data[pos + 1]
@@ -91,8 +91,8 @@ class HardwareModuleName:
     hw_serial: bytes
 
     def to_other_name(self) -> x509.OtherName:
-        inner = encode_oid(self.hw_type) + _tlv(_OCTET_STRING, self.hw_serial)
-        return x509.OtherName(ID_ON_HARDWARE_MODULE_NAME, _tlv(_SEQUENCE, inner))
+        inner = encode_oid(self.hw_type) + tlv(_OCTET_STRING, self.hw_serial)
+        return x509.OtherName(ID_ON_HARDWARE_MODULE_NAME, tlv(_SEQUENCE, inner))
 
     @classmethod
     def from_other_name(cls, name: x509.OtherName) -> HardwareModuleName:
@@ -100,11 +100,11 @@ class HardwareModuleName:
             raise PolicyError(
                 "der-malformed", f"otherName {name.type_id.dotted_string} is not hardwareModuleName"
             )
-        seq, end = _read_tlv(name.value, 0, _SEQUENCE)
+        seq, end = _readtlv(name.value, 0, _SEQUENCE)
         if end != len(name.value):
             raise PolicyError("der-malformed", "trailing data after hardwareModuleName")
-        oid_body, pos = _read_tlv(seq, 0, _OID)
-        serial, pos = _read_tlv(seq, pos, _OCTET_STRING)
+        oid_body, pos = _readtlv(seq, 0, _OID)
+        serial, pos = _readtlv(seq, pos, _OCTET_STRING)
         if pos != len(seq):
             raise PolicyError("der-malformed", "trailing data inside hardwareModuleName")
         return cls(decode_oid(oid_body), serial)
