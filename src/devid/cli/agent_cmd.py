@@ -60,6 +60,8 @@ def run(
             outcome = await agent.check_in()
             console.print(f"{datetime.now():%H:%M:%S} {agent.serial}: {outcome}", highlight=False)
             if once:
+                if outcome.startswith("error"):
+                    raise typer.Exit(1)  # a supervisor or cron job must see a failed check-in
                 return
             await asyncio.sleep(interval)
 

@@ -13,11 +13,13 @@ from devid.cli import (
     bench_cmd,
     ca_cmd,
     cert_cmd,
+    db_cmd,
     demo_cmd,
     device_cmd,
     factory_cmd,
     init_cmd,
     serve_cmd,
+    sim_cmd,
     token_cmd,
 )
 from devid.cli.common import err_console
@@ -41,6 +43,8 @@ app.add_typer(token_cmd.app, name="token")
 app.command("serve")(serve_cmd.serve)
 app.add_typer(device_cmd.app, name="device")
 app.add_typer(agent_cmd.app, name="agent")
+app.add_typer(db_cmd.app, name="db")
+app.add_typer(sim_cmd.app, name="sim")
 
 
 def run() -> None:

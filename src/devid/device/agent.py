@@ -88,6 +88,7 @@ class DeviceAgent:
             load_certificates((directory / info["idevid"]).read_bytes())
             + load_certificates((directory / info["chain"]).read_bytes())[:-1]
         )
+        self._adopt_installed()
 
     @classmethod
     def open(
@@ -132,6 +133,30 @@ class DeviceAgent:
         )
         self.se.write_slot(slot, enrolled.certificate.public_bytes(serialization.Encoding.DER))
         atomic_write(self.directory / file, pem, durable=self.durable)
+
+    def _adopt_installed(self) -> None:
+        """A crash between installing a certificate and saving the state leaves the certificate file
+        newer than agent.json: adopt the installed certificate (in memory; saved with the next state
+        change). The stale renew_at stays: at worst the device renews early."""
+        s = self.state
+        if s is None:
+            return
+        session = s.policy == "session"
+        path = self.directory / (SESSION_FILE if session else LDEVID_FILE)
+        if not path.exists():
+            return
+        cert = load_certificates(path.read_bytes())[0]
+        not_after = cert.not_valid_after_utc.isoformat()
+        if session:
+            if s.session_not_after == not_after:
+                return
+            s.session_not_after = not_after
+        else:
+            fingerprint = cert.fingerprint(hashes.SHA256()).hex()
+            if s.ldevid_fingerprint == fingerprint:
+                return
+            s.ldevid_fingerprint, s.ldevid_not_after = fingerprint, not_after
+        s.note(self.clock.now(), f"adopted certificate serial {cert.serial_number:x} found installed")
 
     def ldevid(self) -> list[x509.Certificate] | None:
         path = self.directory / LDEVID_FILE
@@ -251,7 +276,10 @@ class DeviceAgent:
         if isinstance(exc, EstError) and exc.retry_after:
             delay = timedelta(seconds=exc.retry_after)
         else:
-            delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(s.failures - 1, 20)) * (0.5 + self.rng.random())
+            # Exponential, capped, then jittered within [1/2, 1] of that: never past BACKOFF_CAP, and
+            # a fleet that lost the server at the same moment does not come back in one wave.
+            ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(s.failures - 1, 20))
+            delay = ceiling * (0.5 + 0.5 * self.rng.random())
         s.next_attempt = (now + delay).isoformat()
         s.last_error = exc.message
         s.note(now, f"failed ({exc.message}); next attempt {s.next_attempt}")

@@ -150,6 +150,19 @@ class EstClient:
         if not certs:
             raise EstError(200, "the server answered with no certificate")
         renew = headers.get("Devid-Renew-At")
+        chain = certs[1:] or await self.issuer_chain(certs[0])
         return Enrolled(
-            certs[0], certs[1:], headers.get("Devid-Policy"), datetime.fromisoformat(renew) if renew else None
+            certs[0], chain, headers.get("Devid-Policy"), datetime.fromisoformat(renew) if renew else None
         )
+
+    async def issuer_chain(self, leaf: x509.Certificate) -> list[x509.Certificate]:
+        """The CA certificates above `leaf`, root excluded, from `cacerts`: RFC 7030 enrollment
+        answers carry the leaf alone, and a TLS peer that trusts only the root needs the rest."""
+        by_subject = {c.subject: c for c in await self.cacerts()}
+        chain: list[x509.Certificate] = []
+        current = leaf
+        while current.issuer != current.subject and current.issuer in by_subject and len(chain) < 8:
+            current = by_subject[current.issuer]
+            if current.issuer != current.subject:
+                chain.append(current)
+        return chain

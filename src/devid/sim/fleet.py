@@ -11,7 +11,7 @@ import asyncio
 import random
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -91,13 +91,19 @@ async def simulate(
     days: int,
     offline: tuple[int, int],
     concurrency: int = 32,
+    progress: Callable[[str, int], None] | None = None,
 ) -> FleetReport:
-    """Enroll every agent, then move time a day at a time; devices check in daily unless offline."""
+    """Enroll every agent, then move time a day at a time; devices check in daily unless offline.
+    `progress(label, day)` is called after each simulated day (day 0: enrollment)."""
     report = FleetReport(label, len(agents), days, offline)
     await _each(agents, "enroll", concurrency, report, trust, url, label)
+    if progress:
+        progress(label, 0)
     start, end = offline
     for day in range(1, days + 1):
         clock.advance(timedelta(days=1))
+        if progress:
+            progress(label, day)
         if start <= day < end:
             continue
         await _each(agents, "check-in", concurrency, report, trust, url, label)
@@ -109,9 +115,16 @@ async def simulate(
 
 
 async def run_fleet(
-    devices: int, labels: Sequence[str], days: int, offline: tuple[int, int], workdir: Path | None = None
+    devices: int,
+    labels: Sequence[str],
+    days: int,
+    offline: tuple[int, int],
+    workdir: Path | None = None,
+    *,
+    progress: Callable[[str, int], None] | None = None,
 ) -> list[FleetReport]:
-    """Provision `devices` per label in a throw-away home, serve EST on loopback, simulate each label."""
+    """Provision `devices` per label in a throw-away home, serve EST on loopback, simulate each label.
+    `progress(label, day)` reports each simulated day (see `simulate`)."""
     with tempfile.TemporaryDirectory(prefix="devid-sim-") as tmp:
         base = workdir or Path(tmp)
         home = init_home(base / "home", org="devid sim", passphrase=PASSPHRASE)
@@ -145,7 +158,16 @@ async def run_fleet(
                     for s in chunk
                 ]
                 reports.append(
-                    await simulate(agents, clock, server.url, trust, label=label, days=days, offline=offline)
+                    await simulate(
+                        agents,
+                        clock,
+                        server.url,
+                        trust,
+                        label=label,
+                        days=days,
+                        offline=offline,
+                        progress=progress,
+                    )
                 )
         finally:
             await server.stop()
