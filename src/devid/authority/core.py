@@ -202,6 +202,29 @@ class Authority:
         for req in requests:
             self._check(req)
         actors = [actor] * len(requests) if isinstance(actor, str) else list(actor)
+        # Sign before the transaction: the store's write lock (SQLite's is database-wide) is then
+        # held for the inserts and the commit only, not for hundreds of signatures, so stations and
+        # server processes writing to one store do not queue behind each other's signing. A batch
+        # the transaction refuses is discarded unseen: nothing is handed out unrecorded.
+        issued, rows, events = [], [], []
+        for req, req_actor in zip(requests, actors, strict=True):
+            item, row = self._sign(req, now)
+            issued.append(item)
+            rows.append(row)
+            events.append(
+                audit.Event(
+                    "certificate.issue",
+                    serial_hex(item.serial),
+                    req_actor,
+                    "ok",
+                    {
+                        "profile": req.profile.value,
+                        "issuer": item.issuer,
+                        "device": item.device_serial,
+                        "fingerprint": item.fingerprint,
+                    },
+                )
+            )
         with self.engine.begin() as conn:
             known = self._existing_devices(conn, [r.device_serial for r in requests if r.device_serial])
             superseding = [(r.supersedes, a) for r, a in zip(requests, actors, strict=True) if r.supersedes]
@@ -209,25 +232,8 @@ class Authority:
             new_devices = [r.new_device for r in requests if r.new_device]
             if new_devices:
                 known.update(self._insert_devices(conn, new_devices, now))
-            issued, rows, events = [], [], []
-            for req, req_actor in zip(requests, actors, strict=True):
-                item, row = self._sign(req, now, known)
-                issued.append(item)
-                rows.append(row)
-                events.append(
-                    audit.Event(
-                        "certificate.issue",
-                        serial_hex(item.serial),
-                        req_actor,
-                        "ok",
-                        {
-                            "profile": req.profile.value,
-                            "issuer": item.issuer,
-                            "device": item.device_serial,
-                            "fingerprint": item.fingerprint,
-                        },
-                    )
-                )
+            for item, row in zip(issued, rows, strict=True):
+                row["device_id"] = known[item.device_serial] if item.device_serial else None
             try:
                 conn.execute(insert(repo.certificates), rows)
             except IntegrityError as exc:
@@ -320,7 +326,7 @@ class Authority:
             ) from None
         return repo.device_ids(conn, serials)
 
-    def _sign(self, req: IssueRequest, now: Any, device_ids: dict[str, int]) -> tuple[Issued, dict[str, Any]]:
+    def _sign(self, req: IssueRequest, now: Any) -> tuple[Issued, dict[str, Any]]:
         profile = self.profile(req.profile)
         if req.lifetime is not None:
             profile = profile.with_validity(req.lifetime)
@@ -351,7 +357,7 @@ class Authority:
         row = {
             "serial": serial_hex(serial),
             "issuer_id": ca.id,
-            "device_id": device_ids.get(device) if device else None,
+            "device_id": None,  # filled in inside the transaction that records it
             "profile": req.profile.value,
             "subject": text,
             "not_before": now - CLOCK_SKEW,
