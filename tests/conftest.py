@@ -6,6 +6,7 @@ import os
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,12 @@ from sqlalchemy.exc import OperationalError
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from est_helpers import EstServer, running_server
 from softhsm import SoftToken, make_token
 
 from devid.authority.core import Authority
 from devid.authority.setup import init_home, open_authority
+from devid.clock import FixedClock
 from devid.config import Home
 
 PASSPHRASE = b"correct horse battery staple"
@@ -97,3 +100,24 @@ def authority(home: Home) -> Iterator[Authority]:
     auth = open_authority(home, PASSPHRASE)
     yield auth
     auth.engine.dispose()
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    """The authority's injected clock, for tests that move time."""
+    return FixedClock(datetime.now(UTC).replace(microsecond=0))
+
+
+@pytest.fixture
+def auth(sqlite_home: Home, clock: FixedClock) -> Iterator[Authority]:
+    """An authority on the embedded store that reads `clock`."""
+    authority = open_authority(sqlite_home, PASSPHRASE, clock=clock)
+    yield authority
+    authority.engine.dispose()
+
+
+@pytest.fixture
+def server(auth: Authority, tmp_path: Path) -> Iterator[EstServer]:
+    """The real EST server over TLS on a loopback port, for `auth`."""
+    with running_server(auth, tmp_path / "server") as srv:
+        yield srv

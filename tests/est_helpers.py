@@ -31,7 +31,7 @@ from devid.authority.core import Authority
 from devid.authority.requests import IssueRequest, NewDevice
 from devid.pki.profiles import ProfileName
 from devid.web.app import RunningServer, make_app, start_server
-from devid.web.tls import client_trust, ensure_server_certificate, server_context, server_names_for
+from devid.web.tls import own_server_context
 
 #: Same value as conftest.PASSPHRASE (kept in step).
 PASSPHRASE = b"correct horse battery staple"
@@ -75,9 +75,7 @@ def running_server(
 ) -> Iterator[EstServer]:
     """Start `make_app(authority)` on a free port in a background thread; stop it on exit."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    dns, ips = server_names_for(host)
-    cert = ensure_server_certificate(authority, work_dir / "tls", passphrase, dns, ips)
-    ctx = server_context(cert.cert_file, cert.key_file, client_trust(authority), password=passphrase)
+    ctx, cert = own_server_context(authority, work_dir / "tls", passphrase, host)
     root_pem = work_dir / "root.pem"
     root_pem.write_bytes(pem(authority.root))
     app = make_app(authority, trusted_proxies=trusted_proxies)

@@ -22,13 +22,13 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from e2e import devid, flat, ok, openssl
-from est_helpers import EstServer, running_server
+from est_helpers import EstServer
 from softhsm import SoftToken
 
 from devid.authority.core import Authority
 from devid.authority.devices import set_state
 from devid.authority.requests import IssueRequest
-from devid.authority.setup import init_home, open_authority
+from devid.authority.setup import init_home
 from devid.clock import FixedClock
 from devid.config import Home
 from devid.device import agent as agent_module
@@ -51,24 +51,6 @@ def go(coro: Coroutine[Any, Any, T]) -> T:
 
 
 # --- fixtures and helpers --------------------------------------------------------------------------
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    return FixedClock(datetime.now(UTC).replace(microsecond=0))
-
-
-@pytest.fixture
-def auth(sqlite_home: Home, clock: FixedClock) -> Iterator[Authority]:
-    authority = open_authority(sqlite_home, PASSPHRASE, clock=clock)
-    yield authority
-    authority.engine.dispose()
-
-
-@pytest.fixture
-def server(auth: Authority, tmp_path: Path) -> Iterator[EstServer]:
-    with running_server(auth, tmp_path / "server") as srv:
-        yield srv
 
 
 @pytest.fixture

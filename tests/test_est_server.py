@@ -10,7 +10,6 @@ import email
 import email.policy
 import ssl
 import urllib.parse
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -54,24 +53,6 @@ PASSPHRASE = b"correct horse battery staple"
 
 
 # --- fixtures and helpers --------------------------------------------------------------------------
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    return FixedClock(datetime.now(UTC).replace(microsecond=0))
-
-
-@pytest.fixture
-def auth(sqlite_home: Home, clock: FixedClock) -> Iterator[Authority]:
-    authority = open_authority(sqlite_home, PASSPHRASE, clock=clock)
-    yield authority
-    authority.engine.dispose()
-
-
-@pytest.fixture
-def server(auth: Authority, tmp_path: Path) -> Iterator[EstServer]:
-    with running_server(auth, tmp_path / "server") as srv:
-        yield srv
 
 
 @pytest.fixture

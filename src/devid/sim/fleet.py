@@ -24,7 +24,7 @@ from devid.factory.secure_elements import SecureElementSpec
 from devid.factory.station import LineInfo
 from devid.pki.encoding import cert_pem
 from devid.web.app import make_app, start_server
-from devid.web.tls import client_trust, ensure_server_certificate, server_context, server_names_for
+from devid.web.tls import own_server_context
 
 PASSPHRASE = b"devid-sim"
 
@@ -142,9 +142,7 @@ async def run_fleet(
             raise RuntimeError(f"{summary.failures} devices failed on the line")
         clock = FixedClock(datetime.now(UTC))
         authority = open_authority(home, PASSPHRASE, clock=clock)
-        dns, ips = server_names_for("127.0.0.1")
-        cert = ensure_server_certificate(authority, home.path / "tls", PASSPHRASE, dns, ips)
-        ctx = server_context(cert.cert_file, cert.key_file, client_trust(authority), password=PASSPHRASE)
+        ctx, _ = own_server_context(authority, home.path / "tls", PASSPHRASE)
         server = await start_server(make_app(authority), ctx, host="127.0.0.1", port=0)
         trust = cert_pem(authority.root)
         reports = []

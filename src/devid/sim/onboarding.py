@@ -16,7 +16,7 @@ from devid.config import Home
 from devid.device.agent import DeviceAgent
 from devid.pki.encoding import cert_pem
 from devid.web.app import make_app, start_server
-from devid.web.tls import client_trust, ensure_server_certificate, server_context, server_names_for
+from devid.web.tls import own_server_context
 
 
 @dataclass
@@ -40,9 +40,7 @@ async def onboard(
     renewal time and let a slice of the fleet check in and renew with its LDevID."""
     clock = FixedClock(datetime.now(UTC))
     authority = open_authority(home, passphrase, clock=clock)
-    dns, ips = server_names_for("127.0.0.1")
-    cert = ensure_server_certificate(authority, home.path / "tls", passphrase, dns, ips)
-    ctx = server_context(cert.cert_file, cert.key_file, client_trust(authority), password=passphrase)
+    ctx, _ = own_server_context(authority, home.path / "tls", passphrase)
     server = await start_server(make_app(authority), ctx, host="127.0.0.1", port=0)
     report = OnboardingReport(server.url, errors=[])
     trust = cert_pem(authority.root)

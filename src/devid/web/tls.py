@@ -221,3 +221,12 @@ def given_server_certificate(cert_file: Path, key_file: Path) -> ServerCertifica
     if not key_file.is_file():
         raise ConfigError("tls-files", f"cannot read TLS key {key_file}")
     return ServerCertificate(cert_file, key_file, certs[0], "given")
+
+
+def own_server_context(
+    authority: Authority, tls_dir: Path, passphrase: bytes, host: str = "127.0.0.1", extra: Sequence[str] = ()
+) -> tuple[ssl.SSLContext, ServerCertificate]:
+    """The server context with devid's own server certificate for `host` (issued or reused)."""
+    dns, ips = server_names_for(host, extra)
+    cert = ensure_server_certificate(authority, tls_dir, passphrase, dns, ips)
+    return server_context(cert.cert_file, cert.key_file, client_trust(authority), password=passphrase), cert
