@@ -293,7 +293,9 @@ class Authority:
                 "server-names-required", "a server certificate needs at least one DNS name or IP"
             )
 
-    def _insert_devices(self, conn: Any, devices: Sequence[NewDevice], now: Any) -> dict[str, int]:
+    def _insert_devices(
+        self, conn: Connection, devices: Sequence[NewDevice], now: datetime
+    ) -> dict[str, int]:
         serials = [d.serial for d in devices]
         if len(set(serials)) != len(serials):
             raise ConflictError("duplicate-device", "the same device serial appears twice in one batch")
@@ -326,7 +328,7 @@ class Authority:
             ) from None
         return repo.device_ids(conn, serials)
 
-    def _sign(self, req: IssueRequest, now: Any) -> tuple[Issued, dict[str, Any]]:
+    def _sign(self, req: IssueRequest, now: datetime) -> tuple[Issued, dict[str, Any]]:
         profile = self.profile(req.profile)
         if req.lifetime is not None:
             profile = profile.with_validity(req.lifetime)

@@ -18,6 +18,7 @@ from devid.config import Home
 from devid.factory.secure_elements import SecureElementMaker, SecureElementSpec
 from devid.factory.station import DeviceResult, LineInfo, Station
 from devid.store import repo
+from devid.store.engine import make_engine, reading
 
 SERIAL_DIGITS = 8
 CHUNK = 200
@@ -57,8 +58,6 @@ class Summary:
 def next_serials(home: Home, prefix: str, count: int, start: int | None) -> list[str]:
     """`count` serials `<prefix><8 digits>`, by default continuing after the highest in the store."""
     if start is None:
-        from devid.store.engine import make_engine, reading
-
         engine = make_engine(home.config.db_url)
         with reading(engine) as conn:
             start = _highest_number(conn, prefix) + 1
