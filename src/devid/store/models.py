@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -68,6 +69,7 @@ class CertificateAuthority(Base):
 
 class Device(Base):
     __tablename__ = "devices"
+    __table_args__ = (Index("ix_devices_idevid_fingerprint", "idevid_fingerprint"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     serial: Mapped[str] = mapped_column(String(128), unique=True)
@@ -82,6 +84,16 @@ class Device(Base):
     #: Enrollment approval (policies that hold enrollments until an operator approves).
     approval_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: Onboarding (registry): who made it, which enrollment admitted it, where it was allocated.
+    manufacturer_id: Mapped[int | None] = mapped_column(ForeignKey("manufacturers.id"))
+    enrollment_id: Mapped[int | None] = mapped_column(ForeignKey("enrollments.id"))
+    hub_id: Mapped[int | None] = mapped_column(ForeignKey("hubs.id"))
+    #: SHA-256 of an IDevID made outside devid (a registered manufacturer's), as first presented.
+    idevid_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    properties: Mapped[str | None] = mapped_column(Text)
+    registered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: Optimistic concurrency for edits through the API: an update names the version it read.
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
 
 class Certificate(Base):
@@ -145,3 +157,140 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class Manufacturer(Base):
+    """A third-party manufacturing CA, registered with proof of possession of its key."""
+
+    __tablename__ = "manufacturers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    state: Mapped[str] = mapped_column(String(16))
+    auto_register: Mapped[bool] = mapped_column(Boolean)
+    auto_activate: Mapped[bool] = mapped_column(Boolean)
+    subject: Mapped[str] = mapped_column(String(512))
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    der: Mapped[bytes] = mapped_column(LargeBinary)
+    not_after: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class RegistrationCode(Base):
+    """A one-time code a manufacturer CA must sign (as a verification certificate's CN)."""
+
+    __tablename__ = "registration_codes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    manufacturer_id: Mapped[int | None] = mapped_column(ForeignKey("manufacturers.id"))
+
+
+class Hub(Base):
+    """An allocation target: where a registered device is told to connect."""
+
+    __tablename__ = "hubs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    url: Mapped[str] = mapped_column(String(512))
+    region: Mapped[str] = mapped_column(String(64))
+    weight: Mapped[int] = mapped_column(Integer, default=1)
+    #: JSON {device region: round-trip milliseconds} for the lowest-latency policy.
+    latencies: Mapped[str] = mapped_column(Text, default="{}")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class Enrollment(Base):
+    """An enrollment group (attests devices by signing certificate, DPS model) or an individual
+    enrollment (one device by registration id, overriding its group). Both carry the same settings,
+    so they share one table; `kind` tells them apart."""
+
+    __tablename__ = "enrollments"
+    __table_args__ = (UniqueConstraint("kind", "name", name="uq_enrollments_kind_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(128))
+    primary_der: Mapped[bytes | None] = mapped_column(LargeBinary)
+    primary_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    secondary_der: Mapped[bytes | None] = mapped_column(LargeBinary)
+    secondary_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    #: Individual enrollments may pin the device's IDevID (SHA-256 of its DER).
+    certificate_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    #: Renewal policy as LabelPolicy config JSON; NULL: the EST label's policy.
+    policy: Mapped[str | None] = mapped_column(Text)
+    allocation: Mapped[str] = mapped_column(String(32))
+    #: JSON list of hub names this enrollment allocates over (empty: every enabled hub).
+    hubs: Mapped[str] = mapped_column(Text, default="[]")
+    webhook_url: Mapped[str | None] = mapped_column(String(512))
+    reprovision: Mapped[str] = mapped_column(String(16))
+    properties: Mapped[str] = mapped_column(Text, default="{}")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class ApiToken(Base):
+    """An admin API bearer token; only its SHA-256 is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    rate_per_minute: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class RegistryState(Base):
+    """One row: a generation bumped by every registry change, in the same transaction. Server
+    processes compare it to what they cached, so a change made anywhere reaches them all."""
+
+    __tablename__ = "registry_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger)
+
+
+class EventRecord(Base):
+    """Outbox of registry events (JITR registrations, state changes), written in the transaction
+    of the change they describe and delivered afterwards to every sink, in order."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    type: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(256))
+    payload: Mapped[str] = mapped_column(Text)
+
+
+class EventSink(Base):
+    """Where events go: a webhook URL or an MQTT broker URL + topic; `cursor` is the last event
+    id delivered there (at-least-once, in order)."""
+
+    __tablename__ = "event_sinks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    url: Mapped[str] = mapped_column(String(512))
+    topic: Mapped[str | None] = mapped_column(String(256))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    cursor: Mapped[int] = mapped_column(BigInteger, default=0)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
