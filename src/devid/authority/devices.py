@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, insert, select, update
 
 from devid.authority.core import Authority
-from devid.errors import DevidError, NotFoundError, PolicyError
+from devid.errors import ConflictError, DevidError, NotFoundError, PolicyError
 from devid.store import audit, repo
 
 #: AWS IoT's certificate/device states where they apply, plus the factory's test failure.
@@ -30,18 +30,40 @@ def _device(conn: Connection, serial: str) -> Any:
     return row
 
 
-def set_state(authority: Authority, serial: str, state: str, actor: str, reason: str = "") -> None:
-    """Change a device's state (ACTIVE, INACTIVE, ...): INACTIVE blocks enrollment and renewal at once."""
+def set_state(
+    authority: Authority,
+    serial: str,
+    state: str,
+    actor: str,
+    reason: str = "",
+    *,
+    version: int | None = None,
+) -> int:
+    """Change a device's state (ACTIVE, INACTIVE, ...): INACTIVE blocks enrollment and renewal at once.
+
+    `version`: the device version the caller read (API edits); if the device changed since, a
+    ConflictError and nothing changes. None applies the change to whatever is there (the CLI).
+    Returns the device's new version."""
     if state not in DEVICE_STATES:
         raise PolicyError(
             "device-state", f"unknown device state {state!r}; known: {', '.join(DEVICE_STATES)}"
         )
     now = authority.clock.now()
+    table = repo.devices
     with authority.engine.begin() as conn:
         device = _device(conn, serial)
-        conn.execute(
-            update(repo.devices).where(repo.devices.c.id == device.id).values(state=state, updated_at=now)
+        expected = device.version if version is None else version
+        done = conn.execute(
+            update(table)
+            .where(table.c.id == device.id, table.c.version == expected)
+            .values(state=state, updated_at=now, version=table.c.version + 1)
         )
+        if done.rowcount != 1:
+            raise ConflictError(
+                "stale-version",
+                f"device {serial!r} changed since version {expected} was read (now {device.version}): "
+                "read it again and reapply the change",
+            )
         audit.append(
             conn,
             [
@@ -51,6 +73,7 @@ def set_state(authority: Authority, serial: str, state: str, actor: str, reason:
             ],
             now,
         )
+    return expected + 1
 
 
 def create_enrollment_secret(

@@ -106,3 +106,14 @@ def verify(conn: Connection, batch: int = 5000) -> Verification:
             False, count, last_seq + 1, f"the head names event {head_seq}: events were removed"
         )
     return Verification(True, count)
+
+
+def page(
+    conn: Connection, *, after: int = 0, limit: int = 100, action_prefix: str | None = None
+) -> list[Any]:
+    """Events after `after` in chain order (keyset on the primary key), optionally only actions
+    starting with `action_prefix` (e.g. `device.` or `api.`)."""
+    query = select(_events).where(_events.c.seq > after).order_by(_events.c.seq).limit(limit)
+    if action_prefix:
+        query = query.where(_events.c.action.startswith(action_prefix, autoescape=True))
+    return list(conn.execute(query).all())

@@ -1,4 +1,5 @@
-"""The aiohttp application `devid serve` runs: EST, and session tokens when that package is present.
+"""The aiohttp application `devid serve` runs: EST, the admin API (/api/v1), and session tokens
+when that package is present.
 
 Start it in-process (tests, benchmarks, the demo) with `devid.web.app.start_server`, or build the
 application with `make_app` and run it yourself.
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from devid.api.app import api_application
+from devid.api.routes import PREFIX as API_PREFIX
 from devid.authority.core import Authority
 from devid.errors import ConfigError
 from devid.est.server import MAX_BODY, EstServer
@@ -87,6 +90,9 @@ def make_app(
     app[IN_FLIGHT] = in_flight
     app[TRUSTED_PROXIES] = TrustedProxies.parse(trusted_proxies)
     app.add_routes(EstServer(authority).routes())
+    # The admin API is a sub-application: its JSON errors, bearer tokens and audit apply under
+    # /api/v1 only, and EST's answers stay exactly as they were.
+    app.add_subapp(API_PREFIX, api_application(authority))
     try:
         from devid.tokens.routes import token_routes  # type: ignore[import-not-found,unused-ignore]
     except ImportError:

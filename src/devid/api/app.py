@@ -1,0 +1,288 @@
+"""The admin API as an aiohttp sub-application mounted at /api/v1.
+
+A sub-application has its own middleware, so the JSON error answers here never touch EST, whose
+refusals stay text/plain. Each call runs on one worker thread from authentication to audit:
+verify the bearer token against the store (so revocation is immediate everywhere), check the
+role, take from the token's rate bucket, validate parameters and body against the route's
+schemas, run the handler, and append one audit event (`api.<METHOD> <route>`, actor
+`token:<name>`, outcome ok or refused) whatever the answer was. The OpenAPI document is the only
+unauthenticated, unaudited resource: it is public and the same for everyone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from jsonschema import Draft202012Validator
+
+from devid.api import tokens
+from devid.api.openapi import document
+from devid.api.ratelimit import RateLimited, RateLimiter
+from devid.api.roles import allows
+from devid.api.routes import PREFIX, Call, Reply, Route, Schema
+from devid.api.tokens import TokenInfo
+from devid.authority.core import Authority
+from devid.authority.enroll import AuthenticationRequired
+from devid.errors import DevidError, NotFoundError, PolicyError
+from devid.store import audit
+from devid.store.engine import reading
+from devid.web.errors import status_for
+
+log = logging.getLogger("devid.api")
+
+#: Codes whose status the API decides itself; everything else goes through web.errors.status_for.
+_API_STATUS = {"version-required": 428, "rate-limited": 429}
+_HTTP_CODES = {404: "not-found", 405: "method-not-allowed", 413: "body-too-large"}
+_BEARER = re.compile(r"Bearer\s+(\S+)\s*$", re.IGNORECASE)
+_ETAG = re.compile(r'^(?:W/)?"?(\d{1,18})"?$')
+REALM = 'Bearer realm="devid API"'
+
+
+def api_status(error: DevidError) -> int:
+    """The API's status for a devid error: EST's mapping, except that an unknown id is plainly
+    404 (an API client names objects it may see) and the API's own codes (428, 429)."""
+    if error.code in _API_STATUS:
+        return _API_STATUS[error.code]
+    if isinstance(error, NotFoundError):
+        return 404
+    return status_for(error)
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def error_reply(error: DevidError, presented_token: bool) -> Reply:
+    status = api_status(error)
+    if status >= 500:
+        log.error("internal error answering an API call: %s [%s]", error.message, error.code)
+        return Reply(error_body("internal", "the server cannot complete this request now"), 500)
+    headers: dict[str, str] = {}
+    if status == 401:
+        # RFC 6750 section 3: name the error only when a token was presented.
+        headers["WWW-Authenticate"] = f'{REALM}, error="invalid_token"' if presented_token else REALM
+    if isinstance(error, RateLimited):
+        headers["Retry-After"] = str(error.retry_after)
+    return Reply(error_body(error.code, error.message), status, headers)
+
+
+def json_response(reply: Reply, default_status: int) -> web.Response:
+    status = reply.status or default_status
+    if status == 204:
+        return web.Response(status=204, headers=reply.headers)
+    text = json.dumps(reply.body, separators=(",", ":"))
+    return web.Response(status=status, text=text, content_type="application/json", headers=reply.headers)
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """What the event loop hands the worker thread: the request, already read."""
+
+    path: str
+    query: Sequence[tuple[str, str]]
+    match: Mapping[str, str]
+    authorization: str | None
+    if_match: str | None
+    content_type: str
+    body: bytes
+
+
+class ApiServer:
+    """Dispatches the route table; one per application (it owns the rate buckets)."""
+
+    def __init__(self, authority: Authority, routes: Sequence[Route]) -> None:
+        self.authority = authority
+        self.routes = list(routes)
+        self.limiter = RateLimiter()
+        self.document = document(self.routes)
+        self._query_validators = {r: _validator(_params_schema(r.query)) for r in self.routes}
+        self._path_validators = {r: _validator(_params_schema(r.path_params)) for r in self.routes}
+        self._body_validators = {r: _validator(r.body) for r in self.routes if r.body is not None}
+
+    def application(self) -> web.Application:
+        app = web.Application(middlewares=[self.middleware])
+        app.router.add_get("/openapi.json", self.openapi, allow_head=False)
+        for route in self.routes:
+            app.router.add_route(route.method, route.path, self._handler(route))
+        return app
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(self.document)
+
+    def _handler(self, route: Route) -> Handler:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            body = await request.read() if route.body is not None else b""
+            incoming = Incoming(
+                request.path,
+                list(request.query.items()),
+                dict(request.match_info),
+                request.headers.get("Authorization"),
+                request.headers.get("If-Match"),
+                request.content_type,
+                body,
+            )
+            reply = await asyncio.to_thread(self._call, route, incoming)
+            return json_response(reply, route.status)
+
+        return handle
+
+    def _call(self, route: Route, incoming: Incoming) -> Reply:
+        """Authenticate, authorize, limit, validate, run and audit one call (on a worker thread)."""
+        actor, token = "anonymous", None
+        try:
+            token = self._authenticate(incoming.authorization)
+            actor = f"token:{token.name}"
+            if not allows(token.role, route.permission):
+                raise PolicyError(
+                    "api-forbidden",
+                    f"role {token.role.value!r} may not {route.method} {PREFIX}{route.path} "
+                    f"(needs {route.permission.value})",
+                )
+            self.limiter.take(token.name, token.rate_per_minute)
+            result = route.handler(self._parse(route, incoming, token))
+            reply = result if isinstance(result, Reply) else Reply(result)
+        except DevidError as exc:
+            reply = error_reply(exc, incoming.authorization is not None)
+        except Exception:
+            log.exception("API call %s %s failed", route.method, incoming.path)
+            reply = Reply(error_body("internal", "the server cannot complete this request now"), 500)
+        self._audit(route.action, incoming.path, actor, reply.status or route.status, reply.body)
+        return reply
+
+    def _authenticate(self, header: str | None) -> TokenInfo:
+        if header is None:
+            raise AuthenticationRequired("api-token-missing", "an API bearer token is required")
+        found = _BEARER.match(header)
+        if found is None:
+            raise AuthenticationRequired("api-token-invalid", "Authorization must be `Bearer <token>`")
+        with reading(self.authority.engine) as conn:
+            return tokens.verify(conn, found.group(1), self.authority.clock.now())
+
+    def _parse(self, route: Route, incoming: Incoming, token: TokenInfo) -> Call:
+        path = _check(self._path_validators[route], _typed(route.path_params, incoming.match.items()), "path")
+        query = _check(self._query_validators[route], _typed(route.query, incoming.query), "query")
+        for param in route.query:
+            if param.name not in query and "default" in param.schema:
+                query[param.name] = param.schema["default"]
+        body = None
+        if route.body is not None:
+            if incoming.content_type not in ("application/json", "") and not incoming.content_type.endswith(
+                "+json"
+            ):
+                raise PolicyError(
+                    "content-type", f"the body must be application/json, not {incoming.content_type}"
+                )
+            try:
+                body = json.loads(incoming.body)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise PolicyError("request-json", f"the body is not valid JSON: {exc}") from None
+            _check(self._body_validators[route], body, "body")
+        version = _version(incoming.if_match, body) if route.versioned else None
+        return Call(self.authority, token, path, query, body, version)
+
+    def _audit(self, action: str, path: str, actor: str, status: int, body: Any) -> None:
+        detail: dict[str, Any] = {"status": status}
+        if status >= 400 and isinstance(body, dict) and "error" in body:
+            detail["error"] = body["error"]["code"]
+        now = self.authority.clock.now()
+        with self.authority.engine.begin() as conn:
+            audit.append(
+                conn, [audit.Event(action, path, actor, "ok" if status < 400 else "refused", detail)], now
+            )
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """JSON answers for what aiohttp refuses before a route runs (no route, wrong method, body
+        too large), audited like any call; such callers were not authenticated."""
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            code = _HTTP_CODES.get(exc.status, "http-error")
+            reply = Reply(error_body(code, exc.reason), exc.status, _allow(exc))
+            route = request.match_info.route.resource
+            where = route.canonical if route is not None else "(no route)"
+            action = f"api.{request.method} {where}"
+            await asyncio.to_thread(self._audit, action, request.path, "anonymous", exc.status, reply.body)
+            return json_response(reply, exc.status)
+
+
+def _allow(exc: web.HTTPException) -> dict[str, str]:
+    return {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
+
+
+def _params_schema(params: Sequence[Any]) -> Schema:
+    return {
+        "type": "object",
+        "properties": {p.name: p.schema for p in params},
+        "additionalProperties": True,
+    }
+
+
+def _validator(schema: Schema) -> Draft202012Validator:
+    return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+def _typed(params: Sequence[Any], given: Any) -> dict[str, Any]:
+    """Query or path values converted to their schema's type; a repeated parameter is refused."""
+    types = {p.name: p.schema.get("type") for p in params}
+    out: dict[str, Any] = {}
+    for name, raw in given:
+        if name in out:
+            raise PolicyError("request-param", f"parameter {name!r} is given more than once")
+        if types.get(name) == "integer":
+            if not re.fullmatch(r"-?\d{1,19}", raw):
+                raise PolicyError("request-param", f"parameter {name!r} must be an integer, not {raw!r}")
+            out[name] = int(raw)
+        else:
+            out[name] = raw
+    return out
+
+
+def _check(validator: Draft202012Validator, value: Any, where: str) -> Any:
+    error = next(iter(sorted(validator.iter_errors(value), key=lambda e: list(e.path))), None)
+    if error is not None:
+        field = ".".join(str(p) for p in error.absolute_path) or where
+        raise PolicyError("request-invalid", f"{where} {field}: {error.message}")
+    return value
+
+
+def _version(if_match: str | None, body: Any) -> int:
+    """The version a change is based on: If-Match (an ETag as this API sends it, or a bare number)
+    or the body's `version`; they must agree when both are given."""
+    from_body = body.get("version") if isinstance(body, dict) else None
+    from_header = None
+    if if_match is not None:
+        parsed = _ETAG.match(if_match.strip())
+        if parsed is None:
+            raise PolicyError(
+                "request-if-match", f"If-Match must be a version this API sent, not {if_match!r}"
+            )
+        from_header = int(parsed.group(1))
+    if from_header is not None and from_body is not None and from_header != from_body:
+        raise PolicyError("request-version", "If-Match and the body's version differ")
+    version = from_header if from_header is not None else from_body
+    if version is None:
+        raise DevidError("version-required", "send If-Match: <version> (or a `version` field) to change this")
+    return int(version)
+
+
+def api_application(authority: Authority, routes: Sequence[Route] | None = None) -> web.Application:
+    """The sub-application to mount at /api/v1 (`web.Application.add_subapp`)."""
+    if routes is None:
+        from devid.api.endpoints import ROUTES
+
+        routes = ROUTES
+    return ApiServer(authority, routes).application()
+
+
+__all__ = ["PREFIX", "ApiServer", "api_application", "api_status"]

@@ -1,0 +1,160 @@
+"""API bearer tokens: made once, shown once, stored only as a SHA-256 hash.
+
+A token is 256 bits from the CSPRNG, so a plain (unsalted, fast) hash is enough: there is nothing
+to brute-force. Looking a token up by its hash uses the unique index; the stored hash is then
+compared in constant time, so the answer's timing says nothing about how much of a guess matched.
+Expiry and revocation are checked against the store on every call, so revoking a token takes
+effect at once in every server process sharing the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Connection, Engine, Table, bindparam, insert, select, update
+
+from devid.api.roles import Role
+from devid.authority.enroll import AuthenticationRequired
+from devid.errors import ConflictError, NotFoundError, PolicyError
+from devid.store import audit
+from devid.store.models import ApiToken
+
+tokens = cast(Table, ApiToken.__table__)
+PREFIX = "devid_"
+DEFAULT_RATE_PER_MINUTE = 600
+MAX_RATE_PER_MINUTE = 1_000_000
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_NAME = re.compile(NAME_PATTERN)
+_BY_HASH = select(tokens).where(tokens.c.token_hash == bindparam("h"))
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """What the store knows about a token (never the token itself)."""
+
+    name: str
+    role: Role
+    rate_per_minute: int
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "role": self.role.value,
+            "rate_per_minute": self.rate_per_minute,
+            "created_at": self.created_at.isoformat(),
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+        }
+
+
+def _info(row: Any) -> TokenInfo:
+    return TokenInfo(
+        row.name, Role(row.role), row.rate_per_minute, row.created_at, row.expires_at, row.revoked_at
+    )
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def check_new(name: str, role: str, rate_per_minute: int) -> Role:
+    """Refuse a bad name, role or rate with a reason (PolicyError), before anything is written."""
+    if not _NAME.match(name):
+        raise PolicyError(
+            "request-token-name",
+            f"token name {name!r} must be 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit",
+        )
+    try:
+        parsed = Role(role)
+    except ValueError:
+        raise PolicyError(
+            "request-token-role", f"unknown role {role!r}; known: {', '.join(r.value for r in Role)}"
+        ) from None
+    if not 1 <= rate_per_minute <= MAX_RATE_PER_MINUTE:
+        raise PolicyError(
+            "request-token-rate", f"rate per minute must be between 1 and {MAX_RATE_PER_MINUTE}"
+        )
+    return parsed
+
+
+def create(
+    engine: Engine,
+    name: str,
+    role: str,
+    now: datetime,
+    *,
+    rate_per_minute: int = DEFAULT_RATE_PER_MINUTE,
+    expires_at: datetime | None = None,
+    actor: str = "cli",
+) -> tuple[str, TokenInfo]:
+    """A new token named `name`: returns the token (the only time it exists outside the caller)."""
+    parsed = check_new(name, role, rate_per_minute)
+    if expires_at is not None and expires_at <= now:
+        raise PolicyError("request-token-expiry", "a token's expiry must be in the future")
+    token = PREFIX + secrets.token_urlsafe(32)
+    with engine.begin() as conn:
+        if conn.execute(select(tokens.c.id).where(tokens.c.name == name)).first() is not None:
+            raise ConflictError("token-exists", f"an API token named {name!r} already exists")
+        conn.execute(
+            insert(tokens).values(
+                name=name,
+                token_hash=_hash(token),
+                role=parsed.value,
+                rate_per_minute=rate_per_minute,
+                created_at=now,
+                expires_at=expires_at,
+            )
+        )
+        detail = {"role": parsed.value, "rate_per_minute": rate_per_minute, "expires_at": expires_at}
+        audit.append(conn, [audit.Event("api-token.create", name, actor, "ok", detail)], now)
+        info = _info(conn.execute(select(tokens).where(tokens.c.name == name)).one())
+    return token, info
+
+
+def revoke(engine: Engine, name: str, now: datetime, *, actor: str = "cli") -> TokenInfo:
+    """Revoke `name` at once; a token already revoked is a ConflictError (its time stays the first)."""
+    with engine.begin() as conn:
+        row = conn.execute(select(tokens).where(tokens.c.name == name)).first()
+        if row is None:
+            raise NotFoundError("unknown-token", f"no API token named {name!r}")
+        if row.revoked_at is not None:
+            raise ConflictError("token-revoked", f"API token {name!r} was already revoked")
+        conn.execute(update(tokens).where(tokens.c.id == row.id).values(revoked_at=now))
+        audit.append(conn, [audit.Event("api-token.revoke", name, actor, "ok", {"role": row.role})], now)
+        return _info(conn.execute(select(tokens).where(tokens.c.id == row.id)).one())
+
+
+def get(conn: Connection, name: str) -> TokenInfo:
+    row = conn.execute(select(tokens).where(tokens.c.name == name)).first()
+    if row is None:
+        raise NotFoundError("unknown-token", f"no API token named {name!r}")
+    return _info(row)
+
+
+def list_all(conn: Connection, *, after: str = "", limit: int = 1000) -> list[TokenInfo]:
+    """Tokens in name order (keyset paging on the unique name)."""
+    query = select(tokens).where(tokens.c.name > after).order_by(tokens.c.name).limit(limit)
+    return [_info(row) for row in conn.execute(query)]
+
+
+def verify(conn: Connection, token: str, now: datetime) -> TokenInfo:
+    """The token's record if it is known, unexpired and unrevoked; else AuthenticationRequired."""
+    digest = _hash(token)
+    row = conn.execute(_BY_HASH, {"h": digest}).first()
+    if row is None or not hmac.compare_digest(row.token_hash, digest):
+        raise AuthenticationRequired("api-token-invalid", "the API token is not valid")
+    if row.revoked_at is not None:
+        raise AuthenticationRequired("api-token-revoked", f"API token {row.name!r} has been revoked")
+    if row.expires_at is not None and row.expires_at <= now:
+        raise AuthenticationRequired("api-token-expired", f"API token {row.name!r} has expired")
+    return _info(row)
