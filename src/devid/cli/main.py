@@ -9,6 +9,7 @@ from rich.markup import escape
 
 from devid.cli import (
     agent_cmd,
+    api_token_cmd,
     audit_cmd,
     bench_cmd,
     ca_cmd,
@@ -45,6 +46,7 @@ app.add_typer(device_cmd.app, name="device")
 app.add_typer(agent_cmd.app, name="agent")
 app.add_typer(db_cmd.app, name="db")
 app.add_typer(sim_cmd.app, name="sim")
+app.add_typer(api_token_cmd.app, name="api-token")
 
 
 def run() -> None:
