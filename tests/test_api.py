@@ -301,8 +301,8 @@ def test_malformed_requests_are_400_and_change_nothing(api: Api) -> None:
         ({"body": {"state": "INACTIVE"}, "headers": {"If-Match": "v1"}}, 400, "request-if-match"),
         (
             {"body": {"state": "INACTIVE", "version": 2}, "headers": {"If-Match": '"1"'}},
-            400,
-            "request-version",
+            409,
+            "stale-version",
         ),
         ({"body": {"state": "INACTIVE", "version": 1}, "content_type": "text/plain"}, 415, "content-type"),
     ]

@@ -31,7 +31,7 @@ from devid.api.routes import PREFIX, Call, Reply, Route, Schema
 from devid.api.tokens import TokenInfo
 from devid.authority.core import Authority
 from devid.authority.enroll import AuthenticationRequired
-from devid.errors import DevidError, NotFoundError, PolicyError
+from devid.errors import ConflictError, DevidError, NotFoundError, PolicyError
 from devid.store import audit
 from devid.store.engine import reading
 from devid.web.errors import status_for
@@ -233,10 +233,15 @@ def _validator(schema: Schema) -> Draft202012Validator:
 
 
 def _typed(params: Sequence[Any], given: Any) -> dict[str, Any]:
-    """Query or path values converted to their schema's type; a repeated parameter is refused."""
+    """Query or path values converted to their schema's type; an unknown or repeated parameter is
+    refused."""
     types = {p.name: p.schema.get("type") for p in params}
     out: dict[str, Any] = {}
     for name, raw in given:
+        if name not in types:
+            # A misspelt filter (`?stat=`) must not silently answer the unfiltered list.
+            known = ", ".join(types) or "none"
+            raise PolicyError("request-param", f"unknown parameter {name!r} (known: {known})")
         if name in out:
             raise PolicyError("request-param", f"parameter {name!r} is given more than once")
         if types.get(name) == "integer":
@@ -258,7 +263,7 @@ def _check(validator: Draft202012Validator, value: Any, where: str) -> Any:
 
 def _version(if_match: str | None, body: Any) -> int:
     """The version a change is based on: If-Match (an ETag as this API sends it, or a bare number)
-    or the body's `version`; they must agree when both are given."""
+    or the body's `version`; when both are given and differ, one of them is stale (409)."""
     from_body = body.get("version") if isinstance(body, dict) else None
     from_header = None
     if if_match is not None:
@@ -269,7 +274,8 @@ def _version(if_match: str | None, body: Any) -> int:
             )
         from_header = int(parsed.group(1))
     if from_header is not None and from_body is not None and from_header != from_body:
-        raise PolicyError("request-version", "If-Match and the body's version differ")
+        # At most one of them is the current version, so the change is based on a stale read.
+        raise ConflictError("stale-version", "If-Match and the body's version differ: read the object again")
     version = from_header if from_header is not None else from_body
     if version is None:
         raise DevidError("version-required", "send If-Match: <version> (or a `version` field) to change this")

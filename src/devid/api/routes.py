@@ -110,8 +110,7 @@ class Route:
             403: "the token's role lacks this route's permission",
             429: "the token is over its rate limit; Retry-After says when to retry",
         }
-        if self.path_params or self.query or self.body is not None or self.versioned:
-            out[400] = "malformed parameters or body (the message names the field)"
+        out[400] = "malformed or unknown parameters, malformed body (the message names the field)"
         if self.path_params:
             out[404] = "no such object"
         if self.body is not None:
