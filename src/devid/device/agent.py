@@ -148,9 +148,11 @@ class DeviceAgent:
         state = AgentState(**json.loads(state_file.read_text())) if state_file.exists() else None
         p11 = token_tls(directory, se_pin_file)
         if p11 is not None:
-            tls_key = p11.prepare()
             if tls:
+                tls_key = p11.prepare()
                 p11.require_in_effect()
+            else:  # status only: no provider needed, nothing written
+                tls_key = ProviderKey(p11.uri, p11.key_file, p11.conf_file)
             from devid.keys.pkcs11 import Pkcs11SecureElement
 
             ref = device_info(directory)["secure_element"]

@@ -216,12 +216,6 @@ class TokenTls:
         """What the environment of a process needs (set before `ssl` is imported) to use the key."""
         return {"OPENSSL_CONF": str(self.conf_file)}
 
-    def in_effect(self) -> bool:
-        """Whether this process started with this configuration and its provider is active."""
-        if os.environ.get("OPENSSL_CONF") != str(self.conf_file):
-            return False
-        return provider_active() is not False
-
     def require_in_effect(self) -> None:
         if os.environ.get("OPENSSL_CONF") != str(self.conf_file):
             raise ConfigError(
