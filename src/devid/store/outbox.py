@@ -1,4 +1,5 @@
-"""Registry events: written to the outbox table in the transaction of the change they describe.
+"""Events (device registrations, state changes, registry edits): written to the outbox table in
+the transaction of the change they describe.
 
 Delivery (webhook, MQTT) reads the outbox afterwards, per sink and in order, so an event is never
 announced for a change that rolled back, and never lost for one that committed.
