@@ -6,10 +6,11 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# Debian packages: SoftHSM2 (PKCS#11 tests), OpenSSL and curl (interop peers), PostgreSQL, and
-# OpenSSL's pkcs11-provider (TLS client authentication with a key in a token).
+# Debian packages: SoftHSM2 (PKCS#11 tests), OpenSSL and curl (interop peers), PostgreSQL,
+# OpenSSL's pkcs11-provider (TLS client authentication with a key in a token), and Mosquitto (the
+# MQTT broker event delivery publishes to; the tests start one if none listens on 1883).
 missing=()
-for pkg in softhsm2 openssl curl postgresql pkcs11-provider; do
+for pkg in softhsm2 openssl curl postgresql pkcs11-provider mosquitto; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
