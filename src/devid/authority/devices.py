@@ -16,7 +16,7 @@ from sqlalchemy import Connection, insert, select, update
 
 from devid.authority.core import Authority
 from devid.errors import ConflictError, DevidError, NotFoundError, PolicyError
-from devid.store import audit, repo
+from devid.store import audit, outbox, repo
 
 #: AWS IoT's certificate/device states where they apply, plus the factory's test failure.
 DEVICE_STATES = ("ACTIVE", "INACTIVE", "REVOKED", "PENDING_ACTIVATION", "FAILED_TEST")
@@ -31,39 +31,28 @@ def _device(conn: Connection, serial: str) -> Any:
 
 
 def set_state(
-    authority: Authority,
-    serial: str,
-    state: str,
-    actor: str,
-    reason: str = "",
-    *,
-    version: int | None = None,
-) -> int:
+    authority: Authority, serial: str, state: str, actor: str, reason: str = "", version: int | None = None
+) -> None:
     """Change a device's state (ACTIVE, INACTIVE, ...): INACTIVE blocks enrollment and renewal at once.
-
-    `version`: the device version the caller read (API edits); if the device changed since, a
-    ConflictError and nothing changes. None applies the change to whatever is there (the CLI).
-    Returns the device's new version."""
+    With `version`, refuse (ConflictError) if the device changed since that version was read."""
     if state not in DEVICE_STATES:
         raise PolicyError(
             "device-state", f"unknown device state {state!r}; known: {', '.join(DEVICE_STATES)}"
         )
     now = authority.clock.now()
-    table = repo.devices
     with authority.engine.begin() as conn:
         device = _device(conn, serial)
         expected = device.version if version is None else version
-        done = conn.execute(
-            update(table)
-            .where(table.c.id == device.id, table.c.version == expected)
-            .values(state=state, updated_at=now, version=table.c.version + 1)
+        result = conn.execute(
+            update(repo.devices)
+            .where(repo.devices.c.id == device.id, repo.devices.c.version == expected)
+            .values(state=state, updated_at=now, version=repo.devices.c.version + 1)
         )
-        if done.rowcount != 1:
+        if result.rowcount != 1:
             raise ConflictError(
-                "stale-version",
-                f"device {serial!r} changed since version {expected} was read (now {device.version}): "
-                "read it again and reapply the change",
+                "stale-version", f"device {serial!r} changed since version {expected} (now {device.version})"
             )
+        outbox.emit(conn, now, "device.state", serial, {"from": device.state, "to": state, "reason": reason})
         audit.append(
             conn,
             [
@@ -73,7 +62,6 @@ def set_state(
             ],
             now,
         )
-    return expected + 1
 
 
 def create_enrollment_secret(

@@ -13,11 +13,12 @@ authority itself, the others here (as `est.<operation>`), when the client presen
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -61,6 +62,11 @@ class ClientCertificate:
     device_serial: str
     device_state: str
     status: str
+    #: The issuing chain above the certificate when it was issued outside devid (a registered
+    #: manufacturer's IDevID); empty for devid's own certificates.
+    chain: tuple[x509.Certificate, ...] = ()
+    #: False for a manufacturer's device seen for the first time (registered just in time).
+    registered: bool = True
 
     @property
     def not_after(self) -> datetime:
@@ -68,10 +74,40 @@ class ClientCertificate:
 
 
 @dataclass(frozen=True)
+class Admission:
+    """What the registry decided for a device: its enrollment's renewal policy (None: the label's)
+    and where it is allocated (returned to the device)."""
+
+    policy: LabelPolicy | None = None
+    assignment: dict[str, Any] | None = None
+    enrollment_id: int | None = None
+
+
+class Onboarding(Protocol):
+    """The registry as enrollment consults it (implemented by `devid.registry.onboarding`)."""
+
+    def identify(self, der: bytes, chain: Sequence[bytes]) -> ClientCertificate:
+        """A device with an IDevID issued outside devid, by a registered manufacturer CA. No writes."""
+        ...
+
+    def admit(self, client: ClientCertificate) -> Admission:
+        """The device's enrollment (refusing a disabled one) and current assignment. No writes."""
+        ...
+
+    def register(
+        self, client: ClientCertificate, admission: Admission, region: str | None
+    ) -> tuple[ClientCertificate, Admission]:
+        """Register the device just in time and allocate it, after every check passed."""
+        ...
+
+
+@dataclass(frozen=True)
 class CertificateCredential:
-    """A TLS client certificate (DER), as the TLS layer or a trusted proxy gave it."""
+    """A TLS client certificate (DER), as the TLS layer or a trusted proxy gave it, with the
+    certificates the client sent after it (leaf first), when the TLS layer exposes them."""
 
     der: bytes
+    chain: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -94,6 +130,8 @@ class EnrollResult:
     issued: Issued | None = None
     #: Only for server-side key generation: the new private key (sent once, never stored).
     private_key: ec.EllipticCurvePrivateKey | None = None
+    #: The registration result (device id, hub, properties) when the device is allocated.
+    assignment: dict[str, Any] | None = None
 
     @property
     def pending(self) -> bool:
@@ -216,6 +254,12 @@ def has_operational_identity(authority: Authority, serial: str, profile: Profile
 
 
 def _require_active(serial: str, state: str) -> None:
+    if state == "PENDING_ACTIVATION":
+        raise PolicyError(
+            "device-pending-activation",
+            f"device {serial!r} is registered and PENDING_ACTIVATION: an operator must activate it "
+            f"(`devid device activate {serial}`) before it is issued a certificate",
+        )
     if state != "ACTIVE":
         raise PolicyError(
             "device-not-active", f"device {serial!r} is {state}: no certificate is issued to it"
@@ -273,6 +317,8 @@ def enroll(
     csr_data: bytes,
     *,
     actor: str = "est",
+    onboarding: Onboarding | None = None,
+    region: str | None = None,
 ) -> EnrollResult:
     """Decide and issue one EST enrollment. Raises DevidError subclasses (audited) on refusal;
     returns a pending result (nothing issued) while the label's policy awaits operator approval.
@@ -286,6 +332,10 @@ def enroll(
       one has the same profile. A session certificate renews only under a session label.
     - HTTP Basic (device serial + single-use secret): `simpleenroll` of an LDevID only; the secret
       is spent only after the CSR passed its checks and approval (if any) was given.
+    - With `onboarding` (the registry): an IDevID from a registered manufacturer CA is accepted
+      like devid's own, the device registered just in time; a device's enrollment (group or
+      individual) supplies the renewal policy of the base label, refuses when disabled, and
+      allocates the device to a hub (`region`: what the device reported, for lowest latency).
     """
     ctx = _Context()
     with _audited(authority, f"est.{operation.value}", actor, ctx):
@@ -301,10 +351,23 @@ def enroll(
             ctx.subject = credential.serial[:64] or "-"
             return _enroll_with_secret(authority, policy, operation, credential, csr_data, actor)
         ctx.credential = "certificate"
-        client = identify_client(authority, credential.der)
+        client = _identify(authority, credential, onboarding)
         ctx.subject = client.device_serial
         ctx.credential = client.profile.value
-        return _enroll_with_certificate(authority, policy, operation, client, csr_data, actor)
+        return _enroll_with_certificate(
+            authority, policy, operation, client, csr_data, actor, onboarding, region
+        )
+
+
+def _identify(
+    authority: Authority, credential: CertificateCredential, onboarding: Onboarding | None
+) -> ClientCertificate:
+    try:
+        return identify_client(authority, credential.der)
+    except PolicyError as exc:
+        if onboarding is None or exc.code != "client-cert-unknown-issuer":
+            raise
+    return onboarding.identify(credential.der, credential.chain)
 
 
 def _csr_key(
@@ -370,9 +433,15 @@ def _enroll_with_certificate(
     client: ClientCertificate,
     csr_data: bytes,
     actor: str,
+    onboarding: Onboarding | None = None,
+    region: str | None = None,
 ) -> EnrollResult:
     serial = client.device_serial
-    _require_active(serial, client.device_state)
+    if client.registered:
+        _require_active(serial, client.device_state)
+    admission = onboarding.admit(client) if onboarding is not None else Admission()
+    if admission.policy is not None and policy.label == "":
+        policy = admission.policy
     supersedes = None
     if client.profile is ProfileName.IDEVID:
         if (
@@ -387,6 +456,9 @@ def _enroll_with_certificate(
                 "on simplereenroll",
             )
         csr, public_key, private_key = _csr_key(operation, csr_data)
+        if onboarding is not None:
+            client, admission = onboarding.register(client, admission, region)
+            _require_active(serial, client.device_state)
         if policy.approval and approval_pending(authority, serial):
             return EnrollResult(policy, serial)
     else:
@@ -404,4 +476,5 @@ def _enroll_with_certificate(
     request = IssueRequest(
         policy.profile, public_key, device_serial=serial, lifetime=policy.lifetime, supersedes=supersedes
     )
-    return EnrollResult(policy, serial, _issue(authority, request, actor), private_key)
+    issued = _issue(authority, request, actor)
+    return EnrollResult(policy, serial, issued, private_key, admission.assignment)

@@ -17,6 +17,7 @@ from devid.cli import (
     db_cmd,
     demo_cmd,
     device_cmd,
+    events_cmd,
     factory_cmd,
     init_cmd,
     serve_cmd,
@@ -46,6 +47,7 @@ app.add_typer(device_cmd.app, name="device")
 app.add_typer(agent_cmd.app, name="agent")
 app.add_typer(db_cmd.app, name="db")
 app.add_typer(sim_cmd.app, name="sim")
+app.add_typer(events_cmd.app, name="events")
 app.add_typer(api_token_cmd.app, name="api-token")
 
 

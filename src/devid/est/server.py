@@ -29,6 +29,7 @@ from devid.authority.enroll import (
     CertificateCredential,
     Credential,
     EnrollResult,
+    Onboarding,
     Operation,
     SecretCredential,
     enroll,
@@ -37,7 +38,7 @@ from devid.authority.policy import LabelPolicy
 from devid.errors import DevidError, PolicyError
 from devid.pki.der import encode_oid, tlv
 from devid.pki.encoding import certs_only
-from devid.web.peer import peer_address, peer_certificate
+from devid.web.peer import peer_address, peer_certificate, peer_chain
 
 WELL_KNOWN = "/.well-known/est"
 #: Largest request body any EST endpoint reads (a P-256 CSR in base64 is ~700 bytes).
@@ -49,6 +50,10 @@ PKCS8 = "application/pkcs8"
 CSRATTRS = "application/csrattrs"
 POLICY_HEADER = "Devid-Policy"
 RENEW_AT_HEADER = "Devid-Renew-At"
+#: Sent by a device that knows its region (lowest-latency allocation).
+REGION_HEADER = "Devid-Region"
+#: The registration result, when the device's enrollment allocated it to a hub.
+ASSIGNMENT_HEADERS = {"device_id": "Devid-Device-Id", "hub": "Devid-Hub", "hub_url": "Devid-Hub-Url"}
 RETRY_AFTER_SECONDS = 60
 _LABEL = r"{label:[A-Za-z0-9][A-Za-z0-9._-]{0,63}}"
 
@@ -132,8 +137,9 @@ class EstServer:
     #: can carry many certificates.
     _workers = ThreadPoolExecutor(max_workers=64, thread_name_prefix="devid-est")
 
-    def __init__(self, authority: Authority) -> None:
+    def __init__(self, authority: Authority, onboarding: Onboarding | None = None) -> None:
         self.authority = authority
+        self.onboarding = onboarding
         self._cacerts: dict[str, bytes] = {}
         self._csrattrs = b64_lines(csr_attributes())
 
@@ -193,11 +199,22 @@ class EstServer:
             self.authority.label_policy(label)
             credential = self._credential(request)
             csr = await self._read_csr(request)
+            region = request.headers.get(REGION_HEADER, "")[:64] or None
             # The authority is synchronous (store reads, signing, a commit with fsync): it runs in a
             # worker thread, so the event loop keeps serving handshakes and other requests meanwhile.
             result = await asyncio.get_running_loop().run_in_executor(
                 self._workers,
-                functools.partial(enroll, self.authority, label, operation, credential, csr, actor=actor),
+                functools.partial(
+                    enroll,
+                    self.authority,
+                    label,
+                    operation,
+                    credential,
+                    csr,
+                    actor=actor,
+                    onboarding=self.onboarding,
+                    region=region,
+                ),
             )
         except DevidError as exc:
             if credential is not None and not getattr(exc, "audited", False):
@@ -214,7 +231,7 @@ class EstServer:
         HTTP Basic, else None."""
         der = peer_certificate(request)
         if der:
-            return CertificateCredential(der)
+            return CertificateCredential(der, peer_chain(request))
         return basic_credential(request.headers.get("Authorization"))
 
     @staticmethod
@@ -246,6 +263,9 @@ class EstServer:
         renew_at = result.renew_at
         if renew_at is not None:
             headers[RENEW_AT_HEADER] = rfc3339(renew_at)
+        for key, header in ASSIGNMENT_HEADERS.items():
+            if result.assignment and result.assignment.get(key):
+                headers[header] = str(result.assignment[key])
         certs = b64_lines(certs_only([result.issued.certificate]))
         if operation is not Operation.SERVERKEYGEN or result.private_key is None:
             headers.update({"Content-Type": CERTS_ONLY, "Content-Transfer-Encoding": "base64"})

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -21,12 +21,15 @@ from devid.api.routes import PREFIX as API_PREFIX
 from devid.authority.core import Authority
 from devid.errors import ConfigError
 from devid.est.server import MAX_BODY, EstServer
+from devid.registry.onboarding import Registry
 from devid.web.errors import error_middleware
 from devid.web.peer import TRUSTED_PROXIES, TrustedProxies, peer_certificate
+from devid.web.trust import TrustSync
 
 log = logging.getLogger("devid.web")
 
 AUTHORITY = web.AppKey("devid.authority", Authority)
+REGISTRY = web.AppKey("devid.registry", Registry)
 
 
 class InFlight:
@@ -86,10 +89,12 @@ def make_app(
     app = web.Application(
         client_max_size=client_max_size, middlewares=[in_flight.middleware, error_middleware]
     )
+    registry = Registry(authority)
     app[AUTHORITY] = authority
+    app[REGISTRY] = registry
     app[IN_FLIGHT] = in_flight
     app[TRUSTED_PROXIES] = TrustedProxies.parse(trusted_proxies)
-    app.add_routes(EstServer(authority).routes())
+    app.add_routes(EstServer(authority, registry).routes())
     # The admin API is a sub-application: its JSON errors, bearer tokens and audit apply under
     # /api/v1 only, and EST's answers stay exactly as they were.
     app.add_subapp(API_PREFIX, api_application(authority))
@@ -112,6 +117,7 @@ class RunningServer:
     host: str
     port: int
     shutdown_timeout: float = 30.0
+    background: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -123,6 +129,8 @@ class RunningServer:
         timeout), then close the remaining (idle) connections."""
         in_flight = self.runner.app.get(IN_FLIGHT)
         await self.site.stop()
+        for task in self.background:
+            task.cancel()
         if in_flight is not None:
             in_flight.draining = True
             if not await in_flight.wait_idle(self.shutdown_timeout):
@@ -147,17 +155,28 @@ async def start_server(
     # aiohttp's own shutdown runs after `stop` has drained the requests in flight: a short grace.
     runner = web.AppRunner(app, shutdown_timeout=min(shutdown_timeout, 5.0), access_log=access_log)
     await runner.setup()
+    background = []
+    registry = app.get(REGISTRY)
+    if registry is not None:
+        # Trust every registered manufacturer CA before the first handshake, then keep up.
+        sync = TrustSync(registry, ssl_context)
+        await asyncio.to_thread(sync.refresh)
+        background.append(asyncio.create_task(sync.run()))
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     try:
         await site.start()
     except OSError as exc:
+        for task in background:
+            task.cancel()
         await runner.cleanup()
         raise ConfigError("listen", f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     except BaseException:
+        for task in background:
+            task.cancel()
         await runner.cleanup()
         raise
     bound = port
     server = site._server  # the asyncio Server: the only place the chosen port can be read
     if isinstance(server, asyncio.Server) and server.sockets:
         bound = int(server.sockets[0].getsockname()[1])
-    return RunningServer(runner, site, host, bound, shutdown_timeout)
+    return RunningServer(runner, site, host, bound, shutdown_timeout, background)

@@ -110,3 +110,25 @@ def peer_certificate(request: web.Request) -> bytes | None:
         return None
     der = ssl_object.getpeercert(binary_form=True)
     return bytes(der) if der else None
+
+
+def peer_chain(request: web.Request) -> tuple[bytes, ...]:
+    """DER of the certificates the client sent (leaf first), for chains to a manufacturer CA.
+
+    Python 3.11's `ssl` exposes only the leaf publicly; CPython 3.10+ has the chain on the
+    private `_sslobj` (public as `get_unverified_chain()` from 3.13). The chain is only a hint:
+    every link is verified by the registry before it is used. Empty when unavailable or proxied.
+    """
+    if from_trusted_proxy(request) or request.transport is None:
+        return ()
+    ssl_object = request.transport.get_extra_info("ssl_object")
+    raw = getattr(ssl_object, "get_unverified_chain", None) or getattr(
+        getattr(ssl_object, "_sslobj", None), "get_unverified_chain", None
+    )
+    if raw is None:
+        return ()
+    chain = raw() or []
+    return tuple(bytes(c.public_bytes(_ENCODING_DER)) for c in chain)
+
+
+_ENCODING_DER = 2  # _ssl.ENCODING_DER

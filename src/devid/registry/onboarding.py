@@ -1,0 +1,438 @@
+"""Onboarding: identify devices by their manufacturers' IDevIDs, admit them by enrollment, register
+them just in time, and allocate them to hubs.
+
+`Registry` implements `devid.authority.enroll.Onboarding`: the authority's enrollment rules call
+it, so every front end (EST today) onboards the same way. It caches the registry (manufacturer
+CAs, enrollments, hubs) and reloads it whenever the store's registry generation moved, which one
+indexed read per request tells: a change made by any process is seen at once.
+
+Writes happen only in `register`, after the request passed every check, so a refused request
+changes no device or registry state.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import Connection, Row, bindparam, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from devid.authority.core import Authority
+from devid.authority.enroll import Admission, ClientCertificate
+from devid.errors import PolicyError
+from devid.pki.encoding import fingerprint
+from devid.pki.keypolicy import require_p256
+from devid.pki.profiles import ProfileName
+from devid.registry import enrollments, generation, hubs, manufacturers
+from devid.registry.allocation import AllocationFailed, Decision, allocate
+from devid.registry.enrollments import EnrollmentInfo, Kind, Reprovision
+from devid.registry.hubs import HubInfo
+from devid.registry.manufacturers import ManufacturerInfo
+from devid.store import audit, outbox, repo
+from devid.store.engine import reading
+
+#: Longest chain walked from an IDevID up to a registered manufacturer CA.
+MAX_CHAIN = 5
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The registry as of one generation."""
+
+    generation: int
+    manufacturers: tuple[ManufacturerInfo, ...]
+    groups: tuple[EnrollmentInfo, ...]
+    individuals: dict[str, EnrollmentInfo]
+    enrollments: dict[int, EnrollmentInfo]
+    hubs: dict[str, HubInfo]
+    hub_ids: dict[int, str]
+
+    def trust_anchors(self) -> list[x509.Certificate]:
+        """What the TLS layer must accept client chains to: manufacturer CAs and group signing
+        certificates (whatever their state: refusals come from the application, with a reason)."""
+        out = [m.certificate for m in self.manufacturers]
+        out += [c for g in self.groups for c in g.signing]
+        return out
+
+    def hubs_for(self, enrollment: EnrollmentInfo) -> list[HubInfo]:
+        names = enrollment.settings.hubs or tuple(self.hubs)
+        return [self.hubs[n] for n in names if n in self.hubs and self.hubs[n].enabled]
+
+
+def _load(conn: Connection, gen: int) -> Snapshot:
+    listed = enrollments.list_all(conn)
+    hub_rows = conn.execute(hubs.hubs.select()).all()
+    return Snapshot(
+        gen,
+        tuple(manufacturers.list_all(conn)),
+        tuple(e for e in listed if e.kind is Kind.GROUP),
+        {e.name: e for e in listed if e.kind is Kind.INDIVIDUAL},
+        {e.id: e for e in listed},
+        {r.name: HubInfo.from_row(r) for r in hub_rows},
+        {r.id: r.name for r in hub_rows},
+    )
+
+
+def _issued_by(cert: x509.Certificate, candidates: Sequence[x509.Certificate]) -> x509.Certificate | None:
+    for candidate in candidates:
+        if candidate.subject != cert.issuer:
+            continue
+        try:
+            cert.verify_directly_issued_by(candidate)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return candidate
+    return None
+
+
+def device_serial_of(cert: x509.Certificate) -> str:
+    """The device's registration id: the IDevID subject's serialNumber (802.1AR), else its CN."""
+    for oid in (x509.NameOID.SERIAL_NUMBER, x509.NameOID.COMMON_NAME):
+        values = cert.subject.get_attributes_for_oid(oid)
+        if len(values) == 1 and str(values[0].value).strip():
+            return str(values[0].value)
+    raise PolicyError(
+        "client-cert-identity", "the IDevID subject has no serialNumber or common name to identify the device"
+    )
+
+
+class Registry:
+    """The registry as one authority's enrollment rules consult it."""
+
+    def __init__(self, authority: Authority, *, webhook_timeout: float = 2.0) -> None:
+        self.authority = authority
+        self.webhook_timeout = webhook_timeout
+        self._snapshot: Snapshot | None = None
+        self._lock = threading.Lock()
+
+    def snapshot(self) -> Snapshot:
+        """The cached registry, reloaded if any process changed it since."""
+        with reading(self.authority.engine) as conn:
+            gen = generation.current(conn)
+            cached = self._snapshot
+            if cached is not None and cached.generation == gen:
+                return cached
+            fresh = _load(conn, gen)
+        with self._lock:
+            if self._snapshot is None or self._snapshot.generation < fresh.generation:
+                self._snapshot = fresh
+        return fresh
+
+    # --- identification (no writes) --------------------------------------------------------------
+
+    def identify(self, der: bytes, chain: Sequence[bytes]) -> ClientCertificate:
+        """The device behind an IDevID issued outside devid, chaining (through the certificates
+        the client sent and the registry's own) to a registered manufacturer CA."""
+        cert = x509.load_der_x509_certificate(der)
+        snap = self.snapshot()
+        now = self.authority.clock.now()
+        anchors = {fingerprint(m.certificate.public_bytes(_DER)): m for m in snap.manufacturers}
+        pool = [m.certificate for m in snap.manufacturers]
+        pool += [c for g in snap.groups for c in g.signing]
+        pool += [x509.load_der_x509_certificate(d) for d in chain[1:]]
+        path = [cert]
+        manufacturer = None
+        while manufacturer is None and len(path) <= MAX_CHAIN:
+            parent = _issued_by(path[-1], pool)
+            if parent is None:
+                break
+            path.append(parent)
+            manufacturer = anchors.get(fingerprint(parent.public_bytes(_DER)))
+        if manufacturer is None:
+            raise PolicyError(
+                "client-cert-unknown-issuer",
+                "client certificate was not issued by this devid's CAs nor by any registered manufacturer CA",
+            )
+        if manufacturer.state != "ACTIVE":
+            raise PolicyError(
+                "manufacturer-inactive",
+                f"manufacturer {manufacturer.name!r} is {manufacturer.state}: its devices are not accepted",
+            )
+        for link in path:
+            if not link.not_valid_before_utc <= now <= link.not_valid_after_utc:
+                raise PolicyError(
+                    "client-cert-expired",
+                    f"certificate {link.subject.rfc4514_string()!r} in the device's IDevID chain "
+                    "is not valid now",
+                )
+        try:
+            require_p256(cert.public_key(), "IDevID key")
+        except PolicyError as exc:
+            raise PolicyError("client-cert-key", exc.message) from None
+        serial = device_serial_of(cert)
+        fp = fingerprint(der)
+        with reading(self.authority.engine) as conn:
+            device = repo.device_by_serial(conn, serial)
+        if device is not None:
+            if device.manufacturer_id is None or device.idevid_fingerprint != fp:
+                raise PolicyError(
+                    "device-identity-conflict",
+                    f"device {serial!r} is registered with a different IDevID: this certificate "
+                    "is not its identity",
+                )
+            state, registered = device.state, True
+        else:
+            individual = snap.individuals.get(serial)
+            if not manufacturer.auto_register and individual is None:
+                raise PolicyError(
+                    "device-not-registered",
+                    f"device {serial!r} is not registered and manufacturer {manufacturer.name!r} does not "
+                    "register devices just in time (--auto-register) nor has it an individual enrollment",
+                )
+            state, registered = ("ACTIVE" if manufacturer.auto_activate else "PENDING_ACTIVATION"), False
+        return ClientCertificate(
+            cert,
+            der,
+            fp,
+            manufacturer.name,
+            ProfileName.IDEVID,
+            serial,
+            state,
+            "valid",
+            chain=tuple(path[1:]),
+            registered=registered,
+        )
+
+    def admit(self, client: ClientCertificate) -> Admission:
+        """Which enrollment covers this device, refusing when it is disabled; its renewal policy
+        and the device's current assignment. Reads only."""
+        snap = self.snapshot()
+        if not snap.enrollments:
+            return Admission()
+        with reading(self.authority.engine) as conn:
+            device = repo.device_by_serial(conn, client.device_serial)
+        enrollment = self._enrollment_for(snap, client, device)
+        if enrollment is None:
+            return Admission()
+        if not enrollment.enabled:
+            raise PolicyError(
+                "enrollment-disabled",
+                f"enrollment {enrollment.kind.value} {enrollment.name!r} is disabled: device "
+                f"{client.device_serial!r} is not registered or renewed while it is",
+            )
+        assignment = _assignment(snap, device, enrollment, "unchanged") if device is not None else None
+        return Admission(enrollment.settings.policy, assignment, enrollment.id)
+
+    def _enrollment_for(
+        self, snap: Snapshot, client: ClientCertificate, device: Row[Any] | None
+    ) -> EnrollmentInfo | None:
+        if client.profile is not ProfileName.IDEVID:
+            # An operational certificate renews under the enrollment that registered the device.
+            return (
+                snap.enrollments.get(device.enrollment_id)
+                if device is not None and device.enrollment_id
+                else None
+            )
+        individual = snap.individuals.get(client.device_serial)
+        if individual is not None:
+            if (
+                individual.certificate_fingerprint
+                and individual.certificate_fingerprint != client.fingerprint
+            ):
+                raise PolicyError(
+                    "enrollment-certificate-mismatch",
+                    f"the individual enrollment of {client.device_serial!r} names a different IDevID",
+                )
+            return individual
+        chain = {fingerprint(c.public_bytes(_DER)) for c in self._chain_of(client)}
+        matches = [g for g in snap.groups if g.signing_fingerprints & chain]
+        # The most specific group (fewest links between device and signing certificate) wins.
+        return (
+            matches[0]
+            if len(matches) == 1
+            else (min(matches, key=lambda g: self._depth(client, g)) if matches else None)
+        )
+
+    def _chain_of(self, client: ClientCertificate) -> tuple[x509.Certificate, ...]:
+        if client.chain:
+            return client.chain
+        ca = self.authority.cas.get(client.issuer)
+        if ca is None:
+            return ()
+        return (*self.authority.chain(ca.name), self.authority.root)
+
+    def _depth(self, client: ClientCertificate, group: EnrollmentInfo) -> int:
+        fps = group.signing_fingerprints
+        for depth, cert in enumerate(self._chain_of(client)):
+            if fingerprint(cert.public_bytes(_DER)) in fps:
+                return depth
+        return MAX_CHAIN
+
+    # --- registration (writes) --------------------------------------------------------------------
+
+    def register(
+        self, client: ClientCertificate, admission: Admission, region: str | None = None
+    ) -> tuple[ClientCertificate, Admission]:
+        """Register the device just in time (if new) and allocate it (if its enrollment asks and it
+        has no current allocation there); one transaction, audited, with outbox events."""
+        snap = self.snapshot()
+        enrollment = snap.enrollments.get(admission.enrollment_id) if admission.enrollment_id else None
+        with reading(self.authority.engine) as conn:
+            device = repo.device_by_serial(conn, client.device_serial)
+        substatus = _reallocation(snap, device, enrollment)
+        decision = None
+        if enrollment is not None and substatus is not None:
+            decision = self._decide(snap, client, enrollment, region)
+        if client.registered and decision is None:
+            return client, admission
+        now = self.authority.clock.now()
+        with self.authority.engine.begin() as conn:
+            if not client.registered:
+                device = self._insert_device(conn, client, snap, now)
+                if device is None:  # registered concurrently by another request: use that record
+                    device = repo.device_by_serial(conn, client.device_serial)
+            assert device is not None
+            if decision is not None and enrollment is not None and substatus is not None:
+                device = self._allocate(conn, device, enrollment, decision, substatus, now)
+        client = replace(client, device_state=device.state, registered=True)
+        assignment = _assignment(snap, device, enrollment, substatus or "unchanged") if enrollment else None
+        return client, replace(admission, assignment=assignment)
+
+    def _decide(
+        self, snap: Snapshot, client: ClientCertificate, enrollment: EnrollmentInfo, region: str | None
+    ) -> Decision:
+        settings = enrollment.settings
+        registration = {
+            "registration_id": client.device_serial,
+            "manufacturer": client.issuer,
+            "enrollment": f"{enrollment.kind.value}:{enrollment.name}",
+            "certificate_fingerprint": client.fingerprint,
+            "region": region,
+            "properties": settings.properties,
+        }
+        try:
+            return allocate(
+                settings.allocation,
+                client.device_serial,
+                snap.hubs_for(enrollment),
+                region=region,
+                webhook_url=settings.webhook_url,
+                registration=registration,
+                timeout=self.webhook_timeout,
+            )
+        except AllocationFailed as exc:
+            self.authority.record_refusal(exc, "device.allocate", client.device_serial, "registry")
+            exc.audited = True  # type: ignore[attr-defined]
+            raise
+
+    def _insert_device(
+        self, conn: Connection, client: ClientCertificate, snap: Snapshot, now: datetime
+    ) -> Row[Any] | None:
+        manufacturer = next(m for m in snap.manufacturers if m.name == client.issuer)
+        manufacturer_id = (
+            conn.execute(
+                manufacturers.manufacturers.select().where(
+                    manufacturers.manufacturers.c.name == manufacturer.name
+                )
+            )
+            .one()
+            .id
+        )
+        try:
+            with conn.begin_nested():
+                conn.execute(
+                    insert(repo.devices).values(
+                        serial=client.device_serial,
+                        state=client.device_state,
+                        manufacturer_id=manufacturer_id,
+                        idevid_fingerprint=client.fingerprint,
+                        registered_at=now,
+                        created_at=now,
+                        updated_at=now,
+                        version=1,
+                    )
+                )
+        except IntegrityError:
+            return None
+        detail = {
+            "manufacturer": manufacturer.name,
+            "state": client.device_state,
+            "idevid": client.fingerprint,
+        }
+        audit.append(conn, [audit.Event("device.register", client.device_serial, "jitr", "ok", detail)], now)
+        outbox.emit(conn, now, "device.registered", client.device_serial, detail)
+        return repo.device_by_serial(conn, client.device_serial)
+
+    def _allocate(
+        self,
+        conn: Connection,
+        device: Row[Any],
+        enrollment: EnrollmentInfo,
+        decision: Decision,
+        substatus: str,
+        now: datetime,
+    ) -> Row[Any]:
+        hub_id = conn.execute(_HUB_ID, {"name": decision.hub.name}).scalar_one()
+        keep = substatus == "deviceDataMigrated" and device.properties
+        properties = (
+            json.loads(device.properties)
+            if keep
+            else {**enrollment.settings.properties, **decision.properties}
+        )
+        conn.execute(
+            update(repo.devices)
+            .where(repo.devices.c.id == device.id)
+            .values(
+                enrollment_id=enrollment.id,
+                hub_id=hub_id,
+                properties=json.dumps(properties, sort_keys=True),
+                updated_at=now,
+                version=repo.devices.c.version + 1,
+            )
+        )
+        detail = {
+            "hub": decision.hub.name,
+            "enrollment": f"{enrollment.kind.value}:{enrollment.name}",
+            "substatus": substatus,
+        }
+        audit.append(conn, [audit.Event("device.allocate", device.serial, "registry", "ok", detail)], now)
+        outbox.emit(conn, now, "device.allocated", device.serial, detail)
+        row = repo.device_by_serial(conn, device.serial)
+        assert row is not None
+        return row
+
+
+_DER = serialization.Encoding.DER
+_HUB_ID = select(hubs.hubs.c.id).where(hubs.hubs.c.name == bindparam("name"))
+
+
+def _reallocation(snap: Snapshot, device: Row[Any] | None, enrollment: EnrollmentInfo | None) -> str | None:
+    """Why the device needs (re)allocation, as DPS names it, or None if it keeps its hub."""
+    if enrollment is None:
+        return None
+    if device is None or device.hub_id is None:
+        return "initialAssignment"
+    hub = snap.hubs.get(snap.hub_ids.get(device.hub_id, ""))
+    if device.enrollment_id == enrollment.id and hub is not None and hub.enabled:
+        return None
+    if (
+        device.enrollment_id != enrollment.id
+        and enrollment.settings.reprovision is Reprovision.NEVER
+        and hub is not None
+    ):
+        return None
+    return "deviceDataReset" if enrollment.settings.reprovision is Reprovision.RESET else "deviceDataMigrated"
+
+
+def _assignment(
+    snap: Snapshot, device: Row[Any] | None, enrollment: EnrollmentInfo | None, substatus: str
+) -> dict[str, Any] | None:
+    if device is None or device.hub_id is None:
+        return None
+    hub = snap.hubs.get(snap.hub_ids.get(device.hub_id, ""))
+    return {
+        "device_id": device.serial,
+        "hub": hub.name if hub else None,
+        "hub_url": hub.url if hub else None,
+        "enrollment": f"{enrollment.kind.value}:{enrollment.name}" if enrollment else None,
+        "properties": json.loads(device.properties or "{}"),
+        "substatus": substatus,
+    }
