@@ -27,10 +27,10 @@ from devid.authority.setup import init_home
 from devid.config import Home
 from devid.registry import generation, sinks
 from devid.registry.delivery import Backoff, Dispatcher, Settings, outgoing
-from devid.registry.events import emit
 from devid.registry.transports import SIGNATURE_HEADER, Webhook
 from devid.store.engine import make_engine
 from devid.store.models import AuditEvent, EventRecord, EventSink
+from devid.store.outbox import emit
 
 __all__ = ["broker", "receiver"]  # fixtures, imported for pytest
 
@@ -108,7 +108,7 @@ def test_webhook_receives_every_event_in_order(engine: Engine, receiver: Receive
     assert first.headers["Content-Type"] == "application/json"
     assert first.headers["X-Devid-Event-Id"] == str(ids[0])
     assert first.headers["X-Devid-Event-Type"] == "device.state"
-    assert SIGNATURE_HEADER not in first.headers  # no secret stored for sinks yet
+    assert SIGNATURE_HEADER not in first.headers  # this sink has no secret
     row = sink_row(engine, "hook")
     assert (row.cursor, row.failures, row.last_error) == (ids[-1], 0, None)
 
@@ -437,3 +437,15 @@ def test_devid_serve_delivers_in_the_background_and_stops_cleanly(
                 served.proc.wait()
     finally:
         engine.dispose()
+
+
+def test_a_sink_with_a_secret_signs_each_body_from_the_store(engine: Engine, receiver: Receiver) -> None:
+    secret = b"a-shared-secret-of-the-receiver"
+    sinks.add(engine, "signed", "webhook", receiver.url, None, actor="test", now=now(), secret=secret)
+    emit_all(engine, "SN1", "SN2")
+    asyncio.run(Dispatcher(engine, FAST).deliver_once())
+    got = receiver.wait_for(2)
+    assert len(got) == 2
+    for request in receiver.requests:
+        expected = "sha256=" + hmac.new(secret, request.body, hashlib.sha256).hexdigest()
+        assert request.headers[SIGNATURE_HEADER] == expected

@@ -7,6 +7,7 @@ import asyncio
 import json
 import signal
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any, cast
 
 import typer
@@ -68,6 +69,10 @@ def sink_add(
     from_start: Annotated[
         bool, typer.Option("--from-start", help="also deliver every event already in the outbox")
     ] = False,
+    secret_file: Annotated[
+        Path | None,
+        typer.Option("--secret-file", help="sign webhook bodies with HMAC-SHA256 under this file's key"),
+    ] = None,
     home: HomeOpt = None,
 ) -> None:
     """Add a sink: a webhook (--webhook URL) or an MQTT broker (--mqtt URL --topic T). It receives
@@ -76,9 +81,20 @@ def sink_add(
         raise PolicyError("sink-kind", "give exactly one of --webhook URL or --mqtt URL")
     kind, url = ("webhook", webhook) if webhook is not None else ("mqtt", mqtt)
     assert url is not None
+    secret = secret_file.read_bytes().strip() if secret_file is not None else None
+    if secret is not None and (kind != "webhook" or len(secret) < 16):
+        raise PolicyError("sink-secret", "a signing secret is for webhooks and needs at least 16 bytes")
     engine = store(home)
     sink = sink_store.add(
-        engine, name, kind, url, topic, actor="cli", now=datetime.now(UTC), from_start=from_start
+        engine,
+        name,
+        kind,
+        url,
+        topic,
+        actor="cli",
+        now=datetime.now(UTC),
+        from_start=from_start,
+        secret=secret,
     )
     engine.dispose()
     console.print(f"event sink {escape(name)} added ({kind}), after event {sink.cursor}", highlight=False)

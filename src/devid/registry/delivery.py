@@ -27,11 +27,11 @@ from typing import Any, cast
 import aiohttp
 from sqlalchemy import Engine, Table, case, event, select, update
 
-from devid.registry.events import EMITTED
 from devid.registry.sinks import Sink, list_sinks
 from devid.registry.transports import DeliveryError, Mqtt, Outgoing, Transport, Webhook
 from devid.store.engine import reading
 from devid.store.models import EventRecord, EventSink
+from devid.store.outbox import EMITTED
 
 log = logging.getLogger("devid.events")
 

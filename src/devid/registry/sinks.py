@@ -27,8 +27,7 @@ KINDS = ("webhook", "mqtt")
 
 @dataclass(frozen=True)
 class Sink:
-    """A sink as stored. `secret` signs webhook bodies; the store has no column for it yet, so
-    sinks loaded from the store are unsigned (see `from_row`)."""
+    """A sink as stored. `secret` (if set) signs webhook bodies."""
 
     id: int
     name: str
@@ -44,7 +43,6 @@ class Sink:
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> Sink:
-        # When event_sinks gains a `secret` column, read it here: everything downstream signs.
         return cls(
             row.id,
             row.name,
@@ -56,6 +54,7 @@ class Sink:
             row.failures,
             row.last_error,
             row.created_at,
+            row.secret,
         )
 
     def to_json(self, last_event: int) -> dict[str, Any]:
@@ -114,6 +113,7 @@ def add(
     actor: str,
     now: datetime,
     from_start: bool = False,
+    secret: bytes | None = None,
 ) -> Sink:
     """A new enabled sink. It receives events emitted from now on, or every event still in the
     outbox when `from_start`."""
@@ -132,9 +132,10 @@ def add(
                 cursor=cursor,
                 failures=0,
                 created_at=now,
+                secret=secret,
             )
         )
-        detail = {"kind": kind, "url": redact(url), "topic": topic, "cursor": cursor}
+        detail = {"kind": kind, "url": redact(url), "topic": topic, "cursor": cursor, "signed": bool(secret)}
         generation.bump(conn)
         audit.append(conn, [audit.Event("event-sink.add", name, actor, "ok", detail)], now)
         row = conn.execute(select(sinks).where(sinks.c.name == name)).one()
