@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 from e2e import devid
 from est_helpers import EstServer, client_context, provision, running_server
 from openapi_spec_validator import validate
@@ -442,3 +443,49 @@ def test_cli_token_create_list_revoke_against_the_server(sqlite_home: Home, tmp_
     assert dup.returncode == 2 and "[token-exists]" in dup.stderr
     bad = devid("api-token", "create", "x", "--role", "root", "--home", sqlite_home.path, passphrase=None)
     assert bad.returncode != 0 and "root" in bad.stderr
+
+
+# --- registry ---------------------------------------------------------------------------------
+
+
+def test_registry_hubs_and_groups_two_operators_one_group(api: Api) -> None:
+    alice = api.new_token(Role.OPERATOR, "alice")
+    bob = api.new_token(Role.OPERATOR, "bob")
+    factory = api.new_token(Role.FACTORY, "line-1")
+    auditor = api.new_token(Role.AUDITOR, "eve")
+    for name in ("eu-1", "us-1"):
+        made = api.call("POST", "/hubs", {"name": name, "url": f"mqtts://{name}.example:8883"}, token=alice)
+        assert made.status == 201 and made.json["version"] == 1, made.raw
+    assert api.call("POST", "/hubs", {"name": "eu-1", "url": "mqtts://x:1"}, token=alice).status == 409
+    assert api.call("POST", "/hubs", {"name": "bad", "url": "ftp://x"}, token=alice).code == "hub-url"
+
+    ca_pem = api.authority.cas["manufacturing"].certificate.public_bytes(Encoding.PEM).decode()
+    group = {"name": "sensors", "signing_certificate": ca_pem, "allocation": "hashed", "hubs": ["eu-1"]}
+    made = api.call("POST", "/groups", group, token=alice)
+    assert made.status == 201 and made.json["enabled"] and made.json["hubs"] == ["eu-1"], made.raw
+    assert made.json["signing_certificates"][0]["fingerprint"]
+    assert api.get("/groups", token=factory).status == 403  # the line does not see the registry
+    assert api.get("/groups", token=auditor).json["items"][0]["name"] == "sensors"
+    assert api.call("PATCH", "/groups/sensors", {"enabled": False, "version": 1}, token=auditor).status == 403
+
+    # Both read version 1; Alice's change lands, Bob's is refused and changes nothing.
+    first = api.call("PATCH", "/groups/sensors", {"hubs": ["eu-1", "us-1"], "version": 1}, token=alice)
+    assert first.status == 200 and first.json["version"] == 2
+    second = api.call("PATCH", "/groups/sensors", {"reprovision": "never", "version": 1}, token=bob)
+    assert second.status == 409 and second.code == "stale-version"
+    now = api.get("/groups/sensors").json
+    assert (now["hubs"], now["reprovision"], now["version"]) == (["eu-1", "us-1"], "migrate", 2)
+
+    disabled = api.call(
+        "PATCH", "/groups/sensors", {"enabled": False}, headers={"If-Match": '"2"'}, token=bob
+    )
+    assert disabled.status == 200 and not disabled.json["enabled"]
+    assert api.get("/groups/nope").status == 404 and api.get("/hubs/nope").code == "unknown-hub"
+    assert [(e.action, e.actor) for e in api.events("enrollment.")] == [
+        ("enrollment.create", "token:alice"),
+        ("enrollment.update", "token:alice"),
+        ("enrollment.disable", "token:bob"),
+    ]
+    code = api.call("POST", "/registration-codes", token=alice)
+    assert code.status == 201 and len(code.json["code"]) == 64
+    assert api.get("/manufacturers").json == {"items": [], "next": None}

@@ -176,3 +176,15 @@ def page(
 
 def iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment is not None else None
+
+
+NAME_AFTER = Param("after", {"type": "string", "maxLength": 128}, "cursor: the `next` of the previous page")
+NAME_PATH = Param("name", NAME_PARAM_SCHEMA, "name")
+
+
+def page_by_name(items: Sequence[dict[str, Any]], call: Call) -> dict[str, Any]:
+    """A page of a small registry listing (tens to hundreds of rows, read whole): in name order,
+    after the `after` name; the same `{items, next}` contract as the keyset-paged tables."""
+    limit, after = call.query["limit"], call.query.get("after", "")
+    rows = sorted((i for i in items if i["name"] > after), key=lambda i: str(i["name"]))[:limit]
+    return page(rows, lambda item: item, limit, lambda item: item["name"])

@@ -5,13 +5,25 @@ A new resource is a module exporting `ROUTES` and one line here.
 
 from __future__ import annotations
 
-from devid.api.endpoints import api_tokens, audit_events, cas, certificates, devices
+from devid.api.endpoints import (
+    api_tokens,
+    audit_events,
+    cas,
+    certificates,
+    devices,
+    enrollments,
+    hubs,
+    manufacturers,
+)
 from devid.api.routes import Route
 
 ROUTES: list[Route] = [
     *cas.ROUTES,
     *devices.ROUTES,
     *certificates.ROUTES,
+    *manufacturers.ROUTES,
+    *enrollments.ROUTES,
+    *hubs.ROUTES,
     *audit_events.ROUTES,
     *api_tokens.ROUTES,
 ]
