@@ -30,8 +30,16 @@ def _device(conn: Connection, serial: str) -> Any:
     return row
 
 
-def set_state(authority: Authority, serial: str, state: str, actor: str, reason: str = "") -> None:
-    """Change a device's state (ACTIVE, INACTIVE, ...): INACTIVE blocks enrollment and renewal at once."""
+def set_state(
+    authority: Authority,
+    serial: str,
+    state: str,
+    actor: str,
+    reason: str = "",
+    from_states: tuple[str, ...] | None = None,
+) -> None:
+    """Change a device's state (ACTIVE, INACTIVE, ...): INACTIVE blocks enrollment and renewal at once.
+    With `from_states`, a device in any other state is refused (PolicyError) and left as it is."""
     if state not in DEVICE_STATES:
         raise PolicyError(
             "device-state", f"unknown device state {state!r}; known: {', '.join(DEVICE_STATES)}"
@@ -39,6 +47,12 @@ def set_state(authority: Authority, serial: str, state: str, actor: str, reason:
     now = authority.clock.now()
     with authority.engine.begin() as conn:
         device = _device(conn, serial)
+        if from_states is not None and device.state not in from_states:
+            raise PolicyError(
+                "device-state-transition",
+                f"device {serial!r} is {device.state}: only a device {' or '.join(from_states)} "
+                f"can become {state}",
+            )
         conn.execute(
             update(repo.devices).where(repo.devices.c.id == device.id).values(state=state, updated_at=now)
         )
