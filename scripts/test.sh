@@ -6,13 +6,20 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# Debian packages: SoftHSM2 (PKCS#11 tests), OpenSSL and curl (interop peers), PostgreSQL.
+# Debian packages: SoftHSM2 (PKCS#11 tests), OpenSSL and curl (interop peers), PostgreSQL,
+# OpenSSL's pkcs11-provider (TLS client authentication with a key in a token), and Mosquitto (the
+# MQTT broker event delivery publishes to; the tests start one if none listens on 1883).
 missing=()
-for pkg in softhsm2 openssl curl postgresql; do
+for pkg in softhsm2 openssl curl postgresql pkcs11-provider mosquitto; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}"
+  if [[ " ${missing[*]} " == *" pkcs11-provider "* ]] && . /etc/os-release && [ "${VERSION_CODENAME:-}" = bookworm ] \
+    && ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    # Debian 12 ships pkcs11-provider in bookworm-backports only (Debian 13 has it in main).
+    echo 'deb http://deb.debian.org/debian bookworm-backports main' | as_root tee /etc/apt/sources.list.d/backports.list >/dev/null
+  fi
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi

@@ -37,6 +37,7 @@ TOKENS = {
     "cached": ("devid-cached-pin", "1234"),
     "home": ("devid-home", "4321"),
     "line": ("devid-line", "2468"),
+    "tls": ("devid-tls", "tls-pin-5150"),
 }
 
 

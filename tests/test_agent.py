@@ -21,14 +21,14 @@ from typing import Any, TypeVar
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from e2e import devid, flat, ok, openssl
-from est_helpers import EstServer
+from e2e import devid, devid_env, flat, ok, openssl
+from est_helpers import EstServer, running_server
 from softhsm import SoftToken
 
 from devid.authority.core import Authority
 from devid.authority.devices import set_state
 from devid.authority.requests import IssueRequest
-from devid.authority.setup import init_home
+from devid.authority.setup import init_home, open_authority
 from devid.clock import FixedClock
 from devid.config import Home
 from devid.device import agent as agent_module
@@ -36,6 +36,7 @@ from devid.device.agent import BACKOFF_BASE, BACKOFF_CAP, LDEVID_FILE, SESSION_F
 from devid.errors import ConfigError
 from devid.factory.secure_elements import SecureElementMaker, SecureElementSpec
 from devid.factory.station import LineInfo, Station
+from devid.keys.p11tls import provider_module
 from devid.pki.encoding import load_certificates
 from devid.pki.profiles import CLOCK_SKEW, ProfileName
 from devid.store import repo
@@ -501,7 +502,12 @@ def test_unreachable_server_backs_off_with_jitter_then_recovers(
 # --- PKCS#11 secure element --------------------------------------------------------------------------------
 
 
-def test_pkcs11_device_folder_is_refused_with_a_reason(tokens: dict[str, SoftToken], tmp_path: Path) -> None:
+def test_pkcs11_device_from_the_factory_cli_enrolls_with_its_token_key(
+    tokens: dict[str, SoftToken], tmp_path: Path
+) -> None:
+    """A folder from `devid factory run --secure-element pkcs11` enrolls over mTLS with the key kept
+    in the token (pkcs11-provider; test_pkcs11_tls.py has the details); refused with the reason and
+    what to install only on a machine without the provider."""
     token = tokens["line"]
     home = tmp_path / "home"
     init_home(home, org="Agent Test", passphrase=PASSPHRASE)
@@ -516,15 +522,28 @@ def test_pkcs11_device_folder_is_refused_with_a_reason(tokens: dict[str, SoftTok
     )
     directory = out / f"{prefix}00000001"
     assert json.loads((directory / "device.json").read_text())["secure_element"]["backend"] == "pkcs11"
-    with pytest.raises(ConfigError) as refused:
-        DeviceAgent.open(directory, PASSPHRASE)
-    assert refused.value.code == "se-tls-unsupported"
-    assert "pkcs11-provider" in refused.value.message
+    pin = ("--se-pin-file", token.pin_file)
 
-    result = devid("agent", "enroll", "--device", directory, "--server", "https://127.0.0.1:9")
+    no_provider = devid_env(DEVID_PKCS11_PROVIDER=str(tmp_path / "absent.so"))
+    result = devid(
+        "agent", "enroll", "--device", directory, "--server", "https://127.0.0.1:9", *pin, env=no_provider
+    )
     assert result.returncode == 2
-    assert "[se-tls-unsupported]" in flat(result.stderr)
+    assert "[se-tls-unsupported]" in flat(result.stderr) and "pkcs11-provider" in flat(result.stderr)
     assert not (directory / STATE_FILE).exists()
+
+    try:
+        provider_module()
+    except ConfigError as exc:
+        pytest.skip(f"OpenSSL's pkcs11-provider package is not installed: {exc.message}")
+    authority = open_authority(Home.load(home), PASSPHRASE)
+    try:
+        with running_server(authority, tmp_path / "server") as srv:
+            ok(devid("agent", "enroll", "--device", directory, "--server", srv.url, *pin))
+    finally:
+        authority.engine.dispose()
+    [ldevid, *_] = load_certificates((directory / LDEVID_FILE).read_bytes())
+    assert ldevid.public_key() == load_certificates((directory / "idevid.pem").read_bytes())[0].public_key()
 
 
 # --- CLI ---------------------------------------------------------------------------------------------------

@@ -14,7 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e import count, devid, devid_many, ok, query, run
+from e2e import PASSPHRASE, count, devid, devid_many, ok, query, run
+
+from devid.authority.setup import open_authority
+from devid.config import Home
+from devid.registry.onboarding import Registry
 
 CODE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -345,22 +349,56 @@ def test_individual_enrollment_lifecycle(home: Path, hubs: list[str]) -> None:
 # --- devices ---------------------------------------------------------------------------------------
 
 
-def test_device_activate_and_listing(home: Path, contoso: Ca) -> None:
-    ok(devid("factory", "run", "--home", home, "--count", "2", "--model", "m1", "--lot", "L1"))
-    first, _ = json_lines(ok(devid("device", "list", "--home", home, "--json")).stdout)
-    for key in ("manufacturer", "enrollment", "hub", "properties"):
-        assert key in first
-    serial = str(first["serial"])
-    refused(
-        devid("device", "activate", serial, "--home", home), "is ACTIVE", "PENDING_ACTIVATION or INACTIVE"
+@pytest.fixture(scope="module")
+def jitr_device(home: Path, work: Path, contoso: Ca, group: dict[str, Any]) -> str:
+    """A contoso device registered just in time (as the EST server does on its first contact):
+    PENDING_ACTIVATION, admitted by the group, allocated to one of its hubs."""
+    serial = "CTS-0001"
+    key, csr, cert = work / "dev.key", work / "dev.csr", work / "dev.pem"
+    run("openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key)
+    run("openssl", "req", "-new", "-key", key, "-subj", f"/serialNumber={serial}/CN=sensor", "-out", csr)
+    run(
+        "openssl", "x509", "-req", "-in", csr, "-CA", contoso.cert, "-CAkey", contoso.key,
+        "-CAcreateserial", "-days", "30", "-outform", "DER", "-out", cert,
+    )  # fmt: skip
+    auth = open_authority(Home.load(home), PASSPHRASE.encode())
+    registry = Registry(auth)
+    client = registry.identify(cert.read_bytes(), [cert.read_bytes()])
+    registry.register(client, registry.admit(client))
+    auth.engine.dispose()
+    return serial
+
+
+def test_jitr_device_listed_with_registry_columns_and_activated(home: Path, jitr_device: str) -> None:
+    [device] = json_lines(
+        ok(devid("device", "list", "--manufacturer", "contoso", "--home", home, "--json")).stdout
     )
-    assert one(devid("device", "disable", serial, "--home", home, "--json"))["state"] == "INACTIVE"
+    assert device["serial"] == jitr_device and device["state"] == "PENDING_ACTIVATION"
+    assert device["enrollment"] == "group:contoso-sensors" and device["hub"] in ("eu1", "us1")
+    assert device["properties"]["tier"] == "gold"
+    on_hub = json_lines(ok(devid("device", "list", "--hub", device["hub"], "--home", home, "--json")).stdout)
+    assert [d["serial"] for d in on_hub] == [jitr_device]
+    table = ok(devid("device", "list", "--state", "PENDING_ACTIVATION", "--home", home)).stdout
+    assert jitr_device in table and "contoso" in table and "group:contoso-sensors" in table
+    refused(devid("device", "activate", jitr_device, "--version", "99", "--home", home), "changed since")
+    active = one(devid("device", "activate", jitr_device, "--reason", "checked", "--home", home, "--json"))
+    assert active["state"] == "ACTIVE" and active["version"] == device["version"] + 1
+    assert active["manufacturer"] == "contoso"
+    refused(devid("hub", "remove", device["hub"], "--home", home), "devices are allocated")
+
+
+def test_device_disable_activate_enable(home: Path, jitr_device: str) -> None:
+    refused(
+        devid("device", "activate", jitr_device, "--home", home),
+        "is ACTIVE",
+        "PENDING_ACTIVATION or INACTIVE",
+    )
+    assert one(devid("device", "disable", jitr_device, "--home", home, "--json"))["state"] == "INACTIVE"
     inactive = json_lines(ok(devid("device", "list", "--state", "INACTIVE", "--home", home, "--json")).stdout)
-    assert [d["serial"] for d in inactive] == [serial]
-    assert one(devid("device", "activate", serial, "--home", home, "--json"))["state"] == "ACTIVE"
-    shown = one(devid("device", "show", serial, "--home", home, "--json"))
-    assert shown["state"] == "ACTIVE" and shown["hub"] is None and shown["certificates"]
-    mine = devid("device", "list", "--manufacturer", "contoso", "--home", home, "--json")
-    assert ok(mine).stdout == ""  # devid's own factory made these, not contoso
+    assert [d["serial"] for d in inactive] == [jitr_device]
+    assert one(devid("device", "activate", jitr_device, "--home", home, "--json"))["state"] == "ACTIVE"
+    shown = one(devid("device", "show", jitr_device, "--home", home, "--json"))
+    assert shown["state"] == "ACTIVE" and shown["manufacturer"] == "contoso" and shown["certificates"] == []
     refused(devid("device", "list", "--hub", "mars", "--home", home), "no hub named 'mars'")
-    assert count(home, "devices") == 2
+    refused(devid("device", "enable", "NOPE-1", "--home", home), "no device with serial 'NOPE-1'")
+    assert count(home, "devices") == 1

@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import Connection, insert, select, update
 
 from devid.authority.core import Authority
-from devid.errors import DevidError, NotFoundError, PolicyError
-from devid.store import audit, repo
+from devid.errors import ConflictError, DevidError, NotFoundError, PolicyError
+from devid.store import audit, outbox, repo
 
 #: AWS IoT's certificate/device states where they apply, plus the factory's test failure.
 DEVICE_STATES = ("ACTIVE", "INACTIVE", "REVOKED", "PENDING_ACTIVATION", "FAILED_TEST")
@@ -36,10 +36,12 @@ def set_state(
     state: str,
     actor: str,
     reason: str = "",
+    version: int | None = None,
     from_states: tuple[str, ...] | None = None,
 ) -> None:
     """Change a device's state (ACTIVE, INACTIVE, ...): INACTIVE blocks enrollment and renewal at once.
-    With `from_states`, a device in any other state is refused (PolicyError) and left as it is."""
+    With `version`, refuse (ConflictError) if the device changed since that version was read; with
+    `from_states`, refuse (PolicyError) a device in any other state. Either leaves it as it was."""
     if state not in DEVICE_STATES:
         raise PolicyError(
             "device-state", f"unknown device state {state!r}; known: {', '.join(DEVICE_STATES)}"
@@ -53,9 +55,17 @@ def set_state(
                 f"device {serial!r} is {device.state}: only a device {' or '.join(from_states)} "
                 f"can become {state}",
             )
-        conn.execute(
-            update(repo.devices).where(repo.devices.c.id == device.id).values(state=state, updated_at=now)
+        expected = device.version if version is None else version
+        result = conn.execute(
+            update(repo.devices)
+            .where(repo.devices.c.id == device.id, repo.devices.c.version == expected)
+            .values(state=state, updated_at=now, version=repo.devices.c.version + 1)
         )
+        if result.rowcount != 1:
+            raise ConflictError(
+                "stale-version", f"device {serial!r} changed since version {expected} (now {device.version})"
+            )
+        outbox.emit(conn, now, "device.state", serial, {"from": device.state, "to": state, "reason": reason})
         audit.append(
             conn,
             [

@@ -1,9 +1,18 @@
-"""`devid agent`: the device side, working from a device folder made by the factory."""
+"""`devid agent`: the device side, working from a device folder made by the factory.
+
+A device whose key is in a PKCS#11 token authenticates TLS through OpenSSL's pkcs11-provider, which
+OpenSSL activates only from the configuration named by OPENSSL_CONF when Python's ssl module is first
+imported, long before a command runs. So `enroll` and `run` for such a device write that
+configuration (devid.keys.p11tls) and re-execute this same command line with OPENSSL_CONF set: same
+process id (exec), so supervisors and exit statuses see no difference.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -12,11 +21,37 @@ import typer
 
 from devid.cli.common import PassphraseOpt, console
 from devid.config import resolve_passphrase
-from devid.device.agent import DeviceAgent
+from devid.device.agent import SE_PIN_FILE_ENV, DeviceAgent, token_tls
 from devid.errors import ConfigError
 
 app = typer.Typer(help="The device agent: enroll, renew, fall back, report.", no_args_is_help=True)
 DeviceOpt = Annotated[Path, typer.Option("--device", help="device folder made by `devid factory run`")]
+SePinOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--se-pin-file",
+        envvar=SE_PIN_FILE_ENV,
+        help="PIN file (mode 0600) of the PKCS#11 token holding the device key (pkcs11 elements only)",
+    ),
+]
+
+
+def _open(device: Path, passphrase_file: Path | None, se_pin_file: Path | None, *, tls: bool) -> DeviceAgent:
+    """Open the device's agent. For a PKCS#11 device (no passphrase needed: nothing is sealed) that
+    will do TLS, make sure this process runs with the OpenSSL configuration that loads pkcs11-provider
+    for its token: if it did not start with it, re-execute the command line with it set."""
+    p11 = token_tls(device, se_pin_file)
+    if p11 is None:
+        return DeviceAgent.open(device, resolve_passphrase(passphrase_file), tls=tls)
+    if tls:
+        p11.prepare()
+        env = p11.environment()
+        if any(os.environ.get(k) != v for k, v in env.items()):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **env})
+    # Started with it: DeviceAgent.open still checks that the provider is really active.
+    return DeviceAgent.open(device, b"", se_pin_file=se_pin_file, tls=tls)
 
 
 @app.command("enroll")
@@ -31,9 +66,10 @@ def enroll(
     ] = None,
     label: Annotated[str, typer.Option("--label", help="EST label (renewal policy)")] = "",
     passphrase_file: PassphraseOpt = None,
+    se_pin_file: SePinOpt = None,
 ) -> None:
     """First enrollment: the IDevID proves the device; an LDevID (or session certificate) comes back."""
-    agent = DeviceAgent.open(device, resolve_passphrase(passphrase_file))
+    agent = _open(device, passphrase_file, se_pin_file, tls=True)
     trust = ca_bundle.read_bytes() if ca_bundle else (device / "chain.pem").read_bytes()
     enrolled = asyncio.run(agent.enroll(server, trust, label))
     console.print(
@@ -49,9 +85,10 @@ def run(
     once: Annotated[bool, typer.Option("--once", help="one check-in, then exit")] = False,
     interval: Annotated[float, typer.Option(help="seconds between check-ins")] = 60.0,
     passphrase_file: PassphraseOpt = None,
+    se_pin_file: SePinOpt = None,
 ) -> None:
     """Check in: renew when due, back off while unreachable, fall back to the IDevID when needed."""
-    agent = DeviceAgent.open(device, resolve_passphrase(passphrase_file))
+    agent = _open(device, passphrase_file, se_pin_file, tls=True)
     if agent.state is None:
         raise ConfigError("agent-not-enrolled", f"{device} is not enrolled: run `devid agent enroll` first")
 
@@ -69,7 +106,7 @@ def run(
 
 
 @app.command("status")
-def status(device: DeviceOpt, passphrase_file: PassphraseOpt = None) -> None:
+def status(device: DeviceOpt, passphrase_file: PassphraseOpt = None, se_pin_file: SePinOpt = None) -> None:
     """The agent's state: certificates, policy, next renewal, failures."""
-    agent = DeviceAgent.open(device, resolve_passphrase(passphrase_file))
+    agent = _open(device, passphrase_file, se_pin_file, tls=False)
     print(json.dumps(agent.status(), indent=2))

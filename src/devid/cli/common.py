@@ -31,6 +31,12 @@ PassphraseOpt = Annotated[
     typer.Option("--passphrase-file", help="file holding the passphrase (else $DEVID_PASSPHRASE)"),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+VersionOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--version", help="the version you read (`show`): refused with a conflict if it changed since"
+    ),
+]
 
 
 def home_path(home: Path | None) -> Path:

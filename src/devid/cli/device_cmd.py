@@ -17,6 +17,7 @@ from devid.cli.common import (
     HomeOpt,
     JsonOpt,
     PassphraseOpt,
+    VersionOpt,
     authority,
     console,
     print_json,
@@ -88,6 +89,7 @@ def _device_info(row: Any) -> dict[str, Any]:
         "registered_at": when(row.registered_at),
         "approval_requested_at": when(row.approval_requested_at),
         "approved_at": when(row.approved_at),
+        "version": row.version,
     }
 
 
@@ -106,10 +108,11 @@ def _set_state(
     home: Path | None,
     passphrase_file: Path | None,
     as_json: bool,
+    version: int | None,
     from_states: tuple[str, ...] | None = None,
 ) -> None:
     auth = authority(home, passphrase_file)
-    devices.set_state(auth, serial, state, "cli", reason, from_states)
+    devices.set_state(auth, serial, state, "cli", reason, version=version, from_states=from_states)
     print_result(_device(auth.engine, serial), f"device {serial} is now {state}", as_json)
 
 
@@ -117,36 +120,41 @@ def _set_state(
 def activate(
     serial: str,
     reason: ReasonOpt = "",
+    version: VersionOpt = None,
     home: HomeOpt = None,
     passphrase_file: PassphraseOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Activate a device that is PENDING_ACTIVATION (registered just in time) or INACTIVE."""
-    _set_state(serial, "ACTIVE", reason, home, passphrase_file, as_json, ("PENDING_ACTIVATION", "INACTIVE"))
+    _set_state(
+        serial, "ACTIVE", reason, home, passphrase_file, as_json, version, ("PENDING_ACTIVATION", "INACTIVE")
+    )
 
 
 @app.command("disable")
 def disable(
     serial: str,
     reason: ReasonOpt = "",
+    version: VersionOpt = None,
     home: HomeOpt = None,
     passphrase_file: PassphraseOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Set a device INACTIVE: it is refused enrollment and renewal until enabled again."""
-    _set_state(serial, "INACTIVE", reason, home, passphrase_file, as_json)
+    _set_state(serial, "INACTIVE", reason, home, passphrase_file, as_json, version)
 
 
 @app.command("enable")
 def enable(
     serial: str,
     reason: ReasonOpt = "",
+    version: VersionOpt = None,
     home: HomeOpt = None,
     passphrase_file: PassphraseOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Set a device ACTIVE again."""
-    _set_state(serial, "ACTIVE", reason, home, passphrase_file, as_json)
+    _set_state(serial, "ACTIVE", reason, home, passphrase_file, as_json, version)
 
 
 @app.command("show")

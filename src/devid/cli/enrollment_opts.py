@@ -18,13 +18,6 @@ from devid.errors import PolicyError
 from devid.registry.allocation import Allocation
 from devid.registry.enrollments import Kind, Reprovision, Settings, make_policy
 
-VersionOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--version", help="the version you read (`show`): refused with a conflict if it changed since"
-    ),
-]
-
 
 @dataclass(frozen=True)
 class SettingsFlags:

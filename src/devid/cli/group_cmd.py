@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 
 from devid.cli import enrollment_common as shared
-from devid.cli.common import HomeOpt, JsonOpt, PassphraseOpt
-from devid.cli.enrollment_opts import SettingsFlags, VersionOpt
+from devid.cli.common import HomeOpt, JsonOpt, PassphraseOpt, VersionOpt
+from devid.cli.enrollment_opts import SettingsFlags
 from devid.cli.options import with_option_groups
 from devid.registry.enrollments import Kind
 

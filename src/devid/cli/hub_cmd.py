@@ -12,6 +12,7 @@ from devid.cli.common import (
     HomeOpt,
     JsonOpt,
     PassphraseOpt,
+    VersionOpt,
     authority,
     console,
     print_listing,
@@ -19,7 +20,6 @@ from devid.cli.common import (
     print_result,
     store,
 )
-from devid.cli.enrollment_opts import VersionOpt
 from devid.cli.options import parse_latencies, with_option_groups
 from devid.errors import PolicyError
 from devid.registry import hubs

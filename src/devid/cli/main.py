@@ -17,6 +17,7 @@ from devid.cli import (
     demo_cmd,
     device_cmd,
     enrollment_cmd,
+    events_cmd,
     factory_cmd,
     group_cmd,
     hub_cmd,
@@ -49,6 +50,7 @@ app.add_typer(device_cmd.app, name="device")
 app.add_typer(agent_cmd.app, name="agent")
 app.add_typer(db_cmd.app, name="db")
 app.add_typer(sim_cmd.app, name="sim")
+app.add_typer(events_cmd.app, name="events")
 app.add_typer(manufacturer_cmd.app, name="manufacturer")
 app.add_typer(group_cmd.app, name="group")
 app.add_typer(enrollment_cmd.app, name="enrollment")

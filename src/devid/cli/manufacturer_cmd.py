@@ -12,6 +12,7 @@ from devid.cli.common import (
     HomeOpt,
     JsonOpt,
     PassphraseOpt,
+    VersionOpt,
     authority,
     console,
     print_listing,
@@ -20,7 +21,6 @@ from devid.cli.common import (
     read_file,
     store,
 )
-from devid.cli.enrollment_opts import VersionOpt
 from devid.errors import PolicyError
 from devid.registry import manufacturers
 from devid.registry.manufacturers import CODE_TTL, ManufacturerInfo

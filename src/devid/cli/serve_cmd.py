@@ -1,4 +1,5 @@
-"""`devid serve`: the EST server (and session tokens) over TLS, with graceful shutdown."""
+"""`devid serve`: the EST server (and session tokens) over TLS, with graceful shutdown, and the
+registry-event dispatcher in the background (webhooks, MQTT; `devid.registry.delivery`)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from devid.authority.setup import open_authority
 from devid.cli.common import HomeOpt, PassphraseOpt, console, load_home
 from devid.config import resolve_passphrase
 from devid.errors import ConfigError
+from devid.registry.delivery import Dispatcher
 from devid.web.app import make_app, start_server
 from devid.web.tls import (
     ServerCertificate,
@@ -57,6 +59,13 @@ def serve(
         float, typer.Option(help="seconds in-flight requests get to finish after SIGTERM")
     ] = 30.0,
     access_log: Annotated[bool, typer.Option("--access-log", help="log each request to stderr")] = False,
+    deliver_events: Annotated[
+        bool,
+        typer.Option(
+            "--deliver-events/--no-deliver-events",
+            help="deliver registry events to their sinks from this process (one replica is enough)",
+        ),
+    ] = True,
     passphrase_file: PassphraseOpt = None,
 ) -> None:
     """Serve EST (RFC 7030) at https://HOST:PORT/.well-known/est over TLS with optional client
@@ -80,7 +89,8 @@ def serve(
     if access_log:
         logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
     try:
-        asyncio.run(_run(app, ctx, host, port, shutdown_timeout, server, access_log))
+        dispatcher = Dispatcher(authority.engine) if deliver_events else None
+        asyncio.run(_run(app, ctx, host, port, shutdown_timeout, server, access_log, dispatcher))
     finally:
         authority.engine.dispose()
 
@@ -93,6 +103,7 @@ async def _run(
     shutdown_timeout: float,
     server: ServerCertificate,
     access_log: bool,
+    dispatcher: Dispatcher | None,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -112,8 +123,14 @@ async def _run(
         highlight=False,
     )
     sys.stdout.flush()
+    # Started after the server listens and stopped after it has drained: events emitted by the
+    # last requests still wake it, and whatever is left waits in the outbox for the next start.
+    delivering = asyncio.create_task(dispatcher.run()) if dispatcher is not None else None
     await stop.wait()
     console.print("stopping: finishing requests in flight", highlight=False)
     sys.stdout.flush()
     await running.stop()
+    if dispatcher is not None and delivering is not None:
+        dispatcher.stop()
+        await delivering
     console.print("stopped", highlight=False)

@@ -6,6 +6,11 @@ IDevID re-enrollment when the LDevID expired (or was superseded by a renewal the
 heard the answer of), fetch a session certificate under the session policy, and back off with
 jitter while the server is unreachable. State changes are written atomically, certificate first,
 so a crash at any point leaves a certificate the device can still use.
+
+TLS client authentication uses the secure element's key: a software element lends it to the TLS
+stack in memory (memfd); a PKCS#11 element keeps it in the token and OpenSSL's pkcs11-provider signs
+the handshake there (devid.keys.p11tls: the process must start with OPENSSL_CONF set, which
+`devid agent` arranges by re-executing itself).
 """
 
 from __future__ import annotations
@@ -17,15 +22,19 @@ import ssl
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from devid.clock import Clock, SystemClock
+from devid.config import Pkcs11Settings
 from devid.errors import ConfigError, DevidError
 from devid.est.client import Enrolled, EstClient, EstError, tls_context
 from devid.fsutil import atomic_write
+from devid.keys.base import SecureElement
+from devid.keys.p11tls import ProviderKey, TokenTls
 from devid.keys.software import SE_STATE_FILE, Sealer, SoftwareSecureElement
 from devid.pki.encoding import load_certificates
 
@@ -36,6 +45,33 @@ BACKOFF_BASE = timedelta(minutes=1)
 BACKOFF_CAP = timedelta(hours=6)
 #: Statuses after which the current LDevID cannot renew itself and the IDevID must step in.
 FALLBACK_STATUSES = {401, 403}
+#: Where `devid agent` finds the PIN file of a PKCS#11 device's token when --se-pin-file is not given.
+SE_PIN_FILE_ENV = "DEVID_SE_PIN_FILE"
+TlsKey = ec.EllipticCurvePrivateKey | ProviderKey
+
+
+def device_info(directory: Path) -> dict[str, Any]:
+    try:
+        return cast(dict[str, Any], json.loads((directory / "device.json").read_text()))
+    except FileNotFoundError:
+        raise ConfigError("device-folder", f"{directory} is not a device folder (no device.json)") from None
+
+
+def token_tls(directory: Path, se_pin_file: Path | None) -> TokenTls | None:
+    """For a device whose key is in a PKCS#11 token, what TLS with that key needs (None: software
+    element). The PIN file comes from the device's own configuration, never from the factory's record."""
+    ref = device_info(directory)["secure_element"]
+    if ref["backend"] == "software":
+        return None
+    if ref["backend"] != "pkcs11":
+        raise ConfigError("se-backend", f"unknown secure element {ref['backend']!r} in {directory}")
+    if se_pin_file is None:
+        raise ConfigError(
+            "se-pin-file",
+            f"the key of {directory.name} is in PKCS#11 token {ref['token']!r}: give its PIN file "
+            f"(--se-pin-file or ${SE_PIN_FILE_ENV})",
+        )
+    return TokenTls(directory.resolve(), ref["module"], ref["uri"], se_pin_file)
 
 
 @dataclass
@@ -68,9 +104,10 @@ class DeviceAgent:
     def __init__(
         self,
         directory: Path,
-        se: SoftwareSecureElement,
+        se: SecureElement,
         state: AgentState | None,
         *,
+        tls_key: TlsKey,
         clock: Clock | None = None,
         rng: random.Random | None = None,
         durable: bool = True,
@@ -79,10 +116,11 @@ class DeviceAgent:
         self.durable = durable
         self._contexts: dict[tuple[int, str], ssl.SSLContext] = {}
         self.se = se
+        self.tls_key = tls_key
         self.state = state
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()
-        info = json.loads((directory / "device.json").read_text())
+        info = device_info(directory)
         self.serial: str = info["serial"]
         self.idevid_chain = (
             load_certificates((directory / info["idevid"]).read_bytes())
@@ -96,24 +134,36 @@ class DeviceAgent:
         directory: Path,
         passphrase: bytes,
         *,
+        se_pin_file: Path | None = None,
+        tls: bool = True,
         clock: Clock | None = None,
         rng: random.Random | None = None,
         durable: bool = True,
     ) -> DeviceAgent:
-        """Open a device folder. `durable=False` (simulation only) skips fsync; writes stay atomic."""
-        info = json.loads((directory / "device.json").read_text())
-        backend = info["secure_element"]["backend"]
-        if backend != "software":
-            raise ConfigError(
-                "se-tls-unsupported",
-                "this device's key is in a PKCS#11 token: TLS client authentication from the token needs "
-                "OpenSSL's pkcs11-provider, which this machine's Debian release does not ship",
-            )
-        salt = base64.b64decode(json.loads((directory / SE_STATE_FILE).read_text())["salt"])
-        se = SoftwareSecureElement.open(directory, Sealer(passphrase, salt), durable=durable)
+        """Open a device folder. `durable=False` (simulation only) skips fsync; writes stay atomic.
+
+        A PKCS#11 device needs `se_pin_file` (its token's PIN file, mode 0600) and, unless `tls` is
+        False (status only), a process started with the OpenSSL configuration `token_tls()` names."""
         state_file = directory / STATE_FILE
         state = AgentState(**json.loads(state_file.read_text())) if state_file.exists() else None
-        return cls(directory, se, state, clock=clock, rng=rng, durable=durable)
+        p11 = token_tls(directory, se_pin_file)
+        if p11 is not None:
+            if tls:
+                tls_key = p11.prepare()
+                p11.require_in_effect()
+            else:  # status only: no provider needed, nothing written
+                tls_key = ProviderKey(p11.uri, p11.key_file, p11.conf_file)
+            from devid.keys.pkcs11 import Pkcs11SecureElement
+
+            ref = device_info(directory)["secure_element"]
+            pin = Pkcs11Settings(ref["module"], ref["token"], str(p11.pin_file)).pin()
+            # python-pkcs11 logs in here, before any handshake: the provider then finds the token
+            # logged in (one login per process), and the CSRs are signed through this session.
+            p11se = Pkcs11SecureElement.open(ref["module"], ref["token"], pin, ref["object"])
+            return cls(directory, p11se, state, tls_key=tls_key, clock=clock, rng=rng, durable=durable)
+        salt = base64.b64decode(json.loads((directory / SE_STATE_FILE).read_text())["salt"])
+        se = SoftwareSecureElement.open(directory, Sealer(passphrase, salt), durable=durable)
+        return cls(directory, se, state, tls_key=se.tls_private_key(), clock=clock, rng=rng, durable=durable)
 
     # --- persistence ----------------------------------------------------------------------------
 
@@ -170,7 +220,7 @@ class DeviceAgent:
         cache_key = (chain[0].serial_number, self.state.trust_pem)
         ctx = self._contexts.get(cache_key)
         if ctx is None:
-            ctx = tls_context(self.state.trust_pem.encode(), chain, self.se.tls_private_key())
+            ctx = tls_context(self.state.trust_pem.encode(), chain, self.tls_key)
             self._contexts = {cache_key: ctx} | {
                 k: v for k, v in self._contexts.items() if k[0] != cache_key[0]
             }

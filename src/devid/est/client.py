@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7
 
-from devid.errors import DevidError
+from devid.errors import DevidError, KeyAccessError
+from devid.keys.p11tls import ProviderKey
 
 PKCS10 = "application/pkcs10"
 WELL_KNOWN = "/.well-known/est"
@@ -60,14 +61,26 @@ def _memory_file(data: bytes) -> Iterator[str]:
 def tls_context(
     trust_pem: bytes,
     cert_chain: list[x509.Certificate] | None = None,
-    key: ec.EllipticCurvePrivateKey | None = None,
+    key: ec.EllipticCurvePrivateKey | ProviderKey | None = None,
 ) -> ssl.SSLContext:
     """Client TLS context: trusts `trust_pem` only (explicit trust anchor), presents a certificate
-    chain with its key held in memory."""
+    chain with its key held in memory (software element) or in a PKCS#11 token (`ProviderKey`: the
+    handshake is signed inside the token through OpenSSL's pkcs11-provider)."""
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=trust_pem.decode())
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if cert_chain and key is not None:
         chain_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in cert_chain)
+        if isinstance(key, ProviderKey):
+            with _memory_file(chain_pem) as certfile:
+                try:
+                    ctx.load_cert_chain(certfile, str(key.pem_file))
+                except ssl.SSLError as exc:
+                    raise KeyAccessError(
+                        "se-tls-key",
+                        f"OpenSSL could not use the token key {key.uri} through pkcs11-provider "
+                        f"(configuration {key.conf_file}): {exc}",
+                    ) from None
+            return ctx
         key_pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )

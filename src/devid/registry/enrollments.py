@@ -23,11 +23,12 @@ from devid.authority.core import Authority
 from devid.authority.policy import DEFAULT_LABELS, LabelPolicy, RenewalPolicy
 from devid.errors import ConflictError, PolicyError
 from devid.pki.encoding import cert_der, fingerprint, load_certificates
-from devid.registry import events, manufacturers
+from devid.registry import manufacturers
 from devid.registry.allocation import Allocation
 from devid.registry.hubs import check_name, hubs
 from devid.registry.manufacturers import check_ca_certificate
 from devid.registry.rows import by_name, change, update_versioned
+from devid.store import outbox
 from devid.store.models import Enrollment
 
 enrollments = cast(Table, Enrollment.__table__)
@@ -266,7 +267,7 @@ def create(
             )
         )
         info = get(conn, kind, name)
-        events.emit(
+        outbox.emit(
             conn, now, "enrollment.changed", f"{kind.value}:{name}", {"change": "created", **info.to_json()}
         )
         return info
@@ -308,7 +309,7 @@ def update(
             )
         update_versioned(conn, enrollments, row, version, {**values, "updated_at": now})
         info = get(conn, kind, name)
-        events.emit(
+        outbox.emit(
             conn, now, "enrollment.changed", f"{kind.value}:{name}", {"change": action, **info.to_json()}
         )
         return info

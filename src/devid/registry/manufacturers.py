@@ -21,8 +21,8 @@ from devid.authority.core import Authority
 from devid.errors import ConflictError, PolicyError
 from devid.pki.encoding import cert_der, fingerprint, load_certificates
 from devid.pki.keypolicy import require_p256
-from devid.registry import events
 from devid.registry.rows import by_name, change, update_versioned
+from devid.store import outbox
 from devid.store.models import Manufacturer, RegistrationCode
 
 manufacturers = cast(Table, Manufacturer.__table__)
@@ -149,7 +149,7 @@ def register(
         ) as conn:
             _spend_code(conn, code, now)
             info = _insert(conn, name, ca, auto_register, auto_activate, now)
-            events.emit(conn, now, "manufacturer.registered", name, info.to_json())
+            outbox.emit(conn, now, "manufacturer.registered", name, info.to_json())
     except (PolicyError, ConflictError) as exc:
         authority.record_refusal(exc, "manufacturer.register", name, actor)
         raise
@@ -223,7 +223,7 @@ def update_settings(
         row = by_name(conn, manufacturers, name, "manufacturer")
         update_versioned(conn, manufacturers, row, version, {**values, "updated_at": now})
         if state is not None and state != row.state:
-            events.emit(conn, now, "manufacturer.state", name, {"from": row.state, "to": state})
+            outbox.emit(conn, now, "manufacturer.state", name, {"from": row.state, "to": state})
         return ManufacturerInfo.from_row(by_name(conn, manufacturers, name, "manufacturer"))
 
 

@@ -31,12 +31,12 @@ from devid.errors import PolicyError
 from devid.pki.encoding import fingerprint
 from devid.pki.keypolicy import require_p256
 from devid.pki.profiles import ProfileName
-from devid.registry import enrollments, events, generation, hubs, manufacturers
+from devid.registry import enrollments, generation, hubs, manufacturers
 from devid.registry.allocation import AllocationFailed, Decision, allocate
 from devid.registry.enrollments import EnrollmentInfo, Kind, Reprovision
 from devid.registry.hubs import HubInfo
 from devid.registry.manufacturers import ManufacturerInfo
-from devid.store import audit, repo
+from devid.store import audit, outbox, repo
 from devid.store.engine import reading
 
 #: Longest chain walked from an IDevID up to a registered manufacturer CA.
@@ -358,7 +358,7 @@ class Registry:
             "idevid": client.fingerprint,
         }
         audit.append(conn, [audit.Event("device.register", client.device_serial, "jitr", "ok", detail)], now)
-        events.emit(conn, now, "device.registered", client.device_serial, detail)
+        outbox.emit(conn, now, "device.registered", client.device_serial, detail)
         return repo.device_by_serial(conn, client.device_serial)
 
     def _allocate(
@@ -394,7 +394,7 @@ class Registry:
             "substatus": substatus,
         }
         audit.append(conn, [audit.Event("device.allocate", device.serial, "registry", "ok", detail)], now)
-        events.emit(conn, now, "device.allocated", device.serial, detail)
+        outbox.emit(conn, now, "device.allocated", device.serial, detail)
         row = repo.device_by_serial(conn, device.serial)
         assert row is not None
         return row

@@ -25,8 +25,9 @@ def change(
     """A write transaction that records its audit event and bumps the registry generation."""
     with authority.engine.begin() as conn:
         yield conn
-        generation.bump(conn)
+        # The audit head first, like every audited change and every event: one lock order.
         audit.append(conn, [audit.Event(action, subject, actor, "ok", detail)], authority.clock.now())
+        generation.bump(conn)
 
 
 def by_name(conn: Connection, table: Table, name: str, what: str, **where: Any) -> Row[Any]:

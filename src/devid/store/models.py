@@ -294,3 +294,5 @@ class EventSink(Base):
     failures: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: Key of the webhook body signature (HMAC-SHA256); it must be readable to sign with.
+    secret: Mapped[bytes | None] = mapped_column(LargeBinary)

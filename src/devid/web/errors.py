@@ -21,6 +21,7 @@ from devid.errors import (
     NotFoundError,
     PolicyError,
 )
+from devid.registry.allocation import AllocationFailed
 
 log = logging.getLogger("devid.web")
 
@@ -43,6 +44,9 @@ def status_for(error: DevidError) -> int:
         return _STATUS_BY_CODE[error.code]
     if isinstance(error, AuthenticationRequired):
         return 401
+    if isinstance(error, AllocationFailed):
+        # The operator's allocation webhook failed (502) or there is no hub to allocate to (503).
+        return 502 if error.code.startswith("allocation-webhook") else 503
     if isinstance(error, PolicyError):
         return 400 if error.code.startswith(_MALFORMED_PREFIXES) else 403
     if isinstance(error, NotFoundError):
@@ -60,7 +64,7 @@ def status_for(error: DevidError) -> int:
 
 def error_response(error: DevidError) -> web.Response:
     status = status_for(error)
-    if status >= 500:
+    if status == 500:
         # The operator sees the details in the log; the peer learns nothing about keys or config.
         log.error("internal error answering a request: %s [%s]", error.message, error.code)
         body, code = "internal error: the server cannot complete this request now\n", "internal"

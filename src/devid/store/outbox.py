@@ -1,0 +1,44 @@
+"""Events (device registrations, state changes, registry edits): written to the outbox table in
+the transaction of the change they describe.
+
+Delivery (webhook, MQTT; `devid.registry.delivery`) reads the outbox afterwards, per sink and in
+order, so an event is never announced for a change that rolled back, and never lost for one that
+committed.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Connection, Table, insert, select
+
+from devid.store.models import AuditHead, EventRecord
+
+events = cast(Table, EventRecord.__table__)
+_audit_head = cast(Table, AuditHead.__table__)
+#: Set in the connection's info by `emit`; `devid.registry.delivery` wakes its dispatcher when a
+#: transaction carrying this flag has committed.
+EMITTED = "devid.events.emitted"
+# The audit head's row lock, held until commit: the lock every audited change already takes
+# (`devid.store.audit.append`), so emitting adds no new lock and no new deadlock order. A no-op on
+# SQLite, whose writers hold the database write lock from BEGIN IMMEDIATE.
+_SERIALIZE = select(_audit_head.c.id).where(_audit_head.c.id == 1).with_for_update()
+
+
+def emit(conn: Connection, at: datetime, type_: str, subject: str, payload: dict[str, Any]) -> None:
+    """Queue one event (e.g. `device.registered`) inside the caller's transaction.
+
+    Event ids must become visible in id order: delivery advances a sink's cursor past every id it
+    has delivered, so an id that committed after a larger one would be skipped for ever. On
+    PostgreSQL, two transactions could take ids 5 and 6 and commit 6 first; the row lock taken here
+    (the audit head's, which the change's own audit event takes anyway) makes event-writing
+    transactions take their ids and commit one after the other.
+    """
+    conn.execute(_SERIALIZE)
+    body = {"type": type_, "subject": subject, "at": at.isoformat(), **payload}
+    conn.execute(
+        insert(events).values(at=at, type=type_, subject=subject, payload=json.dumps(body, sort_keys=True))
+    )
+    conn.info[EMITTED] = True
