@@ -153,8 +153,17 @@ def enable(
     passphrase_file: PassphraseOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Set a device ACTIVE again."""
-    _set_state(serial, "ACTIVE", reason, home, passphrase_file, as_json, version)
+    """Set a device ACTIVE again (not a REVOKED one: revocation is final)."""
+    _set_state(
+        serial,
+        "ACTIVE",
+        reason,
+        home,
+        passphrase_file,
+        as_json,
+        version,
+        ("ACTIVE", "INACTIVE", "PENDING_ACTIVATION", "FAILED_TEST"),
+    )
 
 
 @app.command("show")
