@@ -491,15 +491,18 @@ def test_device_refused_after_its_key_was_made_leaves_no_key(tmp_path: Path, lin
 
 def test_demo_twice(tmp_path: Path) -> None:
     demo_home = tmp_path / "demo"
-    first = flat(ok(devid("demo", "--home", demo_home, "--devices", "50")).stdout)
+    args = ("demo", "--home", demo_home, "--devices", "50", "--contract-devices", "20")
+    first = flat(ok(devid(*args)).stdout)
     assert "50/50 IDevIDs path-validate to the root" in first, first
+    assert "20 of its devices registered just in time" in first, first
+    assert "a new device is refused (403): True" in first
     assert "DEMO00000001 .. DEMO00000050" in first
     assert "demo complete" in first
-    second = flat(ok(devid("demo", "--home", demo_home, "--devices", "50")).stdout)
+    second = flat(ok(devid(*args)).stdout)
     assert "using existing home" in second
     assert "DEMO00000051 .. DEMO00000100" in second, second
     assert "50/50 IDevIDs path-validate to the root" in second
-    assert count(demo_home, "devices") == 100
+    assert count(demo_home, "devices") == 100 + 2 * 20  # factory devices, then contract devices (JITR)
     rows = manifest(demo_home / "devices")
     assert len(rows) == 100 and {r["status"] for r in rows} == {"ok"}
     root, manufacturing = trust_files(demo_home, demo_home, demo_home / "devices" / "DEMO00000100")

@@ -31,10 +31,17 @@ def _device(conn: Connection, serial: str) -> Any:
 
 
 def set_state(
-    authority: Authority, serial: str, state: str, actor: str, reason: str = "", version: int | None = None
+    authority: Authority,
+    serial: str,
+    state: str,
+    actor: str,
+    reason: str = "",
+    version: int | None = None,
+    from_states: tuple[str, ...] | None = None,
 ) -> None:
     """Change a device's state (ACTIVE, INACTIVE, ...): INACTIVE blocks enrollment and renewal at once.
-    With `version`, refuse (ConflictError) if the device changed since that version was read."""
+    With `version`, refuse (ConflictError) if the device changed since that version was read; with
+    `from_states`, refuse (PolicyError) a device in any other state. Either leaves it as it was."""
     if state not in DEVICE_STATES:
         raise PolicyError(
             "device-state", f"unknown device state {state!r}; known: {', '.join(DEVICE_STATES)}"
@@ -42,6 +49,12 @@ def set_state(
     now = authority.clock.now()
     with authority.engine.begin() as conn:
         device = _device(conn, serial)
+        if from_states is not None and device.state not in from_states:
+            raise PolicyError(
+                "device-state-transition",
+                f"device {serial!r} is {device.state}: only a device {' or '.join(from_states)} "
+                f"can become {state}",
+            )
         expected = device.version if version is None else version
         result = conn.execute(
             update(repo.devices)

@@ -8,11 +8,14 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 from sqlalchemy import Engine
 
 from devid.authority.core import Authority
 from devid.authority.setup import open_authority
 from devid.config import Home, default_home, resolve_passphrase
+from devid.errors import NotFoundError
 from devid.store.engine import check_schema, make_engine
 
 # soft_wrap: a line is never folded at the terminal width (80 columns when piped), so a path, a
@@ -28,6 +31,12 @@ PassphraseOpt = Annotated[
     typer.Option("--passphrase-file", help="file holding the passphrase (else $DEVID_PASSPHRASE)"),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+VersionOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--version", help="the version you read (`show`): refused with a conflict if it changed since"
+    ),
+]
 
 
 def home_path(home: Path | None) -> Path:
@@ -53,3 +62,66 @@ def store(home: Path | None) -> Engine:
 def print_json(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         print(json.dumps(row, default=str))
+
+
+def read_file(path: Path, what: str) -> bytes:
+    """A file named on the command line; one that cannot be read is reported by name, not traced."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise NotFoundError(f"{what}-file", f"cannot read {what} file {path}: {exc.strerror}") from None
+
+
+def shown(value: Any) -> str:
+    """A value as a person reads it in a table or a record: JSON for structures, blank for None."""
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def print_record(info: dict[str, Any]) -> None:
+    """One object as `key  value` lines, keys right-aligned."""
+    width = max((len(k) for k in info), default=0)
+    for key, value in info.items():
+        console.print(f"[bold]{key:>{width}}[/]  {escape(shown(value))}", highlight=False)
+
+
+def print_table(columns: list[str], rows: list[dict[str, Any]]) -> None:
+    """Objects as a table of the named columns (a column's key: its name with spaces as `_`)."""
+    cells = [[shown(row.get(c.replace(" ", "_"))) for c in columns] for row in rows]
+    table = Table()
+    for i, column in enumerate(columns):
+        # Short values (names, serials, states) are never cut; long ones fold rather than vanish.
+        widest = max([len(r[i]) for r in cells] + [len(word) for word in column.split()])
+        table.add_column(column, min_width=min(widest, 24), overflow="fold")
+    for r in cells:
+        table.add_row(*map(escape, r))
+    console.print(table)
+
+
+def print_result(info: dict[str, Any], message: str, as_json: bool) -> None:
+    """What a command that changed something prints: the object as JSON, or one line for a person."""
+    if as_json:
+        print_json([info])
+    else:
+        console.print(escape(message), highlight=False)
+
+
+def print_listing(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None:
+    """A listing: JSON Lines (every field), or a table of `columns` for a person."""
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(columns, rows)
+
+
+def print_one(info: dict[str, Any], as_json: bool) -> None:
+    """One object: a JSON line, or `key  value` lines for a person."""
+    if as_json:
+        print_json([info])
+    else:
+        print_record(info)

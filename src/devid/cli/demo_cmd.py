@@ -22,7 +22,7 @@ from devid.factory.line import RunSpec, next_serials
 from devid.factory.secure_elements import SecureElementSpec
 from devid.factory.station import IDEVID_FILE, LineInfo
 from devid.pki.encoding import load_certificates
-from devid.sim.onboarding import onboard
+from devid.sim.onboarding import onboard, onboard_contract_fleet
 
 DEMO_PASSPHRASE_FILE = "demo-passphrase"
 
@@ -65,6 +65,9 @@ def demo(
     home: HomeOpt = None,
     devices: Annotated[int, typer.Option("--devices", min=1, help="devices to provision")] = 1000,
     workers: Annotated[int, typer.Option("--workers", min=1)] = 2,
+    contract_devices: Annotated[
+        int, typer.Option("--contract-devices", min=1, help="devices of the contract manufacturer")
+    ] = 200,
 ) -> None:
     """Init a home if needed, run the factory, verify every IDevID, print a summary."""
     path = (home or Path(os.environ.get("DEVID_HOME") or "devid-home")).resolve()
@@ -111,9 +114,20 @@ def demo(
     )
     if field.enrolled != len(ok_serials) or field.verified != len(ok_serials) or field.errors:
         raise DemoFailed("demo-failed", f"onboarding incomplete: {field.errors}")
+    contract = asyncio.run(onboard_contract_fleet(home_obj, passphrase, contract_devices))
+    console.print(
+        f"[bold]5. fleet onboarding[/]: contract manufacturer CA {contract.manufacturer!r} (made outside "
+        f"devid) registered with proof of possession; {contract.registered} of its devices registered just "
+        f"in time over EST and were allocated by group {contract.group!r} (hashed): "
+        + ", ".join(f"{hub} {count}" for hub, count in (contract.per_hub or {}).items())
+        + f"; with the group disabled a new device is refused (403): {contract.blocked_when_disabled}"
+        f" ({contract.seconds:.1f} s)"
+    )
+    if contract.registered != contract_devices or not contract.blocked_when_disabled:
+        raise DemoFailed("demo-failed", "fleet onboarding of the contract manufacturer did not complete")
     console.print(
         f"[bold green]demo complete[/]: {devices} devices provisioned at {summary.rate:,.0f} devices/s, "
-        f"enrolled and partly renewed over EST; "
+        f"enrolled and partly renewed over EST, {contract_devices} contract devices onboarded; "
         f"try `devid cert list --home {escape(str(path))} --limit 5` or "
         f"`devid audit verify --home {escape(str(path))}`"
     )

@@ -1,17 +1,34 @@
-"""`devid device`: enrollment secrets, approval, enabling and disabling, showing and listing devices."""
+"""`devid device`: enrollment secrets, approval, activation, enabling and disabling, showing and
+listing devices with what they came through (manufacturer, enrollment, hub)."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
+from sqlalchemy import Engine
 
 from devid.authority import devices
-from devid.cli.common import HomeOpt, JsonOpt, PassphraseOpt, authority, console, print_json, store
+from devid.cli.common import (
+    HomeOpt,
+    JsonOpt,
+    PassphraseOpt,
+    VersionOpt,
+    authority,
+    console,
+    print_json,
+    print_listing,
+    print_record,
+    print_result,
+    print_table,
+    store,
+)
 from devid.errors import NotFoundError, PolicyError
+from devid.registry import hubs, manufacturers
 from devid.store import repo
 from devid.store.engine import reading
 
@@ -46,34 +63,16 @@ def approve(serial: str, home: HomeOpt = None, passphrase_file: PassphraseOpt = 
     console.print(f"device {escape(serial)} approved", highlight=False)
 
 
-def _set_state(serial: str, state: str, reason: str, home: Any, passphrase_file: Any) -> None:
-    devices.set_state(authority(home, passphrase_file), serial, state, "cli", reason)
-    console.print(f"device {escape(serial)} is now {state}", highlight=False)
-
-
-@app.command("disable")
-def disable(
-    serial: str,
-    reason: Annotated[str, typer.Option(help="recorded in the audit log")] = "",
-    home: HomeOpt = None,
-    passphrase_file: PassphraseOpt = None,
-) -> None:
-    """Set a device INACTIVE: it is refused enrollment and renewal until enabled again."""
-    _set_state(serial, "INACTIVE", reason, home, passphrase_file)
-
-
-@app.command("enable")
-def enable(
-    serial: str,
-    reason: Annotated[str, typer.Option(help="recorded in the audit log")] = "",
-    home: HomeOpt = None,
-    passphrase_file: PassphraseOpt = None,
-) -> None:
-    """Set a device ACTIVE again."""
-    _set_state(serial, "ACTIVE", reason, home, passphrase_file)
+ReasonOpt = Annotated[str, typer.Option(help="recorded in the audit log")]
+LIST_COLUMNS = ["id", "serial", "state", "model", "lot", "manufacturer", "enrollment", "hub", "properties"]
 
 
 def _device_info(row: Any) -> dict[str, Any]:
+    """A device as `repo.device_view` reads it: its record and what it came through."""
+
+    def when(value: Any) -> str | None:
+        return value.isoformat() if value else None
+
     return {
         "serial": row.serial,
         "state": row.state,
@@ -81,23 +80,99 @@ def _device_info(row: Any) -> dict[str, Any]:
         "lot": row.lot,
         "line": row.line,
         "se_backend": row.se_backend,
-        "created_at": row.created_at.isoformat(),
-        "updated_at": row.updated_at.isoformat(),
-        "approval_requested_at": row.approval_requested_at.isoformat() if row.approval_requested_at else None,
-        "approved_at": row.approved_at.isoformat() if row.approved_at else None,
+        "manufacturer": row.manufacturer,
+        "enrollment": f"{row.enrollment_kind}:{row.enrollment_name}" if row.enrollment_name else None,
+        "hub": row.hub,
+        "properties": json.loads(row.properties) if row.properties else {},
+        "created_at": when(row.created_at),
+        "updated_at": when(row.updated_at),
+        "registered_at": when(row.registered_at),
+        "approval_requested_at": when(row.approval_requested_at),
+        "approved_at": when(row.approved_at),
+        "version": row.version,
     }
+
+
+def _device(engine: Engine, serial: str) -> dict[str, Any]:
+    with reading(engine) as conn:
+        row = repo.device_view(conn, serial)
+    if row is None:
+        raise NotFoundError("unknown-device", f"no device with serial {serial!r}")
+    return _device_info(row)
+
+
+def _set_state(
+    serial: str,
+    state: str,
+    reason: str,
+    home: Path | None,
+    passphrase_file: Path | None,
+    as_json: bool,
+    version: int | None,
+    from_states: tuple[str, ...] | None = None,
+) -> None:
+    auth = authority(home, passphrase_file)
+    devices.set_state(auth, serial, state, "cli", reason, version=version, from_states=from_states)
+    print_result(_device(auth.engine, serial), f"device {serial} is now {state}", as_json)
+
+
+@app.command("activate")
+def activate(
+    serial: str,
+    reason: ReasonOpt = "",
+    version: VersionOpt = None,
+    home: HomeOpt = None,
+    passphrase_file: PassphraseOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Activate a device that is PENDING_ACTIVATION (registered just in time) or INACTIVE."""
+    _set_state(
+        serial, "ACTIVE", reason, home, passphrase_file, as_json, version, ("PENDING_ACTIVATION", "INACTIVE")
+    )
+
+
+@app.command("disable")
+def disable(
+    serial: str,
+    reason: ReasonOpt = "",
+    version: VersionOpt = None,
+    home: HomeOpt = None,
+    passphrase_file: PassphraseOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set a device INACTIVE: it is refused enrollment and renewal until enabled again."""
+    _set_state(serial, "INACTIVE", reason, home, passphrase_file, as_json, version)
+
+
+@app.command("enable")
+def enable(
+    serial: str,
+    reason: ReasonOpt = "",
+    version: VersionOpt = None,
+    home: HomeOpt = None,
+    passphrase_file: PassphraseOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set a device ACTIVE again (not a REVOKED one: revocation is final)."""
+    _set_state(
+        serial,
+        "ACTIVE",
+        reason,
+        home,
+        passphrase_file,
+        as_json,
+        version,
+        ("ACTIVE", "INACTIVE", "PENDING_ACTIVATION", "FAILED_TEST"),
+    )
 
 
 @app.command("show")
 def show(serial: str, home: HomeOpt = None, as_json: JsonOpt = False) -> None:
-    """One device: its state, approval and certificates."""
+    """One device: its state, registration, approval and certificates."""
     engine = store(home)
+    info = _device(engine, serial)
     with reading(engine) as conn:
-        row = repo.device_by_serial(conn, serial)
-        if row is None:
-            raise NotFoundError("unknown-device", f"no device with serial {serial!r}")
         certs = repo.list_certificates(conn, device_serial=serial, limit=10_000)
-    info = _device_info(row)
     info["certificates"] = [
         {
             "serial": c.serial,
@@ -113,40 +188,45 @@ def show(serial: str, home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         print_json([info])
         return
-    for key, value in info.items():
-        if key != "certificates":
-            console.print(f"[bold]{key:>22}[/]  {escape(str(value))}", highlight=False)
-    table = Table("serial", "profile", "issuer", "not after", "status")
-    for c in info["certificates"]:
-        table.add_row(*(escape(str(c[k])) for k in ("serial", "profile", "issuer", "not_after", "status")))
-    console.print(table)
+    print_record({k: v for k, v in info.items() if k != "certificates"})
+    print_table(["serial", "profile", "issuer", "not after", "status"], info["certificates"])
+
+
+def _known(engine: Engine, hub: str | None, manufacturer: str | None) -> None:
+    """A filter naming a hub or manufacturer that does not exist is a typo, not an empty fleet."""
+    with reading(engine) as conn:
+        if hub is not None:
+            hubs.get(conn, hub)
+        if manufacturer is not None:
+            manufacturers.get(conn, manufacturer)
 
 
 @app.command("list")
 def list_(
     state: Annotated[str | None, typer.Option("--state", help="only devices in this state")] = None,
+    hub: Annotated[str | None, typer.Option("--hub", help="only devices allocated to this hub")] = None,
+    manufacturer: Annotated[
+        str | None, typer.Option("--manufacturer", help="only devices of this manufacturer")
+    ] = None,
     limit: Annotated[int, typer.Option(help="page size")] = 100,
     after: Annotated[int, typer.Option(help="continue after this row id (paging)")] = 0,
     home: HomeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Devices in creation order, optionally in one state, one page at a time."""
+    """Devices in creation order, optionally filtered, one page at a time."""
     if state is not None and state not in devices.DEVICE_STATES:
         raise PolicyError(
             "device-state", f"unknown device state {state!r}; known: {', '.join(devices.DEVICE_STATES)}"
         )
     engine = store(home)
+    _known(engine, hub, manufacturer)
     with reading(engine) as conn:
-        rows = repo.list_devices(conn, state=state, after_id=after, limit=max(1, min(limit, 10_000)))
-    if as_json:
-        print_json([{"id": r.id, **_device_info(r)} for r in rows])
-        return
-    table = Table("id", "serial", "state", "model", "lot", "approved")
-    for r in rows:
-        table.add_row(
-            *(
-                escape(str(v))
-                for v in (r.id, r.serial, r.state, r.model or "", r.lot or "", "yes" if r.approved_at else "")
-            )
+        rows = repo.list_devices(
+            conn,
+            state=state,
+            hub=hub,
+            manufacturer=manufacturer,
+            after_id=after,
+            limit=max(1, min(limit, 10_000)),
         )
-    console.print(table)
+    print_listing([{"id": r.id, **_device_info(r)} for r in rows], LIST_COLUMNS, as_json)

@@ -17,9 +17,13 @@ from devid.cli import (
     db_cmd,
     demo_cmd,
     device_cmd,
+    enrollment_cmd,
     events_cmd,
     factory_cmd,
+    group_cmd,
+    hub_cmd,
     init_cmd,
+    manufacturer_cmd,
     serve_cmd,
     sim_cmd,
     token_cmd,
@@ -48,6 +52,10 @@ app.add_typer(agent_cmd.app, name="agent")
 app.add_typer(db_cmd.app, name="db")
 app.add_typer(sim_cmd.app, name="sim")
 app.add_typer(events_cmd.app, name="events")
+app.add_typer(manufacturer_cmd.app, name="manufacturer")
+app.add_typer(group_cmd.app, name="group")
+app.add_typer(enrollment_cmd.app, name="enrollment")
+app.add_typer(hub_cmd.app, name="hub")
 app.add_typer(api_token_cmd.app, name="api-token")
 
 

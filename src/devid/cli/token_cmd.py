@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from rich.markup import escape
 
 from devid.authority.token_keys import token_keyring
-from devid.cli.common import HomeOpt, JsonOpt, PassphraseOpt, authority, console
-from devid.errors import NotFoundError, PolicyError
+from devid.cli.common import HomeOpt, JsonOpt, PassphraseOpt, authority, console, read_file
+from devid.errors import PolicyError
 from devid.tokens import token_policy, verify_token
 from devid.tokens.claims import b64url_decode
 from devid.tokens.errors import TokenMalformed
@@ -22,13 +22,6 @@ from devid.tokens.errors import TokenMalformed
 app = typer.Typer(
     help="Session tokens: verify one, publish the signing keys, rotate them.", no_args_is_help=True
 )
-
-
-def _read(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise NotFoundError(f"{what}-file", f"cannot read {what} file {path}: {exc.strerror}") from None
 
 
 def load_token(value: str) -> str | bytes:
@@ -39,7 +32,7 @@ def load_token(value: str) -> str | bytes:
         from_file = len(value) < 1024 and path.is_file()
     except OSError:
         from_file = False
-    data = _read(path, "token") if from_file else value.encode()
+    data = read_file(path, "token") if from_file else value.encode()
     text = data.strip()
     if text[:3] == b"eyJ" and text.count(b".") == 2:
         return text.decode("ascii", errors="replace")
@@ -59,7 +52,7 @@ def load_token(value: str) -> str | bytes:
 
 def load_certificate(path: Path) -> bytes:
     """A certificate file, PEM or DER, as DER."""
-    data = _read(path, "certificate")
+    data = read_file(path, "certificate")
     try:
         cert = (
             x509.load_pem_x509_certificate(data)
@@ -96,7 +89,7 @@ def verify(
         raise PolicyError("usage", "give --jwks or --home, not both")
     if jwks is not None:
         try:
-            document: dict[str, Any] = json.loads(_read(jwks, "jwks"))
+            document: dict[str, Any] = json.loads(read_file(jwks, "jwks"))
         except ValueError:
             raise PolicyError("bad-jwks", f"{jwks} is not a JSON JWK Set") from None
     else:

@@ -44,6 +44,9 @@ class Enrolled:
     chain: list[x509.Certificate]
     policy: str | None
     renew_at: datetime | None
+    #: Where the registry allocated the device (`Devid-Hub`, `Devid-Hub-Url`), when it did.
+    hub: str | None = None
+    hub_url: str | None = None
 
 
 @contextlib.contextmanager
@@ -165,7 +168,12 @@ class EstClient:
         renew = headers.get("Devid-Renew-At")
         chain = certs[1:] or await self.issuer_chain(certs[0])
         return Enrolled(
-            certs[0], chain, headers.get("Devid-Policy"), datetime.fromisoformat(renew) if renew else None
+            certs[0],
+            chain,
+            headers.get("Devid-Policy"),
+            datetime.fromisoformat(renew) if renew else None,
+            headers.get("Devid-Hub"),
+            headers.get("Devid-Hub-Url"),
         )
 
     async def issuer_chain(self, leaf: x509.Certificate) -> list[x509.Certificate]:

@@ -9,12 +9,15 @@ from typing import Any, cast
 from sqlalchemy import Connection, Row, Table, bindparam, func, select
 
 from devid.store.models import Certificate as CertRow
-from devid.store.models import CertificateAuthority, Device, EnrollmentSecret
+from devid.store.models import CertificateAuthority, Device, Enrollment, EnrollmentSecret, Hub, Manufacturer
 
 certificates = cast(Table, CertRow.__table__)
 devices = cast(Table, Device.__table__)
 cas = cast(Table, CertificateAuthority.__table__)
 enrollment_secrets = cast(Table, EnrollmentSecret.__table__)
+_manufacturers = cast(Table, Manufacturer.__table__)
+_enrollments = cast(Table, Enrollment.__table__)
+_hubs = cast(Table, Hub.__table__)
 
 # Request-path statements are built once with bound parameters: building a select per call costs
 # five times what running it against an index does.
@@ -52,12 +55,42 @@ def device_by_serial(conn: Connection, serial: str) -> Row[Any] | None:
     return conn.execute(_DEVICE_BY_SERIAL, {"serial": serial}).first()
 
 
+#: A device with the names of what it came through: its manufacturer, enrollment and hub.
+_DEVICE_VIEW = select(
+    devices,
+    _manufacturers.c.name.label("manufacturer"),
+    _enrollments.c.kind.label("enrollment_kind"),
+    _enrollments.c.name.label("enrollment_name"),
+    _hubs.c.name.label("hub"),
+).select_from(
+    devices.outerjoin(_manufacturers, _manufacturers.c.id == devices.c.manufacturer_id)
+    .outerjoin(_enrollments, _enrollments.c.id == devices.c.enrollment_id)
+    .outerjoin(_hubs, _hubs.c.id == devices.c.hub_id)
+)
+
+
+def device_view(conn: Connection, serial: str) -> Row[Any] | None:
+    """One device with its manufacturer, enrollment (kind and name) and hub names."""
+    return conn.execute(_DEVICE_VIEW.where(devices.c.serial == serial)).first()
+
+
 def list_devices(
-    conn: Connection, *, state: str | None = None, after_id: int = 0, limit: int = 100
+    conn: Connection,
+    *,
+    state: str | None = None,
+    hub: str | None = None,
+    manufacturer: str | None = None,
+    after_id: int = 0,
+    limit: int = 100,
 ) -> Sequence[Row[Any]]:
-    query = select(devices).where(devices.c.id > after_id).order_by(devices.c.id).limit(limit)
+    """A page of devices in creation order (as `device_view`), optionally filtered."""
+    query = _DEVICE_VIEW.where(devices.c.id > after_id).order_by(devices.c.id).limit(limit)
     if state:
         query = query.where(devices.c.state == state)
+    if hub is not None:
+        query = query.where(_hubs.c.name == hub)
+    if manufacturer is not None:
+        query = query.where(_manufacturers.c.name == manufacturer)
     return conn.execute(query).all()
 
 
