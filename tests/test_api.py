@@ -343,6 +343,8 @@ def test_stale_version_is_409_and_nothing_is_lost(api: Api) -> None:
     assert [(e.actor, json.loads(e.detail)["to"]) for e in changes] == [("token:alice", "INACTIVE")]
     retried = api.call("PATCH", "/devices/SN-V", {"state": "REVOKED", "version": 2}, token=bob)
     assert retried.status == 200 and retried.json["state"] == "REVOKED"
+    back = api.call("PATCH", "/devices/SN-V", {"state": "ACTIVE", "version": 3}, token=alice)
+    assert back.status == 403 and api.get("/devices/SN-V").json["state"] == "REVOKED"  # final
 
 
 # --- audit, EST untouched, OpenAPI ------------------------------------------------------------

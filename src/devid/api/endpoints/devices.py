@@ -107,15 +107,18 @@ def get_device(call: Call) -> Reply:
 
 
 def change_device(call: Call) -> Reply:
-    """Change a device's state (INACTIVE blocks enrollment and renewal at once)."""
-    serial = call.path["serial"]
+    """Change a device's state (INACTIVE blocks enrollment and renewal at once; REVOKED is final)."""
+    serial, state = call.path["serial"], call.body["state"]
+    # Revocation is final (as for `devid device enable`): a REVOKED device stays REVOKED.
+    leaving = None if state == "REVOKED" else tuple(s for s in DEVICE_STATES if s != "REVOKED")
     set_state(
         call.authority,
         serial,
-        call.body["state"],
+        state,
         call.actor,
         call.body.get("reason", ""),
         version=call.version,
+        from_states=leaving,
     )
     return _read(call, serial)
 
