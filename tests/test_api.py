@@ -23,6 +23,7 @@ from est_helpers import EstServer, client_context, provision, running_server
 from openapi_spec_validator import validate
 
 from devid.api import tokens
+from devid.api.app import ANONYMOUS_RATE
 from devid.api.endpoints import ROUTES
 from devid.api.roles import Permission, Role, allows
 from devid.api.routes import PREFIX
@@ -226,6 +227,15 @@ def test_rate_limit_answers_429_with_retry_after(api: Api) -> None:
         "ok",
         "refused",
     ]
+
+
+def test_unauthenticated_calls_are_limited_per_peer_so_they_cannot_flood_the_audit_log(api: Api) -> None:
+    before = len(api.events("api."))
+    statuses = [api.get("/cas", token=None).status for _ in range(ANONYMOUS_RATE + 5)]
+    assert statuses[:ANONYMOUS_RATE] == [401] * ANONYMOUS_RATE
+    assert set(statuses[ANONYMOUS_RATE:]) == {429}
+    assert len(api.events("api.")) - before == ANONYMOUS_RATE  # refusals past the limit: not audited
+    assert api.get("/cas").status == 200  # a caller with a token is not held back
 
 
 # --- reads: paging, filters, unknown ids ------------------------------------------------------

@@ -35,6 +35,7 @@ from devid.errors import ConflictError, DevidError, NotFoundError, PolicyError
 from devid.store import audit
 from devid.store.engine import reading
 from devid.web.errors import status_for
+from devid.web.peer import peer_address
 
 log = logging.getLogger("devid.api")
 
@@ -93,6 +94,12 @@ class Incoming:
     if_match: str | None
     content_type: str
     body: bytes
+    peer: str = "-"
+
+
+#: Calls per minute a peer address may make without a valid token: each refusal is audited, so
+#: an anonymous client must not be able to grow the audit log at line rate.
+ANONYMOUS_RATE = 60
 
 
 class ApiServer:
@@ -128,6 +135,7 @@ class ApiServer:
                 request.headers.get("If-Match"),
                 request.content_type,
                 body,
+                peer_address(request) or "-",
             )
             reply = await asyncio.to_thread(self._call, route, incoming)
             return json_response(reply, route.status)
@@ -149,6 +157,13 @@ class ApiServer:
             self.limiter.take(token.name, token.rate_per_minute)
             result = route.handler(self._parse(route, incoming, token))
             reply = result if isinstance(result, Reply) else Reply(result)
+        except AuthenticationRequired as exc:
+            reply = error_reply(exc, incoming.authorization is not None)
+            try:
+                self.limiter.take(f"peer:{incoming.peer}", ANONYMOUS_RATE)
+            except RateLimited as limited:
+                log.warning("API: unauthenticated calls from %s over the limit (not audited)", incoming.peer)
+                return error_reply(limited, incoming.authorization is not None)
         except DevidError as exc:
             reply = error_reply(exc, incoming.authorization is not None)
         except Exception:

@@ -41,7 +41,8 @@ def set_state(
 ) -> None:
     """Change a device's state (ACTIVE, INACTIVE, ...): INACTIVE blocks enrollment and renewal at once.
     With `version`, refuse (ConflictError) if the device changed since that version was read; with
-    `from_states`, refuse (PolicyError) a device in any other state. Either leaves it as it was."""
+    `from_states`, refuse (PolicyError) a device in any other state. Either leaves it as it was.
+    A REVOKED device stays REVOKED: revocation is final."""
     if state not in DEVICE_STATES:
         raise PolicyError(
             "device-state", f"unknown device state {state!r}; known: {', '.join(DEVICE_STATES)}"
@@ -49,6 +50,11 @@ def set_state(
     now = authority.clock.now()
     with authority.engine.begin() as conn:
         device = _device(conn, serial)
+        if device.state == "REVOKED" and state != "REVOKED":
+            raise PolicyError(
+                "device-revoked",
+                f"device {serial!r} is REVOKED: revocation is final, it cannot become {state}",
+            )
         if from_states is not None and device.state not in from_states:
             raise PolicyError(
                 "device-state-transition",

@@ -154,16 +154,7 @@ def enable(
     as_json: JsonOpt = False,
 ) -> None:
     """Set a device ACTIVE again (not a REVOKED one: revocation is final)."""
-    _set_state(
-        serial,
-        "ACTIVE",
-        reason,
-        home,
-        passphrase_file,
-        as_json,
-        version,
-        ("ACTIVE", "INACTIVE", "PENDING_ACTIVATION", "FAILED_TEST"),
-    )
+    _set_state(serial, "ACTIVE", reason, home, passphrase_file, as_json, version)
 
 
 @app.command("show")

@@ -109,17 +109,7 @@ def get_device(call: Call) -> Reply:
 def change_device(call: Call) -> Reply:
     """Change a device's state (INACTIVE blocks enrollment and renewal at once; REVOKED is final)."""
     serial, state = call.path["serial"], call.body["state"]
-    # Revocation is final (as for `devid device enable`): a REVOKED device stays REVOKED.
-    leaving = None if state == "REVOKED" else tuple(s for s in DEVICE_STATES if s != "REVOKED")
-    set_state(
-        call.authority,
-        serial,
-        state,
-        call.actor,
-        call.body.get("reason", ""),
-        version=call.version,
-        from_states=leaving,
-    )
+    set_state(call.authority, serial, state, call.actor, call.body.get("reason", ""), version=call.version)
     return _read(call, serial)
 
 
