@@ -41,6 +41,7 @@ from devid.pki.profiles import (
 )
 from devid.pki.serials import random_serial, serial_hex
 from devid.store import audit, repo
+from devid.store.engine import write_lock
 
 #: Which CA signs which profile.
 ISSUER_OF: dict[ProfileName, str] = {
@@ -225,7 +226,7 @@ class Authority:
                     },
                 )
             )
-        with self.engine.begin() as conn:
+        with write_lock(self.engine), self.engine.begin() as conn:
             known = self._existing_devices(conn, [r.device_serial for r in requests if r.device_serial])
             superseding = [(r.supersedes, a) for r, a in zip(requests, actors, strict=True) if r.supersedes]
             self._supersede(conn, superseding, now)
