@@ -209,7 +209,7 @@ def direct_rate(authority: Authority, csrs: list[bytes], serial: str) -> float:
     return len(csrs) / (time.perf_counter() - start)
 
 
-def _start_server(home: Path) -> tuple[subprocess.Popen[str], str]:
+def _start_server(home: Path, workers: int = 1) -> tuple[subprocess.Popen[str], str]:
     env = {**os.environ, "DEVID_PASSPHRASE": PASSPHRASE.decode()}
     proc = subprocess.Popen(
         [
@@ -221,6 +221,8 @@ def _start_server(home: Path) -> tuple[subprocess.Popen[str], str]:
             str(home),
             "--port",
             "0",
+            "--workers",
+            str(workers),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -321,7 +323,7 @@ def _figures(mode: str, run: Run, baseline: float | None, note: str) -> list[Fig
     ]
 
 
-def run_local(clients: int, n: int, modes: list[str]) -> list[Figure]:
+def run_local(clients: int, n: int, modes: list[str], workers: int = 1) -> list[Figure]:
     with tempfile.TemporaryDirectory(prefix="devid-bench-est-") as tmp:
         home = init_home(Path(tmp) / "home", org="Bench Org", passphrase=PASSPHRASE)
         authority = open_authority(home, PASSPHRASE)
@@ -330,7 +332,7 @@ def run_local(clients: int, n: int, modes: list[str]) -> list[Figure]:
         contexts = [tls_context(trust, ident.chain, ident.key) for ident in identities]
         baseline = direct_rate(authority, make_csrs(min(n, 300)), "BENCH000000")
         results = []
-        proc, url = _start_server(home.path)
+        proc, url = _start_server(home.path, workers)
         try:
             for mode in modes:
                 csrs = make_csrs(n)
@@ -340,7 +342,8 @@ def run_local(clients: int, n: int, modes: list[str]) -> list[Figure]:
                     mode,
                     run,
                     baseline,
-                    f"{clients} clients, {n} CSRs from distinct keys, devid serve (1 process)",
+                    f"{clients} clients, {n} CSRs from distinct keys, "
+                    f"devid serve ({workers} process{'es' if workers > 1 else ''})",
                 )
         finally:
             proc.terminate()
