@@ -69,9 +69,15 @@ class ClientCertificate:
 
 @dataclass(frozen=True)
 class CertificateCredential:
-    """A TLS client certificate (DER), as the TLS layer or a trusted proxy gave it."""
+    """A TLS client certificate (DER), as the TLS layer or a trusted proxy gave it.
+
+    `chain_verified`: this process's own TLS handshake verified that `der` chains to devid's root
+    (the server context trusts devid's CAs only), so `identify_client` need not check the
+    signature again. False for a certificate taken from a proxy's header, or from anywhere else.
+    """
 
     der: bytes
+    chain_verified: bool = False
 
 
 @dataclass(frozen=True)
@@ -111,10 +117,17 @@ def _now(authority: Authority) -> datetime:
     return authority.clock.now().astimezone(UTC)
 
 
-def identify_client(authority: Authority, der: bytes, *, require_current: bool = True) -> ClientCertificate:
+def identify_client(
+    authority: Authority, der: bytes, *, require_current: bool = True, chain_verified: bool = False
+) -> ClientCertificate:
     """Which device presented `der`: issued by devid's manufacturing or operational CA (signature
     checked here), recorded in the store, and (with `require_current`) valid now by the authority's
     clock and not revoked or superseded. Raises PolicyError (`client-cert-*`) naming the problem.
+
+    `chain_verified`: the caller's TLS handshake already verified the signatures up to devid's root
+    (never set it for a certificate from a header): the issuer is then found by name, and the
+    store record (same SHA-256 of the whole DER, same issuer) stands for the signature check.
+    Records, validity, revocation and device state are checked on every call either way.
 
     Callers that accept a TLS client certificate must call this: the server context does not check
     certificate times (X509_V_FLAG_NO_CHECK_TIME) so that this check can answer with a reason.
@@ -128,6 +141,9 @@ def identify_client(authority: Authority, der: bytes, *, require_current: bool =
         ca = authority.cas.get(name)
         if ca is None or cert.issuer != ca.certificate.subject:
             continue
+        if chain_verified:
+            issuer = ca
+            break
         try:
             cert.verify_directly_issued_by(ca.certificate)
         except (ValueError, TypeError, InvalidSignature):
@@ -301,7 +317,7 @@ def enroll(
             ctx.subject = credential.serial[:64] or "-"
             return _enroll_with_secret(authority, policy, operation, credential, csr_data, actor)
         ctx.credential = "certificate"
-        client = identify_client(authority, credential.der)
+        client = identify_client(authority, credential.der, chain_verified=credential.chain_verified)
         ctx.subject = client.device_serial
         ctx.credential = client.profile.value
         return _enroll_with_certificate(authority, policy, operation, client, csr_data, actor)

@@ -37,7 +37,7 @@ from devid.authority.policy import LabelPolicy
 from devid.errors import DevidError, PolicyError
 from devid.pki.der import encode_oid, tlv
 from devid.pki.encoding import certs_only
-from devid.web.peer import peer_address, peer_certificate
+from devid.web.peer import from_trusted_proxy, peer_address, peer_certificate
 
 WELL_KNOWN = "/.well-known/est"
 #: Largest request body any EST endpoint reads (a P-256 CSR in base64 is ~700 bytes).
@@ -211,10 +211,11 @@ class EstServer:
     @staticmethod
     def _credential(request: web.Request) -> Credential | None:
         """The client certificate if there is one (it wins over any Authorization header), else
-        HTTP Basic, else None."""
+        HTTP Basic, else None. A certificate from this server's own handshake is marked verified
+        (its chain to devid's root); one from a trusted proxy's header is not."""
         der = peer_certificate(request)
         if der:
-            return CertificateCredential(der)
+            return CertificateCredential(der, chain_verified=not from_trusted_proxy(request))
         return basic_credential(request.headers.get("Authorization"))
 
     @staticmethod
