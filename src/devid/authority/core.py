@@ -51,6 +51,7 @@ ISSUER_OF: dict[ProfileName, str] = {
     ProfileName.SERVER: "operational",
 }
 _DER = serialization.Encoding.DER
+_INSERT_CERTIFICATES = insert(repo.certificates)
 
 
 @dataclass
@@ -236,7 +237,7 @@ class Authority:
             for item, row in zip(issued, rows, strict=True):
                 row["device_id"] = known[item.device_serial] if item.device_serial else None
             try:
-                conn.execute(insert(repo.certificates), rows)
+                conn.execute(_INSERT_CERTIFICATES, rows)
             except IntegrityError as exc:
                 raise ConflictError(
                     "certificate-conflict", f"certificate could not be recorded: {exc.orig}"
