@@ -68,8 +68,11 @@ def est(
     client_key: Annotated[Path | None, typer.Option(help="client key PEM for --server")] = None,
     label: Annotated[str, typer.Option(help="EST label (with --server)")] = "",
     server_workers: Annotated[
-        int, typer.Option("--server-workers", min=1, help="`devid serve --workers` of the server it starts")
-    ] = 1,
+        int,
+        typer.Option(
+            "--server-workers", min=1, help="`devid serve --workers` of the server it starts (default: 2)"
+        ),
+    ] = 2,
     as_json: JsonOpt = False,
 ) -> None:
     """Full mTLS simpleenroll round trips: enrollments/s and p50/p99, both connection modes by default."""

@@ -26,9 +26,7 @@ _head = cast(Table, AuditHead.__table__)
 # Built once: every issuing transaction appends, and building the statements cost more than running them.
 _READ_HEAD = select(_head.c.seq, _head.c.hash).where(_head.c.id == 1).with_for_update()
 _INSERT_EVENTS = insert(_events)
-_MOVE_HEAD = (
-    update(_head).where(_head.c.id == 1).values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
-)
+_MOVE_HEAD = update(_head).where(_head.c.id == 1).values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
 
 
 @dataclass(frozen=True)
