@@ -3,8 +3,9 @@
 By default it starts `devid serve --workers 2` on a throw-away home in its own processes (so server
 and load generator do not share an interpreter lock, and the server uses both cores of the machine
 the targets were set for), provisions one IDevID per client, and sends CSRs from distinct keys.
-The load generator is deliberately lean (see `load`): its CPU counts against the same cores. With `--server URL` it measures any EST server the same way, given a client
-identity and the server's trust anchor. The baseline is the authority's direct issuance rate,
+The load generator is deliberately lean (see `load`): its CPU counts against the same cores.
+With `--server URL` it measures any EST server the same way, given a client identity and the
+server's trust anchor. The baseline is the authority's direct issuance rate,
 one certificate per call, in the same run.
 """
 
