@@ -113,6 +113,32 @@ class EnrollResult:
         return self.policy.renew_at(cert.not_valid_before_utc, cert.not_valid_after_utc, self.device_serial)
 
 
+@dataclass(frozen=True)
+class Decision:
+    """What `decide` concluded: nothing to issue yet (`request` None: awaiting approval), or the
+    request whose issuance completes the enrollment (`enroll` issues it through the group commit;
+    an asynchronous front end may submit it to the committer itself and await the answer)."""
+
+    policy: LabelPolicy
+    device_serial: str
+    request: IssueRequest | None = None
+    private_key: ec.EllipticCurvePrivateKey | None = None
+
+    def result(self, issued: Issued | None) -> EnrollResult:
+        return EnrollResult(self.policy, self.device_serial, issued, self.private_key)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """How to audit a refusal that `decide(..., record=False)` raised: attached to the exception
+    as `refusal`, for a caller that records it off its event loop (`Authority.record_refusal`)."""
+
+    action: str
+    subject: str
+    actor: str
+    detail: dict[str, str]
+
+
 def _now(authority: Authority) -> datetime:
     return authority.clock.now().astimezone(UTC)
 
@@ -271,13 +297,17 @@ class _Context:
 
 
 @contextmanager
-def _audited(authority: Authority, action: str, actor: str, ctx: _Context) -> Iterator[None]:
+def _audited(authority: Authority, action: str, actor: str, ctx: _Context, record: bool) -> Iterator[None]:
     try:
         yield
     except DevidError as exc:
         if not getattr(exc, "audited", False) and ctx.credential != "none":
-            authority.record_refusal(exc, action, ctx.subject, actor, {"credential": ctx.credential})
-            exc.audited = True  # type: ignore[attr-defined]
+            detail = {"credential": ctx.credential}
+            if record:
+                authority.record_refusal(exc, action, ctx.subject, actor, detail)
+                exc.audited = True  # type: ignore[attr-defined]
+            else:
+                exc.refusal = Refusal(action, ctx.subject, actor, detail)  # type: ignore[attr-defined]
         raise
 
 
@@ -303,8 +333,28 @@ def enroll(
     - HTTP Basic (device serial + single-use secret): `simpleenroll` of an LDevID only; the secret
       is spent only after the CSR passed its checks and approval (if any) was given.
     """
+    decision = decide(authority, label, operation, credential, csr_data, actor=actor)
+    if decision.request is None:
+        return decision.result(None)
+    return decision.result(_issue(authority, decision.request, actor))
+
+
+def decide(
+    authority: Authority,
+    label: str,
+    operation: Operation,
+    credential: Credential | None,
+    csr_data: bytes,
+    *,
+    actor: str = "est",
+    record: bool = True,
+) -> Decision:
+    """Every check of `enroll` (same rules, same refusals) up to the issuance, which it leaves to
+    the caller: the request to issue, or a pending decision. It reads the store; only the HTTP
+    Basic path writes (it spends the enrollment secret). Refusals are audited here, or with
+    `record=False` described in the exception's `refusal` attribute for the caller to record."""
     ctx = _Context()
-    with _audited(authority, f"est.{operation.value}", actor, ctx):
+    with _audited(authority, f"est.{operation.value}", actor, ctx, record):
         policy = authority.label_policy(label)
         if credential is None:
             raise AuthenticationRequired(
@@ -315,12 +365,12 @@ def enroll(
         if isinstance(credential, SecretCredential):
             ctx.credential = "enrollment-secret"
             ctx.subject = credential.serial[:64] or "-"
-            return _enroll_with_secret(authority, policy, operation, credential, csr_data, actor)
+            return _enroll_with_secret(authority, policy, operation, credential, csr_data)
         ctx.credential = "certificate"
         client = identify_client(authority, credential.der, chain_verified=credential.chain_verified)
         ctx.subject = client.device_serial
         ctx.credential = client.profile.value
-        return _enroll_with_certificate(authority, policy, operation, client, csr_data, actor)
+        return _enroll_with_certificate(authority, policy, operation, client, csr_data)
 
 
 def _csr_key(
@@ -350,8 +400,7 @@ def _enroll_with_secret(
     operation: Operation,
     credential: SecretCredential,
     csr_data: bytes,
-    actor: str,
-) -> EnrollResult:
+) -> Decision:
     serial = credential.serial
     try:
         check_device_serial(serial)
@@ -373,10 +422,10 @@ def _enroll_with_secret(
     _require_active(serial, device_state(authority, serial))
     _, key = load_and_check_csr(csr_data)
     if policy.approval and approval_pending(authority, serial):
-        return EnrollResult(policy, serial)
+        return Decision(policy, serial)
     consume_enrollment_secret(authority, serial, credential.secret)
     request = IssueRequest(policy.profile, key, device_serial=serial, lifetime=policy.lifetime)
-    return EnrollResult(policy, serial, _issue(authority, request, actor))
+    return Decision(policy, serial, request)
 
 
 def _enroll_with_certificate(
@@ -385,8 +434,7 @@ def _enroll_with_certificate(
     operation: Operation,
     client: ClientCertificate,
     csr_data: bytes,
-    actor: str,
-) -> EnrollResult:
+) -> Decision:
     serial = client.device_serial
     _require_active(serial, client.device_state)
     supersedes = None
@@ -404,7 +452,7 @@ def _enroll_with_certificate(
             )
         csr, public_key, private_key = _csr_key(operation, csr_data)
         if policy.approval and approval_pending(authority, serial):
-            return EnrollResult(policy, serial)
+            return Decision(policy, serial)
     else:
         if client.profile is ProfileName.SESSION and policy.profile is not ProfileName.SESSION:
             raise PolicyError(
@@ -420,4 +468,4 @@ def _enroll_with_certificate(
     request = IssueRequest(
         policy.profile, public_key, device_serial=serial, lifetime=policy.lifetime, supersedes=supersedes
     )
-    return EnrollResult(policy, serial, _issue(authority, request, actor), private_key)
+    return Decision(policy, serial, request, private_key)
