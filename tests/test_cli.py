@@ -491,3 +491,21 @@ def test_bench_issue_json(tmp_path: Path) -> None:
         assert isinstance(figure["value"], float | int) and figure["value"] > 0
         assert isinstance(figure["name"], str) and isinstance(figure["unit"], str)
     assert list(tmp_path.iterdir()) == []  # its temporary home is gone, nothing left in the cwd
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_bench_est_json(tmp_path: Path, workers: str) -> None:
+    result = ok(
+        devid(
+            "bench", "est", "--n", "20", "--clients", "2", "--server-workers", workers, "--json", cwd=tmp_path
+        )
+    )
+    figures = {f["name"]: f for f in json_lines(result.stdout)}
+    for mode in ("fresh", "keep-alive"):
+        rate = figures[f"est.enroll_rate_{mode}"]
+        assert {"name", "value", "unit", "baseline", "ratio"} <= rate.keys(), rate
+        assert rate["value"] > 0 and rate["unit"] == "enrollments/s"
+        assert ", 0 failures" in str(rate["note"])
+        for name in ("enroll_p50", "enroll_p99", "server_cpu", "client_cpu"):
+            assert figures[f"est.{name}_{mode}"]["value"] > 0
+    assert list(tmp_path.iterdir()) == []

@@ -14,6 +14,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from est_helpers import Device, csr_b64, pem, provision, run
 
 from devid.authority.setup import init_home, open_authority
 from devid.config import Home
+from devid.store import repo
+from devid.store.engine import reading
 
 PASSPHRASE = b"correct horse battery staple"
 
@@ -178,6 +181,22 @@ def test_serve_answers_cacerts_with_a_certificate_for_localhost(
 def test_sigterm_lets_the_request_in_flight_finish(
     served: Served, home: Home, root_pem: Path, tmp_path: Path
 ) -> None:
+    _request_in_flight_finishes(served, home, root_pem, tmp_path)
+
+
+def test_sigterm_lets_the_request_in_flight_finish_with_workers(
+    home: Home, root_pem: Path, tmp_path: Path
+) -> None:
+    served = start_serve(home.path, "--workers", "2")
+    try:
+        _request_in_flight_finishes(served, home, root_pem, tmp_path)
+    finally:
+        if served.proc.poll() is None:
+            served.proc.kill()
+            served.proc.wait()
+
+
+def _request_in_flight_finishes(served: Served, home: Home, root_pem: Path, tmp_path: Path) -> None:
     dev = make_device(home, tmp_path, "SN-INFLIGHT")
     key = ec.generate_private_key(ec.SECP256R1())
     body = csr_b64(key)
@@ -313,3 +332,64 @@ def test_device_commands_and_basic_enrollment_against_devid_serve(
     ]
     assert "SN-CLI-1" in ok(table).stdout
     assert missing.returncode == 2 and "no device with serial" in missing.stderr
+
+
+def _enroll_over_tls(port: int, root_pem: Path, dev: Device, key: ec.EllipticCurvePrivateKey) -> bytes:
+    """One simpleenroll with the device's IDevID over a fresh TLS connection; the answer's bytes."""
+    body = csr_b64(key)
+    ctx = ssl.create_default_context(cafile=str(root_pem))
+    ctx.load_cert_chain(*map(str, dev.idevid_files))
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=30) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.sendall(
+            (
+                f"POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+                f"Content-Type: application/pkcs10\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode()
+            + body
+        )
+        response = b""
+        while chunk := tls.recv(65536):
+            response += chunk
+    return response
+
+
+def test_workers_share_one_port_record_every_certificate_and_stop_on_sigterm(
+    home: Home, root_pem: Path, tmp_path: Path
+) -> None:
+    devices = [make_device(home, tmp_path, f"SN-WORKER-{i}") for i in range(8)]
+    keys = [ec.generate_private_key(ec.SECP256R1()) for _ in devices]
+    served = start_serve(home.path, "--workers", "2")
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(
+                pool.map(
+                    lambda dk: _enroll_over_tls(served.port, root_pem, *dk), zip(devices, keys, strict=True)
+                )
+            )
+        fingerprints = set()
+        for answer, key in zip(answers, keys, strict=True):
+            header, _, payload = answer.partition(b"\r\n\r\n")
+            assert header.startswith(b"HTTP/1.1 200"), answer[:300]
+            cert = pkcs7.load_der_pkcs7_certificates(base64.b64decode(b"".join(payload.split())))[0]
+            assert cert.public_key() == key.public_key()
+            fingerprints.add(cert.fingerprint(hashes.SHA256()).hex())
+        assert len(fingerprints) == len(devices)
+        assert served.stop() == 0
+        assert "2 worker processes" in served.lines[-1] or "2 worker processes" in rest_of_output(served)
+    finally:
+        if served.proc.poll() is None:
+            served.proc.kill()
+            served.proc.wait()
+    # Both workers wrote to one store: every certificate is recorded, the audit chain is intact.
+    auth = open_authority(home, PASSPHRASE)
+    try:
+        with reading(auth.engine) as conn:
+            rows = [repo.certificate_by_fingerprint(conn, fp) for fp in fingerprints]
+        assert all(row is not None and row.profile == "ldevid" for row in rows)
+    finally:
+        auth.engine.dispose()
+    result = ok(devid("audit", "verify", "--home", home.path))
+    assert "audit chain intact" in result.stdout

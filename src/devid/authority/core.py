@@ -41,6 +41,7 @@ from devid.pki.profiles import (
 )
 from devid.pki.serials import random_serial, serial_hex
 from devid.store import audit, repo
+from devid.store.engine import write_lock
 
 #: Which CA signs which profile.
 ISSUER_OF: dict[ProfileName, str] = {
@@ -50,6 +51,7 @@ ISSUER_OF: dict[ProfileName, str] = {
     ProfileName.SERVER: "operational",
 }
 _DER = serialization.Encoding.DER
+_INSERT_CERTIFICATES = insert(repo.certificates)
 
 
 @dataclass
@@ -225,7 +227,7 @@ class Authority:
                     },
                 )
             )
-        with self.engine.begin() as conn:
+        with write_lock(self.engine), self.engine.begin() as conn:
             known = self._existing_devices(conn, [r.device_serial for r in requests if r.device_serial])
             superseding = [(r.supersedes, a) for r, a in zip(requests, actors, strict=True) if r.supersedes]
             self._supersede(conn, superseding, now)
@@ -235,7 +237,7 @@ class Authority:
             for item, row in zip(issued, rows, strict=True):
                 row["device_id"] = known[item.device_serial] if item.device_serial else None
             try:
-                conn.execute(insert(repo.certificates), rows)
+                conn.execute(_INSERT_CERTIFICATES, rows)
             except IntegrityError as exc:
                 raise ConflictError(
                     "certificate-conflict", f"certificate could not be recorded: {exc.orig}"

@@ -100,14 +100,25 @@ class Onboarding(Protocol):
         """Register the device just in time and allocate it, after every check passed."""
         ...
 
+    def active(self) -> bool:
+        """Whether the registry has anything that may admit, register or allocate a device."""
+        ...
+
 
 @dataclass(frozen=True)
 class CertificateCredential:
     """A TLS client certificate (DER), as the TLS layer or a trusted proxy gave it, with the
-    certificates the client sent after it (leaf first), when the TLS layer exposes them."""
+    certificates the client sent after it (leaf first), when the TLS layer exposes them.
+
+    `chain_verified`: this process's own TLS handshake verified that `der` chains to a CA the
+    server context trusts, so `identify_client` need not check the signature of a certificate of
+    devid's own again (it must still match a stored record). False for a certificate taken from a
+    proxy's header, or from anywhere else.
+    """
 
     der: bytes
     chain: tuple[bytes, ...] = ()
+    chain_verified: bool = False
 
 
 @dataclass(frozen=True)
@@ -145,14 +156,48 @@ class EnrollResult:
         return self.policy.renew_at(cert.not_valid_before_utc, cert.not_valid_after_utc, self.device_serial)
 
 
+@dataclass(frozen=True)
+class Decision:
+    """What `decide` concluded: nothing to issue yet (`request` None: awaiting approval), or the
+    request whose issuance completes the enrollment (`enroll` issues it through the group commit;
+    an asynchronous front end may submit it to the committer itself and await the answer)."""
+
+    policy: LabelPolicy
+    device_serial: str
+    request: IssueRequest | None = None
+    private_key: ec.EllipticCurvePrivateKey | None = None
+    assignment: dict[str, Any] | None = None
+
+    def result(self, issued: Issued | None) -> EnrollResult:
+        return EnrollResult(self.policy, self.device_serial, issued, self.private_key, self.assignment)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """How to audit a refusal that `decide(..., record=False)` raised: attached to the exception
+    as `refusal`, for a caller that records it off its event loop (`Authority.record_refusal`)."""
+
+    action: str
+    subject: str
+    actor: str
+    detail: dict[str, str]
+
+
 def _now(authority: Authority) -> datetime:
     return authority.clock.now().astimezone(UTC)
 
 
-def identify_client(authority: Authority, der: bytes, *, require_current: bool = True) -> ClientCertificate:
+def identify_client(
+    authority: Authority, der: bytes, *, require_current: bool = True, chain_verified: bool = False
+) -> ClientCertificate:
     """Which device presented `der`: issued by devid's manufacturing or operational CA (signature
     checked here), recorded in the store, and (with `require_current`) valid now by the authority's
     clock and not revoked or superseded. Raises PolicyError (`client-cert-*`) naming the problem.
+
+    `chain_verified`: the caller's TLS handshake already verified the signatures up to devid's root
+    (never set it for a certificate from a header): the issuer is then found by name, and the
+    store record (same SHA-256 of the whole DER, same issuer) stands for the signature check.
+    Records, validity, revocation and device state are checked on every call either way.
 
     Callers that accept a TLS client certificate must call this: the server context does not check
     certificate times (X509_V_FLAG_NO_CHECK_TIME) so that this check can answer with a reason.
@@ -166,6 +211,9 @@ def identify_client(authority: Authority, der: bytes, *, require_current: bool =
         ca = authority.cas.get(name)
         if ca is None or cert.issuer != ca.certificate.subject:
             continue
+        if chain_verified:
+            issuer = ca
+            break
         try:
             cert.verify_directly_issued_by(ca.certificate)
         except (ValueError, TypeError, InvalidSignature):
@@ -299,13 +347,17 @@ class _Context:
 
 
 @contextmanager
-def _audited(authority: Authority, action: str, actor: str, ctx: _Context) -> Iterator[None]:
+def _audited(authority: Authority, action: str, actor: str, ctx: _Context, record: bool) -> Iterator[None]:
     try:
         yield
     except DevidError as exc:
         if not getattr(exc, "audited", False) and ctx.credential != "none":
-            authority.record_refusal(exc, action, ctx.subject, actor, {"credential": ctx.credential})
-            exc.audited = True  # type: ignore[attr-defined]
+            detail = {"credential": ctx.credential}
+            if record:
+                authority.record_refusal(exc, action, ctx.subject, actor, detail)
+                exc.audited = True  # type: ignore[attr-defined]
+            else:
+                exc.refusal = Refusal(action, ctx.subject, actor, detail)  # type: ignore[attr-defined]
         raise
 
 
@@ -337,8 +389,33 @@ def enroll(
       individual) supplies the renewal policy of the base label, refuses when disabled, and
       allocates the device to a hub (`region`: what the device reported, for lowest latency).
     """
+    decision = decide(
+        authority, label, operation, credential, csr_data, actor=actor, onboarding=onboarding, region=region
+    )
+    if decision.request is None:
+        return decision.result(None)
+    return decision.result(_issue(authority, decision.request, actor))
+
+
+def decide(
+    authority: Authority,
+    label: str,
+    operation: Operation,
+    credential: Credential | None,
+    csr_data: bytes,
+    *,
+    actor: str = "est",
+    record: bool = True,
+    onboarding: Onboarding | None = None,
+    region: str | None = None,
+) -> Decision:
+    """Every check of `enroll` (same rules, same refusals) up to the issuance, which it leaves to
+    the caller: the request to issue, or a pending decision. It reads the store; only the HTTP
+    Basic path (it spends the enrollment secret) and onboarding (a device registered just in time
+    or allocated, after every check passed) write. Refusals are audited here, or with
+    `record=False` described in the exception's `refusal` attribute for the caller to record."""
     ctx = _Context()
-    with _audited(authority, f"est.{operation.value}", actor, ctx):
+    with _audited(authority, f"est.{operation.value}", actor, ctx, record):
         policy = authority.label_policy(label)
         if credential is None:
             raise AuthenticationRequired(
@@ -349,23 +426,23 @@ def enroll(
         if isinstance(credential, SecretCredential):
             ctx.credential = "enrollment-secret"
             ctx.subject = credential.serial[:64] or "-"
-            return _enroll_with_secret(authority, policy, operation, credential, csr_data, actor)
+            return _enroll_with_secret(authority, policy, operation, credential, csr_data)
         ctx.credential = "certificate"
         client = _identify(authority, credential, onboarding)
         ctx.subject = client.device_serial
         ctx.credential = client.profile.value
-        return _enroll_with_certificate(
-            authority, policy, operation, client, csr_data, actor, onboarding, region
-        )
+        return _enroll_with_certificate(authority, policy, operation, client, csr_data, onboarding, region)
 
 
 def _identify(
     authority: Authority, credential: CertificateCredential, onboarding: Onboarding | None
 ) -> ClientCertificate:
     try:
-        return identify_client(authority, credential.der)
+        return identify_client(authority, credential.der, chain_verified=credential.chain_verified)
     except PolicyError as exc:
-        if onboarding is None or exc.code != "client-cert-unknown-issuer":
+        # Not devid's own: perhaps a registered manufacturer's (whose CA may even share a name
+        # with one of devid's, so an unknown record is tried too; the registry checks signatures).
+        if onboarding is None or exc.code not in ("client-cert-unknown-issuer", "client-cert-unknown"):
             raise
     return onboarding.identify(credential.der, credential.chain)
 
@@ -397,8 +474,7 @@ def _enroll_with_secret(
     operation: Operation,
     credential: SecretCredential,
     csr_data: bytes,
-    actor: str,
-) -> EnrollResult:
+) -> Decision:
     serial = credential.serial
     try:
         check_device_serial(serial)
@@ -420,10 +496,10 @@ def _enroll_with_secret(
     _require_active(serial, device_state(authority, serial))
     _, key = load_and_check_csr(csr_data)
     if policy.approval and approval_pending(authority, serial):
-        return EnrollResult(policy, serial)
+        return Decision(policy, serial)
     consume_enrollment_secret(authority, serial, credential.secret)
     request = IssueRequest(policy.profile, key, device_serial=serial, lifetime=policy.lifetime)
-    return EnrollResult(policy, serial, _issue(authority, request, actor))
+    return Decision(policy, serial, request)
 
 
 def _enroll_with_certificate(
@@ -432,10 +508,9 @@ def _enroll_with_certificate(
     operation: Operation,
     client: ClientCertificate,
     csr_data: bytes,
-    actor: str,
     onboarding: Onboarding | None = None,
     region: str | None = None,
-) -> EnrollResult:
+) -> Decision:
     serial = client.device_serial
     if client.registered:
         _require_active(serial, client.device_state)
@@ -460,7 +535,7 @@ def _enroll_with_certificate(
             client, admission = onboarding.register(client, admission, region)
             _require_active(serial, client.device_state)
         if policy.approval and approval_pending(authority, serial):
-            return EnrollResult(policy, serial)
+            return Decision(policy, serial)
     else:
         if client.profile is ProfileName.SESSION and policy.profile is not ProfileName.SESSION:
             raise PolicyError(
@@ -476,5 +551,4 @@ def _enroll_with_certificate(
     request = IssueRequest(
         policy.profile, public_key, device_serial=serial, lifetime=policy.lifetime, supersedes=supersedes
     )
-    issued = _issue(authority, request, actor)
-    return EnrollResult(policy, serial, issued, private_key, admission.assignment)
+    return Decision(policy, serial, request, private_key, admission.assignment)

@@ -33,9 +33,15 @@ class GroupCommitter:
 
     def issue(self, request: IssueRequest, actor: str) -> Issued:
         """Issue through the next group commit; raises the request's own refusal (audited)."""
+        return self.submit(request, actor).result()
+
+    def submit(self, request: IssueRequest, actor: str) -> Future[Issued]:
+        """Queue for the next group commit; the future completes once the transaction that records
+        the certificate has committed (or holds the request's own refusal, audited). An event
+        loop awaits it with `asyncio.wrap_future`: no thread waits on its behalf."""
         future: Future[Issued] = Future()
         self._queue.put((request, actor, future))
-        return future.result()
+        return future
 
     def _run(self) -> None:
         while True:
@@ -45,6 +51,11 @@ class GroupCommitter:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            # A request whose caller gave up (a cancelled future) is not issued; the others can
+            # no longer be cancelled, so every result below finds its future waiting.
+            batch = [item for item in batch if item[2].set_running_or_notify_cancel()]
+            if not batch:
+                continue
             try:
                 outcomes = self.authority.issue_each([r for r, _, _ in batch], [a for _, a, _ in batch])
             except BaseException as exc:

@@ -1,28 +1,31 @@
 """`devid bench est`: full mTLS `simpleenroll` round trips against an EST server.
 
-By default it starts `devid serve` on a throw-away home in its own process (so server and load
-generator do not share an interpreter lock), provisions one IDevID per client, and sends CSRs
-from distinct keys. With `--server URL` it measures any EST server the same way, given a client
-identity and the server's trust anchor. The baseline is the authority's direct issuance rate,
+By default it starts `devid serve --workers 2` on a throw-away home in its own processes (so server
+and load generator do not share an interpreter lock, and the server uses both cores of the machine
+the targets were set for), provisions one IDevID per client, and sends CSRs from distinct keys.
+The load generator is deliberately lean (see `load`): its CPU counts against the same cores.
+With `--server URL` it measures any EST server the same way, given a client identity and the
+server's trust anchor. The baseline is the authority's direct issuance rate,
 one certificate per call, in the same run.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 import re
+import socket
 import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -56,30 +59,133 @@ def make_csrs(n: int) -> list[bytes]:
     return out
 
 
-async def load(
+class _Response:
+    """One HTTP/1.1 answer read off a blocking socket: status, body, whether the server closes."""
+
+    def __init__(self, sock: ssl.SSLSocket, buffered: bytes) -> None:
+        self._sock = sock
+        self._buf = buffered
+        head = self._until(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        parts = lines[0].split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
+            raise ConnectionError(f"not an HTTP/1.1 answer: {lines[0][:80]!r}")
+        self.status = int(parts[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip().lower()
+        self.close = headers.get(b"connection") == b"close" or parts[0] == b"HTTP/1.0"
+        if b"chunked" in headers.get(b"transfer-encoding", b""):
+            self.body = self._chunked()
+        elif b"content-length" in headers:
+            self.body = self._exactly(int(headers[b"content-length"]))
+        else:  # the body ends with the connection
+            self.body, self._buf, self.close = self._buf + self._rest(), b"", True
+
+    def _fill(self) -> None:
+        chunk = self._sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("the server closed the connection mid-answer")
+        self._buf += chunk
+
+    def _until(self, marker: bytes) -> bytes:
+        while marker not in self._buf:
+            self._fill()
+        out, _, self._buf = self._buf.partition(marker)
+        return out
+
+    def _exactly(self, size: int) -> bytes:
+        while len(self._buf) < size:
+            self._fill()
+        out, self._buf = self._buf[:size], self._buf[size:]
+        return out
+
+    def _chunked(self) -> bytes:
+        body = b""
+        while True:
+            size = int(self._until(b"\r\n").split(b";")[0], 16)
+            if size == 0:
+                self._until(b"\r\n")  # no trailers expected: the empty line ends the body
+                return body
+            body += self._exactly(size)
+            self._exactly(2)
+
+    def _rest(self) -> bytes:
+        out = b""
+        while chunk := self._sock.recv(65536):
+            out += chunk
+        return out
+
+    @property
+    def leftover(self) -> bytes:
+        return self._buf
+
+
+def load(
     url: str, contexts: list[ssl.SSLContext], csrs: list[bytes], keep_alive: bool, label: str = ""
 ) -> tuple[float, list[float], int]:
-    """Send every CSR with len(contexts) concurrent clients; (seconds, latencies, failures)."""
-    endpoint = f"{url}/.well-known/est{'/' + label if label else ''}/simpleenroll"
-    headers = {"Content-Type": "application/pkcs10", "Content-Transfer-Encoding": "base64"}
+    """Send every CSR with len(contexts) concurrent clients; (seconds, latencies, failures).
+
+    Each client is a thread with a blocking TLS socket writing a minimal HTTP/1.1 request: the
+    handshake and socket I/O run in OpenSSL and the kernel without the interpreter lock, so the
+    load generator takes as little as possible of the CPU the server under test shares with it.
+    Every request is still a full mTLS `simpleenroll` round trip (a new connection, with a full
+    handshake, per enrollment unless `keep_alive`); a connection error counts as a failure.
+    """
+    parts = urllib.parse.urlsplit(url)
+    host, port = parts.hostname or "localhost", parts.port or 443
+    path = f"{parts.path.rstrip('/')}/.well-known/est{'/' + label if label else ''}/simpleenroll"
+    authority = f"[{host}]" if ":" in host else host
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {authority}:{port}\r\nContent-Type: application/pkcs10\r\n"
+        + ("" if keep_alive else "Connection: close\r\n")
+        + "Content-Length: "
+    ).encode()
     latencies: list[float] = []
     failures = 0
+    lock = threading.Lock()
     next_csr = iter(csrs)
 
-    async def client(ctx: ssl.SSLContext) -> None:
+    def client(ctx: ssl.SSLContext) -> None:
         nonlocal failures
-        connector = aiohttp.TCPConnector(ssl=ctx, limit=1, force_close=not keep_alive)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            for body in next_csr:
-                start = time.perf_counter()
-                async with session.post(endpoint, data=body, headers=headers) as resp:
-                    await resp.read()
-                    if resp.status != 200:
-                        failures += 1
-                latencies.append(time.perf_counter() - start)
+        sock: ssl.SSLSocket | None = None
+        buffered = b""
+        while True:
+            with lock:
+                body = next(next_csr, None)
+            if body is None:
+                break
+            start = time.perf_counter()
+            try:
+                if sock is None:
+                    raw = socket.create_connection((host, port))
+                    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    sock, buffered = ctx.wrap_socket(raw, server_hostname=host), b""
+                sock.sendall(b"%s%d\r\n\r\n%s" % (head, len(body), body))
+                resp = _Response(sock, buffered)
+                ok, buffered = resp.status == 200, resp.leftover
+                if resp.close or not keep_alive:
+                    sock.close()
+                    sock = None
+            except (OSError, ValueError):
+                ok = False
+                if sock is not None:
+                    sock.close()
+                    sock = None
+            elapsed = time.perf_counter() - start
+            with lock:
+                latencies.append(elapsed)
+                failures += not ok
+        if sock is not None:
+            sock.close()
 
+    threads = [threading.Thread(target=client, args=(ctx,), daemon=True) for ctx in contexts]
     start = time.perf_counter()
-    await asyncio.gather(*(client(ctx) for ctx in contexts))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     return time.perf_counter() - start, latencies, failures
 
 
@@ -105,7 +211,7 @@ def direct_rate(authority: Authority, csrs: list[bytes], serial: str) -> float:
     return len(csrs) / (time.perf_counter() - start)
 
 
-def _start_server(home: Path) -> tuple[subprocess.Popen[str], str]:
+def _start_server(home: Path, workers: int = 1) -> tuple[subprocess.Popen[str], str]:
     env = {**os.environ, "DEVID_PASSPHRASE": PASSPHRASE.decode()}
     proc = subprocess.Popen(
         [
@@ -117,6 +223,8 @@ def _start_server(home: Path) -> tuple[subprocess.Popen[str], str]:
             str(home),
             "--port",
             "0",
+            "--workers",
+            str(workers),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -135,11 +243,73 @@ def _start_server(home: Path) -> tuple[subprocess.Popen[str], str]:
     raise RuntimeError("devid serve did not start")
 
 
-def _figures(
-    mode: str, seconds: float, latencies: list[float], failures: int, baseline: float | None, note: str
-) -> list[Figure]:
-    rate = (len(latencies) - failures) / seconds
+def _process_tree_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) used so far by process `pid` and its live descendants, from
+    Linux's /proc; None elsewhere. Wall-clock rates are noisy on a shared machine, CPU per
+    enrollment much less."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    if pid not in times:
+        return None
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, ppid in parents.items() if ppid == parent and child not in tree]
+        tree.update(children)
+        frontier += children
+    return sum(times[p] for p in tree)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One timed load: wall time, latencies, failures, and CPU seconds where they were measured."""
+
+    seconds: float
+    latencies: list[float]
+    failures: int
+    client_cpu: float
+    server_cpu: float | None = None
+
+
+def timed_load(
+    url: str,
+    contexts: list[ssl.SSLContext],
+    csrs: list[bytes],
+    keep_alive: bool,
+    label: str = "",
+    server_pid: int | None = None,
+) -> Run:
+    """`load`, with the CPU time of this process (the load generator) and of the server's process
+    tree (when it runs here) over the timed part."""
+    server_before = _process_tree_cpu(server_pid) if server_pid else None
+    client_before = time.process_time()
+    seconds, latencies, failures = load(url, contexts, csrs, keep_alive, label)
+    client_cpu = time.process_time() - client_before
+    server_after = _process_tree_cpu(server_pid) if server_pid else None
+    server_cpu = None
+    if server_before is not None and server_after is not None:
+        server_cpu = server_after - server_before
+    return Run(seconds, latencies, failures, client_cpu, server_cpu)
+
+
+def _figures(mode: str, run: Run, baseline: float | None, note: str) -> list[Figure]:
+    latencies, failures = run.latencies, run.failures
+    rate = (len(latencies) - failures) / run.seconds
     q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else latencies * 99
+    per = 1000 / max(len(latencies), 1)
+    cpu = [Figure(f"est.client_cpu_{mode}", run.client_cpu * per, "ms/enrollment", note="load generator")]
+    if run.server_cpu is not None:
+        cpu.insert(0, Figure(f"est.server_cpu_{mode}", run.server_cpu * per, "ms/enrollment", note="server"))
     return [
         Figure(
             f"est.enroll_rate_{mode}",
@@ -151,10 +321,11 @@ def _figures(
         ),
         Figure(f"est.enroll_p50_{mode}", q[49] * 1000, "ms"),
         Figure(f"est.enroll_p99_{mode}", q[98] * 1000, "ms"),
+        *cpu,
     ]
 
 
-def run_local(clients: int, n: int, modes: list[str]) -> list[Figure]:
+def run_local(clients: int, n: int, modes: list[str], workers: int = 2) -> list[Figure]:
     with tempfile.TemporaryDirectory(prefix="devid-bench-est-") as tmp:
         home = init_home(Path(tmp) / "home", org="Bench Org", passphrase=PASSPHRASE)
         authority = open_authority(home, PASSPHRASE)
@@ -163,19 +334,18 @@ def run_local(clients: int, n: int, modes: list[str]) -> list[Figure]:
         contexts = [tls_context(trust, ident.chain, ident.key) for ident in identities]
         baseline = direct_rate(authority, make_csrs(min(n, 300)), "BENCH000000")
         results = []
-        proc, url = _start_server(home.path)
+        proc, url = _start_server(home.path, workers)
         try:
             for mode in modes:
                 csrs = make_csrs(n)
-                asyncio.run(load(url, contexts, make_csrs(min(clients * 2, 50)), mode == "keep-alive"))
-                seconds, latencies, failures = asyncio.run(load(url, contexts, csrs, mode == "keep-alive"))
+                load(url, contexts, make_csrs(min(clients * 2, 50)), mode == "keep-alive")
+                run = timed_load(url, contexts, csrs, mode == "keep-alive", server_pid=proc.pid)
                 results += _figures(
                     mode,
-                    seconds,
-                    latencies,
-                    failures,
+                    run,
                     baseline,
-                    f"{clients} clients, {n} CSRs from distinct keys, devid serve (1 process)",
+                    f"{clients} clients, {n} CSRs from distinct keys, "
+                    f"devid serve ({workers} process{'es' if workers > 1 else ''})",
                 )
         finally:
             proc.terminate()
@@ -198,8 +368,6 @@ def run_remote(
     contexts = [tls_context(ca_bundle.read_bytes(), chain, private) for _ in range(clients)]
     results = []
     for mode in modes:
-        seconds, latencies, failures = asyncio.run(
-            load(url, contexts, make_csrs(n), mode == "keep-alive", label)
-        )
-        results += _figures(mode, seconds, latencies, failures, None, f"{clients} clients against {url}")
+        run = timed_load(url, contexts, make_csrs(n), mode == "keep-alive", label)
+        results += _figures(mode, run, None, f"{clients} clients against {url}")
     return results

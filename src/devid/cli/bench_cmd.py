@@ -67,6 +67,12 @@ def est(
     ] = None,
     client_key: Annotated[Path | None, typer.Option(help="client key PEM for --server")] = None,
     label: Annotated[str, typer.Option(help="EST label (with --server)")] = "",
+    server_workers: Annotated[
+        int,
+        typer.Option(
+            "--server-workers", min=1, help="`devid serve --workers` of the server it starts (default: 2)"
+        ),
+    ] = 2,
     as_json: JsonOpt = False,
 ) -> None:
     """Full mTLS simpleenroll round trips: enrollments/s and p50/p99, both connection modes by default."""
@@ -84,4 +90,4 @@ def est(
             bench.run_remote(server, ca_bundle, client_cert, client_key, clients, n, modes, label), as_json
         )
     else:
-        report(bench.run_local(clients, n, modes), as_json)
+        report(bench.run_local(clients, n, modes, server_workers), as_json)

@@ -28,17 +28,19 @@ from devid.authority.core import Authority
 from devid.authority.enroll import (
     CertificateCredential,
     Credential,
+    Decision,
     EnrollResult,
     Onboarding,
     Operation,
     SecretCredential,
-    enroll,
+    decide,
 )
+from devid.authority.group_commit import committer
 from devid.authority.policy import LabelPolicy
 from devid.errors import DevidError, PolicyError
 from devid.pki.der import encode_oid, tlv
 from devid.pki.encoding import certs_only
-from devid.web.peer import peer_address, peer_certificate, peer_chain
+from devid.web.peer import from_trusted_proxy, peer_address, peer_certificate, peer_chain
 
 WELL_KNOWN = "/.well-known/est"
 #: Largest request body any EST endpoint reads (a P-256 CSR in base64 is ~700 bytes).
@@ -133,13 +135,17 @@ def basic_credential(header: str | None) -> SecretCredential | None:
 class EstServer:
     """The EST endpoints of one authority."""
 
-    #: Enrollments wait in these threads for their group commit: enough of them that one commit
-    #: can carry many certificates.
-    _workers = ThreadPoolExecutor(max_workers=64, thread_name_prefix="devid-est")
+    #: Enrollment decisions that may wait (HTTP Basic, database servers) run in these threads; the
+    #: issuance itself is awaited on the loop (`_complete`), so no thread is held through a commit.
+    _workers = ThreadPoolExecutor(max_workers=16, thread_name_prefix="devid-est")
 
     def __init__(self, authority: Authority, onboarding: Onboarding | None = None) -> None:
         self.authority = authority
         self.onboarding = onboarding
+        # SQLite reads (WAL) never wait for a writer and touch a local file only: a certificate
+        # enrollment is decided on the event loop, saving two thread hops per request. With a
+        # database server a read is a network round trip, so the decision runs in a worker thread.
+        self._decide_on_loop = authority.engine.dialect.name == "sqlite"
         self._cacerts: dict[str, bytes] = {}
         self._csrattrs = b64_lines(csr_attributes())
 
@@ -200,24 +206,43 @@ class EstServer:
             credential = self._credential(request)
             csr = await self._read_csr(request)
             region = request.headers.get(REGION_HEADER, "")[:64] or None
-            # The authority is synchronous (store reads, signing, a commit with fsync): it runs in a
-            # worker thread, so the event loop keeps serving handshakes and other requests meanwhile.
-            result = await asyncio.get_running_loop().run_in_executor(
-                self._workers,
-                functools.partial(
-                    enroll,
-                    self.authority,
-                    label,
-                    operation,
-                    credential,
-                    csr,
-                    actor=actor,
-                    onboarding=self.onboarding,
-                    region=region,
-                ),
+            decide_here = functools.partial(
+                decide,
+                self.authority,
+                label,
+                operation,
+                credential,
+                csr,
+                actor=actor,
+                onboarding=self.onboarding,
+                region=region,
             )
+            if (
+                self._decide_on_loop
+                and isinstance(credential, CertificateCredential)
+                and not self._onboarding_writes()
+            ):
+                decision = decide_here(record=False)
+            else:
+                # HTTP Basic spends the enrollment secret, onboarding may register or allocate a
+                # device (and call an allocation webhook), and other stores read over the network:
+                # a worker thread decides.
+                decision = await asyncio.get_running_loop().run_in_executor(self._workers, decide_here)
+            result = await self._complete(decision, actor)
         except DevidError as exc:
-            if credential is not None and not getattr(exc, "audited", False):
+            refusal = getattr(exc, "refusal", None)
+            if refusal is not None and not getattr(exc, "audited", False):
+                # Recorded off the loop: the audit append waits for the store's write lock.
+                await asyncio.to_thread(
+                    self.authority.record_refusal,
+                    exc,
+                    refusal.action,
+                    refusal.subject,
+                    refusal.actor,
+                    dict(refusal.detail),
+                )
+                exc.audited = True  # type: ignore[attr-defined]
+            elif credential is not None and not getattr(exc, "audited", False):
                 detail = {"credential": type(credential).__name__}
                 await asyncio.to_thread(
                     self.authority.record_refusal, exc, f"est.{operation.value}", "-", actor, detail
@@ -225,13 +250,34 @@ class EstServer:
             raise
         return self._answer(result, operation)
 
+    async def _complete(self, decision: Decision, actor: str) -> EnrollResult:
+        """Issue what `decide` allowed through the group commit: the answer waits for the
+        transaction that records the certificate, and no thread waits on the request's behalf."""
+        if decision.request is None:
+            return decision.result(None)
+        future = committer(self.authority).submit(decision.request, actor)
+        try:
+            issued = await asyncio.wrap_future(future)
+        except DevidError as exc:
+            exc.audited = True  # type: ignore[attr-defined]  # the authority audited its refusal
+            raise
+        return decision.result(issued)
+
+    def _onboarding_writes(self) -> bool:
+        """Whether an enrollment may write to the registry now (a manufacturer or an enrollment
+        exists): then it is decided off the event loop."""
+        return self.onboarding is not None and self.onboarding.active()
+
     @staticmethod
     def _credential(request: web.Request) -> Credential | None:
         """The client certificate if there is one (it wins over any Authorization header), else
-        HTTP Basic, else None."""
+        HTTP Basic, else None. A certificate from this server's own handshake is marked verified
+        (its chain to devid's root); one from a trusted proxy's header is not."""
         der = peer_certificate(request)
         if der:
-            return CertificateCredential(der, peer_chain(request))
+            return CertificateCredential(
+                der, peer_chain(request), chain_verified=not from_trusted_proxy(request)
+            )
         return basic_credential(request.headers.get("Authorization"))
 
     @staticmethod

@@ -126,6 +126,10 @@ class Registry:
                 self._snapshot = fresh
         return fresh
 
+    def active(self) -> bool:
+        snap = self.snapshot()
+        return bool(snap.manufacturers or snap.enrollments)
+
     # --- identification (no writes) --------------------------------------------------------------
 
     def identify(self, der: bytes, chain: Sequence[bytes]) -> ClientCertificate:

@@ -15,13 +15,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, insert, select, update
 
 from devid.store.models import AuditEvent, AuditHead
 
 GENESIS = "0" * 64
 _events = cast(Table, AuditEvent.__table__)
 _head = cast(Table, AuditHead.__table__)
+
+# Built once: every issuing transaction appends, and building the statements cost more than running them.
+_READ_HEAD = select(_head.c.seq, _head.c.hash).where(_head.c.id == 1).with_for_update()
+_INSERT_EVENTS = insert(_events)
+_MOVE_HEAD = update(_head).where(_head.c.id == 1).values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,7 @@ def append(conn: Connection, events: Sequence[Event], at: datetime) -> None:
     if not events:
         return
     at = at.astimezone(UTC)  # the store gives times back in UTC; hash the time as it will be read
-    seq, prev = conn.execute(select(_head.c.seq, _head.c.hash).where(_head.c.id == 1).with_for_update()).one()
+    seq, prev = conn.execute(_READ_HEAD).one()
     rows = []
     for ev in events:
         seq += 1
@@ -72,8 +77,8 @@ def append(conn: Connection, events: Sequence[Event], at: datetime) -> None:
             }
         )
         prev = digest
-    conn.execute(insert(_events), rows)
-    conn.execute(update(_head).where(_head.c.id == 1).values(seq=seq, hash=prev))
+    conn.execute(_INSERT_EVENTS, rows)
+    conn.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
 
 
 @dataclass(frozen=True)

@@ -150,8 +150,10 @@ async def start_server(
     port: int = 0,
     shutdown_timeout: float = 30.0,
     access_log: logging.Logger | None = None,
+    reuse_port: bool = False,
 ) -> RunningServer:
-    """Listen on `host:port` (0: a free port) over TLS; returns once the socket accepts."""
+    """Listen on `host:port` (0: a free port) over TLS; returns once the socket accepts.
+    `reuse_port`: SO_REUSEPORT, so several processes serve one port (the kernel spreads connections)."""
     # aiohttp's own shutdown runs after `stop` has drained the requests in flight: a short grace.
     runner = web.AppRunner(app, shutdown_timeout=min(shutdown_timeout, 5.0), access_log=access_log)
     await runner.setup()
@@ -162,7 +164,7 @@ async def start_server(
         sync = TrustSync(registry, ssl_context)
         await asyncio.to_thread(sync.refresh)
         background.append(asyncio.create_task(sync.run()))
-    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_port=reuse_port or None)
     try:
         await site.start()
     except OSError as exc:

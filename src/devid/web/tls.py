@@ -79,6 +79,10 @@ def server_context(
         ) from None
     except OSError as exc:
         raise ConfigError("tls-files", f"cannot read TLS certificate or key: {exc}") from None
+    # No TLS 1.3 session tickets: devices connect rarely (the agent daily) and start a fresh
+    # handshake each time, so tickets would only cost the server work on every connection
+    # (OpenSSL serializes the session, client chain included, into each of the two it sends).
+    ctx.num_tickets = 0
     ctx.verify_mode = ssl.CERT_OPTIONAL
     ctx.load_verify_locations(cadata="".join(cert_pem(c).decode() for c in trust))
     ctx.verify_flags |= X509_V_FLAG_NO_CHECK_TIME
