@@ -509,3 +509,16 @@ def test_bench_est_json(tmp_path: Path, workers: str) -> None:
         for name in ("enroll_p50", "enroll_p99", "server_cpu", "client_cpu"):
             assert figures[f"est.{name}_{mode}"]["value"] > 0
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_onboard_json(tmp_path: Path) -> None:
+    args = ("bench", "onboard", "--n", "60", "--clients", "4", "--skew-devices", "2000", "--hubs", "4")
+    figures = {f["name"]: f for f in json_lines(ok(devid(*args, "--json", cwd=tmp_path)).stdout)}
+    rate = figures["onboard.devices_per_s"]
+    assert rate["value"] > 0 and rate["baseline"] > 0 and rate["unit"] == "devices/s"
+    assert "0 failures" in str(rate["note"]) and "registered and allocated" in str(rate["note"])
+    assert 1.0 <= figures["onboard.hashed_skew"]["value"] < 1.3
+    # Rendezvous hashing moves about 1/5 of the devices when a 5th hub joins; hash mod n about 4/5.
+    moved = figures["onboard.hashed_moved_share"]
+    assert 0.12 < moved["value"] < 0.28 and moved["baseline"] > 0.6
+    assert list(tmp_path.iterdir()) == []

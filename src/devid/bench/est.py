@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,9 +124,16 @@ class _Response:
 
 
 def load(
-    url: str, contexts: list[ssl.SSLContext], csrs: list[bytes], keep_alive: bool, label: str = ""
+    url: str,
+    contexts: list[ssl.SSLContext],
+    csrs: list[bytes],
+    keep_alive: bool,
+    label: str = "",
+    devices: Sequence[ssl.SSLContext] | None = None,
 ) -> tuple[float, list[float], int]:
     """Send every CSR with len(contexts) concurrent clients; (seconds, latencies, failures).
+    With `devices`, CSR i comes from its own device (`devices[i]`: its client identity), on a
+    connection of its own; else each client sends all of its CSRs with its context.
 
     Each client is a thread with a blocking TLS socket writing a minimal HTTP/1.1 request: the
     handshake and socket I/O run in OpenSSL and the kernel without the interpreter lock, so the
@@ -145,7 +153,7 @@ def load(
     latencies: list[float] = []
     failures = 0
     lock = threading.Lock()
-    next_csr = iter(csrs)
+    next_csr = iter(enumerate(csrs))
 
     def client(ctx: ssl.SSLContext) -> None:
         nonlocal failures
@@ -153,19 +161,21 @@ def load(
         buffered = b""
         while True:
             with lock:
-                body = next(next_csr, None)
-            if body is None:
+                item = next(next_csr, None)
+            if item is None:
                 break
+            index, body = item
             start = time.perf_counter()
             try:
                 if sock is None:
                     raw = socket.create_connection((host, port))
                     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    sock, buffered = ctx.wrap_socket(raw, server_hostname=host), b""
+                    own = devices[index] if devices is not None else ctx
+                    sock, buffered = own.wrap_socket(raw, server_hostname=host), b""
                 sock.sendall(b"%s%d\r\n\r\n%s" % (head, len(body), body))
                 resp = _Response(sock, buffered)
                 ok, buffered = resp.status == 200, resp.leftover
-                if resp.close or not keep_alive:
+                if resp.close or not keep_alive or devices is not None:
                     sock.close()
                     sock = None
             except (OSError, ValueError):
@@ -288,12 +298,13 @@ def timed_load(
     keep_alive: bool,
     label: str = "",
     server_pid: int | None = None,
+    devices: Sequence[ssl.SSLContext] | None = None,
 ) -> Run:
     """`load`, with the CPU time of this process (the load generator) and of the server's process
     tree (when it runs here) over the timed part."""
     server_before = _process_tree_cpu(server_pid) if server_pid else None
     client_before = time.process_time()
-    seconds, latencies, failures = load(url, contexts, csrs, keep_alive, label)
+    seconds, latencies, failures = load(url, contexts, csrs, keep_alive, label, devices)
     client_cpu = time.process_time() - client_before
     server_after = _process_tree_cpu(server_pid) if server_pid else None
     server_cpu = None

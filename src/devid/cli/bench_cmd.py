@@ -91,3 +91,25 @@ def est(
         )
     else:
         report(bench.run_local(clients, n, modes, server_workers), as_json)
+
+
+@app.command("onboard")
+def onboard(
+    n: Annotated[
+        int, typer.Option("--n", min=50, help="devices onboarded (and baseline enrollments)")
+    ] = 1000,
+    clients: Annotated[int, typer.Option("--clients", min=1, help="concurrent devices")] = 16,
+    server_workers: Annotated[int, typer.Option("--server-workers", min=1, help="devid serve processes")] = 2,
+    skew_devices: Annotated[
+        int, typer.Option("--skew-devices", min=100, help="devices in the allocation-skew figures")
+    ] = 100_000,
+    hubs: Annotated[
+        int, typer.Option("--hubs", min=2, help="hubs (one more is added for the moved share)")
+    ] = 10,
+    as_json: JsonOpt = False,
+) -> None:
+    """JITR + enrollment group + allocation + EST enroll in devices/s beside bare EST enrollment,
+    and the hashed allocation's skew and moved share when a hub is added (beside hash mod n)."""
+    from devid.bench import onboard as bench
+
+    report(bench.run(n, clients, server_workers, skew_devices, hubs), as_json)
