@@ -72,13 +72,14 @@ def running_server(
     host: str = "127.0.0.1",
     passphrase: bytes = PASSPHRASE,
     shutdown_timeout: float = 5.0,
+    api_anonymous_rate: int = 60,
 ) -> Iterator[EstServer]:
     """Start `make_app(authority)` on a free port in a background thread; stop it on exit."""
     work_dir.mkdir(parents=True, exist_ok=True)
     ctx, cert = own_server_context(authority, work_dir / "tls", passphrase, host)
     root_pem = work_dir / "root.pem"
     root_pem.write_bytes(pem(authority.root))
-    app = make_app(authority, trusted_proxies=trusted_proxies)
+    app = make_app(authority, trusted_proxies=trusted_proxies, api_anonymous_rate=api_anonymous_rate)
 
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="est-server", daemon=True)

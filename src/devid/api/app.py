@@ -105,8 +105,11 @@ ANONYMOUS_RATE = 60
 class ApiServer:
     """Dispatches the route table; one per application (it owns the rate buckets)."""
 
-    def __init__(self, authority: Authority, routes: Sequence[Route]) -> None:
+    def __init__(
+        self, authority: Authority, routes: Sequence[Route], anonymous_rate: int = ANONYMOUS_RATE
+    ) -> None:
         self.authority = authority
+        self.anonymous_rate = anonymous_rate
         self.routes = list(routes)
         self.limiter = RateLimiter()
         self.document = document(self.routes)
@@ -160,7 +163,11 @@ class ApiServer:
         except AuthenticationRequired as exc:
             reply = error_reply(exc, incoming.authorization is not None)
             try:
-                self.limiter.take(f"peer:{incoming.peer}", ANONYMOUS_RATE)
+                self.limiter.take(
+                    f"peer:{incoming.peer}",
+                    self.anonymous_rate,
+                    f"unauthenticated calls from {incoming.peer}",
+                )
             except RateLimited as limited:
                 log.warning("API: unauthenticated calls from %s over the limit (not audited)", incoming.peer)
                 return error_reply(limited, incoming.authorization is not None)
@@ -297,13 +304,16 @@ def _version(if_match: str | None, body: Any) -> int:
     return int(version)
 
 
-def api_application(authority: Authority, routes: Sequence[Route] | None = None) -> web.Application:
-    """The sub-application to mount at /api/v1 (`web.Application.add_subapp`)."""
+def api_application(
+    authority: Authority, routes: Sequence[Route] | None = None, anonymous_rate: int = ANONYMOUS_RATE
+) -> web.Application:
+    """The sub-application to mount at /api/v1 (`web.Application.add_subapp`); `anonymous_rate`:
+    calls per minute and peer address without a valid token."""
     if routes is None:
         from devid.api.endpoints import ROUTES
 
         routes = ROUTES
-    return ApiServer(authority, routes).application()
+    return ApiServer(authority, routes, anonymous_rate).application()
 
 
 __all__ = ["PREFIX", "ApiServer", "api_application", "api_status"]

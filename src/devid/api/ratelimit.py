@@ -22,10 +22,8 @@ from devid.errors import DevidError
 class RateLimited(DevidError):
     """Too many calls for this token: HTTP 429 with Retry-After (whole seconds)."""
 
-    def __init__(self, name: str, retry_after: int) -> None:
-        super().__init__(
-            "rate-limited", f"API token {name!r} is over its rate limit; retry in {retry_after} s"
-        )
+    def __init__(self, who: str, retry_after: int) -> None:
+        super().__init__("rate-limited", f"{who} is over its rate limit; retry in {retry_after} s")
         self.retry_after = retry_after
 
 
@@ -44,8 +42,9 @@ class RateLimiter:
         self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()
 
-    def take(self, name: str, rate_per_minute: int) -> None:
-        """Spend one call of `name`'s allowance, or raise RateLimited saying when one is free."""
+    def take(self, name: str, rate_per_minute: int, who: str | None = None) -> None:
+        """Spend one call of `name`'s allowance, or raise RateLimited saying when one is free
+        (`who`: how the message names the caller; default: the API token `name`)."""
         now = self._monotonic()
         per_second = rate_per_minute / 60.0
         with self._lock:
@@ -58,4 +57,4 @@ class RateLimiter:
                 bucket.tokens -= 1.0
                 return
             wait = (1.0 - bucket.tokens) / per_second
-        raise RateLimited(name, max(1, math.ceil(wait)))
+        raise RateLimited(who or f"API token {name!r}", max(1, math.ceil(wait)))

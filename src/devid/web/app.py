@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from devid.api.app import api_application
+from devid.api.app import ANONYMOUS_RATE, api_application
 from devid.api.routes import PREFIX as API_PREFIX
 from devid.authority.core import Authority
 from devid.errors import ConfigError
@@ -78,12 +78,14 @@ def make_app(
     *,
     trusted_proxies: Iterable[str] = (),
     client_max_size: int = MAX_BODY,
+    api_anonymous_rate: int = ANONYMOUS_RATE,
 ) -> web.Application:
     """The devid web application for `authority`.
 
     `trusted_proxies`: IP addresses or networks of TLS-terminating proxies whose
     `X-SSL-Client-Cert` header (URL-encoded PEM) is taken as the client certificate; from any
     other peer the header is ignored. Bodies over `client_max_size` bytes are refused with 413.
+    `api_anonymous_rate`: admin-API calls per minute a peer address may make without a valid token.
     """
     in_flight = InFlight()
     app = web.Application(
@@ -97,7 +99,7 @@ def make_app(
     app.add_routes(EstServer(authority, registry).routes())
     # The admin API is a sub-application: its JSON errors, bearer tokens and audit apply under
     # /api/v1 only, and EST's answers stay exactly as they were.
-    app.add_subapp(API_PREFIX, api_application(authority))
+    app.add_subapp(API_PREFIX, api_application(authority, anonymous_rate=api_anonymous_rate))
     try:
         from devid.tokens.routes import token_routes  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
