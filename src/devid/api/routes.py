@@ -62,6 +62,11 @@ class Reply:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
+def versioned(body: dict[str, Any], version: int, status: int | None = None) -> Reply:
+    """An object's representation with its version as ETag (what a later If-Match names)."""
+    return Reply(body, status, {"ETag": f'"{version}"'})
+
+
 Handler = Callable[[Call], Any]
 
 

@@ -25,6 +25,7 @@ from devid.api.routes import (
     obj,
     page,
     page_of,
+    versioned,
 )
 from devid.authority.devices import DEVICE_STATES, set_state
 from devid.errors import NotFoundError
@@ -88,7 +89,7 @@ def _read(call: Call, serial: str) -> Reply:
         row = repo.device_by_serial(conn, serial)
     if row is None:
         raise NotFoundError("unknown-device", f"no device with serial {serial!r}")
-    return Reply(device_json(row), headers={"ETag": f'"{row.version}"'})
+    return versioned(device_json(row), row.version)
 
 
 def list_devices(call: Call) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from devid.api.routes import (
     obj,
     page_by_name,
     page_of,
+    versioned,
 )
 from devid.authority.policy import RenewalPolicy
 from devid.registry import enrollments
@@ -110,7 +111,7 @@ def _pem(body: dict[str, Any], key: str) -> bytes | None:
 
 
 def _reply(info: enrollments.EnrollmentInfo, status: int | None = None) -> Reply:
-    return Reply(info.to_json(), status, {"ETag": f'"{info.version}"'})
+    return versioned(info.to_json(), info.version, status)
 
 
 def routes_for(kind: Kind, base: str, what: str) -> list[Route]:

@@ -17,6 +17,7 @@ from devid.api.routes import (
     obj,
     page_by_name,
     page_of,
+    versioned,
 )
 from devid.registry import hubs
 from devid.store.engine import reading
@@ -37,7 +38,7 @@ HUB_CHANGE = obj(
 
 
 def _reply(info: hubs.HubInfo, status: int | None = None) -> Reply:
-    return Reply(info.to_json(), status, {"ETag": f'"{info.version}"'})
+    return versioned(info.to_json(), info.version, status)
 
 
 def list_hubs(call: Call) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from devid.api.routes import (
     obj,
     page_by_name,
     page_of,
+    versioned,
 )
 from devid.registry import manufacturers
 from devid.registry.hubs import NAME as NAME_RE
@@ -65,7 +66,7 @@ CODE = obj({"code": {"type": "string", "pattern": "^[0-9a-f]{64}$"}})
 
 
 def _reply(info: manufacturers.ManufacturerInfo, status: int | None = None) -> Reply:
-    return Reply(info.to_json(), status, {"ETag": f'"{info.version}"'})
+    return versioned(info.to_json(), info.version, status)
 
 
 def list_manufacturers(call: Call) -> dict[str, Any]:
