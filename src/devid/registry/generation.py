@@ -15,10 +15,19 @@ from devid.store.models import RegistryState
 
 state = cast(Table, RegistryState.__table__)
 _CURRENT = select(state.c.generation).where(state.c.id == 1)
+#: Changes made by this process: a cache compares it to skip waiting for its next store check.
+_local = 0
 
 
 def bump(conn: Connection) -> None:
+    global _local
     conn.execute(update(state).where(state.c.id == 1).values(generation=state.c.generation + 1))
+    _local += 1
+
+
+def local_changes() -> int:
+    """How many registry changes this process has made (committed or not): a cheap hint."""
+    return _local
 
 
 def current(conn: Connection) -> int:
