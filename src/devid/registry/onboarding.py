@@ -38,7 +38,7 @@ from devid.registry.enrollments import EnrollmentInfo, Kind, Reprovision
 from devid.registry.hubs import HubInfo
 from devid.registry.manufacturers import ManufacturerInfo
 from devid.store import audit, outbox, repo
-from devid.store.engine import reading
+from devid.store.engine import reading, write_lock
 
 #: Longest chain walked from an IDevID up to a registered manufacturer CA.
 MAX_CHAIN = 5
@@ -302,7 +302,8 @@ class Registry:
         if client.registered and decision is None:
             return client, admission
         now = self.authority.clock.now()
-        with self.authority.engine.begin() as conn:
+        engine = self.authority.engine
+        with write_lock(engine), engine.begin() as conn:
             if not client.registered:
                 device = self._insert_device(conn, client, snap, now)
                 if device is None:  # registered concurrently by another request: use that record
