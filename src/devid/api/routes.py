@@ -112,14 +112,10 @@ class Route:
         """Every status this route can answer besides its success, with why."""
         out = {
             401: "missing, unknown, expired or revoked API token",
-            403: "the token's role lacks this route's permission, or policy refuses the request "
-            "(e.g. a CA certificate that is not P-256, a signing certificate under no registered CA)",
+            403: "the token's role lacks this route's permission",
             429: "the token is over its rate limit; Retry-After says when to retry",
         }
-        out[400] = (
-            "malformed or unknown parameters, malformed body, an invalid value (a URL, a name, a "
-            "certificate that does not parse): the message names it"
-        )
+        out[400] = "malformed or unknown parameters, malformed body (the message names the field)"
         if self.path_params:
             out[404] = "no such object"
         if self.body is not None:
