@@ -228,6 +228,9 @@ class Authority:
                 )
             )
         with write_lock(self.engine), self.engine.begin() as conn:
+            for req in requests:
+                if req.prepare is not None:
+                    req.prepare(conn, now)
             known = self._existing_devices(conn, [r.device_serial for r in requests if r.device_serial])
             superseding = [(r.supersedes, a) for r, a in zip(requests, actors, strict=True) if r.supersedes]
             self._supersede(conn, superseding, now)

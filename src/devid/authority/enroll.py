@@ -13,7 +13,7 @@ authority itself, the others here (as `est.<operation>`), when the client presen
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 
 from devid.authority.core import ISSUER_OF, Authority
 from devid.authority.devices import approval_pending, consume_enrollment_secret, usable_secret
@@ -81,6 +81,9 @@ class Admission:
     policy: LabelPolicy | None = None
     assignment: dict[str, Any] | None = None
     enrollment_id: int | None = None
+    #: Registry writes (a device registered just in time, its allocation) to commit with the
+    #: device's certificate, in the authority's transaction.
+    prepare: Callable[[Connection, datetime], None] | None = None
 
 
 class Onboarding(Protocol):
@@ -95,9 +98,10 @@ class Onboarding(Protocol):
         ...
 
     def register(
-        self, client: ClientCertificate, admission: Admission, region: str | None
+        self, client: ClientCertificate, admission: Admission, region: str | None, *, defer: bool
     ) -> tuple[ClientCertificate, Admission]:
-        """Register the device just in time and allocate it, after every check passed."""
+        """Register the device just in time and allocate it, after every check passed; with
+        `defer`, hand the writes back as `Admission.prepare` for the issuing transaction."""
         ...
 
     def active(self) -> bool:
@@ -532,7 +536,9 @@ def _enroll_with_certificate(
             )
         csr, public_key, private_key = _csr_key(operation, csr_data)
         if onboarding is not None:
-            client, admission = onboarding.register(client, admission, region)
+            # Approval holds the request without a certificate: then register now, else let the
+            # registration commit with the certificate.
+            client, admission = onboarding.register(client, admission, region, defer=not policy.approval)
             _require_active(serial, client.device_state)
         if policy.approval and approval_pending(authority, serial):
             return Decision(policy, serial)
@@ -549,6 +555,11 @@ def _enroll_with_certificate(
         if client.profile is policy.profile:
             supersedes = client.fingerprint
     request = IssueRequest(
-        policy.profile, public_key, device_serial=serial, lifetime=policy.lifetime, supersedes=supersedes
+        policy.profile,
+        public_key,
+        device_serial=serial,
+        lifetime=policy.lifetime,
+        supersedes=supersedes,
+        prepare=admission.prepare,
     )
     return Decision(policy, serial, request, private_key, admission.assignment)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from datetime import timedelta
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import Connection
 
 from devid.errors import PolicyError
 from devid.pki.profiles import ProfileName
@@ -56,6 +58,9 @@ class IssueRequest:
     #: Fingerprint of the certificate this one replaces (re-enrollment): it must be current, and
     #: is marked superseded in the same transaction.
     supersedes: str | None = None
+    #: Writes that must commit with this certificate, run in its transaction before its device is
+    #: looked up (a device registered just in time, its allocation); if they fail, the batch fails.
+    prepare: Callable[[Connection, datetime], None] | None = field(default=None, compare=False)
 
     @property
     def serial_of_device(self) -> str | None:

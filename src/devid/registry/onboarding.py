@@ -287,10 +287,22 @@ class Registry:
     # --- registration (writes) --------------------------------------------------------------------
 
     def register(
-        self, client: ClientCertificate, admission: Admission, region: str | None = None
+        self,
+        client: ClientCertificate,
+        admission: Admission,
+        region: str | None = None,
+        *,
+        defer: bool = False,
     ) -> tuple[ClientCertificate, Admission]:
         """Register the device just in time (if new) and allocate it (if its enrollment asks and it
-        has no current allocation there); one transaction, audited, with outbox events."""
+        has no current allocation there): audited, with outbox events, in one transaction.
+
+        With `defer`, an ACTIVE device's writes are not made here but handed back as
+        `admission.prepare`, for the authority to run in the transaction that records its
+        certificate (one commit for both, and no registration without its certificate); the state
+        and assignment returned are what those writes make. A device that must wait for activation
+        is registered here and now: its registration is the point of the request.
+        """
         snap = self.snapshot()
         enrollment = snap.enrollments.get(admission.enrollment_id) if admission.enrollment_id else None
         with reading(self.authority.engine) as conn:
@@ -301,16 +313,31 @@ class Registry:
             decision = self._decide(snap, client, enrollment, region)
         if client.registered and decision is None:
             return client, admission
-        now = self.authority.clock.now()
+
+        def write(conn: Connection, now: datetime) -> Row[Any]:
+            row = device
+            if not client.registered:
+                # None: registered concurrently by another request; use that record.
+                row = self._insert_device(conn, client, snap, now) or repo.device_by_serial(
+                    conn, client.device_serial
+                )
+            assert row is not None
+            if decision is not None and enrollment is not None and substatus is not None:
+                row = self._allocate(conn, row, enrollment, decision, substatus, now)
+            return row
+
+        if defer and client.device_state == "ACTIVE":
+            planned = None
+            if decision is not None and enrollment is not None and substatus is not None:
+                planned = _planned(client.device_serial, device, enrollment, decision, substatus)
+
+            def prepare(conn: Connection, now: datetime) -> None:
+                write(conn, now)
+
+            return replace(client, registered=True), replace(admission, assignment=planned, prepare=prepare)
         engine = self.authority.engine
         with write_lock(engine), engine.begin() as conn:
-            if not client.registered:
-                device = self._insert_device(conn, client, snap, now)
-                if device is None:  # registered concurrently by another request: use that record
-                    device = repo.device_by_serial(conn, client.device_serial)
-            assert device is not None
-            if decision is not None and enrollment is not None and substatus is not None:
-                device = self._allocate(conn, device, enrollment, decision, substatus, now)
+            device = write(conn, self.authority.clock.now())
         client = replace(client, device_state=device.state, registered=True)
         assignment = _assignment(snap, device, enrollment, substatus or "unchanged") if enrollment else None
         return client, replace(admission, assignment=assignment)
@@ -389,13 +416,10 @@ class Registry:
         substatus: str,
         now: datetime,
     ) -> Row[Any]:
-        hub_id = conn.execute(_HUB_ID, {"name": decision.hub.name}).scalar_one()
-        keep = substatus == "deviceDataMigrated" and device.properties
-        properties = (
-            json.loads(device.properties)
-            if keep
-            else {**enrollment.settings.properties, **decision.properties}
-        )
+        hub_id = conn.execute(_HUB_ID, {"name": decision.hub.name}).scalar_one_or_none()
+        if hub_id is None:
+            raise AllocationFailed("no-hub", f"hub {decision.hub.name!r} was removed while allocating")
+        properties = _properties(device, enrollment, decision, substatus)
         conn.execute(
             update(repo.devices)
             .where(repo.devices.c.id == device.id)
@@ -439,6 +463,30 @@ def _reallocation(snap: Snapshot, device: Row[Any] | None, enrollment: Enrollmen
     ):
         return None
     return "deviceDataReset" if enrollment.settings.reprovision is Reprovision.RESET else "deviceDataMigrated"
+
+
+def _properties(
+    device: Row[Any] | None, enrollment: EnrollmentInfo, decision: Decision, substatus: str
+) -> dict[str, Any]:
+    """A migrated device keeps its properties; otherwise it starts from its enrollment's initial
+    properties and what a custom-allocation webhook added."""
+    if substatus == "deviceDataMigrated" and device is not None and device.properties:
+        return dict(json.loads(device.properties))
+    return {**enrollment.settings.properties, **decision.properties}
+
+
+def _planned(
+    serial: str, device: Row[Any] | None, enrollment: EnrollmentInfo, decision: Decision, substatus: str
+) -> dict[str, Any]:
+    """The assignment `Registry._allocate` will record."""
+    return {
+        "device_id": serial,
+        "hub": decision.hub.name,
+        "hub_url": decision.hub.url,
+        "enrollment": f"{enrollment.kind.value}:{enrollment.name}",
+        "properties": _properties(device, enrollment, decision, substatus),
+        "substatus": substatus,
+    }
 
 
 def _assignment(
