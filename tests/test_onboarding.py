@@ -147,7 +147,7 @@ def test_code_is_single_use_and_expires(auth: Authority, acme: Manufacturer, clo
     clock.advance(manufacturers.CODE_TTL + timedelta(minutes=1))
     with pytest.raises(PolicyError) as err:
         manufacturers.register(auth, "other", other.pem("root"), other.pem("verify-root"), actor="test")
-    assert err.value.code in ("registration-code-expired", "ca-expired")
+    assert err.value.code == "registration-code-expired"
 
 
 def test_duplicate_manufacturer_refused(auth: Authority, acme: Manufacturer) -> None:
@@ -164,7 +164,7 @@ def test_jitr_device_enrolls_with_curl_and_is_recorded(
 ) -> None:
     auth = server.authority
     register(auth, acme, auto_register=True, auto_activate=True)
-    _sync(server)
+    _sync(server, acme)
     _cert, key, chain = acme.device("ACME-0001")
     status, _headers, body = curl_enroll(server, chain, key)
     assert status == 200, body
@@ -187,15 +187,20 @@ def test_jitr_device_enrolls_with_curl_and_is_recorded(
         assert repo.count(conn, repo.devices) == 1
 
 
-def _sync(server: EstServer) -> None:
-    """Wait until the server's TLS trust picked up the registry (it polls every second)."""
-    time.sleep(1.3)
+def _sync(server: EstServer, maker: Manufacturer) -> None:
+    """Wait until the server's TLS trust has the manufacturer's CA (it follows the registry about
+    once a second): until a probe device of that manufacturer completes a TLS handshake."""
+    _, key, chain = maker.device("TLS-PROBE")
+    deadline = time.monotonic() + 10
+    while not _handshakes(server, chain, key):
+        assert time.monotonic() < deadline, "the server never trusted the registered manufacturer CA"
+        time.sleep(0.2)
 
 
 def test_jitr_pending_activation_until_an_operator_activates(server: EstServer, acme: Manufacturer) -> None:
     auth = server.authority
     register(auth, acme, auto_register=True)
-    _sync(server)
+    _sync(server, acme)
     _, key, chain = acme.device("ACME-0002")
     status, _headers, body = curl_enroll(server, chain, key)
     assert status == 403 and b"device-pending-activation" in body
@@ -206,6 +211,35 @@ def test_jitr_pending_activation_until_an_operator_activates(server: EstServer, 
     set_state(auth, "ACME-0002", "ACTIVE", "operator")
     status, _, body = curl_enroll(server, chain, key)
     assert status == 200, body
+
+
+def test_a_second_idevid_for_a_registered_serial_is_refused(server: EstServer, acme: Manufacturer) -> None:
+    register(server.authority, acme, auto_register=True, auto_activate=True)
+    _sync(server, acme)
+    _, key, chain = acme.device("ACME-0006")
+    assert curl_enroll(server, chain, key)[0] == 200
+    _, key, chain = acme.device("ACME-0006")  # same serial, new key and certificate
+    before = counts(server.authority)
+    status, _, body = curl_enroll(server, chain, key)
+    assert status == 403 and b"device-identity-conflict" in body, body
+    assert counts(server.authority) == before
+
+
+def test_an_individual_enrollment_pinned_to_another_idevid_refuses(
+    server: EstServer, acme: Manufacturer
+) -> None:
+    auth = server.authority
+    register(auth, acme, auto_register=True, auto_activate=True)
+    pinned, _, _ = acme.device("ACME-0007")
+    enrollments.create(
+        auth, Kind.INDIVIDUAL, "ACME-0007", Settings(), device_cert=pinned.read_bytes(), actor="test"
+    )
+    _sync(server, acme)
+    _, key, chain = acme.device("ACME-0007")  # not the IDevID the enrollment names
+    before = counts(auth)
+    status, _, body = curl_enroll(server, chain, key)
+    assert status == 403 and b"enrollment-certificate-mismatch" in body, body
+    assert counts(auth) == before
 
 
 def _devid_certs(auth: Authority) -> int:
@@ -231,7 +265,7 @@ def test_jitr_refusals_register_nothing(
     register(auth, acme, auto_register=auto_register, auto_activate=True)
     if state != "ACTIVE":
         manufacturers.update_settings(auth, "acme", state=state, actor="test")
-    _sync(server)
+    _sync(server, acme)
     _, key, chain = acme.device("ACME-0003")
     before = counts(auth)
     status, _, body = curl_enroll(server, chain, key)
@@ -289,7 +323,7 @@ def fleet(server: EstServer, acme: Manufacturer) -> Manufacturer:
     register(auth, acme, auto_register=True, auto_activate=True)
     for region in ("eu", "us", "ap"):
         hubs.create(auth, f"hub-{region}", f"mqtts://{region}.hub.example:8883", region, actor="test")
-    _sync(server)
+    _sync(server, acme)
     return acme
 
 
@@ -306,7 +340,7 @@ def test_group_allocates_hashed_stably_and_disabling_blocks_at_once(
 ) -> None:
     auth = server.authority
     group(auth, fleet, policy=make_policy("sensors", "short-lived", timedelta(days=7)))
-    _sync(server)
+    _sync(server, fleet)
     _, key, chain = fleet.device("ACME-0100")
     operational_key = ec.generate_private_key(ec.SECP256R1())
     status, headers, body = curl_enroll(server, chain, key, csr_key=operational_key)
@@ -365,7 +399,7 @@ def test_static_and_lowest_latency_allocation(server: EstServer, fleet: Manufact
         actor="test",
     )
     group(auth, fleet, allocation=Allocation.LOWEST_LATENCY)
-    _sync(server)
+    _sync(server, fleet)
     _, key, chain = fleet.device("ACME-0200")
     assert curl_enroll(server, chain, key)[1]["devid-hub"] == "hub-ap"
     for serial, region, hub in (
@@ -414,7 +448,7 @@ def test_custom_allocation_webhook(server: EstServer, fleet: Manufacturer) -> No
     auth = server.authority
     with webhook({"hub": "hub-us", "properties": {"tier": "gold"}}) as (url, seen):
         group(auth, fleet, allocation=Allocation.CUSTOM, webhook_url=url, properties={"fw": "1.2"})
-        _sync(server)
+        _sync(server, fleet)
         _, key, chain = fleet.device("ACME-0300")
         status, headers, body = curl_enroll(server, chain, key)
     assert status == 200 and headers["devid-hub"] == "hub-us", body
@@ -442,7 +476,7 @@ def test_failing_custom_webhook_changes_nothing(
     auth = server.authority
     with webhook(answer, delay) as (url, _):
         group(auth, fleet, allocation=Allocation.CUSTOM, webhook_url=url)
-        _sync(server)
+        _sync(server, fleet)
         _, key, chain = fleet.device("ACME-0301")
         before = counts(auth)
         status, _, body = curl_enroll(server, chain, key)
@@ -455,7 +489,7 @@ def test_reprovision_reset_moves_device_to_its_individual_enrollment(
 ) -> None:
     auth = server.authority
     group(auth, fleet, allocation=Allocation.STATIC, hubs=("hub-eu",), properties={"site": "berlin"})
-    _sync(server)
+    _sync(server, fleet)
     _, key, chain = fleet.device("ACME-0400")
     assert curl_enroll(server, chain, key)[1]["devid-hub"] == "hub-eu"
     enrollments.create(

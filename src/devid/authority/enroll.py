@@ -21,7 +21,6 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import Connection, select
 
@@ -31,6 +30,7 @@ from devid.authority.group_commit import committer
 from devid.authority.policy import LabelPolicy
 from devid.authority.requests import Issued, IssueRequest, check_device_serial
 from devid.errors import DevidError, PolicyError
+from devid.pki.chain import issuer_among
 from devid.pki.csr import load_and_check_csr, load_csr
 from devid.pki.profiles import ProfileName
 from devid.store import repo
@@ -210,20 +210,12 @@ def identify_client(
         cert = x509.load_der_x509_certificate(der)
     except ValueError as exc:
         raise PolicyError("client-cert-malformed", f"client certificate cannot be parsed: {exc}") from None
-    issuer = None
-    for name in dict.fromkeys(ISSUER_OF.values()):
-        ca = authority.cas.get(name)
-        if ca is None or cert.issuer != ca.certificate.subject:
-            continue
-        if chain_verified:
-            issuer = ca
-            break
-        try:
-            cert.verify_directly_issued_by(ca.certificate)
-        except (ValueError, TypeError, InvalidSignature):
-            continue
-        issuer = ca
-        break
+    issuing = [authority.cas[n] for n in dict.fromkeys(ISSUER_OF.values()) if n in authority.cas]
+    if chain_verified:
+        issuer = next((ca for ca in issuing if ca.certificate.subject == cert.issuer), None)
+    else:
+        found = issuer_among(cert, [ca.certificate for ca in issuing])
+        issuer = next((ca for ca in issuing if ca.certificate is found), None)
     if issuer is None:
         raise PolicyError(
             "client-cert-unknown-issuer",

@@ -290,6 +290,21 @@ class Run:
     client_cpu: float
     server_cpu: float | None = None
 
+    @property
+    def rate(self) -> float:
+        """Successful requests per second."""
+        return (len(self.latencies) - self.failures) / self.seconds
+
+    def percentile_ms(self, p: int) -> float:
+        """The `p`-th percentile latency (1..99) in milliseconds."""
+        if len(self.latencies) < 2:
+            return self.latencies[0] * 1000 if self.latencies else 0.0
+        return statistics.quantiles(self.latencies, n=100, method="inclusive")[p - 1] * 1000
+
+    def cpu_ms(self, seconds: float | None) -> float | None:
+        """CPU seconds of the run as milliseconds per request."""
+        return None if seconds is None else seconds * 1000 / max(len(self.latencies), 1)
+
 
 def timed_load(
     url: str,
@@ -314,24 +329,22 @@ def timed_load(
 
 
 def _figures(mode: str, run: Run, baseline: float | None, note: str) -> list[Figure]:
-    latencies, failures = run.latencies, run.failures
-    rate = (len(latencies) - failures) / run.seconds
-    q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else latencies * 99
-    per = 1000 / max(len(latencies), 1)
-    cpu = [Figure(f"est.client_cpu_{mode}", run.client_cpu * per, "ms/enrollment", note="load generator")]
-    if run.server_cpu is not None:
-        cpu.insert(0, Figure(f"est.server_cpu_{mode}", run.server_cpu * per, "ms/enrollment", note="server"))
+    client_cpu = run.cpu_ms(run.client_cpu) or 0.0
+    cpu = [Figure(f"est.client_cpu_{mode}", client_cpu, "ms/enrollment", note="load generator")]
+    server_cpu = run.cpu_ms(run.server_cpu)
+    if server_cpu is not None:
+        cpu.insert(0, Figure(f"est.server_cpu_{mode}", server_cpu, "ms/enrollment", note="server"))
     return [
         Figure(
             f"est.enroll_rate_{mode}",
-            rate,
+            run.rate,
             "enrollments/s",
             baseline,
             "authority direct issuance, one call each" if baseline else None,
-            f"{note}, {failures} failures",
+            f"{note}, {run.failures} failures",
         ),
-        Figure(f"est.enroll_p50_{mode}", q[49] * 1000, "ms"),
-        Figure(f"est.enroll_p99_{mode}", q[98] * 1000, "ms"),
+        Figure(f"est.enroll_p50_{mode}", run.percentile_ms(50), "ms"),
+        Figure(f"est.enroll_p99_{mode}", run.percentile_ms(99), "ms"),
         *cpu,
     ]
 

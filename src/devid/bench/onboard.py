@@ -71,35 +71,23 @@ def run(
             ).scalar_one()
         authority.engine.dispose()
 
-    def rate(r: Run) -> float:
-        return (len(r.latencies) - r.failures) / r.seconds
-
-    def p(r: Run, q: float) -> float:
-        ordered = sorted(r.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
     note = f"{clients} clients, a new device and mTLS connection per enrollment, devid serve x{workers}"
     figures = [
         Figure(
             "onboard.devices_per_s",
-            rate(onboarding),
+            onboarding.rate,
             "devices/s",
-            rate(baseline),
+            baseline.rate,
             "bare EST simpleenroll of devid-made, already registered devices",
             f"{note}; {onboarding.failures} failures, {allocated} devices registered and allocated "
             f"(baseline failures: {baseline.failures})",
         ),
-        Figure("onboard.p50", p(onboarding, 0.5), "ms", p(baseline, 0.5), "bare EST p50"),
-        Figure("onboard.p99", p(onboarding, 0.99), "ms", p(baseline, 0.99), "bare EST p99"),
+        Figure("onboard.p50", onboarding.percentile_ms(50), "ms", baseline.percentile_ms(50), "bare EST p50"),
+        Figure("onboard.p99", onboarding.percentile_ms(99), "ms", baseline.percentile_ms(99), "bare EST p99"),
     ]
-    if onboarding.server_cpu is not None and baseline.server_cpu is not None:
+    server_cpu, baseline_cpu = onboarding.cpu_ms(onboarding.server_cpu), baseline.cpu_ms(baseline.server_cpu)
+    if server_cpu is not None and baseline_cpu is not None:
         figures.append(
-            Figure(
-                "onboard.server_cpu",
-                onboarding.server_cpu * 1000 / len(onboarding.latencies),
-                "ms/device",
-                baseline.server_cpu * 1000 / len(baseline.latencies),
-                "bare EST server CPU",
-            )
+            Figure("onboard.server_cpu", server_cpu, "ms/device", baseline_cpu, "bare EST server CPU")
         )
     return figures + allocation.run(skew_devices, hubs)

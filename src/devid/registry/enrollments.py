@@ -16,12 +16,12 @@ from enum import StrEnum
 from typing import Any, cast
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from sqlalchemy import Connection, Row, Table, insert, select
 
 from devid.authority.core import Authority
 from devid.authority.policy import DEFAULT_LABELS, LabelPolicy, RenewalPolicy
 from devid.errors import ConflictError, PolicyError
+from devid.pki.chain import issuer_among
 from devid.pki.encoding import cert_der, fingerprint, load_certificates
 from devid.registry import manufacturers
 from devid.registry.allocation import Allocation
@@ -71,6 +71,8 @@ class EnrollmentInfo:
     version: int
     signing: tuple[x509.Certificate, ...] = ()
     certificate_fingerprint: str | None = None
+    #: SHA-256 of each signing certificate's DER, as stored (matched against device chains).
+    signing_fingerprints: frozenset[str] = frozenset()
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> EnrollmentInfo:
@@ -93,11 +95,8 @@ class EnrollmentInfo:
             row.version,
             signing,
             row.certificate_fingerprint,
+            frozenset(f for f in (row.primary_fingerprint, row.secondary_fingerprint) if f),
         )
-
-    @property
-    def signing_fingerprints(self) -> set[str]:
-        return {fingerprint(cert_der(c)) for c in self.signing}
 
     def to_json(self) -> dict[str, Any]:
         s = self.settings
@@ -175,23 +174,14 @@ def _anchored(conn: Connection, authority: Authority, cert: x509.Certificate) ->
     (its own manufacturing CA or a registered manufacturer's): proof of possession was done there."""
     pool = [m.certificate for m in manufacturers.list_all(conn)]
     pool += [ca.certificate for ca in authority.cas.values()]
-    current = cert
+    trusted = {cert_der(p) for p in pool}
+    current: x509.Certificate | None = cert
     for _ in range(MAX_DEPTH):
-        if any(cert_der(current) == cert_der(p) for p in pool):
+        if current is None:
+            break
+        if cert_der(current) in trusted:
             return
-        parent = None
-        for candidate in pool:
-            if candidate.subject != current.issuer:
-                continue
-            try:
-                current.verify_directly_issued_by(candidate)
-            except (ValueError, TypeError, InvalidSignature):
-                continue
-            parent = candidate
-            break
-        if parent is None:
-            break
-        current = parent
+        current = issuer_among(current, pool)
     raise PolicyError(
         "signing-cert-untrusted",
         f"signing certificate {cert.subject.rfc4514_string()!r} is not devid's manufacturing CA or a "

@@ -33,6 +33,7 @@ CODE_TTL = timedelta(hours=24)
 
 @dataclass(frozen=True)
 class ManufacturerInfo:
+    id: int
     name: str
     state: str
     auto_register: bool
@@ -46,6 +47,7 @@ class ManufacturerInfo:
     @classmethod
     def from_row(cls, row: Row[Any]) -> ManufacturerInfo:
         return cls(
+            row.id,
             row.name,
             row.state,
             row.auto_register,

@@ -21,7 +21,6 @@ from datetime import datetime
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import Connection, Row, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -29,6 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from devid.authority.core import Authority
 from devid.authority.enroll import Admission, ClientCertificate
 from devid.errors import PolicyError
+from devid.pki.chain import issuer_among
 from devid.pki.encoding import fingerprint
 from devid.pki.keypolicy import require_p256
 from devid.pki.profiles import ProfileName
@@ -80,18 +80,6 @@ def _load(conn: Connection, gen: int) -> Snapshot:
         {r.name: HubInfo.from_row(r) for r in hub_rows},
         {r.id: r.name for r in hub_rows},
     )
-
-
-def _issued_by(cert: x509.Certificate, candidates: Sequence[x509.Certificate]) -> x509.Certificate | None:
-    for candidate in candidates:
-        if candidate.subject != cert.issuer:
-            continue
-        try:
-            cert.verify_directly_issued_by(candidate)
-        except (ValueError, TypeError, InvalidSignature):
-            continue
-        return candidate
-    return None
 
 
 def device_serial_of(cert: x509.Certificate) -> str:
@@ -152,14 +140,14 @@ class Registry:
         cert = x509.load_der_x509_certificate(der)
         snap = self.snapshot()
         now = self.authority.clock.now()
-        anchors = {fingerprint(m.certificate.public_bytes(_DER)): m for m in snap.manufacturers}
+        anchors = {m.fingerprint: m for m in snap.manufacturers}
         pool = [m.certificate for m in snap.manufacturers]
         pool += [c for g in snap.groups for c in g.signing]
         pool += [x509.load_der_x509_certificate(d) for d in chain[1:]]
         path = [cert]
         manufacturer = None
         while manufacturer is None and len(path) <= MAX_CHAIN:
-            parent = _issued_by(path[-1], pool)
+            parent = issuer_among(path[-1], pool)
             if parent is None:
                 break
             path.append(parent)
@@ -260,14 +248,15 @@ class Registry:
                     f"the individual enrollment of {client.device_serial!r} names a different IDevID",
                 )
             return individual
-        chain = {fingerprint(c.public_bytes(_DER)) for c in self._chain_of(client)}
-        matches = [g for g in snap.groups if g.signing_fingerprints & chain]
+        chain = [fingerprint(c.public_bytes(_DER)) for c in self._chain_of(client)]
+
+        def depth(group: EnrollmentInfo) -> int:
+            """Links between the device and the group's signing certificate (len(chain): none)."""
+            return next((i for i, fp in enumerate(chain) if fp in group.signing_fingerprints), len(chain))
+
         # The most specific group (fewest links between device and signing certificate) wins.
-        return (
-            matches[0]
-            if len(matches) == 1
-            else (min(matches, key=lambda g: self._depth(client, g)) if matches else None)
-        )
+        matches = [g for g in snap.groups if depth(g) < len(chain)]
+        return min(matches, key=depth) if matches else None
 
     def _chain_of(self, client: ClientCertificate) -> tuple[x509.Certificate, ...]:
         if client.chain:
@@ -276,13 +265,6 @@ class Registry:
         if ca is None:
             return ()
         return (*self.authority.chain(ca.name), self.authority.root)
-
-    def _depth(self, client: ClientCertificate, group: EnrollmentInfo) -> int:
-        fps = group.signing_fingerprints
-        for depth, cert in enumerate(self._chain_of(client)):
-            if fingerprint(cert.public_bytes(_DER)) in fps:
-                return depth
-        return MAX_CHAIN
 
     # --- registration (writes) --------------------------------------------------------------------
 
@@ -373,22 +355,13 @@ class Registry:
         self, conn: Connection, client: ClientCertificate, snap: Snapshot, now: datetime
     ) -> Row[Any] | None:
         manufacturer = next(m for m in snap.manufacturers if m.name == client.issuer)
-        manufacturer_id = (
-            conn.execute(
-                manufacturers.manufacturers.select().where(
-                    manufacturers.manufacturers.c.name == manufacturer.name
-                )
-            )
-            .one()
-            .id
-        )
         try:
             with conn.begin_nested():
                 conn.execute(
                     insert(repo.devices).values(
                         serial=client.device_serial,
                         state=client.device_state,
-                        manufacturer_id=manufacturer_id,
+                        manufacturer_id=manufacturer.id,
                         idevid_fingerprint=client.fingerprint,
                         registered_at=now,
                         created_at=now,

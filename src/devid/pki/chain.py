@@ -1,0 +1,21 @@
+"""Finding a certificate's issuer among candidates: name match first, then the signature."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+
+def issuer_among(cert: x509.Certificate, candidates: Iterable[x509.Certificate]) -> x509.Certificate | None:
+    """The candidate whose name is `cert`'s issuer and whose key verifies `cert`'s signature."""
+    for candidate in candidates:
+        if candidate.subject != cert.issuer:
+            continue
+        try:
+            cert.verify_directly_issued_by(candidate)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return candidate
+    return None
