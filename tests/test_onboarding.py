@@ -484,6 +484,28 @@ def test_failing_custom_webhook_changes_nothing(
     assert counts(auth) == before
 
 
+def test_unreachable_custom_webhook_and_no_enabled_hub_change_nothing(
+    server: EstServer, fleet: Manufacturer
+) -> None:
+    auth = server.authority
+    # Nothing listens on port 1: the webhook cannot be reached (502).
+    group(auth, fleet, allocation=Allocation.CUSTOM, webhook_url="http://127.0.0.1:1/allocate")
+    _sync(server, fleet)
+    _, key, chain = fleet.device("ACME-0302")
+    before = counts(auth)
+    status, _, body = curl_enroll(server, chain, key)
+    assert status == 502 and b"allocation-webhook-unreachable" in body, body
+    assert counts(auth) == before
+    # Every hub of a hashed group disabled: there is nowhere to allocate (503).
+    enrollments.update(auth, Kind.GROUP, "sensors", settings=Settings(), actor="test")
+    for hub in ("hub-eu", "hub-us", "hub-ap"):
+        hubs.update(auth, hub, enabled=False, actor="test")
+    before = counts(auth)
+    status, _, body = curl_enroll(server, chain, key)
+    assert status == 503 and b"no-hub" in body, body
+    assert counts(auth) == before
+
+
 def test_reprovision_reset_moves_device_to_its_individual_enrollment(
     server: EstServer, fleet: Manufacturer
 ) -> None:

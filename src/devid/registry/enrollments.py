@@ -285,7 +285,7 @@ def update(
     action = (
         "enrollment.update" if enabled is None else ("enrollment.enable" if enabled else "enrollment.disable")
     )
-    with change(authority, action, f"{kind.value}:{name}", actor, {k: v for k, v in values.items()}) as conn:
+    with change(authority, action, f"{kind.value}:{name}", actor, dict(values)) as conn:
         row = by_name(conn, enrollments, name, "enrollment", kind=kind.value)
         if settings is not None:
             _check_settings(conn, settings)

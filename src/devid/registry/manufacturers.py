@@ -221,7 +221,7 @@ def update_settings(
         if v is not None
     }
     now = authority.clock.now()
-    with change(authority, "manufacturer.update", name, actor, {k: v for k, v in values.items()}) as conn:
+    with change(authority, "manufacturer.update", name, actor, dict(values)) as conn:
         row = by_name(conn, manufacturers, name, "manufacturer")
         update_versioned(conn, manufacturers, row, version, {**values, "updated_at": now})
         if state is not None and state != row.state:
