@@ -30,8 +30,8 @@ from cryptography.x509.oid import NameOID
 from devid.authority.core import Authority
 from devid.authority.requests import IssueRequest, NewDevice
 from devid.pki.profiles import ProfileName
-from devid.web.app import RunningServer, make_app, start_server
-from devid.web.tls import own_server_context
+from devid.server.app import RunningServer, make_app, start_server
+from devid.server.tls import own_server_context
 
 #: Same value as conftest.PASSPHRASE (kept in step).
 PASSPHRASE = b"correct horse battery staple"

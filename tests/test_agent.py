@@ -39,9 +39,9 @@ from devid.factory.station import LineInfo, Station
 from devid.keys.p11tls import provider_module
 from devid.pki.encoding import load_certificates
 from devid.pki.profiles import CLOCK_SKEW, ProfileName
+from devid.server.app import make_app, start_server
+from devid.server.tls import client_trust, ensure_server_certificate, server_context, server_names_for
 from devid.store import repo
-from devid.web.app import make_app, start_server
-from devid.web.tls import client_trust, ensure_server_certificate, server_context, server_names_for
 
 PASSPHRASE = b"correct horse battery staple"
 T = TypeVar("T")

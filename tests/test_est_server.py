@@ -46,8 +46,8 @@ from devid.authority.setup import open_authority
 from devid.clock import FixedClock
 from devid.config import Home
 from devid.pki.profiles import CLOCK_SKEW, ProfileName
+from devid.server.tls import X509_V_FLAG_NO_CHECK_TIME, client_trust, server_context
 from devid.store import repo
-from devid.web.tls import X509_V_FLAG_NO_CHECK_TIME, client_trust, server_context
 
 PASSPHRASE = b"correct horse battery staple"
 

@@ -35,8 +35,8 @@ from devid.cli.common import HomeOpt, PassphraseOpt, console, load_home
 from devid.config import resolve_passphrase
 from devid.errors import ConfigError, DevidError
 from devid.registry.delivery import Dispatcher
-from devid.web.app import AUTHORITY, RunningServer, make_app, start_server
-from devid.web.tls import (
+from devid.server.app import AUTHORITY, RunningServer, make_app, start_server
+from devid.server.tls import (
     ServerCertificate,
     client_trust,
     ensure_server_certificate,

@@ -23,8 +23,8 @@ from devid.factory.line import RunSpec, next_serials, run_line
 from devid.factory.secure_elements import SecureElementSpec
 from devid.factory.station import LineInfo
 from devid.pki.encoding import cert_pem
-from devid.web.app import make_app, start_server
-from devid.web.tls import own_server_context
+from devid.server.app import make_app, start_server
+from devid.server.tls import own_server_context
 
 PASSPHRASE = b"devid-sim"
 

@@ -22,9 +22,9 @@ from devid.est.client import EstClient, EstError, tls_context
 from devid.pki.encoding import cert_pem
 from devid.registry import enrollments
 from devid.registry.enrollments import Kind
+from devid.server.app import make_app, start_server
+from devid.server.tls import own_server_context
 from devid.sim.contract import ContractManufacturer, onboard_manufacturer
-from devid.web.app import make_app, start_server
-from devid.web.tls import own_server_context
 
 
 @dataclass

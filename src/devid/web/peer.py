@@ -1,7 +1,7 @@
 """Who is on the other end: the client certificate of a request, natively or from a trusted proxy.
 
 Natively, the certificate comes from the TLS connection (Python's ssl has verified it chains to
-devid's root; times are checked by the application, see `devid.web.tls`). Behind a TLS-terminating
+devid's root; times are checked by the application, see `devid.server.tls`). Behind a TLS-terminating
 proxy (nginx `proxy_set_header X-SSL-Client-Cert $ssl_client_escaped_cert;`), it comes from a
 header, and only when the TCP peer is a configured proxy: from anyone else the header is ignored,
 or any client could claim any certificate.

@@ -1,7 +1,6 @@
-"""The aiohttp application `devid serve` runs: EST, the admin API (/api/v1), and session tokens
-when that package is present.
+"""The aiohttp application `devid serve` runs: EST, the admin API (/api/v1) and session tokens.
 
-Start it in-process (tests, benchmarks, the demo) with `devid.web.app.start_server`, or build the
+Start it in-process (tests, benchmarks, the demo) with `devid.server.app.start_server`, or build the
 application with `make_app` and run it yourself.
 """
 
@@ -22,9 +21,10 @@ from devid.authority.core import Authority
 from devid.errors import ConfigError
 from devid.est.server import MAX_BODY, EstServer
 from devid.registry.onboarding import Registry
+from devid.server.trust import TrustSync
+from devid.tokens.routes import token_routes
 from devid.web.errors import error_middleware
 from devid.web.peer import TRUSTED_PROXIES, TrustedProxies, peer_certificate
-from devid.web.trust import TrustSync
 
 log = logging.getLogger("devid.web")
 
@@ -100,13 +100,8 @@ def make_app(
     # The admin API is a sub-application: its JSON errors, bearer tokens and audit apply under
     # /api/v1 only, and EST's answers stay exactly as they were.
     app.add_subapp(API_PREFIX, api_application(authority, anonymous_rate=api_anonymous_rate))
-    try:
-        from devid.tokens.routes import token_routes  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        log.debug("devid.tokens.routes is not available: no token endpoints")
-    else:
-        # The token service reads the client certificate the same way EST does (trusted proxies).
-        app.add_routes(token_routes(authority, peer_certificate=peer_certificate))
+    # The token service reads the client certificate the same way EST does (trusted proxies).
+    app.add_routes(token_routes(authority, peer_certificate=peer_certificate))
     return app
 
 
