@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything the tests need on a fresh Debian machine, then run lint, types and tests.
 # Usage: bash scripts/test.sh [pytest args]
+# Python packages come from requirements.lock (exact versions and hashes) into a venv of the
+# project's own ($DEVID_VENV, default .venv), never from the machine's site-packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +15,8 @@ missing=()
 for pkg in softhsm2 openssl curl postgresql pkcs11-provider mosquitto; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
+# Debian's own python3 makes a venv with pip only with python3-venv installed.
+python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}"
   if [[ " ${missing[*]} " == *" pkcs11-provider "* ]] && . /etc/os-release && [ "${VERSION_CODENAME:-}" = bookworm ] \
@@ -24,7 +28,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+# The project's venv, from the lock: pip checks every hash; devid itself goes in editable, alone.
+venv=$(realpath -m "${DEVID_VENV:-.venv}")
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -r requirements.lock
+"$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e .
+export PATH="$venv/bin:$PATH"
 
 # PostgreSQL on 127.0.0.1:5432 (this machine kind runs one; a fresh machine may not).
 if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
@@ -41,4 +50,5 @@ fi
 ruff check src tests
 ruff format --check src tests
 mypy --strict src
-python3 -m pytest -q "$@"
+# Two workers: one per core of the machines this runs on (xdist; each test's store is its own).
+python -m pytest -q -n "${DEVID_TEST_WORKERS:-2}" "$@"

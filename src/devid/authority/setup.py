@@ -24,7 +24,8 @@ from devid.keys.software import Sealer, SoftwareKeyStore
 from devid.pki.profiles import PROFILES, ProfileName, Template, ca_subject, self_signed_template
 from devid.pki.serials import random_serial, serial_hex
 from devid.store import audit, repo
-from devid.store.engine import check_schema, make_engine, migrate, reading
+from devid.store.engine import make_engine, reading
+from devid.store.schema import check_schema, migrate
 
 #: The hierarchy `devid init` creates: (name, role, parent, profile, common name suffix).
 HIERARCHY = (

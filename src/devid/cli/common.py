@@ -16,7 +16,8 @@ from devid.authority.core import Authority
 from devid.authority.setup import open_authority
 from devid.config import Home, default_home, resolve_passphrase
 from devid.errors import NotFoundError
-from devid.store.engine import check_schema, make_engine
+from devid.store.engine import make_engine
+from devid.store.schema import check_schema
 
 # soft_wrap: a line is never folded at the terminal width (80 columns when piped), so a path, a
 # serial or an error message stays whole for the person copying it and the script reading it.

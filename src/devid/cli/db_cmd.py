@@ -5,7 +5,8 @@ from __future__ import annotations
 import typer
 
 from devid.cli.common import HomeOpt, console, load_home
-from devid.store.engine import make_engine, migrate
+from devid.store.engine import make_engine
+from devid.store.schema import migrate
 
 app = typer.Typer(help="The store: schema migrations.", no_args_is_help=True)
 

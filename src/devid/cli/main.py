@@ -1,71 +1,117 @@
-"""Entry point: assembles the command groups and turns devid errors into one clear line."""
+"""Entry point: the command table, loaded lazily, and devid errors turned into one clear line.
+
+`devid --help` and `devid ca list` must start in well under half a second, so a command's module
+(and what it imports: aiohttp, Alembic, the device agent...) is imported only when that command
+runs; the listing in `devid --help` comes from the table below. Help is Click's plain formatter:
+it wraps long option names instead of cutting them at 80 columns as Rich's tables do when piped.
+"""
 
 from __future__ import annotations
 
+import importlib
+import os
 import sys
 
-import typer
-from rich.markup import escape
+# Before Typer is first imported: plain help (see above), and Rich stays unimported for --help.
+os.environ.setdefault("TYPER_USE_RICH", "0")
 
-from devid.cli import (
-    agent_cmd,
-    api_token_cmd,
-    audit_cmd,
-    bench_cmd,
-    ca_cmd,
-    cert_cmd,
-    db_cmd,
-    demo_cmd,
-    device_cmd,
-    enrollment_cmd,
-    events_cmd,
-    factory_cmd,
-    group_cmd,
-    hub_cmd,
-    init_cmd,
-    manufacturer_cmd,
-    serve_cmd,
-    sim_cmd,
-    token_cmd,
-)
-from devid.cli.common import err_console
+from typing import Annotated, Any
+
+import typer
+import typer.main
+from typer.core import TyperCommand, TyperGroup
+
 from devid.errors import DevidError
 
+#: name -> (module, attribute: a Typer app or a command function, one-line help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "init": ("devid.cli.init_cmd", "init", "Create a devid home: config, store and the CA hierarchy."),
+    "demo": ("devid.cli.demo_cmd", "demo", "The whole lifecycle on a new home: factory, EST, onboarding."),
+    "serve": ("devid.cli.serve_cmd", "serve", "Serve EST, session tokens and the admin API over TLS."),
+    "ca": ("devid.cli.ca_cmd", "app", "Inspect the CA hierarchy and export the trust bundle."),
+    "cert": ("devid.cli.cert_cmd", "app", "Issue, show and list certificates."),
+    "audit": ("devid.cli.audit_cmd", "app", "The hash-chained audit log: verify it, list events."),
+    "factory": ("devid.cli.factory_cmd", "app", "Provision devices on a production line."),
+    "bench": ("devid.cli.bench_cmd", "app", "Benchmarks, each figure beside a baseline from the same run."),
+    "token": ("devid.cli.token_cmd", "app", "Session tokens: verify, publish and rotate the signing keys."),
+    "device": ("devid.cli.device_cmd", "app", "Manage devices: enrollment secrets, approval, state."),
+    "agent": ("devid.cli.agent_cmd", "app", "The device agent: enroll, renew, fall back, report."),
+    "db": ("devid.cli.db_cmd", "app", "The store: schema migrations."),
+    "sim": ("devid.cli.sim_cmd", "app", "Simulate a fleet of device agents (real TLS, simulated time)."),
+    "events": ("devid.cli.events_cmd", "app", "Registry events: list, deliver, manage their sinks."),
+    "manufacturer": ("devid.cli.manufacturer_cmd", "app", "Manufacturer CAs: register, activate, list."),
+    "group": ("devid.cli.group_cmd", "app", "Enrollment groups: admit devices by signing certificate."),
+    "enrollment": ("devid.cli.enrollment_cmd", "app", "Individual enrollments: one device, over its group."),
+    "hub": ("devid.cli.hub_cmd", "app", "Hubs: where registered devices are told to connect."),
+    "api-token": ("devid.cli.api_token_cmd", "app", "Admin API tokens: create (shown once), list, revoke."),
+}
+
+
+def load_command(name: str) -> Any:
+    """Import the module of one command and build its command object (a Typer group or command)."""
+    module, attr, short_help = COMMANDS[name]
+    target = getattr(importlib.import_module(module), attr)
+    if isinstance(target, typer.Typer):
+        command: Any = typer.main.get_group(target)
+    else:
+        single = typer.Typer(add_completion=False)
+        single.command(name)(target)
+        command = typer.main.get_command(single)
+    command.name = name
+    command.short_help = short_help
+    return command
+
+
+class LazyGroup(TyperGroup):
+    """The top-level group. Its commands are placeholders carrying the one-line help, which is
+    all `devid --help` needs; the command a user runs is imported when it is resolved."""
+
+    def __init__(self, *, commands: object = None, **attrs: Any) -> None:
+        # Typer passes the commands registered on the app: none, the table stands for them.
+        placeholders: dict[str, Any] = {
+            name: TyperCommand(name=name, short_help=short) for name, (_, _, short) in COMMANDS.items()
+        }
+        super().__init__(commands=placeholders, **attrs)
+
+    # Typer vendors Click and keeps its Context type private: hence `Any` for what Click passes.
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        name, command, rest = super().resolve_command(ctx, args)
+        return name, (load_command(name) if name in COMMANDS else command), rest
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"devid {version('devid')}")
+        raise typer.Exit()
+
+
 app = typer.Typer(
+    cls=LazyGroup,
     name="devid",
     help="Device identity for IoT fleets: IDevIDs at the factory, LDevIDs in the field, revocation.",
     no_args_is_help=True,
-    pretty_exceptions_enable=False,
     add_completion=False,
+    context_settings={"help_option_names": ["--help", "-h"], "max_content_width": 100},
 )
-app.command("init")(init_cmd.init)
-app.command("demo")(demo_cmd.demo)
-app.add_typer(ca_cmd.app, name="ca")
-app.add_typer(cert_cmd.app, name="cert")
-app.add_typer(audit_cmd.app, name="audit")
-app.add_typer(factory_cmd.app, name="factory")
-app.add_typer(bench_cmd.app, name="bench")
-app.add_typer(token_cmd.app, name="token")
-app.command("serve")(serve_cmd.serve)
-app.add_typer(device_cmd.app, name="device")
-app.add_typer(agent_cmd.app, name="agent")
-app.add_typer(db_cmd.app, name="db")
-app.add_typer(sim_cmd.app, name="sim")
-app.add_typer(events_cmd.app, name="events")
-app.add_typer(manufacturer_cmd.app, name="manufacturer")
-app.add_typer(group_cmd.app, name="group")
-app.add_typer(enrollment_cmd.app, name="enrollment")
-app.add_typer(hub_cmd.app, name="hub")
-app.add_typer(api_token_cmd.app, name="api-token")
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Device identity for IoT fleets: IDevIDs at the factory, LDevIDs in the field, revocation."""
 
 
 def run() -> None:
     """Console script: a DevidError is reported as `error: <message> [<code>]`, exit status 2."""
     try:
-        app()
+        typer.main.get_group(app).main(prog_name="devid")
     except DevidError as exc:
-        # Messages quote user input (serials, paths, names): escaped, so `[` is never taken as markup.
-        err_console.print(
-            f"[bold red]error:[/] {escape(exc.message)} [dim]{escape(f'[{exc.code}]')}[/]", highlight=False
-        )
+        # echo drops the colour when stderr is not a terminal; no markup is interpreted.
+        typer.echo(f"{typer.style('error:', fg='red', bold=True)} {exc.message} [{exc.code}]", err=True)
         sys.exit(2)

@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-from cryptography.hazmat.primitives.asymmetric import dh, dsa, ec, ed448, ed25519, rsa, x448, x25519
+# Finite-field DH is not named here: touching `dh.DHPublicKey` makes cryptography >= 50 print a
+# deprecation warning on every command (a DH key is refused like any non-EC key anyway).
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 
 from devid.errors import PolicyError
-
-PublicKey = (
-    ec.EllipticCurvePublicKey
-    | rsa.RSAPublicKey
-    | dsa.DSAPublicKey
-    | ed25519.Ed25519PublicKey
-    | ed448.Ed448PublicKey
-    | x25519.X25519PublicKey
-    | x448.X448PublicKey
-    | dh.DHPublicKey
-)
 
 
 def describe_key(key: object) -> str:

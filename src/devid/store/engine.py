@@ -1,4 +1,4 @@
-"""Engines for the two supported stores and schema migration through Alembic."""
+"""Engines for the two supported stores (schema migrations: `devid.store.schema`)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError
 
 from devid.errors import ConfigError
-
-MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -120,32 +114,3 @@ def make_engine(url: str) -> Engine:
     raise ConfigError(
         "db-url", f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql"
     )
-
-
-def _alembic_config(engine: Engine) -> Config:
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.attributes["engine"] = engine
-    return cfg
-
-
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision."""
-    try:
-        command.upgrade(_alembic_config(engine), "head")
-    except OperationalError as exc:
-        raise ConfigError("db-unreachable", f"cannot reach the database: {exc.orig}") from None
-
-
-def check_schema(engine: Engine) -> None:
-    """Refuse to run on a store whose schema is not at the newest revision."""
-    head = ScriptDirectory.from_config(_alembic_config(engine)).get_current_head()
-    try:
-        with engine.connect() as conn:
-            current = MigrationContext.configure(conn).get_current_revision()
-    except OperationalError as exc:
-        raise ConfigError("db-unreachable", f"cannot reach the database: {exc.orig}") from None
-    if current != head:
-        raise ConfigError(
-            "db-schema", f"store schema is at {current}, expected {head}: run `devid db upgrade`"
-        )
