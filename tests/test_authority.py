@@ -30,11 +30,11 @@ from devid.pki.der import HardwareModuleName, hardware_module_names
 from devid.pki.profiles import FOREVER, ProfileName
 from devid.pki.serials import serial_hex
 from devid.store import audit, repo
-from devid.store.models import AuditEvent
+from devid.store.models import audit_events
 
 DER = serialization.Encoding.DER
 UTC = dt.UTC
-EVENTS = AuditEvent.__table__
+EVENTS = audit_events
 #: `devid init` writes one ca.create event per CA of the hierarchy.
 INIT_EVENTS = 5
 

@@ -29,7 +29,8 @@ from devid.registry import generation, sinks
 from devid.registry.delivery import Backoff, Dispatcher, Settings, outgoing
 from devid.registry.transports import SIGNATURE_HEADER, Webhook
 from devid.store.engine import make_engine
-from devid.store.models import AuditEvent, EventRecord, EventSink
+from devid.store.models import audit_events, event_sinks
+from devid.store.models import events as events_table
 from devid.store.outbox import emit
 
 __all__ = ["broker", "receiver"]  # fixtures, imported for pytest
@@ -63,7 +64,9 @@ def emit_all(engine: Engine, *subjects: str, type_: str = "device.state") -> lis
         before = sinks.last_event_id(conn)
         for subject in subjects:
             emit(conn, now(), type_, subject, {"to": "ACTIVE", "n": subject})
-        rows = conn.execute(select(EventRecord.id).where(EventRecord.id > before).order_by(EventRecord.id))
+        rows = conn.execute(
+            select(events_table.c.id).where(events_table.c.id > before).order_by(events_table.c.id)
+        )
         return [int(r[0]) for r in rows]
 
 
@@ -73,7 +76,7 @@ def add_webhook(engine: Engine, url: str, name: str = "hook") -> sinks.Sink:
 
 def sink_row(engine: Engine, name: str) -> Any:
     with engine.connect() as conn:
-        return conn.execute(select(EventSink.__table__).where(EventSink.name == name)).one()
+        return conn.execute(select(event_sinks).where(event_sinks.c.name == name)).one()
 
 
 async def run_until(dispatcher: Dispatcher, done: Any, timeout: float = 20.0) -> None:
@@ -131,7 +134,7 @@ def test_events_of_a_rolled_back_transaction_are_never_delivered(engine: Engine,
     time.sleep(0.3)
     assert len(receiver.events) == 2
     with engine.connect() as conn:
-        subjects = conn.execute(select(EventRecord.subject)).scalars().all()
+        subjects = conn.execute(select(events_table.c.subject)).scalars().all()
     assert "rolled-back" not in subjects
 
 
@@ -327,7 +330,9 @@ def test_sink_changes_are_audited_and_bump_the_generation(engine: Engine) -> Non
     with engine.connect() as conn:
         assert generation.current(conn) == before + 3
         audit = conn.execute(
-            select(AuditEvent.action, AuditEvent.actor, AuditEvent.detail).where(AuditEvent.subject == "hook")
+            select(audit_events.c.action, audit_events.c.actor, audit_events.c.detail).where(
+                audit_events.c.subject == "hook"
+            )
         ).all()
     assert [(a.action, a.actor) for a in audit] == [
         ("event-sink.add", "ops"),

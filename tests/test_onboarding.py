@@ -34,8 +34,8 @@ from devid.registry.enrollments import Kind, Reprovision, Settings, make_policy
 from devid.registry.onboarding import Registry
 from devid.store import repo
 from devid.store.engine import reading
-from devid.store.models import EventRecord
-from devid.store.models import Manufacturer as ManufacturerRow
+from devid.store.models import events as events_table
+from devid.store.models import manufacturers as manufacturers_table
 
 
 @pytest.fixture
@@ -56,10 +56,10 @@ def register(
 def counts(auth: Authority) -> dict[str, int]:
     with reading(auth.engine) as conn:
         return {
-            "manufacturers": repo.count(conn, ManufacturerRow.__table__),
+            "manufacturers": repo.count(conn, manufacturers_table),
             "devices": repo.count(conn, repo.devices),
             "certificates": repo.count(conn, repo.certificates),
-            "events": repo.count(conn, EventRecord.__table__),
+            "events": repo.count(conn, events_table),
         }
 
 
@@ -176,7 +176,7 @@ def test_jitr_device_enrolls_with_curl_and_is_recorded(
     run(["openssl", "verify", "-CAfile", server.root_pem, "-untrusted", chain_file, tmp_path / "ldevid.pem"])
     with reading(auth.engine) as conn:
         device = repo.device_by_serial(conn, "ACME-0001")
-        events = conn.execute(select(EventRecord.__table__.c.type)).scalars().all()
+        events = conn.execute(select(events_table.c.type)).scalars().all()
     assert device is not None and device.state == "ACTIVE" and device.manufacturer_id is not None
     assert "device.registered" in events
     # The same device again (the base label's `renew` policy allows IDevID re-enrollment): it is

@@ -47,7 +47,7 @@ from devid.errors import ConfigError, KeyExportRefused
 from devid.keys.pkcs11 import Pkcs11KeyStore, Pkcs11PrivateKey
 from devid.pki.profiles import ProfileName
 from devid.store import audit, repo
-from devid.store.models import AuditEvent
+from devid.store.models import audit_events
 from devid.tokens import (
     TokenAudienceMismatch,
     TokenBindingMismatch,
@@ -124,7 +124,7 @@ def verify(env: Env, token: str | bytes, **kw: Any) -> Any:
 
 
 def audit_rows(env: Env, action: str) -> list[Any]:
-    events = AuditEvent.__table__
+    events = audit_events
     with env.authority.engine.connect() as conn:
         return list(conn.execute(select(events).where(events.c.action == action).order_by(events.c.seq)))
 
@@ -891,7 +891,7 @@ def test_concurrent_issuance_on_each_store(authority: Authority) -> None:
     assert len({item.claims.jti for item in issued}) == 24
     with pytest.raises(TokenRefused):
         issue_for_certificate(authority, devices_[0].idevid.der)
-    events = AuditEvent.__table__
+    events = audit_events
     with authority.engine.connect() as conn:
         rows = list(conn.execute(select(events.c.outcome).where(events.c.action == "token.issue")))
         assert sorted(r.outcome for r in rows) == ["ok"] * 24 + ["refused"]

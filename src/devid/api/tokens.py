@@ -15,17 +15,16 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 
 from devid.api.roles import Role
 from devid.authority.enroll import AuthenticationRequired
 from devid.errors import ConflictError, NotFoundError, PolicyError
 from devid.store import audit
-from devid.store.models import ApiToken
+from devid.store.models import api_tokens as tokens
 
-tokens = cast(Table, ApiToken.__table__)
 PREFIX = "devid_"
 DEFAULT_RATE_PER_MINUTE = 600
 MAX_RATE_PER_MINUTE = 1_000_000

@@ -8,24 +8,23 @@ import json
 import signal
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table as RichTable
-from sqlalchemy import Table, select
+from sqlalchemy import select
 
 from devid.cli.common import HomeOpt, JsonOpt, console, print_json, store
 from devid.errors import PolicyError
 from devid.registry import sinks as sink_store
 from devid.registry.delivery import Dispatcher, Settings
 from devid.store.engine import reading
-from devid.store.models import EventRecord
+from devid.store.models import events as _events
 
 app = typer.Typer(help="Registry events: list them, deliver them, manage their sinks.", no_args_is_help=True)
 sink_app = typer.Typer(help="Where events are delivered: webhooks and MQTT brokers.", no_args_is_help=True)
 app.add_typer(sink_app, name="sink")
-_events = cast(Table, EventRecord.__table__)
 
 
 @app.command("list")

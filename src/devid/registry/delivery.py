@@ -22,21 +22,20 @@ import logging
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
-from sqlalchemy import Engine, Table, case, event, select, update
+from sqlalchemy import Engine, case, event, select, update
 
 from devid.registry.sinks import Sink, list_sinks
 from devid.registry.transports import DeliveryError, Mqtt, Outgoing, Transport, Webhook
 from devid.store.engine import reading
-from devid.store.models import EventRecord, EventSink
+from devid.store.models import event_sinks as _sinks
+from devid.store.models import events as _events
 from devid.store.outbox import EMITTED
 
 log = logging.getLogger("devid.events")
 
-_events = cast(Table, EventRecord.__table__)
-_sinks = cast(Table, EventSink.__table__)
 _COMMITTED = "devid.events.committed"
 
 

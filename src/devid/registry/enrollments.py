@@ -13,10 +13,10 @@ import json
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from enum import StrEnum
-from typing import Any, cast
+from typing import Any
 
 from cryptography import x509
-from sqlalchemy import Connection, Row, Table, insert, select
+from sqlalchemy import Connection, Row, insert, select
 
 from devid.authority.core import Authority
 from devid.authority.policy import DEFAULT_LABELS, LabelPolicy, RenewalPolicy
@@ -29,9 +29,8 @@ from devid.registry.hubs import check_name, hubs
 from devid.registry.manufacturers import check_ca_certificate
 from devid.registry.rows import by_name, change, update_versioned
 from devid.store import outbox
-from devid.store.models import Enrollment
+from devid.store.models import enrollments
 
-enrollments = cast(Table, Enrollment.__table__)
 #: How deep a signing certificate may sit under a registered CA.
 MAX_DEPTH = 4
 

@@ -7,13 +7,10 @@ all of them without a restart or a signal.
 
 from __future__ import annotations
 
-from typing import cast
+from sqlalchemy import Connection, select, update
 
-from sqlalchemy import Connection, Table, select, update
+from devid.store.models import registry_state as state
 
-from devid.store.models import RegistryState
-
-state = cast(Table, RegistryState.__table__)
 _CURRENT = select(state.c.generation).where(state.c.id == 1)
 #: Changes made by this process: a cache compares it to skip waiting for its next store check.
 _local = 0

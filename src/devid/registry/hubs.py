@@ -6,18 +6,17 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import Connection, Row, Table, delete, func, insert, select
+from sqlalchemy import Connection, Row, delete, func, insert, select
 
 from devid.authority.core import Authority
 from devid.errors import ConflictError, PolicyError
 from devid.registry.rows import by_name, change, update_versioned
 from devid.store import repo
-from devid.store.models import Hub
+from devid.store.models import hubs as hubs
 
-hubs = cast(Table, Hub.__table__)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 

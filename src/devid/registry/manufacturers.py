@@ -11,11 +11,11 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from sqlalchemy import Connection, Row, Table, insert, select, update
+from sqlalchemy import Connection, Row, insert, select, update
 
 from devid.authority.core import Authority
 from devid.errors import ConflictError, PolicyError
@@ -23,10 +23,9 @@ from devid.pki.encoding import cert_der, fingerprint, load_certificates
 from devid.pki.keypolicy import require_p256
 from devid.registry.rows import by_name, change, update_versioned
 from devid.store import outbox
-from devid.store.models import Manufacturer, RegistrationCode
+from devid.store.models import manufacturers
+from devid.store.models import registration_codes as codes
 
-manufacturers = cast(Table, Manufacturer.__table__)
-codes = cast(Table, RegistrationCode.__table__)
 STATES = ("ACTIVE", "INACTIVE")
 CODE_TTL = timedelta(hours=24)
 

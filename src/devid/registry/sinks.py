@@ -9,18 +9,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, Table, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, Row, delete, func, insert, select, update
 
 from devid.errors import ConflictError, NotFoundError, PolicyError
 from devid.registry import generation
 from devid.registry.transports import check_mqtt_url, check_topic, check_webhook_url, redact
 from devid.store import audit
-from devid.store.models import EventRecord, EventSink
+from devid.store.models import event_sinks as sinks
+from devid.store.models import events
 
-sinks = cast(Table, EventSink.__table__)
-events = cast(Table, EventRecord.__table__)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 KINDS = ("webhook", "mqtt")
 

@@ -13,15 +13,14 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 
-from devid.store.models import AuditEvent, AuditHead
+from devid.store.models import audit_events as _events
+from devid.store.models import audit_head as _head
 
 GENESIS = "0" * 64
-_events = cast(Table, AuditEvent.__table__)
-_head = cast(Table, AuditHead.__table__)
 
 # Built once: every issuing transaction appends, and building the statements cost more than running them.
 _READ_HEAD = select(_head.c.seq, _head.c.hash).where(_head.c.id == 1).with_for_update()

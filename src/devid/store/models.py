@@ -12,18 +12,20 @@ from datetime import UTC, datetime
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Column,
     DateTime,
     ForeignKey,
     Index,
     Integer,
     LargeBinary,
+    MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 #: SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -48,251 +50,251 @@ class UTCDateTime(TypeDecorator[datetime]):
         return None if value is None else value.replace(tzinfo=UTC)
 
 
-class Base(DeclarativeBase):
-    pass
+metadata = MetaData()
 
 
-class CertificateAuthority(Base):
-    __tablename__ = "cas"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(64), unique=True)
-    role: Mapped[str] = mapped_column(String(32))
-    parent_id: Mapped[int | None] = mapped_column(ForeignKey("cas.id"))
-    key_label: Mapped[str | None] = mapped_column(String(128))
-    subject: Mapped[str] = mapped_column(String(512))
-    serial: Mapped[str] = mapped_column(String(40))
-    not_after: Mapped[datetime] = mapped_column(UTCDateTime())
-    der: Mapped[bytes] = mapped_column(LargeBinary)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-
-
-class Device(Base):
-    __tablename__ = "devices"
-    __table_args__ = (Index("ix_devices_idevid_fingerprint", "idevid_fingerprint"),)
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    serial: Mapped[str] = mapped_column(String(128), unique=True)
-    model: Mapped[str | None] = mapped_column(String(128))
-    lot: Mapped[str | None] = mapped_column(String(128))
-    line: Mapped[str | None] = mapped_column(String(128))
-    state: Mapped[str] = mapped_column(String(32), default="ACTIVE")
-    se_backend: Mapped[str | None] = mapped_column(String(16))
-    directory: Mapped[str | None] = mapped_column(String(1024))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    #: Enrollment approval (policies that hold enrollments until an operator approves).
-    approval_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    #: Onboarding (registry): who made it, which enrollment admitted it, where it was allocated.
-    manufacturer_id: Mapped[int | None] = mapped_column(ForeignKey("manufacturers.id"))
-    enrollment_id: Mapped[int | None] = mapped_column(ForeignKey("enrollments.id"))
-    hub_id: Mapped[int | None] = mapped_column(ForeignKey("hubs.id"))
-    #: SHA-256 of an IDevID made outside devid (a registered manufacturer's), as first presented.
-    idevid_fingerprint: Mapped[str | None] = mapped_column(String(64))
-    properties: Mapped[str | None] = mapped_column(Text)
-    registered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    #: Optimistic concurrency for edits through the API: an update names the version it read.
-    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+cas = Table(
+    "cas",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), unique=True, nullable=False),
+    Column("role", String(32), nullable=False),
+    Column("parent_id", Integer, ForeignKey("cas.id")),
+    Column("key_label", String(128)),
+    Column("subject", String(512), nullable=False),
+    Column("serial", String(40), nullable=False),
+    Column("not_after", UTCDateTime(), nullable=False),
+    Column("der", LargeBinary, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
 
 
-class Certificate(Base):
-    __tablename__ = "certificates"
-    __table_args__ = (
-        # Serials are unique per issuer; serial first so the same index serves lookups by serial.
-        UniqueConstraint("serial", "issuer_id", name="uq_certificates_serial_issuer"),
-        Index("ix_certificates_device", "device_id"),
-        Index("ix_certificates_not_after", "not_after"),
-    )
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    serial: Mapped[str] = mapped_column(String(40))
-    issuer_id: Mapped[int] = mapped_column(ForeignKey("cas.id"))
-    device_id: Mapped[int | None] = mapped_column(ForeignKey("devices.id"))
-    profile: Mapped[str] = mapped_column(String(32))
-    subject: Mapped[str] = mapped_column(String(512))
-    not_before: Mapped[datetime] = mapped_column(UTCDateTime())
-    not_after: Mapped[datetime] = mapped_column(UTCDateTime())
-    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
-    status: Mapped[str] = mapped_column(String(16), default="valid")
-    status_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    der: Mapped[bytes] = mapped_column(LargeBinary)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-
-
-class EnrollmentSecret(Base):
-    """A single-use secret for EST HTTP Basic enrollment; only its SHA-256 is stored."""
-
-    __tablename__ = "enrollment_secrets"
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"), index=True)
-    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+devices = Table(
+    "devices",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("serial", String(128), unique=True, nullable=False),
+    Column("model", String(128)),
+    Column("lot", String(128)),
+    Column("line", String(128)),
+    Column("state", String(32), default="ACTIVE", nullable=False),
+    Column("se_backend", String(16)),
+    Column("directory", String(1024)),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    # Enrollment approval (policies that hold enrollments until an operator approves).
+    Column("approval_requested_at", UTCDateTime()),
+    Column("approved_at", UTCDateTime()),
+    # Onboarding (registry): who made it, which enrollment admitted it, where it was allocated.
+    Column("manufacturer_id", Integer, ForeignKey("manufacturers.id")),
+    Column("enrollment_id", Integer, ForeignKey("enrollments.id")),
+    Column("hub_id", Integer, ForeignKey("hubs.id")),
+    # SHA-256 of an IDevID made outside devid (a registered manufacturer's), as first presented.
+    Column("idevid_fingerprint", String(64)),
+    Column("properties", Text),
+    Column("registered_at", UTCDateTime()),
+    # Optimistic concurrency for edits through the API: an update names the version it read.
+    Column("version", Integer, default=1, server_default="1", nullable=False),
+    Index("ix_devices_idevid_fingerprint", "idevid_fingerprint"),
+)
 
 
-class AuditEvent(Base):
-    """One link of the hash chain: `hash` = SHA-256 over the previous hash and this event."""
-
-    __tablename__ = "audit_events"
-
-    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    at: Mapped[datetime] = mapped_column(UTCDateTime())
-    actor: Mapped[str] = mapped_column(String(128))
-    action: Mapped[str] = mapped_column(String(64))
-    outcome: Mapped[str] = mapped_column(String(16))
-    subject: Mapped[str] = mapped_column(String(256))
-    detail: Mapped[str] = mapped_column(Text)
-    prev_hash: Mapped[str] = mapped_column(String(64))
-    hash: Mapped[str] = mapped_column(String(64))
-
-
-class AuditHead(Base):
-    """The chain's head in one row: locking it serializes appenders across processes."""
-
-    __tablename__ = "audit_head"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    seq: Mapped[int] = mapped_column(BigInteger)
-    hash: Mapped[str] = mapped_column(String(64))
+certificates = Table(
+    "certificates",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("serial", String(40), nullable=False),
+    Column("issuer_id", Integer, ForeignKey("cas.id"), nullable=False),
+    Column("device_id", BigId, ForeignKey("devices.id")),
+    Column("profile", String(32), nullable=False),
+    Column("subject", String(512), nullable=False),
+    Column("not_before", UTCDateTime(), nullable=False),
+    Column("not_after", UTCDateTime(), nullable=False),
+    Column("fingerprint", String(64), unique=True, nullable=False),
+    Column("status", String(16), default="valid", nullable=False),
+    Column("status_at", UTCDateTime()),
+    Column("der", LargeBinary, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    # Serials are unique per issuer; serial first so the same index serves lookups by serial.
+    UniqueConstraint("serial", "issuer_id", name="uq_certificates_serial_issuer"),
+    Index("ix_certificates_device", "device_id"),
+    Index("ix_certificates_not_after", "not_after"),
+)
 
 
-class Manufacturer(Base):
-    """A third-party manufacturing CA, registered with proof of possession of its key."""
-
-    __tablename__ = "manufacturers"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(64), unique=True)
-    state: Mapped[str] = mapped_column(String(16))
-    auto_register: Mapped[bool] = mapped_column(Boolean)
-    auto_activate: Mapped[bool] = mapped_column(Boolean)
-    subject: Mapped[str] = mapped_column(String(512))
-    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
-    der: Mapped[bytes] = mapped_column(LargeBinary)
-    not_after: Mapped[datetime] = mapped_column(UTCDateTime())
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    version: Mapped[int] = mapped_column(Integer, default=1)
+#: A single-use secret for EST HTTP Basic enrollment; only its SHA-256 is stored.
+enrollment_secrets = Table(
+    "enrollment_secrets",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("device_id", BigId, ForeignKey("devices.id"), index=True, nullable=False),
+    Column("secret_hash", String(64), unique=True, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("used_at", UTCDateTime()),
+)
 
 
-class RegistrationCode(Base):
-    """A one-time code a manufacturer CA must sign (as a verification certificate's CN)."""
-
-    __tablename__ = "registration_codes"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    code: Mapped[str] = mapped_column(String(64), unique=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    manufacturer_id: Mapped[int | None] = mapped_column(ForeignKey("manufacturers.id"))
-
-
-class Hub(Base):
-    """An allocation target: where a registered device is told to connect."""
-
-    __tablename__ = "hubs"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(64), unique=True)
-    url: Mapped[str] = mapped_column(String(512))
-    region: Mapped[str] = mapped_column(String(64))
-    weight: Mapped[int] = mapped_column(Integer, default=1)
-    #: JSON {device region: round-trip milliseconds} for the lowest-latency policy.
-    latencies: Mapped[str] = mapped_column(Text, default="{}")
-    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    version: Mapped[int] = mapped_column(Integer, default=1)
+#: One link of the hash chain: `hash` = SHA-256 over the previous hash and this event.
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("subject", String(256), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
 
 
-class Enrollment(Base):
-    """An enrollment group (attests devices by signing certificate, DPS model) or an individual
-    enrollment (one device by registration id, overriding its group). Both carry the same settings,
-    so they share one table; `kind` tells them apart."""
-
-    __tablename__ = "enrollments"
-    __table_args__ = (UniqueConstraint("kind", "name", name="uq_enrollments_kind_name"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16))
-    name: Mapped[str] = mapped_column(String(128))
-    primary_der: Mapped[bytes | None] = mapped_column(LargeBinary)
-    primary_fingerprint: Mapped[str | None] = mapped_column(String(64))
-    secondary_der: Mapped[bytes | None] = mapped_column(LargeBinary)
-    secondary_fingerprint: Mapped[str | None] = mapped_column(String(64))
-    #: Individual enrollments may pin the device's IDevID (SHA-256 of its DER).
-    certificate_fingerprint: Mapped[str | None] = mapped_column(String(64))
-    #: Renewal policy as LabelPolicy config JSON; NULL: the EST label's policy.
-    policy: Mapped[str | None] = mapped_column(Text)
-    allocation: Mapped[str] = mapped_column(String(32))
-    #: JSON list of hub names this enrollment allocates over (empty: every enabled hub).
-    hubs: Mapped[str] = mapped_column(Text, default="[]")
-    webhook_url: Mapped[str | None] = mapped_column(String(512))
-    reprovision: Mapped[str] = mapped_column(String(16))
-    properties: Mapped[str] = mapped_column(Text, default="{}")
-    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    version: Mapped[int] = mapped_column(Integer, default=1)
+#: The chain's head in one row: locking it serializes appenders across processes.
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+)
 
 
-class ApiToken(Base):
-    """An admin API bearer token; only its SHA-256 is stored."""
-
-    __tablename__ = "api_tokens"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(64), unique=True)
-    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    role: Mapped[str] = mapped_column(String(16))
-    rate_per_minute: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-
-
-class RegistryState(Base):
-    """One row: a generation bumped by every registry change, in the same transaction. Server
-    processes compare it to what they cached, so a change made anywhere reaches them all."""
-
-    __tablename__ = "registry_state"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    generation: Mapped[int] = mapped_column(BigInteger)
+#: A third-party manufacturing CA, registered with proof of possession of its key.
+manufacturers = Table(
+    "manufacturers",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), unique=True, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("auto_register", Boolean, nullable=False),
+    Column("auto_activate", Boolean, nullable=False),
+    Column("subject", String(512), nullable=False),
+    Column("fingerprint", String(64), unique=True, nullable=False),
+    Column("der", LargeBinary, nullable=False),
+    Column("not_after", UTCDateTime(), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("version", Integer, default=1, nullable=False),
+)
 
 
-class EventRecord(Base):
-    """Outbox of registry events (JITR registrations, state changes), written in the transaction
-    of the change they describe and delivered afterwards to every sink, in order."""
+#: A one-time code a manufacturer CA must sign (as a verification certificate's CN).
+registration_codes = Table(
+    "registration_codes",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("code", String(64), unique=True, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("used_at", UTCDateTime()),
+    Column("manufacturer_id", Integer, ForeignKey("manufacturers.id")),
+)
 
-    __tablename__ = "events"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    at: Mapped[datetime] = mapped_column(UTCDateTime())
-    type: Mapped[str] = mapped_column(String(64))
-    subject: Mapped[str] = mapped_column(String(256))
-    payload: Mapped[str] = mapped_column(Text)
+#: An allocation target: where a registered device is told to connect.
+hubs = Table(
+    "hubs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), unique=True, nullable=False),
+    Column("url", String(512), nullable=False),
+    Column("region", String(64), nullable=False),
+    Column("weight", Integer, default=1, nullable=False),
+    # JSON {device region: round-trip milliseconds} for the lowest-latency policy.
+    Column("latencies", Text, default="{}", nullable=False),
+    Column("enabled", Boolean, default=True, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("version", Integer, default=1, nullable=False),
+)
 
 
-class EventSink(Base):
-    """Where events go: a webhook URL or an MQTT broker URL + topic; `cursor` is the last event
-    id delivered there (at-least-once, in order)."""
+#: An enrollment group (attests devices by signing certificate, DPS model) or an individual
+#: enrollment (one device by registration id, overriding its group). Both carry the same settings,
+#: so they share one table; `kind` tells them apart.
+enrollments = Table(
+    "enrollments",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("primary_der", LargeBinary),
+    Column("primary_fingerprint", String(64)),
+    Column("secondary_der", LargeBinary),
+    Column("secondary_fingerprint", String(64)),
+    # Individual enrollments may pin the device's IDevID (SHA-256 of its DER).
+    Column("certificate_fingerprint", String(64)),
+    # Renewal policy as LabelPolicy config JSON; NULL: the EST label's policy.
+    Column("policy", Text),
+    Column("allocation", String(32), nullable=False),
+    # JSON list of hub names this enrollment allocates over (empty: every enabled hub).
+    Column("hubs", Text, default="[]", nullable=False),
+    Column("webhook_url", String(512)),
+    Column("reprovision", String(16), nullable=False),
+    Column("properties", Text, default="{}", nullable=False),
+    Column("enabled", Boolean, default=True, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("version", Integer, default=1, nullable=False),
+    UniqueConstraint("kind", "name", name="uq_enrollments_kind_name"),
+)
 
-    __tablename__ = "event_sinks"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(64), unique=True)
-    kind: Mapped[str] = mapped_column(String(16))
-    url: Mapped[str] = mapped_column(String(512))
-    topic: Mapped[str | None] = mapped_column(String(256))
-    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
-    cursor: Mapped[int] = mapped_column(BigInteger, default=0)
-    failures: Mapped[int] = mapped_column(Integer, default=0)
-    last_error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    #: Key of the webhook body signature (HMAC-SHA256); it must be readable to sign with.
-    secret: Mapped[bytes | None] = mapped_column(LargeBinary)
+#: An admin API bearer token; only its SHA-256 is stored.
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), unique=True, nullable=False),
+    Column("token_hash", String(64), unique=True, nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("rate_per_minute", Integer, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime()),
+    Column("revoked_at", UTCDateTime()),
+)
+
+
+#: One row: a generation bumped by every registry change, in the same transaction. Server
+#: processes compare it to what they cached, so a change made anywhere reaches them all.
+registry_state = Table(
+    "registry_state",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("generation", BigInteger, nullable=False),
+)
+
+
+#: Outbox of registry events (JITR registrations, state changes), written in the transaction
+#: of the change they describe and delivered afterwards to every sink, in order.
+events = Table(
+    "events",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("subject", String(256), nullable=False),
+    Column("payload", Text, nullable=False),
+)
+
+
+#: Where events go: a webhook URL or an MQTT broker URL + topic; `cursor` is the last event
+#: id delivered there (at-least-once, in order).
+event_sinks = Table(
+    "event_sinks",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), unique=True, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("url", String(512), nullable=False),
+    Column("topic", String(256)),
+    Column("enabled", Boolean, default=True, nullable=False),
+    Column("cursor", BigInteger, default=0, nullable=False),
+    Column("failures", Integer, default=0, nullable=False),
+    Column("last_error", Text),
+    Column("created_at", UTCDateTime(), nullable=False),
+    # Key of the webhook body signature (HMAC-SHA256); it must be readable to sign with.
+    Column("secret", LargeBinary),
+)

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Connection, Table, insert, select
+from sqlalchemy import Connection, insert, select
 
-from devid.store.models import AuditHead, EventRecord
+from devid.store.models import audit_head as _audit_head
+from devid.store.models import events
 
-events = cast(Table, EventRecord.__table__)
-_audit_head = cast(Table, AuditHead.__table__)
 #: Set in the connection's info by `emit`; `devid.registry.delivery` wakes its dispatcher when a
 #: transaction carrying this flag has committed.
 EMITTED = "devid.events.emitted"

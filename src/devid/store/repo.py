@@ -4,20 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Connection, Row, Table, bindparam, func, select
+from sqlalchemy import Connection, Row, bindparam, func, select
 
-from devid.store.models import Certificate as CertRow
-from devid.store.models import CertificateAuthority, Device, Enrollment, EnrollmentSecret, Hub, Manufacturer
-
-certificates = cast(Table, CertRow.__table__)
-devices = cast(Table, Device.__table__)
-cas = cast(Table, CertificateAuthority.__table__)
-enrollment_secrets = cast(Table, EnrollmentSecret.__table__)
-_manufacturers = cast(Table, Manufacturer.__table__)
-_enrollments = cast(Table, Enrollment.__table__)
-_hubs = cast(Table, Hub.__table__)
+# Re-exported: the tables other layers query through `repo`.
+from devid.store.models import cas as cas
+from devid.store.models import certificates as certificates
+from devid.store.models import devices as devices
+from devid.store.models import enrollment_secrets as enrollment_secrets
+from devid.store.models import enrollments as _enrollments
+from devid.store.models import hubs as _hubs
+from devid.store.models import manufacturers as _manufacturers
 
 # Request-path statements are built once with bound parameters: building a select per call costs
 # five times what running it against an index does.
