@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -12,12 +12,13 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import Engine
 
-from devid.authority.core import Authority
-from devid.authority.setup import open_authority
 from devid.config import Home, default_home, resolve_passphrase
 from devid.errors import NotFoundError
 from devid.store.engine import make_engine
 from devid.store.schema import check_schema
+
+if TYPE_CHECKING:  # the authority (keys, policy, signing) is imported only by commands that open it
+    from devid.authority.core import Authority
 
 # soft_wrap: a line is never folded at the terminal width (80 columns when piped), so a path, a
 # serial or an error message stays whole for the person copying it and the script reading it.
@@ -49,6 +50,8 @@ def load_home(home: Path | None) -> Home:
 
 
 def authority(home: Path | None, passphrase_file: Path | None) -> Authority:
+    from devid.authority.setup import open_authority
+
     passphrase = resolve_passphrase(passphrase_file)
     return open_authority(load_home(home), passphrase)
 
