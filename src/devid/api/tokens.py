@@ -20,8 +20,7 @@ from typing import Any, cast
 from sqlalchemy import Connection, Engine, Table, bindparam, insert, select, update
 
 from devid.api.roles import Role
-from devid.authority.enroll import AuthenticationRequired
-from devid.errors import ConflictError, NotFoundError, PolicyError
+from devid.errors import AuthenticationRequired, ConflictError, NotFoundError, PolicyError
 from devid.store import audit
 from devid.store.models import ApiToken
 
