@@ -7,7 +7,8 @@ a window, whatever it presents until the window ends. Its failures cost the audi
 per window, not one each: the first failure of a (peer, identity) pair in a window is audited as
 the refusal it was; the later ones, and the attempts refused with 429, are counted and written as
 one `est.auth-failures` event once the window has closed (noticed at the next request, or when the
-service closes).
+service closes). Attempts from an address over its limit are counted as one, whatever identity each
+claims, so the events a window costs stay bounded by the limits, not by the attempts.
 
 The counters live in this process (one per `devid serve` worker): with N workers a client may fail
 up to N times the limit before every worker refuses it. That still bounds guessing and audit
@@ -30,6 +31,8 @@ PER_IDENTITY = 5
 #: Counters kept at most (per kind); beyond, the oldest windows are closed early.
 MAX_TRACKED = 10_000
 ACTION = "est.auth-failures"
+#: The identity of the aggregate that counts an over-limit address's attempts, whatever they claim.
+ANY = "*"
 
 
 @dataclass
@@ -77,13 +80,12 @@ class FailedAuthentications:
         """Raise RateLimited if `peer` (None: unknown, not limited) or `identity` has used up its
         failures in the current window; the refused attempt is counted for the aggregate audit."""
         with self._lock:
-            wait = max(
-                self._wait(self._peers, peer, self.per_peer, now),
-                self._wait(self._identities, identity, self.per_identity, now),
-            )
+            peer_wait = self._wait(self._peers, peer, self.per_peer, now)
+            wait = max(peer_wait, self._wait(self._identities, identity, self.per_identity, now))
             if wait <= 0:
                 return
-            self._tally(peer, identity, now).limited += 1
+            # An address over its limit is tallied as one, whatever identities it tries next.
+            self._tally(peer, ANY if peer_wait > 0 else identity, now).limited += 1
         who = f"failed authentication for {identity[:64]!r}" + (f" or from {peer}" if peer else "")
         raise RateLimited(who, math.ceil(wait))
 
@@ -167,4 +169,4 @@ def _event(key: tuple[str, str], tally: _Tally) -> list[audit.Event]:
         "first": tally.first.isoformat(),
         "last": tally.last.isoformat(),
     }
-    return [audit.Event(ACTION, identity, f"est:{peer}", "refused", detail)]
+    return [audit.Event(ACTION, peer if identity == ANY else identity, f"est:{peer}", "refused", detail)]

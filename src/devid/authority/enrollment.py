@@ -106,13 +106,12 @@ class EnrollmentService:
         if closed:
             await asyncio.to_thread(self._append, closed)
         credential = request.credential
-        claimed = (
-            credential.serial[:64] if isinstance(credential, SecretCredential) else credential.fingerprint
-        )
+        if isinstance(credential, SecretCredential):
+            attempt = _Attempt(credential.serial[:64], "enrollment-secret")
+        else:
+            attempt = _Attempt(credential.fingerprint, "certificate")
+        claimed = attempt.subject  # the identity claimed, before authentication names the device
         self.failures.check(request.peer, claimed, now)
-        attempt = _Attempt(
-            claimed, "enrollment-secret" if isinstance(credential, SecretCredential) else "certificate"
-        )
         try:
             if (
                 self._decide_on_loop
