@@ -8,7 +8,7 @@ import json
 import socket
 import ssl
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,9 @@ from est_helpers import (
 )
 from sqlalchemy import func, select, update
 
-from devid.authority.auth_failures import ACTION, ANY, PER_IDENTITY, PER_PEER
+from devid.authority.auth_failures import ACTION, ANY, PER_IDENTITY, PER_PEER, FailedAuthentications
 from devid.authority.core import Authority
-from devid.authority.devices import create_enrollment_secret
+from devid.authority.devices import create_enrollment_secret, set_state
 from devid.clock import FixedClock
 from devid.store import repo
 from devid.store.models import AuditEvent
@@ -162,3 +162,38 @@ def test_failed_certificate_authentication_is_limited(
     # The device's IDevID is another identity: it still enrolls.
     again = https(server, "POST", path("simpleenroll"), csr_b64(key), cert=device.idevid_files)
     assert again.status != 429 and again.headers.get("Devid-Error") != "rate-limited", again.text
+
+
+def test_a_disabled_device_is_refused_not_limited(server: EstServer, device: Device) -> None:
+    """Its IDevID authenticates it: a refusal for the device's state is audited under the device,
+    and is not a failed authentication (no 429, however often it retries)."""
+    auth = server.authority
+    set_state(auth, device.serial, "INACTIVE", "test")
+    key = ec.generate_private_key(ec.SECP256R1())
+    answers = [
+        https(server, "POST", path("simpleenroll"), csr_b64(key), cert=device.idevid_files)
+        for _ in range(PER_IDENTITY + 1)
+    ]
+    assert {(a.status, a.headers["Devid-Error"]) for a in answers} == {(403, "device-not-active")}
+    with auth.engine.connect() as conn:
+        last = conn.execute(
+            select(EVENTS.c.action, EVENTS.c.subject, EVENTS.c.detail).order_by(EVENTS.c.seq.desc())
+        ).first()
+    assert last is not None
+    assert (last.action, last.subject) == ("est.simpleenroll", device.serial)
+    assert json.loads(last.detail)["credential"] == "idevid"
+
+
+def test_failure_counters_stay_bounded() -> None:
+    """Identities sprayed from many addresses cannot grow the counters past `max_tracked`: the
+    oldest windows are dropped (counters) or closed early (aggregates)."""
+    failures = FailedAuthentications(max_tracked=3)
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    for i in range(10):
+        for _ in range(2):
+            failures.failed(f"10.0.0.{i}", f"SN-{i}", "enroll-secret", now)
+    written = failures.closed(now)
+    assert len(written) == 7  # each pair failed twice: one aggregate each, the 7 oldest closed early
+    assert {e.subject for e in written} == {f"SN-{i}" for i in range(7)}
+    assert len(failures.drain()) == 3
+    assert failures.drain() == []

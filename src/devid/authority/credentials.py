@@ -96,15 +96,30 @@ def authenticate(
     accept: frozenset[ProfileName] = ENROLLMENT_PROFILES,
     onboarding: ManufacturerTrust | None = None,
 ) -> Identity:
-    """The device `credential` authenticates, if its certificate is of a profile in `accept`.
+    """The device `credential` authenticates, if its certificate is of a profile in `accept`:
+    `identify` it, then `check_standing`.
 
     Raises CredentialRefused (`client-cert-*`) when the certificate does not authenticate anyone,
     PolicyError (`device-not-active`, `device-pending-activation`) when its device may not be
     served now. A device registered just in time (`registered` False) has no state yet: the
     caller checks it once the device is registered.
     """
+    identity = identify(authority, credential, accept=accept, onboarding=onboarding)
+    check_standing(authority, identity)
+    return identity
+
+
+def identify(
+    authority: Authority,
+    credential: CertificateCredential,
+    *,
+    accept: frozenset[ProfileName] = ENROLLMENT_PROFILES,
+    onboarding: ManufacturerTrust | None = None,
+) -> Identity:
+    """Whose certificate this is, before its standing is checked (`authenticate` does both; the
+    enrollment service calls the two in turn, to audit a refusal of standing under the device)."""
     try:
-        identity = _own(authority, credential, accept)
+        return _own(authority, credential, accept)
     except CredentialRefused as exc:
         # Not devid's own: perhaps a registered manufacturer's (whose CA may even share a name
         # with one of devid's, so an unknown record is tried too; the registry checks signatures).
@@ -114,9 +129,7 @@ def authenticate(
             or exc.code not in ("client-cert-unknown-issuer", "client-cert-unknown")
         ):
             raise
-        identity = onboarding.identify(credential.der, credential.chain)
-    check_standing(authority, identity)
-    return identity
+    return onboarding.identify(credential.der, credential.chain)
 
 
 def _own(authority: Authority, credential: CertificateCredential, accept: frozenset[ProfileName]) -> Identity:

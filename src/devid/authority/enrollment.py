@@ -3,11 +3,11 @@ audited refusal, whatever protocol carried it (EST today).
 
 A front end parses its request, finds the credential (refusing a request with none before reading
 its body: `require_credential`), and awaits `EnrollmentService.enroll`. The service limits failed
-authentication (`FailedAuthentications`), authenticates (`credentials.authenticate`, or the
-enrollment secret), decides with the label's rules (`enroll`), issues through the authority's
-group commit, and audits the refusal when there is one: refusals of the issuance itself are audited
-by the authority (`certificate.issue`), failed authentications in aggregate, the others here as
-`est.<operation>`.
+authentication (`FailedAuthentications`), authenticates (`credentials.identify` then
+`check_standing`, the two steps of `authenticate`; or the enrollment secret), decides with the
+label's rules (`enroll`), issues through the authority's group commit, and audits the refusal when
+there is one: refusals of the issuance itself are audited by the authority (`certificate.issue`),
+failed authentications in aggregate, the others here as `est.<operation>`.
 
 Where the work runs is chosen for throughput: SQLite reads (WAL) never wait for a writer and touch
 a local file only, so a certificate enrollment is decided on the event loop, saving two thread hops
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from devid.authority.auth_failures import FailedAuthentications
 from devid.authority.core import Authority
-from devid.authority.credentials import CertificateCredential, authenticate
+from devid.authority.credentials import CertificateCredential, check_standing, identify
 from devid.authority.enroll import (
     Credential,
     Decision,
@@ -148,8 +148,9 @@ class EnrollmentService:
         if isinstance(credential, SecretCredential):
             check_secret(authority, credential)
             return decide_with_secret(authority, policy, request.operation, credential, request.csr)
-        identity = authenticate(authority, credential, onboarding=self.onboarding)
+        identity = identify(authority, credential, onboarding=self.onboarding)
         attempt.subject, attempt.credential = identity.device_serial, identity.profile.value
+        check_standing(authority, identity)
         return decide_with_certificate(
             authority, policy, request.operation, identity, request.csr, self.onboarding, request.region
         )
