@@ -23,7 +23,8 @@ import cwt
 import jwt
 import pytest
 from aiohttp import web
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from e2e import devid, devid_many, ok
 from softhsm import SoftToken
@@ -43,7 +44,7 @@ from devid.authority.token_keys import (
 )
 from devid.clock import FixedClock
 from devid.config import Home
-from devid.errors import ConfigError, KeyExportRefused
+from devid.errors import ConfigError, CredentialRefused, DevidError, KeyExportRefused
 from devid.keys.pkcs11 import Pkcs11KeyStore, Pkcs11PrivateKey
 from devid.pki.profiles import ProfileName
 from devid.store import audit, repo
@@ -57,7 +58,6 @@ from devid.tokens import (
     TokenIssuerMismatch,
     TokenMalformed,
     TokenPolicy,
-    TokenRefused,
     TokenSignatureInvalid,
     TokenUnknownKey,
     issue_for_certificate,
@@ -68,6 +68,7 @@ from devid.tokens import (
     verify_token,
 )
 from devid.tokens.routes import preferred_format, token_routes
+from devid.web.errors import status_for
 
 PASSPHRASE = b"correct horse battery staple"
 PEM = serialization.Encoding.PEM
@@ -414,12 +415,12 @@ def test_audience_and_scope_from_policy(env: Env) -> None:
     )
     assert (mqtt.claims.aud, mqtt.claims.scope) == (("mqtt.example",), "ota:download config:read")
     assert verify(env, mqtt.token, audience="mqtt.example").scopes == ("ota:download", "config:read")
-    with pytest.raises(TokenRefused) as info:
+    with pytest.raises(DevidError) as info:
         issue_for_certificate(env.authority, env.device.ldevid.der, audience="billing")
-    assert (info.value.status, info.value.code) == (400, "token-audience-not-allowed")
-    with pytest.raises(TokenRefused) as scope_info:
+    assert (status_for(info.value), info.value.code) == (400, "token-audience-not-allowed")
+    with pytest.raises(DevidError) as scope_info:
         issue_for_certificate(env.authority, env.device.ldevid.der, scope="admin:all")
-    assert (scope_info.value.status, scope_info.value.code) == (400, "token-scope-not-allowed")
+    assert (status_for(scope_info.value), scope_info.value.code) == (400, "token-scope-not-allowed")
 
 
 def test_policy_round_trips_through_config() -> None:
@@ -432,12 +433,12 @@ def test_policy_round_trips_through_config() -> None:
 
 def test_standing_is_checked_and_refusals_are_audited(env: Env) -> None:
     auth = env.authority
-    with pytest.raises(TokenRefused) as none:
+    with pytest.raises(DevidError) as none:
         issue_for_certificate(auth, None)
-    assert (none.value.status, none.value.code) == (401, "token-no-client-cert")
-    with pytest.raises(TokenRefused) as idevid:
+    assert (status_for(none.value), none.value.code) == (401, "token-no-client-cert")
+    with pytest.raises(DevidError) as idevid:
         issue_for_certificate(auth, env.device.idevid.der)
-    assert (idevid.value.status, idevid.value.code) == (403, "token-cert-not-operational")
+    assert (status_for(idevid.value), idevid.value.code) == (403, "client-cert-unknown-issuer")
 
     renewed = auth.issue(
         IssueRequest(
@@ -447,21 +448,21 @@ def test_standing_is_checked_and_refusals_are_audited(env: Env) -> None:
             supersedes=env.device.ldevid.fingerprint,
         )
     )
-    with pytest.raises(TokenRefused) as superseded:
+    with pytest.raises(DevidError) as superseded:
         issue_for_certificate(auth, env.device.ldevid.der)
-    assert (superseded.value.status, superseded.value.code) == (403, "certificate-superseded")
+    assert (status_for(superseded.value), superseded.value.code) == (403, "client-cert-superseded")
     assert issue_for_certificate(auth, renewed.der).claims.sub == "SN-0001"
 
     devices.set_state(auth, "SN-0001", "INACTIVE", "test")
-    with pytest.raises(TokenRefused) as inactive:
+    with pytest.raises(DevidError) as inactive:
         issue_for_certificate(auth, renewed.der)
-    assert (inactive.value.status, inactive.value.code) == (403, "device-not-active")
+    assert (status_for(inactive.value), inactive.value.code) == (403, "device-not-active")
 
     env.clock.advance(dt.timedelta(days=400))
     devices.set_state(auth, "SN-0001", "ACTIVE", "test")
-    with pytest.raises(TokenRefused) as expired:
+    with pytest.raises(DevidError) as expired:
         issue_for_certificate(auth, renewed.der)
-    assert (expired.value.status, expired.value.code) == (403, "certificate-expired")
+    assert (status_for(expired.value), expired.value.code) == (403, "client-cert-expired")
 
     issued = audit_rows(env, "token.issue")
     assert [r.outcome for r in issued] == ["refused", "refused", "refused", "ok", "refused", "refused"]
@@ -469,13 +470,56 @@ def test_standing_is_checked_and_refusals_are_audited(env: Env) -> None:
     assert issued[3].subject == "SN-0001" and issued[3].actor == "device:SN-0001"
     assert [json.loads(r.detail)["code"] for r in issued if r.outcome == "refused"] == [
         "token-no-client-cert",
-        "token-cert-not-operational",
-        "certificate-superseded",
+        "client-cert-unknown-issuer",
+        "client-cert-superseded",
         "device-not-active",
-        "certificate-expired",
+        "client-cert-expired",
     ]
     with auth.engine.connect() as conn:
         assert audit.verify(conn).ok
+
+
+def test_no_token_for_a_certificate_that_names_another_device(env: Env) -> None:
+    """The record says the certificate belongs to SN-0002, its subject says SN-0001: it
+    authenticates neither (the subject serialNumber must match the record)."""
+    auth = env.authority
+    provision(auth, "SN-0002")
+    with auth.engine.begin() as conn:
+        other = repo.device_by_serial(conn, "SN-0002")
+        assert other is not None
+        conn.execute(
+            repo.certificates.update()
+            .where(repo.certificates.c.fingerprint == env.device.ldevid.fingerprint)
+            .values(device_id=other.id)
+        )
+    with pytest.raises(CredentialRefused) as info:
+        issue_for_certificate(auth, env.device.ldevid.der)
+    assert (status_for(info.value), info.value.code) == (403, "client-cert-identity")
+    assert [r.outcome for r in audit_rows(env, "token.issue")] == ["refused"]
+
+
+def test_no_token_while_the_issuing_ca_is_not_valid(env: Env) -> None:
+    """A certificate within its own validity, under an operational CA certificate that is not valid
+    now (here: replaced by one that expired yesterday, same name and key), gets no token."""
+    auth = env.authority
+    operational, root = auth.cas["operational"], auth.cas["root"]
+    now = env.clock.now()
+    expired_ca = (
+        x509.CertificateBuilder()
+        .subject_name(operational.certificate.subject)
+        .issuer_name(root.certificate.subject)
+        .public_key(operational.certificate.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=30))
+        .not_valid_after(now - dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(root.key, hashes.SHA256())
+    )
+    assert env.device.ldevid.certificate.not_valid_after_utc > now
+    operational.certificate = expired_ca
+    with pytest.raises(CredentialRefused) as info:
+        issue_for_certificate(auth, env.device.ldevid.der)
+    assert (status_for(info.value), info.value.code) == (403, "client-cert-issuer-expired")
 
 
 def test_session_certificates_receive_tokens(env: Env) -> None:
@@ -889,7 +933,7 @@ def test_concurrent_issuance_on_each_store(authority: Authority) -> None:
         )
         assert claims.sub == f"SN-C{i % 4}"
     assert len({item.claims.jti for item in issued}) == 24
-    with pytest.raises(TokenRefused):
+    with pytest.raises(DevidError):
         issue_for_certificate(authority, devices_[0].idevid.der)
     events = audit_events
     with authority.engine.connect() as conn:

@@ -1,7 +1,8 @@
 """devid's error types: each carries a stable `code` and a message naming the problem.
 
-Protocol layers map the class to a status (PolicyError 400/403, NotFound 404, Conflict 409) and
-the CLI prints the message and exits non-zero; nobody needs to parse message text.
+Protocol layers map the class to a status (`devid.web.errors.status_for`: PolicyError 400/403,
+AuthenticationRequired 401, NotFound 404, Conflict 409, RateLimited 429) and the CLI prints the
+message and exits non-zero; nobody needs to parse message text.
 """
 
 from __future__ import annotations
@@ -14,13 +15,49 @@ class DevidError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+        self._audited = False
 
     def __str__(self) -> str:
         return self.message
 
+    @property
+    def audited(self) -> bool:
+        """Whether this refusal is already in the audit log (`Authority.record_refusal` marks it),
+        so that a caller further up does not record it a second time."""
+        return self._audited
+
+    def mark_audited(self) -> None:
+        self._audited = True
+
 
 class PolicyError(DevidError, ValueError):
     """A request refused by policy (bad CSR, wrong key type, asks for powers it may not have)."""
+
+
+class RequestInvalid(PolicyError):
+    """The request itself is malformed or asks for something never offered (HTTP 400)."""
+
+
+class BodyTooLarge(RequestInvalid):
+    """The request body is over the endpoint's limit (HTTP 413)."""
+
+
+class AuthenticationRequired(DevidError):
+    """No usable credential was presented, or a password-like one was wrong (HTTP 401 with a
+    challenge)."""
+
+
+class CredentialRefused(PolicyError):
+    """A presented credential does not authenticate a device: unknown, not issued by a trusted CA,
+    outside its validity, revoked or superseded, or not the identity it names (HTTP 403)."""
+
+
+class RateLimited(DevidError):
+    """Too many calls or failed attempts: HTTP 429 with Retry-After (whole seconds)."""
+
+    def __init__(self, who: str, retry_after: int) -> None:
+        super().__init__("rate-limited", f"{who} is over its rate limit; retry in {retry_after} s")
+        self.retry_after = retry_after
 
 
 class ConfigError(DevidError):

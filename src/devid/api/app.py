@@ -30,31 +30,18 @@ from devid.api.roles import allows
 from devid.api.routes import PREFIX, Call, Reply, Route, Schema
 from devid.api.tokens import TokenInfo
 from devid.authority.core import Authority
-from devid.authority.enroll import AuthenticationRequired
-from devid.errors import ConflictError, DevidError, NotFoundError, PolicyError
+from devid.errors import AuthenticationRequired, ConflictError, DevidError, PolicyError
 from devid.store import audit
 from devid.store.engine import reading
-from devid.web.errors import status_for
+from devid.web.errors import refusal_headers, status_for
 from devid.web.peer import peer_address
 
 log = logging.getLogger("devid.api")
 
-#: Codes whose status the API decides itself; everything else goes through web.errors.status_for.
-_API_STATUS = {"version-required": 428, "rate-limited": 429}
 _HTTP_CODES = {404: "not-found", 405: "method-not-allowed", 413: "body-too-large"}
 _BEARER = re.compile(r"Bearer\s+(\S+)\s*$", re.IGNORECASE)
 _ETAG = re.compile(r'^(?:W/)?"?(\d{1,18})"?$')
 REALM = 'Bearer realm="devid API"'
-
-
-def api_status(error: DevidError) -> int:
-    """The API's status for a devid error: EST's mapping, except that an unknown id is plainly
-    404 (an API client names objects it may see) and the API's own codes (428, 429)."""
-    if error.code in _API_STATUS:
-        return _API_STATUS[error.code]
-    if isinstance(error, NotFoundError):
-        return 404
-    return status_for(error)
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
@@ -62,17 +49,15 @@ def error_body(code: str, message: str) -> dict[str, Any]:
 
 
 def error_reply(error: DevidError, presented_token: bool) -> Reply:
-    status = api_status(error)
+    """The JSON refusal of an API call; its status is `status_for`'s, with an unknown id a plain 404
+    (an API client names objects it may see)."""
+    status = status_for(error, reveal_missing=True)
     if status >= 500:
         log.error("internal error answering an API call: %s [%s]", error.message, error.code)
         return Reply(error_body("internal", "the server cannot complete this request now"), 500)
-    headers: dict[str, str] = {}
-    if status == 401:
-        # RFC 6750 section 3: name the error only when a token was presented.
-        headers["WWW-Authenticate"] = f'{REALM}, error="invalid_token"' if presented_token else REALM
-    if isinstance(error, RateLimited):
-        headers["Retry-After"] = str(error.retry_after)
-    return Reply(error_body(error.code, error.message), status, headers)
+    # RFC 6750 section 3: name the error only when a token was presented.
+    challenge = f'{REALM}, error="invalid_token"' if presented_token else REALM
+    return Reply(error_body(error.code, error.message), status, refusal_headers(error, status, challenge))
 
 
 def json_response(reply: Reply, default_status: int) -> web.Response:
@@ -316,4 +301,4 @@ def api_application(
     return ApiServer(authority, routes, anonymous_rate).application()
 
 
-__all__ = ["PREFIX", "ApiServer", "api_application", "api_status"]
+__all__ = ["PREFIX", "ApiServer", "api_application"]

@@ -16,15 +16,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from devid.errors import DevidError
+from devid.errors import RateLimited
 
-
-class RateLimited(DevidError):
-    """Too many calls for this token: HTTP 429 with Retry-After (whole seconds)."""
-
-    def __init__(self, who: str, retry_after: int) -> None:
-        super().__init__("rate-limited", f"{who} is over its rate limit; retry in {retry_after} s")
-        self.retry_after = retry_after
+__all__ = ["RateLimited", "RateLimiter"]
 
 
 @dataclass

@@ -20,8 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 
 from devid.api.roles import Role
-from devid.authority.enroll import AuthenticationRequired
-from devid.errors import ConflictError, NotFoundError, PolicyError
+from devid.errors import AuthenticationRequired, ConflictError, NotFoundError, PolicyError
 from devid.store import audit
 from devid.store.models import api_tokens as tokens
 

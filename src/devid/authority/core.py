@@ -381,9 +381,11 @@ class Authority:
     def record_refusal(
         self, error: DevidError, action: str, subject: str, actor: str, detail: dict[str, Any] | None = None
     ) -> None:
-        """Audit a refusal in its own transaction: the refusal is recorded, nothing else changes."""
+        """Audit a refusal in its own transaction: the refusal is recorded, nothing else changes.
+        The error is marked `audited`, so no caller records it again."""
         event = audit.Event(
             action, subject, actor, "refused", {"code": error.code, "reason": error.message, **(detail or {})}
         )
         with self.engine.begin() as conn:
             audit.append(conn, [event], self.clock.now())
+        error.mark_audited()

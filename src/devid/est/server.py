@@ -1,8 +1,11 @@
 """EST server endpoints (RFC 7030 with the RFC 8951 clarifications) at `/.well-known/est[/<label>]`.
 
-Thin by design: parse the HTTP request, find the credential, call `devid.authority.enroll`, encode
-the answer. Operations: `cacerts`, `csrattrs`, `simpleenroll`, `simplereenroll`, `serverkeygen`,
-plus `GET .../policy` (JSON, no authentication): the label's renewal policy for device agents.
+Thin by design: parse the HTTP request, find the credential, await the authority's enrollment
+service (`devid.authority.enrollment`), encode the answer. A request with no credential at all is
+refused (401 with the challenge) before its body is read; one refused for its framing (content
+type, size, encoding) has not been authenticated and is not audited (the service audits the rest).
+Operations: `cacerts`, `csrattrs`, `simpleenroll`, `simplereenroll`, `serverkeygen`, plus
+`GET .../policy` (JSON, no authentication): the label's renewal policy for device agents.
 
 Bodies are base64 DER, with or without line breaks; a `Content-Transfer-Encoding` header is
 ignored (RFC 8951 section 3.2.2); a raw DER or a PEM body is accepted too. Answers are base64 in
@@ -16,28 +19,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import functools
 import os
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
 from devid.authority.core import Authority
-from devid.authority.enroll import (
-    CertificateCredential,
-    Credential,
-    Decision,
-    EnrollResult,
-    Onboarding,
-    Operation,
-    SecretCredential,
-    decide,
-)
-from devid.authority.group_commit import committer
+from devid.authority.credentials import CertificateCredential
+from devid.authority.enroll import Credential, EnrollResult, Onboarding, Operation, SecretCredential
+from devid.authority.enrollment import EnrollmentService, EnrollRequest, require_credential
 from devid.authority.policy import LabelPolicy
-from devid.errors import DevidError, PolicyError
+from devid.errors import BodyTooLarge, PolicyError
 from devid.pki.der import encode_oid, tlv
 from devid.pki.encoding import certs_only
 from devid.web.peer import from_trusted_proxy, peer_address, peer_certificate, peer_chain
@@ -133,21 +126,17 @@ def basic_credential(header: str | None) -> SecretCredential | None:
 
 
 class EstServer:
-    """The EST endpoints of one authority."""
-
-    #: Enrollment decisions that may wait (HTTP Basic, database servers) run in these threads; the
-    #: issuance itself is awaited on the loop (`_complete`), so no thread is held through a commit.
-    _workers = ThreadPoolExecutor(max_workers=16, thread_name_prefix="devid-est")
+    """The EST endpoints of one authority; `close()` it with the application."""
 
     def __init__(self, authority: Authority, onboarding: Onboarding | None = None) -> None:
         self.authority = authority
-        self.onboarding = onboarding
-        # SQLite reads (WAL) never wait for a writer and touch a local file only: a certificate
-        # enrollment is decided on the event loop, saving two thread hops per request. With a
-        # database server a read is a network round trip, so the decision runs in a worker thread.
-        self._decide_on_loop = authority.engine.dialect.name == "sqlite"
+        self.service = EnrollmentService(authority, onboarding)
         self._cacerts: dict[str, bytes] = {}
         self._csrattrs = b64_lines(csr_attributes())
+
+    async def close(self, app: web.Application | None = None) -> None:
+        """Stop the enrollment service (an aiohttp `on_cleanup` handler)."""
+        await asyncio.to_thread(self.service.close)
 
     def routes(self) -> list[web.RouteDef]:
         out = []
@@ -198,75 +187,21 @@ class EstServer:
         return await self._enroll(request, Operation.SERVERKEYGEN)
 
     async def _enroll(self, request: web.Request, operation: Operation) -> web.Response:
-        actor = f"est:{peer_address(request) or '-'}"
-        credential: Credential | None = None
-        try:
-            label = request.match_info.get("label", "")
-            self.authority.label_policy(label)
-            credential = self._credential(request)
-            csr = await self._read_csr(request)
-            region = request.headers.get(REGION_HEADER, "")[:64] or None
-            decide_here = functools.partial(
-                decide,
-                self.authority,
-                label,
-                operation,
-                credential,
-                csr,
-                actor=actor,
-                onboarding=self.onboarding,
-                region=region,
-            )
-            if (
-                self._decide_on_loop
-                and isinstance(credential, CertificateCredential)
-                and not self._onboarding_writes()
-            ):
-                decision = decide_here(record=False)
-            else:
-                # HTTP Basic spends the enrollment secret, onboarding may register or allocate a
-                # device (and call an allocation webhook), and other stores read over the network:
-                # a worker thread decides.
-                decision = await asyncio.get_running_loop().run_in_executor(self._workers, decide_here)
-            result = await self._complete(decision, actor)
-        except DevidError as exc:
-            refusal = getattr(exc, "refusal", None)
-            if refusal is not None and not getattr(exc, "audited", False):
-                # Recorded off the loop: the audit append waits for the store's write lock.
-                await asyncio.to_thread(
-                    self.authority.record_refusal,
-                    exc,
-                    refusal.action,
-                    refusal.subject,
-                    refusal.actor,
-                    dict(refusal.detail),
-                )
-                exc.audited = True  # type: ignore[attr-defined]
-            elif credential is not None and not getattr(exc, "audited", False):
-                detail = {"credential": type(credential).__name__}
-                await asyncio.to_thread(
-                    self.authority.record_refusal, exc, f"est.{operation.value}", "-", actor, detail
-                )
-            raise
-        return self._answer(result, operation)
-
-    async def _complete(self, decision: Decision, actor: str) -> EnrollResult:
-        """Issue what `decide` allowed through the group commit: the answer waits for the
-        transaction that records the certificate, and no thread waits on the request's behalf."""
-        if decision.request is None:
-            return decision.result(None)
-        future = committer(self.authority).submit(decision.request, actor)
-        try:
-            issued = await asyncio.wrap_future(future)
-        except DevidError as exc:
-            exc.audited = True  # type: ignore[attr-defined]  # the authority audited its refusal
-            raise
-        return decision.result(issued)
-
-    def _onboarding_writes(self) -> bool:
-        """Whether an enrollment may write to the registry now (a manufacturer or an enrollment
-        exists): then it is decided off the event loop."""
-        return self.onboarding is not None and self.onboarding.active()
+        label = request.match_info.get("label", "")
+        self.authority.label_policy(label)
+        credential = require_credential(self._credential(request))
+        csr = await self._read_csr(request)
+        peer = peer_address(request)
+        enrollment = EnrollRequest(
+            label,
+            operation,
+            credential,
+            csr,
+            actor=f"est:{peer or '-'}",
+            peer=None if from_trusted_proxy(request) else peer,
+            region=request.headers.get(REGION_HEADER, "")[:64] or None,
+        )
+        return self._answer(await self.service.enroll(enrollment), operation)
 
     @staticmethod
     def _credential(request: web.Request) -> Credential | None:
@@ -289,11 +224,11 @@ class EstServer:
             )
         declared = request.content_length
         if declared is not None and declared > MAX_BODY:
-            raise PolicyError("body-too-large", f"request body of {declared} bytes exceeds {MAX_BODY}")
+            raise BodyTooLarge("body-too-large", f"request body of {declared} bytes exceeds {MAX_BODY}")
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            raise PolicyError("body-too-large", f"request body exceeds {MAX_BODY} bytes") from None
+            raise BodyTooLarge("body-too-large", f"request body exceeds {MAX_BODY} bytes") from None
         return decode_body(body)
 
     @staticmethod

@@ -26,8 +26,9 @@ from sqlalchemy import Connection, Row, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from devid.authority.core import Authority
-from devid.authority.enroll import Admission, ClientCertificate
-from devid.errors import PolicyError
+from devid.authority.credentials import Identity
+from devid.authority.enroll import Admission
+from devid.errors import CredentialRefused, PolicyError
 from devid.pki.chain import issuer_among
 from devid.pki.encoding import fingerprint
 from devid.pki.keypolicy import require_p256
@@ -88,7 +89,7 @@ def device_serial_of(cert: x509.Certificate) -> str:
         values = cert.subject.get_attributes_for_oid(oid)
         if len(values) == 1 and str(values[0].value).strip():
             return str(values[0].value)
-    raise PolicyError(
+    raise CredentialRefused(
         "client-cert-identity", "the IDevID subject has no serialNumber or common name to identify the device"
     )
 
@@ -134,12 +135,12 @@ class Registry:
 
     # --- identification (no writes) --------------------------------------------------------------
 
-    def identify(self, der: bytes, chain: Sequence[bytes]) -> ClientCertificate:
+    def identify(self, der: bytes, chain: Sequence[bytes]) -> Identity:
         """The device behind an IDevID issued outside devid, chaining (through the certificates
-        the client sent and the registry's own) to a registered manufacturer CA."""
+        the client sent and the registry's own) to a registered manufacturer CA. The validity of
+        every link is checked by `devid.authority.credentials.authenticate`, which calls this."""
         cert = x509.load_der_x509_certificate(der)
         snap = self.snapshot()
-        now = self.authority.clock.now()
         anchors = {m.fingerprint: m for m in snap.manufacturers}
         pool = [m.certificate for m in snap.manufacturers]
         pool += [c for g in snap.groups for c in g.signing]
@@ -153,7 +154,7 @@ class Registry:
             path.append(parent)
             manufacturer = anchors.get(fingerprint(parent.public_bytes(_DER)))
         if manufacturer is None:
-            raise PolicyError(
+            raise CredentialRefused(
                 "client-cert-unknown-issuer",
                 "client certificate was not issued by this devid's CAs nor by any registered manufacturer CA",
             )
@@ -162,24 +163,17 @@ class Registry:
                 "manufacturer-inactive",
                 f"manufacturer {manufacturer.name!r} is {manufacturer.state}: its devices are not accepted",
             )
-        for link in path:
-            if not link.not_valid_before_utc <= now <= link.not_valid_after_utc:
-                raise PolicyError(
-                    "client-cert-expired",
-                    f"certificate {link.subject.rfc4514_string()!r} in the device's IDevID chain "
-                    "is not valid now",
-                )
         try:
             require_p256(cert.public_key(), "IDevID key")
         except PolicyError as exc:
-            raise PolicyError("client-cert-key", exc.message) from None
+            raise CredentialRefused("client-cert-key", exc.message) from None
         serial = device_serial_of(cert)
         fp = fingerprint(der)
         with reading(self.authority.engine) as conn:
             device = repo.device_by_serial(conn, serial)
         if device is not None:
             if device.manufacturer_id is None or device.idevid_fingerprint != fp:
-                raise PolicyError(
+                raise CredentialRefused(
                     "device-identity-conflict",
                     f"device {serial!r} is registered with a different IDevID: this certificate "
                     "is not its identity",
@@ -194,7 +188,7 @@ class Registry:
                     "register devices just in time (--auto-register) nor has it an individual enrollment",
                 )
             state, registered = ("ACTIVE" if manufacturer.auto_activate else "PENDING_ACTIVATION"), False
-        return ClientCertificate(
+        return Identity(
             cert,
             der,
             fp,
@@ -207,7 +201,7 @@ class Registry:
             registered=registered,
         )
 
-    def admit(self, client: ClientCertificate) -> Admission:
+    def admit(self, client: Identity) -> Admission:
         """Which enrollment covers this device, refusing when it is disabled; its renewal policy
         and the device's current assignment. Reads only."""
         snap = self.snapshot()
@@ -228,7 +222,7 @@ class Registry:
         return Admission(enrollment.settings.policy, assignment, enrollment.id)
 
     def _enrollment_for(
-        self, snap: Snapshot, client: ClientCertificate, device: Row[Any] | None
+        self, snap: Snapshot, client: Identity, device: Row[Any] | None
     ) -> EnrollmentInfo | None:
         if client.profile is not ProfileName.IDEVID:
             # An operational certificate renews under the enrollment that registered the device.
@@ -258,7 +252,7 @@ class Registry:
         matches = [g for g in snap.groups if depth(g) < len(chain)]
         return min(matches, key=depth) if matches else None
 
-    def _chain_of(self, client: ClientCertificate) -> tuple[x509.Certificate, ...]:
+    def _chain_of(self, client: Identity) -> tuple[x509.Certificate, ...]:
         if client.chain:
             return client.chain
         ca = self.authority.cas.get(client.issuer)
@@ -270,12 +264,12 @@ class Registry:
 
     def register(
         self,
-        client: ClientCertificate,
+        client: Identity,
         admission: Admission,
         region: str | None = None,
         *,
         defer: bool = False,
-    ) -> tuple[ClientCertificate, Admission]:
+    ) -> tuple[Identity, Admission]:
         """Register the device just in time (if new) and allocate it (if its enrollment asks and it
         has no current allocation there): audited, with outbox events, in one transaction.
 
@@ -325,7 +319,7 @@ class Registry:
         return client, replace(admission, assignment=assignment)
 
     def _decide(
-        self, snap: Snapshot, client: ClientCertificate, enrollment: EnrollmentInfo, region: str | None
+        self, snap: Snapshot, client: Identity, enrollment: EnrollmentInfo, region: str | None
     ) -> Decision:
         settings = enrollment.settings
         registration = {
@@ -348,11 +342,10 @@ class Registry:
             )
         except AllocationFailed as exc:
             self.authority.record_refusal(exc, "device.allocate", client.device_serial, "registry")
-            exc.audited = True  # type: ignore[attr-defined]
             raise
 
     def _insert_device(
-        self, conn: Connection, client: ClientCertificate, snap: Snapshot, now: datetime
+        self, conn: Connection, client: Identity, snap: Snapshot, now: datetime
     ) -> Row[Any] | None:
         manufacturer = next(m for m in snap.manufacturers if m.name == client.issuer)
         try:

@@ -96,7 +96,9 @@ def make_app(
     app[REGISTRY] = registry
     app[IN_FLIGHT] = in_flight
     app[TRUSTED_PROXIES] = TrustedProxies.parse(trusted_proxies)
-    app.add_routes(EstServer(authority, registry).routes())
+    est = EstServer(authority, registry)
+    app.add_routes(est.routes())
+    app.on_cleanup.append(est.close)
     # The admin API is a sub-application: its JSON errors, bearer tokens and audit apply under
     # /api/v1 only, and EST's answers stay exactly as they were.
     app.add_subapp(API_PREFIX, api_application(authority, anonymous_rate=api_anonymous_rate))

@@ -6,7 +6,7 @@ certificate chains to devid's root; it does *not* check times (OpenSSL's X509_V_
 so an expired LDevID still reaches the application, which refuses it with 403 and a reason instead
 of a dropped connection, and which checks times by the authority's (injectable) clock. Every
 endpoint that accepts a client certificate must therefore go through
-`devid.authority.enroll.identify_client`, which checks validity, issuer, store record and status.
+`devid.authority.credentials.authenticate`, which checks validity, issuer, store record and status.
 
 The server certificate is, by default, a `server` profile certificate from devid's operational CA
 for a key kept (encrypted with the devid passphrase) in `<home>/tls/`, reused while it has more than

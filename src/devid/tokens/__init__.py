@@ -19,7 +19,6 @@ from devid.tokens.errors import (
     TokenExpired,
     TokenIssuerMismatch,
     TokenMalformed,
-    TokenRefused,
     TokenSignatureInvalid,
     TokenUnknownKey,
 )
@@ -47,7 +46,6 @@ __all__ = [
     "TokenIssuerMismatch",
     "TokenMalformed",
     "TokenPolicy",
-    "TokenRefused",
     "TokenSignatureInvalid",
     "TokenUnknownKey",
     "certificate_thumbprint",

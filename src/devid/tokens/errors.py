@@ -1,10 +1,15 @@
-"""Why a token was not accepted, or not issued: one class and one stable code per reason."""
+"""Why a presented token was not accepted: one class and one stable code per reason.
+
+A token request the token service refuses raises devid's general errors (`devid.errors`:
+AuthenticationRequired, CredentialRefused, RequestInvalid, ...), mapped to HTTP like every other
+refusal (`devid.web.errors.status_for`).
+"""
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-from devid.errors import DevidError, PolicyError
+from devid.errors import DevidError
 
 
 class TokenError(DevidError):
@@ -56,11 +61,3 @@ class TokenBindingMismatch(TokenError):
     """Its `cnf` `x5t#S256` is not the client certificate presented with it (RFC 8705 §3)."""
 
     default_code = "token-binding"
-
-
-class TokenRefused(PolicyError):
-    """A token request refused by the token service; `status` is the HTTP status it maps to."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(code, message)
-        self.status = status

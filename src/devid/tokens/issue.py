@@ -2,10 +2,9 @@
 device's client certificate (`cnf` `x5t#S256`, RFC 8705).
 
 `issue_for_certificate` is the whole decision the token endpoint makes for an mTLS caller: the
-certificate must come from devid's operational CA (an LDevID or a session certificate), be within
-its validity, be on record as `valid` (not revoked or superseded), and belong to an ACTIVE device.
-Every issuance is audited in the transaction that read the certificate's standing; every refusal
-is audited on its own (`Authority.record_refusal`).
+certificate must authenticate a device (`devid.authority.credentials.authenticate`, accepting only
+certificates of devid's operational CA: an LDevID or a session certificate). Every issuance and
+every refusal is audited (`Authority.record_refusal`).
 """
 
 from __future__ import annotations
@@ -17,18 +16,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import cbor2
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cwt import COSE
 from cwt.cose_key_interface import COSEKeyInterface
 from jwt.api_jws import PyJWS
-from sqlalchemy import Connection
 
 from devid.authority.core import Authority
+from devid.authority.credentials import OPERATIONAL_PROFILES, CertificateCredential, authenticate
 from devid.authority.token_keys import MAX_TOKEN_LIFETIME, SigningKey, b64url, token_keyring
-from devid.store import audit, repo
+from devid.errors import AuthenticationRequired, DevidError, PolicyError, RequestInvalid
+from devid.store import audit
 from devid.tokens.claims import TokenClaims, b64url_decode, certificate_thumbprint
-from devid.tokens.errors import TokenRefused
 from devid.tokens.policy import TokenPolicy, token_policy
 
 TokenFormat = Literal["jwt", "cwt"]
@@ -97,8 +94,8 @@ def grant(policy: TokenPolicy, audience: str | None, scope: str | None) -> tuple
     """The audience and scope a request gets: an allowed audience, and the allowed requested scopes."""
     aud = audience if audience is not None else policy.default_audience
     if aud not in policy.audiences:
-        raise TokenRefused(
-            400, "token-audience-not-allowed", f"audience {aud!r} is not one devid issues tokens for"
+        raise RequestInvalid(
+            "token-audience-not-allowed", f"audience {aud!r} is not one devid issues tokens for"
         )
     if scope is None or not scope.split():
         granted = policy.granted_by_default
@@ -106,8 +103,7 @@ def grant(policy: TokenPolicy, audience: str | None, scope: str | None) -> tuple
         wanted = list(dict.fromkeys(scope.split()))
         granted = tuple(s for s in wanted if s in policy.scopes)
         if not granted:
-            raise TokenRefused(
-                400,
+            raise RequestInvalid(
                 "token-scope-not-allowed",
                 f"none of the requested scopes ({' '.join(wanted)}) may be granted",
             )
@@ -125,16 +121,11 @@ def issue_token(
     fmt: TokenFormat = "jwt",
     not_after: datetime | None = None,
     actor: str = "system",
-    conn: Connection | None = None,
-    signer: SigningKey | None = None,
 ) -> IssuedToken:
     """Sign a session token for `device_serial` under the authority's policy and audit it.
 
     The lifetime is the policy's unless given, never above one hour, and never past `not_after`
     (the bound certificate's expiry). No standing checks here: `issue_for_certificate` makes them.
-    `conn`, if given, is the open transaction the audit event joins; then pass `signer` too
-    (fetched before that transaction began: the first use of the keyring writes its own audit
-    event, which must not wait on the caller's write lock).
     """
     policy = token_policy(authority)
     aud, granted = grant(policy, audience, scope)
@@ -144,9 +135,8 @@ def issue_token(
     if not_after is not None:
         exp = min(exp, not_after.astimezone(UTC).replace(microsecond=0))
     if exp <= now or life <= timedelta(0):
-        raise TokenRefused(403, "token-lifetime", "no token can be issued: its lifetime would be zero")
-    if signer is None:
-        signer = token_keyring(authority).current()
+        raise PolicyError("token-lifetime", "no token can be issued: its lifetime would be zero")
+    signer = token_keyring(authority).current()
     claims = TokenClaims(
         iss=policy.issuer,
         sub=device_serial,
@@ -176,56 +166,9 @@ def issue_token(
             "x5t#S256": claims.x5t_s256,
         },
     )
-    if conn is not None:
+    with authority.engine.begin() as conn:
         audit.append(conn, [event], now)
-    else:
-        with authority.engine.begin() as own:
-            audit.append(own, [event], now)
     return IssuedToken(token, claims, fmt)
-
-
-def check_client_certificate(authority: Authority, cert_der: bytes, conn: Connection) -> tuple[str, datetime]:
-    """Device serial and expiry of a client certificate that may receive a token; else TokenRefused (403)."""
-    try:
-        cert = x509.load_der_x509_certificate(cert_der)
-    except ValueError:
-        raise TokenRefused(
-            403, "token-cert-invalid", "the client certificate is not a DER X.509 certificate"
-        ) from None
-    operational = authority.cas["operational"].certificate
-    try:
-        cert.verify_directly_issued_by(operational)
-    except (ValueError, TypeError, InvalidSignature):
-        raise TokenRefused(
-            403,
-            "token-cert-not-operational",
-            "the client certificate was not issued by devid's operational CA: "
-            "present an LDevID or a session certificate",
-        ) from None
-    now = authority.clock.now()
-    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-        raise TokenRefused(
-            403,
-            "certificate-expired",
-            f"the client certificate is not valid now (valid {cert.not_valid_before_utc.isoformat()} "
-            f"to {cert.not_valid_after_utc.isoformat()})",
-        )
-    row = repo.certificate_by_fingerprint(conn, certificate_thumbprint(cert_der).hex())
-    if row is None:
-        raise TokenRefused(403, "certificate-unknown", "the client certificate is not on record at devid")
-    if row.status != "valid":
-        raise TokenRefused(
-            403, f"certificate-{row.status}", f"the client certificate {row.serial} is {row.status}"
-        )
-    if row.device_serial is None:
-        raise TokenRefused(403, "token-cert-no-device", "the client certificate belongs to no device")
-    if row.device_state != "ACTIVE":
-        raise TokenRefused(
-            403,
-            "device-not-active",
-            f"device {row.device_serial!r} is {row.device_state}: no token is issued to it",
-        )
-    return str(row.device_serial), cert.not_valid_after_utc
 
 
 def issue_for_certificate(
@@ -239,37 +182,34 @@ def issue_for_certificate(
 ) -> IssuedToken:
     """A token for the device authenticated by `client_cert_der` (its mTLS certificate), bound to it.
 
-    Refusals raise TokenRefused carrying the HTTP status (401 no certificate, 403 standing, 400
-    request) and are audited as `token.issue` / refused.
+    Refusals (AuthenticationRequired: no certificate; CredentialRefused or PolicyError: its
+    standing; RequestInvalid: the request) are audited as `token.issue` / refused.
     """
     subject, who = "-", actor or "anonymous"
     try:
         if client_cert_der is None:
-            raise TokenRefused(
-                401,
-                "token-no-client-cert",
-                "a client certificate (LDevID or session certificate) is required",
+            raise AuthenticationRequired(
+                "token-no-client-cert", "a client certificate (LDevID or session certificate) is required"
             )
         subject = certificate_thumbprint(client_cert_der).hex()
-        signer = token_keyring(authority).current()
-        with authority.engine.begin() as conn:
-            serial, cert_not_after = check_client_certificate(authority, client_cert_der, conn)
-            subject, who = serial, actor or f"device:{serial}"
-            return issue_token(
-                authority,
-                device_serial=serial,
-                client_cert_der=client_cert_der,
-                audience=audience,
-                scope=scope,
-                fmt=fmt,
-                not_after=cert_not_after,
-                actor=who,
-                conn=conn,
-                signer=signer,
-            )
-    except TokenRefused as exc:
-        detail: dict[str, Any] = {"status": exc.status, "format": fmt}
-        if audience is not None:
-            detail["aud"] = audience
-        authority.record_refusal(exc, "token.issue", subject, who, detail)
+        identity = authenticate(
+            authority, CertificateCredential(client_cert_der), accept=OPERATIONAL_PROFILES
+        )
+        subject, who = identity.device_serial, actor or f"device:{identity.device_serial}"
+        return issue_token(
+            authority,
+            device_serial=identity.device_serial,
+            client_cert_der=client_cert_der,
+            audience=audience,
+            scope=scope,
+            fmt=fmt,
+            not_after=identity.not_after,
+            actor=who,
+        )
+    except DevidError as exc:
+        if not exc.audited:
+            detail: dict[str, Any] = {"format": fmt}
+            if audience is not None:
+                detail["aud"] = audience
+            authority.record_refusal(exc, "token.issue", subject, who, detail)
         raise

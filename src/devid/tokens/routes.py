@@ -5,7 +5,8 @@ The caller authenticates with its LDevID or a session certificate at the TLS han
 server's SSL context asks for a client certificate (optional at the handshake) and this handler
 requires one. Request body, optional: JSON `{"audience": "...", "scope": "space separated"}`.
 Response: the token, `application/jwt` by default, `application/cwt` when the client's Accept
-prefers it. Refusals are plain text with 400, 401, 403 or 413, and are audited.
+prefers it. Refusals are plain text with 400, 401, 403 or 413 (`devid.web.errors`, as EST refuses),
+and are audited.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from aiohttp import web
 
 from devid.authority.core import Authority
 from devid.authority.token_keys import token_keyring
+from devid.errors import BodyTooLarge, DevidError, RequestInvalid
 from devid.tokens.claims import certificate_thumbprint
-from devid.tokens.errors import TokenRefused
 from devid.tokens.issue import MEDIA_TYPES, TokenFormat, issue_for_certificate
+from devid.web.errors import MTLS_CHALLENGE, error_response
 
 MAX_BODY = 4096
 PeerCertificate = Callable[[web.Request], bytes | None]
@@ -61,21 +63,8 @@ def preferred_format(accept: str | None) -> TokenFormat:
     return "cwt" if q_of(MEDIA_TYPES["cwt"]) > q_of(MEDIA_TYPES["jwt"]) else "jwt"
 
 
-#: The header devid's web layer names a refusal's code in (same convention as its EST endpoints).
-ERROR_HEADER = "Devid-Error"
-
-
-def _refusal(exc: TokenRefused) -> web.Response:
-    """Plain text `reason [code]`, the code again in a header, as every devid endpoint refuses."""
-    headers = {"Cache-Control": "no-store", ERROR_HEADER: exc.code}
-    if exc.status == 401:
-        # The credential is the TLS client certificate; there is no registered scheme to name it.
-        headers["WWW-Authenticate"] = 'Mutual-TLS realm="devid"'
-    return web.Response(status=exc.status, text=f"{exc.message} [{exc.code}]\n", headers=headers)
-
-
 async def _read_body(request: web.Request) -> bytes:
-    too_large = TokenRefused(413, "token-body-too-large", f"the request body is over {MAX_BODY} bytes")
+    too_large = BodyTooLarge("token-body-too-large", f"the request body is over {MAX_BODY} bytes")
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise too_large
     chunks: list[bytes] = []
@@ -94,19 +83,17 @@ def _parse_body(raw: bytes) -> tuple[str | None, str | None]:
     try:
         data: Any = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
-        raise TokenRefused(400, "token-bad-request", "the request body is not JSON") from None
+        raise RequestInvalid("token-bad-request", "the request body is not JSON") from None
     if not isinstance(data, dict):
-        raise TokenRefused(400, "token-bad-request", "the request body must be a JSON object")
+        raise RequestInvalid("token-bad-request", "the request body must be a JSON object")
     unknown = set(data) - {"audience", "scope"}
     if unknown:
-        raise TokenRefused(
-            400, "token-bad-request", f"unknown request member(s): {', '.join(sorted(unknown))}"
-        )
+        raise RequestInvalid("token-bad-request", f"unknown request member(s): {', '.join(sorted(unknown))}")
     values: list[str | None] = []
     for name in ("audience", "scope"):
         value = data.get(name)
         if value is not None and not isinstance(value, str):
-            raise TokenRefused(400, "token-bad-request", f"{name!r} must be a string")
+            raise RequestInvalid("token-bad-request", f"{name!r} must be a string")
         values.append(value)
     return values[0], values[1]
 
@@ -126,19 +113,18 @@ def token_routes(
         try:
             raw = await _read_body(request)
             audience, scope = _parse_body(raw) if cert is not None else (None, None)
-        except TokenRefused as exc:
+        except DevidError as exc:
             subject = certificate_thumbprint(cert).hex() if cert is not None else "-"
-            detail = {"status": exc.status, "format": fmt}
             await asyncio.to_thread(
-                authority.record_refusal, exc, "token.issue", subject, "anonymous", detail
+                authority.record_refusal, exc, "token.issue", subject, "anonymous", {"format": fmt}
             )
-            return _refusal(exc)
+            return error_response(exc, challenge=MTLS_CHALLENGE)
         try:
             issued = await asyncio.to_thread(
                 issue_for_certificate, authority, cert, audience=audience, scope=scope, fmt=fmt
             )
-        except TokenRefused as exc:
-            return _refusal(exc)
+        except DevidError as exc:
+            return error_response(exc, challenge=MTLS_CHALLENGE)
         return web.Response(
             body=issued.body,
             content_type=issued.media_type,
