@@ -34,9 +34,9 @@ from devid.authority.core import Authority
 from devid.authority.devices import create_enrollment_secret, set_state
 from devid.clock import FixedClock
 from devid.store import repo
-from devid.store.models import AuditEvent
+from devid.store.models import audit_events
 
-EVENTS = AuditEvent.__table__
+EVENTS = audit_events
 
 
 @pytest.fixture
