@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import ssl
+import statistics
 import tempfile
 import threading
 import time
@@ -170,12 +171,12 @@ def run(connections: int, addresses: int, n: int, workers: int, interval: float,
                 host, port, connections, loopback_sources(addresses), interval, tls_context(trust)
             )
             with Attack(drip) as attack:
-                held = attack.wait_held(connections, timeout=60)
+                samples = [attack.wait_held(connections, timeout=60)]
                 closed_before = drip.closed_by_server
                 rounds, growth, end = [], 0.0, time.monotonic() + hold
                 while time.monotonic() < end:
                     rounds.append(timed_load(url, device, make_csrs(n), False))
-                    held = min(held, drip.held)
+                    samples.append(drip.held)
                     growth = max(growth, *(rss_mb(pid) - before[pid] for pid in pids))
                 closed = drip.closed_by_server - closed_before
             during = Run(
@@ -188,7 +189,7 @@ def run(connections: int, addresses: int, n: int, workers: int, interval: float,
             proc.terminate()
             proc.wait(timeout=60)
             authority.engine.dispose()
-    return _figures(connections, addresses, interval, workers, held, closed, baseline, during, growth)
+    return _figures(connections, addresses, interval, workers, samples, closed, baseline, during, growth)
 
 
 def _figures(
@@ -196,7 +197,7 @@ def _figures(
     addresses: int,
     interval: float,
     workers: int,
-    held: int,
+    held: list[int],
     closed: int,
     baseline: Run,
     during: Run,
@@ -207,12 +208,15 @@ def _figures(
     return [
         Figure(
             "slowdrip.connections_held",
-            held,
+            statistics.mean(held),
             "connections",
-            note=f"{attack}, devid serve --workers {workers}",
+            note=f"mean while enrollments ran (least {min(held)}); {attack}; devid serve --workers {workers}",
         ),
         Figure(
-            "slowdrip.closed_by_deadline", closed, "connections", note="closed by the server while measuring"
+            "slowdrip.closed_by_server",
+            closed,
+            "connections",
+            note="attack connections the server closed (deadlines) while enrollments ran",
         ),
         Figure("slowdrip.enroll_p50", during.percentile_ms(50), "ms", baseline.percentile_ms(50), without),
         Figure("slowdrip.enroll_p99", during.percentile_ms(99), "ms", baseline.percentile_ms(99), without),
