@@ -9,6 +9,7 @@ nor grow a worker by 50 MB."""
 from __future__ import annotations
 
 import http.client
+import json
 import logging
 import os
 import queue
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from e2e import devid, ok
 from est_helpers import EstServer, csr_b64, provision, running_server
 from test_serve import _reader, home, make_device, root_pem, start_serve  # noqa: F401
 
@@ -330,3 +332,15 @@ def test_600_slow_drip_connections_neither_hold_up_an_enrollment_nor_grow_the_wo
         if served.proc.poll() is None:
             served.proc.kill()
             served.proc.wait()
+
+
+def test_bench_slowdrip_json(tmp_path: Path) -> None:
+    args = ("--connections", "40", "--addresses", "2", "--n", "10", "--hold", "1", "--server-workers", "1")
+    result = ok(devid("bench", "slowdrip", *args, "--json", cwd=tmp_path))
+    figures = {f["name"]: f for f in map(json.loads, result.stdout.splitlines())}
+    assert figures["slowdrip.connections_held"]["value"] >= 35
+    for name in ("slowdrip.enroll_p50", "slowdrip.enroll_p99"):
+        assert figures[name]["unit"] == "ms" and figures[name]["baseline"] > 0 and figures[name]["ratio"] > 0
+    assert figures["slowdrip.enroll_failures"]["value"] == 0
+    assert figures["slowdrip.worker_rss_growth"]["unit"] == "MB"
+    assert list(tmp_path.iterdir()) == []

@@ -118,6 +118,7 @@ def serve(
     else:
         dns, ips = server_names_for(host, server_name or [])
         server = ensure_server_certificate(authority, devid_home.path / "tls", passphrase, dns, ips)
+    # Built here in every mode: a key that does not open stops the command before any worker starts.
     ctx = server_context(server.cert_file, server.key_file, client_trust(authority), password=passphrase)
     options = process.ServeOptions(
         host,
@@ -143,7 +144,9 @@ def serve(
             tuple(trusted_proxy or ()),
             options,
         )
-        supervisor = Supervisor(spec, workers, say=lambda line: err_console.print(line, highlight=False))
+        supervisor = Supervisor(
+            spec, workers, say=lambda line: err_console.print(escape(line), highlight=False)
+        )
 
         def listening(bound: int, pids: list[int]) -> None:
             _print_started(_url(host, bound), server)
