@@ -187,8 +187,10 @@ def server(home: Home, tmp_path: Path, **limits: float | int | None) -> Iterator
         authority.engine.dispose()
 
 
-def test_the_per_address_cap_refuses_the_next_connection_before_tls(home: Home, tmp_path: Path) -> None:
-    with server(home, tmp_path, per_address=3) as srv:
+def test_the_per_address_cap_refuses_the_next_connection_before_tls(
+    home: Home, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with server(home, tmp_path, per_address=3) as srv, caplog.at_level(logging.WARNING):
         held = [tls_connect(srv.port, srv.root_pem) for _ in range(3)]
         # The fourth is closed at once, before any TLS: no ServerHello, no waiting for a ClientHello.
         raw = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
@@ -197,6 +199,7 @@ def test_the_per_address_cap_refuses_the_next_connection_before_tls(home: Home, 
         raw.close()
         with pytest.raises((ssl.SSLError, OSError)):
             tls_connect(srv.port, srv.root_pem).close()
+        assert caplog.text.count("refusing connections from 127.0.0.1: it holds 3 already") == 1
         # Another address is not affected, and a freed slot is usable again.
         assert get_cacerts(srv.port, srv.root_pem, source="127.0.0.2") == 200
         held.pop().close()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from asyncio import sslproto
 from collections.abc import Callable, Container
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from aiohttp.typedefs import Handler
 
 log = logging.getLogger("devid.web")
 
+#: An address kept at its cap is named in the log at most once in this many seconds.
+REFUSAL_LOG_INTERVAL = 60.0
 #: asyncio's TLS protocol reads into a buffer of this size per connection (its default: 256 KiB).
 TLS_READ_BUFFER = 16 * 1024
 
@@ -58,14 +61,15 @@ class PeerSlots:
         self.cap = cap
         self.exempt = exempt
         self.held: dict[str, int] = {}
-        self._refusing: set[str] = set()  # logged once until the address drops below the cap
+        self._logged: dict[str, float] = {}  # when a refusal of the address was last logged
 
     def acquire(self, address: str) -> Callable[[], None] | None:
         """A function that frees one more connection from `address`, or None over the cap."""
         held = self.held.get(address, 0)
         if self.cap is not None and held >= self.cap and address not in self.exempt:
-            if address not in self._refusing:
-                self._refusing.add(address)
+            now = time.monotonic()
+            if now - self._logged.get(address, -REFUSAL_LOG_INTERVAL) >= REFUSAL_LOG_INTERVAL:
+                self._logged[address] = now
                 log.warning("refusing connections from %s: it holds %d already", address, held)
             return None
         self.held[address] = held + 1
@@ -78,7 +82,8 @@ class PeerSlots:
                 left = self.held.pop(address) - 1
                 if left:
                     self.held[address] = left
-                self._refusing.discard(address)
+                else:
+                    self._logged.pop(address, None)
 
         return release
 
