@@ -74,7 +74,8 @@ def serve(
             "--workers",
             min=1,
             max=64,
-            help="server processes sharing the port (SO_REUSEPORT); on SQLite 2 is the useful most",
+            help="server processes sharing the port (SO_REUSEPORT), each restarted if it dies; "
+            "on SQLite 2 is the useful most",
         ),
     ] = 1,
     handshake_timeout: Annotated[
@@ -92,9 +93,10 @@ def serve(
     keepalive_timeout: Annotated[
         float, typer.Option(min=0.1, help="seconds an idle kept-alive connection stays open")
     ] = _DEFAULT.keepalive_timeout,
-    max_connections_per_address: Annotated[
+    max_per_address: Annotated[
         int,
         typer.Option(
+            "--max-per-address",
             min=0,
             help="connections one client address may hold at once (per process; 0: no cap; "
             "trusted proxies are exempt)",
@@ -131,7 +133,7 @@ def serve(
             header_timeout,
             body_timeout,
             keepalive_timeout,
-            max_connections_per_address or None,
+            max_per_address or None,
         ),
     )
     if workers > 1:
