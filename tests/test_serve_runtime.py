@@ -148,6 +148,28 @@ def test_a_killed_worker_is_restarted_while_the_port_keeps_answering(home: Home,
             served.proc.wait()
 
 
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")  # exited (a zombie waits for a reaper that is not its supervisor)
+
+
+def test_workers_stop_when_their_supervisor_is_killed(home: Home) -> None:
+    served = start_serve(home.path, "--workers", "2")
+    try:
+        workers = worker_pids(served.proc.pid)
+        assert len(workers) == 2
+        served.proc.kill()
+        served.proc.wait()
+        wait_for(lambda: all(_gone(pid) for pid in workers))  # no orphan keeps the port
+    finally:
+        if served.proc.poll() is None:
+            served.proc.kill()
+            served.proc.wait()
+
+
 def test_a_worker_that_keeps_failing_to_start_makes_the_supervisor_give_up(home: Home) -> None:
     authority = open_authority(home, PASSPHRASE)
     try:

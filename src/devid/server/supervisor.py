@@ -12,13 +12,15 @@ worker has run `healthy_after` seconds; the other workers keep the port answerin
 worker that exits before it listens (its configuration or store is broken) counts as a failed
 start: at the first start of the server any failure stops everything with the worker's error,
 later the supervisor gives up after `give_up_after` failed starts in a row, instead of spinning.
-SIGTERM or SIGINT reaches every worker as SIGTERM: each finishes its requests in flight, then exits.
+SIGTERM or SIGINT reaches every worker as SIGTERM: each finishes its requests in flight, then exits;
+on Linux the kernel sends it the same SIGTERM if the supervisor itself dies, even of SIGKILL.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import multiprocessing
 import os
 import signal
@@ -38,6 +40,9 @@ from devid.errors import ConfigError, DevidError
 from devid.server.app import make_app
 from devid.server.process import ServeOptions, serve
 from devid.server.tls import client_trust, server_context
+
+#: prctl(2) option: the signal a process gets when its parent dies.
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -62,11 +67,23 @@ class RestartPolicy:
     give_up_after: int = 5
 
 
-def _worker(spec: WorkerSpec, report: Connection) -> None:
+def _stop_with(supervisor: int) -> None:
+    """On Linux, have the kernel send this worker SIGTERM when its supervisor dies, even of
+    SIGKILL, so that no orphan keeps serving the port unsupervised."""
+    if sys.platform != "linux":
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != supervisor:  # it died before the call above
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _worker(spec: WorkerSpec, report: Connection, supervisor: int) -> None:
     """One server process: its own authority and event loop; reports ("ready", pid) or ("error",
-    text). It stops on the SIGTERM its supervisor forwards and ignores SIGINT (a terminal's Ctrl-C
-    reaches the whole process group: the supervisor turns it into that one SIGTERM)."""
+    text). It stops on the SIGTERM its supervisor forwards (or the kernel's when the supervisor
+    dies) and ignores SIGINT (a terminal's Ctrl-C reaches the whole process group: the supervisor
+    turns it into that one SIGTERM)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _stop_with(supervisor)
     try:
         authority = open_authority(Home.load(spec.home), spec.passphrase)
     except DevidError as exc:
@@ -201,7 +218,9 @@ class Supervisor:
         if slot.report is not None:
             slot.report.close()
         reader, writer = self._mp.Pipe(duplex=False)
-        proc = self._mp.Process(target=_worker, args=(slot.spec, writer), name=f"devid-serve-{slot.index}")
+        proc = self._mp.Process(
+            target=_worker, args=(slot.spec, writer, os.getpid()), name=f"devid-serve-{slot.index}"
+        )
         proc.start()
         writer.close()  # the worker holds the only writing end: its exit ends the pipe
         slot.proc, slot.report, slot.started, slot.ready, slot.error = (
