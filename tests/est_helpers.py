@@ -31,6 +31,7 @@ from devid.authority.core import Authority
 from devid.authority.requests import IssueRequest, NewDevice
 from devid.pki.profiles import ProfileName
 from devid.server.app import RunningServer, make_app, start_server
+from devid.server.listener import ConnectionLimits
 from devid.server.tls import own_server_context
 
 #: Same value as conftest.PASSPHRASE (kept in step).
@@ -73,6 +74,7 @@ def running_server(
     passphrase: bytes = PASSPHRASE,
     shutdown_timeout: float = 5.0,
     api_anonymous_rate: int = 60,
+    limits: ConnectionLimits | None = None,
 ) -> Iterator[EstServer]:
     """Start `make_app(authority)` on a free port in a background thread; stop it on exit."""
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -85,7 +87,7 @@ def running_server(
     thread = threading.Thread(target=loop.run_forever, name="est-server", daemon=True)
     thread.start()
     running = asyncio.run_coroutine_threadsafe(
-        start_server(app, ctx, host=host, port=0, shutdown_timeout=shutdown_timeout), loop
+        start_server(app, ctx, host=host, port=0, shutdown_timeout=shutdown_timeout, limits=limits), loop
     ).result(timeout=30)
     try:
         yield EstServer(running.url, root_pem, cert.certificate, authority, running)

@@ -5,7 +5,8 @@ refusals stay text/plain. Each call runs on one worker thread from authenticatio
 verify the bearer token against the store (so revocation is immediate everywhere), check the
 role, take from the token's rate bucket, validate parameters and body against the route's
 schemas, run the handler, and append one audit event (`api.<METHOD> <route>`, actor
-`token:<name>`, outcome ok or refused) whatever the answer was. The OpenAPI document is the only
+`token:<name>`, outcome ok or refused) whatever the answer was, except that calls refused with
+429 are audited once per caller and window (`devid.api.limited`). The OpenAPI document is the only
 unauthenticated, unaudited resource: it is public and the same for everyone.
 """
 
@@ -24,6 +25,7 @@ from aiohttp.typedefs import Handler
 from jsonschema import Draft202012Validator
 
 from devid.api import tokens
+from devid.api.limited import LimitedCalls
 from devid.api.openapi import document
 from devid.api.ratelimit import RateLimited, RateLimiter
 from devid.api.roles import allows
@@ -82,6 +84,9 @@ class Incoming:
     peer: str = "-"
 
 
+#: Arrays and objects nested deeper than this in a request body are refused (400).
+MAX_JSON_DEPTH = 32
+
 #: Calls per minute a peer address may make without a valid token: each refusal is audited, so
 #: an anonymous client must not be able to grow the audit log at line rate.
 ANONYMOUS_RATE = 60
@@ -97,6 +102,7 @@ class ApiServer:
         self.anonymous_rate = anonymous_rate
         self.routes = list(routes)
         self.limiter = RateLimiter()
+        self.limited = LimitedCalls()
         self.document = document(self.routes)
         self._query_validators = {r: _validator(_params_schema(r.query)) for r in self.routes}
         self._path_validators = {r: _validator(_params_schema(r.path_params)) for r in self.routes}
@@ -154,14 +160,20 @@ class ApiServer:
                     f"unauthenticated calls from {incoming.peer}",
                 )
             except RateLimited as limited:
-                log.warning("API: unauthenticated calls from %s over the limit (not audited)", incoming.peer)
-                return error_reply(limited, incoming.authorization is not None)
+                reply = error_reply(limited, incoming.authorization is not None)
         except DevidError as exc:
             reply = error_reply(exc, incoming.authorization is not None)
         except Exception:
             log.exception("API call %s %s failed", route.method, incoming.path)
             reply = Reply(error_body("internal", "the server cannot complete this request now"), 500)
-        self._audit(route.action, incoming.path, actor, reply.status or route.status, reply.body)
+        status, detail = reply.status or route.status, {}
+        if status == 429:  # audited once per caller and window (devid.api.limited)
+            caller = actor if token is not None else f"peer:{incoming.peer}"
+            count = self.limited.refused(caller, self.authority.clock.now())
+            if count is None:
+                return reply
+            detail["refused_calls"] = count
+        self._audit(route.action, incoming.path, actor, status, reply.body, detail)
         return reply
 
     def _authenticate(self, header: str | None) -> TokenInfo:
@@ -189,14 +201,21 @@ class ApiServer:
                 )
             try:
                 body = json.loads(incoming.body)
+                too_deep = not _nests_within(body, MAX_JSON_DEPTH)
             except (ValueError, UnicodeDecodeError) as exc:
                 raise PolicyError("request-json", f"the body is not valid JSON: {exc}") from None
+            except RecursionError:  # Python's own limit (~1000 levels), far past ours
+                too_deep = True
+            if too_deep:
+                raise PolicyError("request-json-depth", f"the body nests deeper than {MAX_JSON_DEPTH} levels")
             _check(self._body_validators[route], body, "body")
         version = _version(incoming.if_match, body) if route.versioned else None
         return Call(self.authority, token, path, query, body, version)
 
-    def _audit(self, action: str, path: str, actor: str, status: int, body: Any) -> None:
-        detail: dict[str, Any] = {"status": status}
+    def _audit(
+        self, action: str, path: str, actor: str, status: int, body: Any, extra: dict[str, Any] | None = None
+    ) -> None:
+        detail: dict[str, Any] = {"status": status, **(extra or {})}
         if status >= 400 and isinstance(body, dict) and "error" in body:
             detail["error"] = body["error"]["code"]
         now = self.authority.clock.now()
@@ -221,6 +240,18 @@ class ApiServer:
             action = f"api.{request.method} {where}"
             await asyncio.to_thread(self._audit, action, request.path, "anonymous", exc.status, reply.body)
             return json_response(reply, exc.status)
+
+
+def _nests_within(value: Any, limit: int) -> bool:
+    """Whether JSON `value` nests arrays and objects at most `limit` levels deep (no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return False
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return True
 
 
 def _allow(exc: web.HTTPException) -> dict[str, str]:

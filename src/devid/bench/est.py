@@ -221,7 +221,8 @@ def direct_rate(authority: Authority, csrs: list[bytes], serial: str) -> float:
     return len(csrs) / (time.perf_counter() - start)
 
 
-def _start_server(home: Path, workers: int = 1) -> tuple[subprocess.Popen[str], str]:
+def _start_server(home: Path, workers: int = 1, *options: str) -> tuple[subprocess.Popen[str], str]:
+    """`devid serve --workers N OPTIONS` on `home` and a free port; the process and its URL."""
     env = {**os.environ, "DEVID_PASSPHRASE": PASSPHRASE.decode()}
     proc = subprocess.Popen(
         [
@@ -235,6 +236,7 @@ def _start_server(home: Path, workers: int = 1) -> tuple[subprocess.Popen[str], 
             "0",
             "--workers",
             str(workers),
+            *options,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -358,7 +360,8 @@ def run_local(clients: int, n: int, modes: list[str], workers: int = 2) -> list[
         contexts = [tls_context(trust, ident.chain, ident.key) for ident in identities]
         baseline = direct_rate(authority, make_csrs(min(n, 300)), "BENCH000000")
         results = []
-        proc, url = _start_server(home.path, workers)
+        # Every client connects from this one address: no per-address cap.
+        proc, url = _start_server(home.path, workers, "--max-per-address", "0")
         try:
             for mode in modes:
                 csrs = make_csrs(n)

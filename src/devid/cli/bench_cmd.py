@@ -113,3 +113,36 @@ def onboard(
     from devid.bench import onboard as bench
 
     report(bench.run(n, clients, server_workers, skew_devices, hubs), as_json)
+
+
+@app.command("slowdrip")
+def slowdrip(
+    connections: Annotated[
+        int, typer.Option("--connections", min=1, help="slow-drip TLS connections the attacker holds")
+    ] = 600,
+    addresses: Annotated[
+        int,
+        typer.Option(
+            "--addresses", min=1, max=60000, help="loopback addresses they come from (127.0.0.2 ...)"
+        ),
+    ] = 20,
+    n: Annotated[int, typer.Option("--n", min=10, help="enrollments measured with and without")] = 100,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.1, help="seconds between two bytes of a connection")
+    ] = 2.0,
+    hold: Annotated[
+        float,
+        typer.Option(
+            "--hold", min=1, help="seconds of attack (longer than the server's 10 s header deadline)"
+        ),
+    ] = 15.0,
+    server_workers: Annotated[
+        int, typer.Option("--server-workers", min=1, help="`devid serve --workers` of the server it starts")
+    ] = 2,
+    as_json: JsonOpt = False,
+) -> None:
+    """Slow-drip connections against `devid serve`: connections held, a device's enrollment latency
+    during the attack beside without it, and the server workers' memory growth."""
+    from devid.bench import slowdrip as bench
+
+    report(bench.run(connections, addresses, n, server_workers, interval, hold), as_json)

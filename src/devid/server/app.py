@@ -21,6 +21,7 @@ from devid.authority.core import Authority
 from devid.errors import ConfigError
 from devid.est.server import MAX_BODY, EstServer
 from devid.registry.onboarding import Registry
+from devid.server.listener import ConnectionLimits, GuardedSite, request_phases
 from devid.server.trust import TrustSync
 from devid.tokens.routes import token_routes
 from devid.web.errors import error_middleware
@@ -89,7 +90,8 @@ def make_app(
     """
     in_flight = InFlight()
     app = web.Application(
-        client_max_size=client_max_size, middlewares=[in_flight.middleware, error_middleware]
+        client_max_size=client_max_size,
+        middlewares=[request_phases, in_flight.middleware, error_middleware],
     )
     registry = Registry(authority)
     app[AUTHORITY] = authority
@@ -112,7 +114,7 @@ class RunningServer:
     """A started server: its runner (call `await stop()` to shut it down gracefully) and URL."""
 
     runner: web.AppRunner
-    site: web.TCPSite
+    site: GuardedSite
     host: str
     port: int
     shutdown_timeout: float = 30.0
@@ -150,11 +152,14 @@ async def start_server(
     shutdown_timeout: float = 30.0,
     access_log: logging.Logger | None = None,
     reuse_port: bool = False,
+    limits: ConnectionLimits | None = None,
 ) -> RunningServer:
     """Listen on `host:port` (0: a free port) over TLS; returns once the socket accepts.
-    `reuse_port`: SO_REUSEPORT, so several processes serve one port (the kernel spreads connections)."""
+    `reuse_port`: SO_REUSEPORT, so several processes serve one port (the kernel spreads connections).
+    `limits`: deadlines and the per-address connection cap (default: `ConnectionLimits()`); the
+    application's trusted proxies are exempt from the cap."""
     # aiohttp's own shutdown runs after `stop` has drained the requests in flight: a short grace.
-    runner = web.AppRunner(app, shutdown_timeout=min(shutdown_timeout, 5.0), access_log=access_log)
+    runner = web.AppRunner(app, shutdown_timeout=min(shutdown_timeout, 5.0))
     await runner.setup()
     background = []
     registry = app.get(REGISTRY)
@@ -163,7 +168,17 @@ async def start_server(
         sync = TrustSync(registry, ssl_context)
         await asyncio.to_thread(sync.refresh)
         background.append(asyncio.create_task(sync.run()))
-    site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_port=reuse_port or None)
+    exempt: TrustedProxies = app.get(TRUSTED_PROXIES, TrustedProxies())
+    site = GuardedSite(
+        runner,
+        host,
+        port,
+        ssl_context=ssl_context,
+        limits=limits or ConnectionLimits(),
+        exempt=exempt,
+        reuse_port=reuse_port,
+        access_log=access_log,
+    )
     try:
         await site.start()
     except OSError as exc:
@@ -176,8 +191,4 @@ async def start_server(
             task.cancel()
         await runner.cleanup()
         raise
-    bound = port
-    server = site._server  # the asyncio Server: the only place the chosen port can be read
-    if isinstance(server, asyncio.Server) and server.sockets:
-        bound = int(server.sockets[0].getsockname()[1])
-    return RunningServer(runner, site, host, bound, shutdown_timeout, background)
+    return RunningServer(runner, site, host, site.bound_port, shutdown_timeout, background)

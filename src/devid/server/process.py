@@ -1,0 +1,72 @@
+"""One `devid serve` process: listen, deliver registry events in the background, stop gracefully.
+
+The registry-event dispatcher (webhooks, MQTT; `devid.registry.delivery`) starts after the server
+listens and stops after it has drained: events emitted by the last requests still wake it, and
+whatever is left waits in the outbox for the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from devid.registry.delivery import Dispatcher
+from devid.server.app import AUTHORITY, RunningServer, start_server
+from devid.server.listener import ConnectionLimits
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How a server process listens (the same for every worker of one `devid serve`)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8443
+    shutdown_timeout: float = 30.0
+    access_log: bool = False
+    deliver_events: bool = True
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+
+
+async def serve(
+    app: web.Application,
+    context: ssl.SSLContext,
+    options: ServeOptions,
+    *,
+    listening: Callable[[RunningServer], None],
+    stopping: Callable[[], None] = lambda: None,
+    stop_signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT),
+    reuse_port: bool = False,
+) -> None:
+    """Serve `app` until one of `stop_signals`, then let requests in flight finish and return.
+    `listening` is called once the socket accepts, `stopping` when a stop signal arrives."""
+    if options.access_log:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in stop_signals:
+        loop.add_signal_handler(sig, stop.set)
+    running = await start_server(
+        app,
+        context,
+        host=options.host,
+        port=options.port,
+        shutdown_timeout=options.shutdown_timeout,
+        access_log=logging.getLogger("aiohttp.access") if options.access_log else None,
+        reuse_port=reuse_port,
+        limits=options.limits,
+    )
+    listening(running)
+    dispatcher = Dispatcher(app[AUTHORITY].engine) if options.deliver_events else None
+    delivering = asyncio.create_task(dispatcher.run()) if dispatcher is not None else None
+    await stop.wait()
+    stopping()
+    await running.stop()
+    if dispatcher is not None and delivering is not None:
+        dispatcher.stop()
+        await delivering
