@@ -45,7 +45,6 @@ class Config:
     org: str
     db_url: str
     key_backend: str
-    se_salt: str
     key_prefix: str
     hw_type: str = DEFAULT_HW_TYPE
     pkcs11: Pkcs11Settings | None = None
@@ -65,6 +64,8 @@ class Config:
         try:
             data = tomllib.loads(text)
             pkcs11 = data.pop("pkcs11", None)
+            # Homes made before software secure elements had device-local keys carry a sealing salt.
+            data.pop("se_salt", None)
             return cls(**data, pkcs11=Pkcs11Settings(**pkcs11) if pkcs11 else None)
         except (tomllib.TOMLDecodeError, TypeError) as exc:
             raise ConfigError("config-invalid", f"{path} is not a valid devid configuration: {exc}") from None

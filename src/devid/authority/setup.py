@@ -20,7 +20,7 @@ from devid.clock import Clock, SystemClock
 from devid.config import Config, Home, Pkcs11Settings
 from devid.errors import ConfigError, ConflictError
 from devid.keys.base import KeyStore
-from devid.keys.software import Sealer, SoftwareKeyStore
+from devid.keys.software import SoftwareKeyStore
 from devid.pki.profiles import PROFILES, ProfileName, Template, ca_subject, self_signed_template
 from devid.pki.serials import random_serial, serial_hex
 from devid.store import audit, repo
@@ -57,10 +57,6 @@ def keystore_for(home: Home, passphrase: bytes) -> KeyStore:
     raise ConfigError("config-invalid", f"unknown key backend {cfg.key_backend!r}")
 
 
-def sealer_for(home: Home, passphrase: bytes) -> Sealer:
-    return Sealer(passphrase, bytes.fromhex(home.config.se_salt))
-
-
 def init_home(
     path: Path,
     *,
@@ -88,7 +84,6 @@ def init_home(
         org=org,
         db_url=db_url or f"sqlite:///{(path / 'devid.db').resolve()}",
         key_backend=key_backend,
-        se_salt=os.urandom(16).hex(),
         key_prefix=f"devid-{os.urandom(4).hex()}-",
         pkcs11=pkcs11,
         est_labels={label: policy.to_config() for label, policy in DEFAULT_LABELS.items()},
