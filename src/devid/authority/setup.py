@@ -11,13 +11,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, insert, make_url
 
 from devid.authority import token_keys
 from devid.authority.core import Authority, IssuingCA
 from devid.authority.policy import DEFAULT_LABELS, LabelPolicy
 from devid.clock import Clock, SystemClock
-from devid.config import Config, Home, Pkcs11Settings
+from devid.config import Config, Home, Pkcs11Settings, check_new_passphrase
 from devid.errors import ConfigError, ConflictError
 from devid.keys.base import KeyStore
 from devid.keys.software import SoftwareKeyStore
@@ -67,8 +67,12 @@ def init_home(
     pkcs11: Pkcs11Settings | None = None,
     clock: Clock | None = None,
 ) -> Home:
-    """Create config, store and CA hierarchy; refuse an existing home and leave nothing behind on failure."""
+    """Create config, store and CA hierarchy; refuse an existing home and leave nothing behind on failure.
+
+    The home folder is made 0700 and an SQLite database 0600 whatever the umask (SQLite gives its
+    -wal and -shm files the database's mode)."""
     clock = clock or SystemClock()
+    check_new_passphrase(passphrase)
     if (path / "devid.toml").exists():
         raise ConflictError("home-exists", f"{path} is already a devid home; nothing was changed")
     if key_backend not in ("software", "pkcs11"):
@@ -80,6 +84,7 @@ def init_home(
         )
     created_dir = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
     config = Config(
         org=org,
         db_url=db_url or f"sqlite:///{(path / 'devid.db').resolve()}",
@@ -91,6 +96,7 @@ def init_home(
     home = Home(path, config)
     try:
         keystore = keystore_for(home, passphrase)
+        _create_private_sqlite_file(config.db_url)
         engine = make_engine(config.db_url)
         migrate(engine)
         with reading(engine) as conn:
@@ -107,6 +113,18 @@ def init_home(
             (path / "devid.db").unlink(missing_ok=True)
         raise
     return home
+
+
+def _create_private_sqlite_file(db_url: str) -> None:
+    """Create an SQLite database file with mode 0600 before SQLite does (with 0666 & ~umask)."""
+    url = make_url(db_url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return
+    fd = os.open(url.database, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def _create_hierarchy(engine: Engine, keystore: KeyStore, home: Home, clock: Clock) -> None:

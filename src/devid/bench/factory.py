@@ -19,7 +19,7 @@ from devid.factory.secure_elements import SecureElementSpec
 from devid.factory.station import LineInfo
 from devid.pki.profiles import ProfileName, device_subject
 
-PASSPHRASE = b"devid-bench"
+PASSPHRASE = b"devid-bench-passphrase"
 
 
 def bare_device_loop(home: Home, n: int) -> float:

@@ -26,7 +26,7 @@ from devid.pki.encoding import cert_pem
 from devid.server.app import make_app, start_server
 from devid.server.tls import own_server_context
 
-PASSPHRASE = b"devid-sim"
+PASSPHRASE = b"devid-sim-passphrase"
 
 
 @dataclass
