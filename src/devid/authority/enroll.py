@@ -273,7 +273,7 @@ def check_enrollment_secret(authority: Authority, serial: str, secret: str) -> N
     """Check (without spending it) a device's enrollment secret: AuthenticationRequired when the
     serial or secret is wrong, PolicyError when it was used or has expired."""
     with reading(authority.engine) as conn:
-        usable_secret(conn, serial, secret, _now(authority), AuthenticationRequired)
+        usable_secret(conn, authority.credentials, serial, secret, _now(authority), AuthenticationRequired)
 
 
 def device_state(authority: Authority, serial: str) -> str:

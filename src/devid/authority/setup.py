@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 from datetime import timedelta
@@ -13,13 +14,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import Engine, insert, make_url
 
-from devid.authority import token_keys
+from devid.authority import credentials, token_keys
 from devid.authority.core import Authority, IssuingCA
+from devid.authority.credentials import CredentialKey
 from devid.authority.policy import DEFAULT_LABELS, LabelPolicy
 from devid.clock import Clock, SystemClock
 from devid.config import Config, Home, Pkcs11Settings, check_new_passphrase
-from devid.errors import ConfigError, ConflictError
-from devid.keys.base import KeyStore
+from devid.errors import ConfigError, ConflictError, NotFoundError
+from devid.keys.base import KeyStore, SecretKey
 from devid.keys.software import SoftwareKeyStore
 from devid.pki.profiles import PROFILES, ProfileName, Template, ca_subject, self_signed_template
 from devid.pki.serials import random_serial, serial_hex
@@ -103,6 +105,7 @@ def init_home(
             if repo.count(conn, repo.cas):
                 raise ConflictError("store-not-empty", "the database already holds a devid CA hierarchy")
         _create_hierarchy(engine, keystore, home, clock)
+        keystore.generate_secret(config.key_prefix + credentials.KEY_NAME)
         engine.dispose()
         Home.create(path, config)
     except BaseException:
@@ -176,6 +179,28 @@ def _create_hierarchy(engine: Engine, keystore: KeyStore, home: Home, clock: Clo
         audit.append(conn, events, now)
 
 
+def _credential_root(home: Home, keystore: KeyStore, root_label: str | None) -> SecretKey:
+    """The credential key of `home`; a home made before it existed gets one on first use, after the
+    passphrase (or PIN) is proven by opening the root CA key, under a lock shared by its processes."""
+    label = home.config.key_prefix + credentials.KEY_NAME
+    try:
+        return keystore.load_secret(label)
+    except NotFoundError:
+        pass
+    home.keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(home.keys_dir / f"{credentials.KEY_NAME}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            return keystore.load_secret(label)
+        except NotFoundError:
+            if root_label is not None:
+                keystore.load(root_label)
+            return keystore.generate_secret(label)
+    finally:
+        os.close(fd)
+
+
 def open_authority(home: Home, passphrase: bytes, *, clock: Clock | None = None) -> Authority:
     """The authority of an existing home, with keys opened lazily on first signature."""
     engine = make_engine(home.config.db_url)
@@ -197,10 +222,12 @@ def open_authority(home: Home, passphrase: bytes, *, clock: Clock | None = None)
         ProfileName.LDEVID: timedelta(days=cfg.ldevid_days),
     }
     labels = {label: LabelPolicy.from_config(label, data) for label, data in cfg.est_labels.items()}
+    root_label = next(ca.key_label for ca in cas.values() if ca.role == "root")
     authority = Authority(
         engine,
         cfg.org,
         cas,
+        credentials=CredentialKey(lambda: _credential_root(home, keystore, root_label)),
         clock=clock,
         hw_type=cfg.hw_type,
         lifetimes=lifetimes,

@@ -1,4 +1,5 @@
-"""Software keys: CA keys as encrypted PKCS#8 files, and a simulated secure element.
+"""Software keys: CA keys as encrypted PKCS#8 files, secret keys as passphrase-sealed files, and a
+simulated secure element.
 
 The simulated element keeps its state in the device folder, sealed with AES-256-GCM under the
 device's own random 256-bit key (`se-device.key`, mode 0600, made with the element): it stands in
@@ -10,6 +11,8 @@ provisions thousands of devices a second while no private key lies on disk in cl
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import os
 from pathlib import Path
@@ -20,6 +23,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from devid.errors import ConflictError, KeyAccessError, KeyExportRefused, NotFoundError
 from devid.fsutil import atomic_write, write_new
@@ -45,8 +49,29 @@ def decrypt_private_key(pem: bytes, passphrase: bytes, what: str) -> ec.Elliptic
     return key
 
 
+class SoftwareSecretKey:
+    """A secret key in memory, opened from its passphrase-sealed file."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def hmac_sha256(self, data: bytes) -> bytes:
+        return hmac.new(self._key, data, hashlib.sha256).digest()
+
+
+#: scrypt cost of a secret key file: about 0.1 s and 32 MiB, paid once by a process that opens it.
+_SCRYPT = {"name": "scrypt", "n": 2**15, "r": 8, "p": 1}
+
+
+def _kek(passphrase: bytes, kdf: dict[str, Any]) -> AESGCM:
+    if kdf.get("name") != "scrypt":
+        raise KeyAccessError("key-type", f"unknown key derivation {kdf.get('name')!r}")
+    scrypt = Scrypt(salt=bytes.fromhex(kdf["salt"]), length=32, n=kdf["n"], r=kdf["r"], p=kdf["p"])
+    return AESGCM(scrypt.derive(passphrase))
+
+
 class SoftwareKeyStore:
-    """CA keys as passphrase-encrypted PKCS#8 PEM files in one folder."""
+    """CA keys as passphrase-encrypted PKCS#8 PEM files, and secret keys, in one folder."""
 
     backend = "software"
 
@@ -73,6 +98,38 @@ class SoftwareKeyStore:
         except FileNotFoundError:
             raise NotFoundError("key-missing", f"CA key {label!r} not found at {path}") from None
         return decrypt_private_key(pem, self._passphrase, f"CA key {label!r}")
+
+    def _secret_path(self, label: str) -> Path:
+        return self.directory / f"{label}.secret.json"
+
+    def generate_secret(self, label: str) -> SoftwareSecretKey:
+        """32 random bytes sealed with AES-256-GCM under scrypt(passphrase, random salt), the label as
+        associated data; the file is created exclusively (0600), so two processes cannot both make it."""
+        key, nonce = os.urandom(32), os.urandom(12)
+        kdf = {**_SCRYPT, "salt": os.urandom(16).hex()}
+        sealed = nonce + _kek(self._passphrase, kdf).encrypt(nonce, key, label.encode())
+        state = {"kdf": kdf, "sealed": base64.b64encode(sealed).decode()}
+        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            write_new(self._secret_path(label), json.dumps(state).encode())
+        except FileExistsError:
+            raise ConflictError("key-exists", f"a secret key named {label!r} already exists") from None
+        return SoftwareSecretKey(key)
+
+    def load_secret(self, label: str) -> SoftwareSecretKey:
+        path = self._secret_path(label)
+        try:
+            state = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise NotFoundError("key-missing", f"secret key {label!r} not found at {path}") from None
+        sealed = base64.b64decode(state["sealed"])
+        try:
+            key = _kek(self._passphrase, state["kdf"]).decrypt(sealed[:12], sealed[12:], label.encode())
+            return SoftwareSecretKey(key)
+        except InvalidTag:
+            raise KeyAccessError(
+                "wrong-passphrase", f"cannot decrypt secret key {label!r}: wrong passphrase"
+            ) from None
 
 
 SE_STATE_FILE = "se.json"

@@ -121,7 +121,8 @@ class Certificate(Base):
 
 
 class EnrollmentSecret(Base):
-    """A single-use secret for EST HTTP Basic enrollment; only its SHA-256 is stored."""
+    """A single-use secret for EST HTTP Basic enrollment; only its MAC under the credential key is
+    stored (`secret_hash`, hex)."""
 
     __tablename__ = "enrollment_secrets"
 
@@ -179,7 +180,8 @@ class Manufacturer(Base):
 
 
 class RegistrationCode(Base):
-    """A one-time code a manufacturer CA must sign (as a verification certificate's CN)."""
+    """A one-time code a manufacturer CA must sign (as a verification certificate's CN); `code` holds
+    its MAC under the credential key (hex), never the code."""
 
     __tablename__ = "registration_codes"
 
@@ -241,7 +243,7 @@ class Enrollment(Base):
 
 
 class ApiToken(Base):
-    """An admin API bearer token; only its SHA-256 is stored."""
+    """An admin API bearer token; only its MAC under the credential key is stored (`token_hash`)."""
 
     __tablename__ = "api_tokens"
 
