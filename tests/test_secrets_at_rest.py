@@ -3,21 +3,39 @@ or write them (issue 8, hardening)."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import os
+import secrets
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from e2e import devid, flat
+from cryptography.hazmat.primitives.asymmetric import ec
+from e2e import devid, devid_many, flat
+from est_helpers import EstServer, csr_b64, https, path, provision
+from manufacturer import Manufacturer
+from sqlalchemy import insert, select
 
+from devid.api import tokens
+from devid.authority.core import Authority
+from devid.authority.credentials import CredentialKey, Purpose
+from devid.authority.devices import create_enrollment_secret
 from devid.authority.setup import init_home, open_authority
-from devid.config import MIN_PASSPHRASE_LENGTH
-from devid.errors import PolicyError
-from devid.keys.software import decrypt_private_key, encrypt_private_key
+from devid.clock import FixedClock
+from devid.config import MIN_PASSPHRASE_LENGTH, Home
+from devid.errors import KeyAccessError, PolicyError
+from devid.keys.software import SoftwareSecretKey, decrypt_private_key, encrypt_private_key
+from devid.registry import manufacturers
+from devid.store import repo
 
 PASSPHRASE = b"correct horse battery staple"
+#: A credential key that is not the home's: what someone without the CA secret could use.
+WRONG_KEY = CredentialKey(lambda: SoftwareSecretKey(os.urandom(32)))
 
 
 @contextmanager
@@ -75,3 +93,129 @@ def test_an_existing_home_with_a_shorter_passphrase_still_opens(tmp_path: Path) 
         assert authority.cas["root"].key.public_key() == authority.root.public_key()
     finally:
         authority.engine.dispose()
+
+
+# --- credentials stored as MACs under the credential key ------------------------------------------
+
+
+def api_status(server: EstServer, token: str) -> tuple[int, str | None]:
+    resp = https(server, "GET", "/api/v1/devices", headers={"Authorization": f"Bearer {token}"})
+    return resp.status, json.loads(resp.body)["error"]["code"] if resp.status != 200 else None
+
+
+def test_api_tokens_written_into_the_database_are_not_honoured(server: EstServer) -> None:
+    auth = server.authority
+    genuine, _ = tokens.create(auth, "genuine", "admin", auth.clock.now())
+    assert api_status(server, genuine) == (200, None)
+
+    forged = {"plain-hash": tokens.PREFIX + secrets.token_urlsafe(32), "wrong-key": tokens.PREFIX + "x" * 43}
+    stored = {
+        "plain-hash": hashlib.sha256(forged["plain-hash"].encode()).hexdigest(),
+        "wrong-key": WRONG_KEY.mac(Purpose.API_TOKEN, forged["wrong-key"]),
+    }
+    with auth.engine.begin() as conn:
+        for name, mac in stored.items():
+            conn.execute(
+                insert(tokens.tokens).values(
+                    name=name, token_hash=mac, role="admin", rate_per_minute=600, created_at=auth.clock.now()
+                )
+            )
+    assert api_status(server, forged["plain-hash"]) == (401, "api-token-legacy")
+    assert api_status(server, forged["wrong-key"]) == (401, "api-token-invalid")
+    # The genuine token's MAC under another purpose's subkey is not a token either.
+    assert auth.credentials.mac(Purpose.ENROLLMENT_SECRET, genuine) != auth.credentials.mac(
+        Purpose.API_TOKEN, genuine
+    )
+
+
+def basic(server: EstServer, serial: str, secret: str) -> int:
+    token = base64.b64encode(f"{serial}:{secret}".encode()).decode()
+    resp = https(
+        server,
+        "POST",
+        path("simpleenroll"),
+        csr_b64(ec.generate_private_key(ec.SECP256R1())),
+        headers={"Authorization": f"Basic {token}"},
+    )
+    return resp.status
+
+
+def test_enrollment_secrets_written_into_the_database_are_not_honoured(
+    server: EstServer, tmp_path: Path
+) -> None:
+    auth = server.authority
+    device = provision(auth, "SN-FORGE", tmp_path / "devices")
+    plain, wrong = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    now = auth.clock.now()
+    with auth.engine.begin() as conn:
+        device_id = conn.execute(
+            select(repo.devices.c.id).where(repo.devices.c.serial == device.serial)
+        ).scalar_one()
+        for mac in (
+            hashlib.sha256(plain.encode()).hexdigest(),
+            WRONG_KEY.mac(Purpose.ENROLLMENT_SECRET, wrong),
+        ):
+            conn.execute(
+                insert(repo.enrollment_secrets).values(
+                    device_id=device_id, secret_hash=mac, created_at=now, expires_at=now + timedelta(days=1)
+                )
+            )
+    assert basic(server, device.serial, plain) == 401
+    assert basic(server, device.serial, wrong) == 401
+    genuine = create_enrollment_secret(auth, device.serial, "test")
+    assert basic(server, device.serial, genuine) == 200
+
+
+def test_registration_codes_written_into_the_database_are_not_honoured(
+    auth: Authority, clock: FixedClock, tmp_path: Path
+) -> None:
+    acme = Manufacturer(tmp_path / "acme")
+    clock.advance(timedelta(minutes=1))  # openssl's notBefore is "now"
+    plain, wrong = secrets.token_hex(32), secrets.token_hex(32)
+    now = clock.now()
+    with auth.engine.begin() as conn:
+        for mac in (
+            hashlib.sha256(plain.encode()).hexdigest(),
+            WRONG_KEY.mac(Purpose.REGISTRATION_CODE, wrong),
+        ):
+            conn.execute(
+                insert(manufacturers.codes).values(
+                    code=mac, created_at=now, expires_at=now + timedelta(hours=1)
+                )
+            )
+    for code, reason in ((plain, "registration-code-legacy"), (wrong, "registration-code-unknown")):
+        acme.verification(code)
+        with pytest.raises(PolicyError) as refused:
+            manufacturers.register(auth, "acme", acme.pem("root"), acme.pem("verify-root"), actor="test")
+        assert refused.value.code == reason
+    code = manufacturers.create_registration_code(auth, "test")
+    acme.verification(code)
+    assert (
+        manufacturers.register(auth, "acme", acme.pem("root"), acme.pem("verify-root"), actor="test").name
+        == "acme"
+    )
+    with auth.engine.connect() as conn:
+        assert code not in {row.code for row in conn.execute(select(manufacturers.codes))}
+
+
+def test_credentials_are_made_only_with_the_ca_secret(sqlite_home: Home, tmp_path: Path) -> None:
+    """Without the passphrase nothing is made; with a wrong one neither (the key does not open)."""
+    wrong = open_authority(sqlite_home, b"not the passphrase at all")
+    try:
+        with pytest.raises(KeyAccessError):
+            tokens.create(wrong, "t", "admin", wrong.clock.now())
+        with pytest.raises(KeyAccessError):
+            manufacturers.create_registration_code(wrong, "test")
+        with wrong.engine.connect() as conn:
+            assert conn.execute(select(tokens.tokens)).first() is None
+            assert conn.execute(select(manufacturers.codes)).first() is None
+    finally:
+        wrong.engine.dispose()
+    calls = [
+        ("api-token", "create", "t", "--role", "admin"),
+        ("manufacturer", "register-code"),
+        ("device", "enroll-secret", "SN-1"),
+    ]
+    results = devid_many([(*args, "--home", sqlite_home.path) for args in calls], passphrase=None)
+    for args, result in zip(calls, results, strict=True):
+        assert result.returncode != 0 and "[passphrase-missing]" in flat(result.stderr), (args, result.stderr)
