@@ -3,23 +3,30 @@ or write them (issue 8, hardening)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import os
+import pwd
 import secrets
+import shutil
 import stat
+import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
+import aiomqtt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from e2e import devid, devid_many, flat
 from est_helpers import EstServer, csr_b64, https, path, provision
+from event_peers import Broker, Receiver, free_port, listening, receiver
 from manufacturer import Manufacturer
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 
 from devid.api import tokens
 from devid.authority.core import Authority
@@ -30,8 +37,14 @@ from devid.clock import FixedClock
 from devid.config import MIN_PASSPHRASE_LENGTH, Home
 from devid.errors import KeyAccessError, PolicyError
 from devid.keys.software import SoftwareSecretKey, decrypt_private_key, encrypt_private_key
-from devid.registry import manufacturers
+from devid.registry import manufacturers, sinks
+from devid.registry.delivery import Dispatcher, Settings
+from devid.registry.transports import SIGNATURE_HEADER, sign
 from devid.store import repo
+from devid.store.models import AuditEvent, EventSink
+from devid.store.outbox import emit
+
+__all__ = ["receiver"]  # a fixture, imported for pytest
 
 PASSPHRASE = b"correct horse battery staple"
 #: A credential key that is not the home's: what someone without the CA secret could use.
@@ -219,3 +232,116 @@ def test_credentials_are_made_only_with_the_ca_secret(sqlite_home: Home, tmp_pat
     results = devid_many([(*args, "--home", sqlite_home.path) for args in calls], passphrase=None)
     for args, result in zip(calls, results, strict=True):
         assert result.returncode != 0 and "[passphrase-missing]" in flat(result.stderr), (args, result.stderr)
+
+
+# --- sink secrets and broker passwords sealed at rest ----------------------------------------------
+
+MQTT_USER, MQTT_PASSWORD = "devid-events", "broker-password-5e1f"
+HOOK_PASSWORD = "hook-password-77c2"
+SIGNING_KEY = b"webhook-signing-key-0123456789"
+
+
+@pytest.fixture
+def password_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A Mosquitto that accepts one user with a password, and no anonymous client."""
+    passwords = tmp_path / "mosquitto.passwd"
+    subprocess.run(
+        ["mosquitto_passwd", "-b", "-c", passwords, MQTT_USER, MQTT_PASSWORD], check=True, capture_output=True
+    )
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    # `user`: run as root, Mosquitto would drop to its own user, who cannot read the test's folder.
+    user = pwd.getpwuid(os.getuid()).pw_name
+    conf.write_text(
+        f"user {user}\nlistener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwords}\n"
+    )
+    exe = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+    assert exe is not None, "mosquitto is not installed"
+    proc = subprocess.Popen([exe, "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while not listening("127.0.0.1", port):
+            assert proc.poll() is None and time.monotonic() < deadline, "mosquitto did not start"
+            time.sleep(0.05)
+        yield Broker("127.0.0.1", port)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def stored_bytes(home: Home) -> bytes:
+    return b"".join(f.read_bytes() for f in home.path.glob("devid.db*"))
+
+
+def test_sink_secrets_are_sealed_at_rest_and_delivery_still_works(
+    sqlite_home: Home, auth: Authority, receiver: Receiver, password_broker: Broker
+) -> None:
+    engine, key = auth.engine, auth.credentials
+    hook_url = receiver.url.replace("http://", f"http://hook-user:{HOOK_PASSWORD}@")
+    broker_url = f"mqtt://{MQTT_USER}:{MQTT_PASSWORD}@{password_broker.host}:{password_broker.port}"
+    base = "devid-test/sealed"
+    now = auth.clock.now()
+    sinks.add(engine, "hook", "webhook", hook_url, None, key=key, actor="test", now=now, secret=SIGNING_KEY)
+    sinks.add(engine, "mq", "mqtt", broker_url, base, key=key, actor="test", now=now)
+
+    # Neither the rows nor anything else in the database holds a password or the signing key.
+    with engine.connect() as conn:
+        rows = {r.name: r for r in conn.execute(select(EventSink.__table__))}
+    assert rows["hook"].url == receiver.url.replace("http://", "http://hook-user:***@")
+    assert rows["mq"].url == f"mqtt://{MQTT_USER}:***@{password_broker.host}:{password_broker.port}"
+    stored = stored_bytes(sqlite_home)
+    for secret in (HOOK_PASSWORD.encode(), MQTT_PASSWORD.encode(), SIGNING_KEY):
+        assert secret not in stored
+        assert all(secret not in (r.secret or b"") for r in rows.values())
+
+    async def deliver() -> list[aiomqtt.Message]:
+        async with aiomqtt.Client(
+            password_broker.host, password_broker.port, username=MQTT_USER, password=MQTT_PASSWORD
+        ) as sub:
+            await sub.subscribe(f"{base}/#", qos=1)
+            with engine.begin() as conn:
+                emit(conn, now, "device.state", "SN-SEALED", {"to": "ACTIVE"})
+            results = await Dispatcher(engine, Settings(webhook_timeout=5.0), key=key).deliver_once()
+            assert {n: (r.delivered, r.error) for n, r in results.items()} == {
+                "hook": (1, None),
+                "mq": (1, None),
+            }
+            async with asyncio.timeout(10):
+                async for message in sub.messages:
+                    return [message]
+            return []
+
+    [message] = asyncio.run(deliver())
+    assert json.loads(bytes(message.payload))["subject"] == "SN-SEALED"
+    [request] = receiver.requests
+    assert request.headers[SIGNATURE_HEADER] == sign(SIGNING_KEY, request.body)
+    expected = base64.b64encode(f"hook-user:{HOOK_PASSWORD}".encode()).decode()
+    assert request.headers["Authorization"] == f"Basic {expected}"
+
+    # Another credential key (no CA secret) opens nothing.
+    with engine.connect() as conn:
+        sink = next(s for s in sinks.list_sinks(conn) if s.name == "hook")
+    with pytest.raises(KeyAccessError):
+        sink.connection(WRONG_KEY)
+
+
+def test_sinks_stored_in_clear_by_an_older_devid_are_sealed_by_the_dispatcher(
+    sqlite_home: Home, auth: Authority, receiver: Receiver
+) -> None:
+    engine, key = auth.engine, auth.credentials
+    hook_url = receiver.url.replace("http://", f"http://hook-user:{HOOK_PASSWORD}@")
+    sinks.add(engine, "old", "webhook", receiver.url, None, key=key, actor="test", now=auth.clock.now())
+    with engine.begin() as conn:  # as devid stored it before: URL and signing key in clear
+        conn.execute(
+            update(sinks.sinks).where(sinks.sinks.c.name == "old").values(url=hook_url, secret=SIGNING_KEY)
+        )
+        emit(conn, auth.clock.now(), "device.state", "SN-OLD", {})
+    results = asyncio.run(Dispatcher(engine, Settings(webhook_timeout=5.0), key=key).deliver_once())
+    assert results["old"].delivered == 1 and results["old"].error is None
+    [request] = receiver.requests
+    assert request.headers[SIGNATURE_HEADER] == sign(SIGNING_KEY, request.body)
+    with engine.connect() as conn:
+        row = conn.execute(select(sinks.sinks).where(sinks.sinks.c.name == "old")).one()
+        assert HOOK_PASSWORD not in row.url and SIGNING_KEY not in row.secret
+        actions = conn.execute(select(AuditEvent.action).where(AuditEvent.subject == "old")).scalars().all()
+    assert actions == ["event-sink.add", "event-sink.seal"]

@@ -128,7 +128,7 @@ def serve(
         _supervise(spec, workers, server)
         return
     try:
-        dispatcher = Dispatcher(authority.engine) if deliver_events else None
+        dispatcher = Dispatcher(authority.engine, key=authority.credentials) if deliver_events else None
         asyncio.run(_run(app, ctx, host, port, shutdown_timeout, server, access_log, dispatcher))
     finally:
         authority.engine.dispose()
@@ -243,7 +243,9 @@ async def _serve_worker(app: web.Application, ctx: ssl.SSLContext, spec: _Worker
         events.put(("error", exc.message))
         raise
     events.put(("ready", running.port))
-    dispatcher = Dispatcher(app[AUTHORITY].engine) if spec.deliver_events else None
+    dispatcher = (
+        Dispatcher(app[AUTHORITY].engine, key=app[AUTHORITY].credentials) if spec.deliver_events else None
+    )
     await _until_stopped(running, stop, dispatcher)
 
 

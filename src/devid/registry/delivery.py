@@ -22,12 +22,14 @@ import logging
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import aiohttp
 from sqlalchemy import Engine, Table, case, event, select, update
 
-from devid.registry.sinks import Sink, list_sinks
+from devid.authority.credentials import CredentialKey
+from devid.registry.sinks import Sink, list_sinks, seal_clear
 from devid.registry.transports import DeliveryError, Mqtt, Outgoing, Transport, Webhook
 from devid.store.engine import reading
 from devid.store.models import EventRecord, EventSink
@@ -223,9 +225,16 @@ class Dispatcher:
     """Runs one `SinkWorker` per enabled sink, starting and stopping them as sinks change."""
 
     def __init__(
-        self, engine: Engine, settings: Settings | None = None, *, rng: random.Random | None = None
+        self,
+        engine: Engine,
+        settings: Settings | None = None,
+        *,
+        key: CredentialKey,
+        rng: random.Random | None = None,
     ) -> None:
         self.engine = engine
+        #: Opens the sinks' sealed URLs and signing keys.
+        self.key = key
         self.settings = settings or Settings()
         self.rng = rng or random.Random()
         self._workers: dict[int, tuple[SinkWorker, asyncio.Task[None]]] = {}
@@ -254,10 +263,11 @@ class Dispatcher:
         self._stop.set()
 
     def _transport(self, sink: Sink) -> Transport:
+        conn = sink.connection(self.key)
         if sink.kind == "mqtt":
-            return Mqtt(sink.url, sink.topic or "devid/events", self.settings.mqtt_timeout)
+            return Mqtt(conn.url, sink.topic or "devid/events", self.settings.mqtt_timeout)
         assert self._session is not None
-        return Webhook(sink.url, sink.secret, self._session, self.settings.webhook_timeout)
+        return Webhook(conn.url, conn.signing_key, self._session, self.settings.webhook_timeout)
 
     @contextlib.asynccontextmanager
     async def _running(self) -> AsyncIterator[None]:
@@ -266,6 +276,9 @@ class Dispatcher:
         if self._stopping:
             self._stop.set()
         self._session = aiohttp.ClientSession()
+        sealed = await asyncio.to_thread(seal_clear, self.engine, self.key, now=datetime.now(UTC))
+        if sealed:
+            log.info("event delivery: sealed the clear secrets of sinks %s", ", ".join(sealed))
         unwatch = watch_commits(self.engine, self.wake)
         try:
             yield

@@ -2,10 +2,17 @@
 
 Adding, enabling, disabling and removing a sink is a registry change like any other: audited and
 generation-bumping in one transaction, so every dispatcher sharing the store picks it up.
+
+A sink's connection secrets, the URL as given (with any password in it) and the webhook signing
+key, are sealed together (AES-256-GCM under the credential key, bound to the sink's name) in the
+`secret` column; `url` holds the URL with its password masked, for listings. Only a process with
+the CA secret unlocked (`devid serve`, `devid events deliver`) can open them.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,6 +20,7 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Engine, Row, Table, delete, func, insert, select, update
 
+from devid.authority.credentials import SEALED_PREFIX, CredentialKey, Purpose
 from devid.errors import ConflictError, NotFoundError, PolicyError
 from devid.registry import generation
 from devid.registry.transports import check_mqtt_url, check_topic, check_webhook_url, redact
@@ -26,8 +34,21 @@ KINDS = ("webhook", "mqtt")
 
 
 @dataclass(frozen=True)
+class SinkConnection:
+    """What a transport needs to reach a sink, unsealed: the URL as given and the signing key."""
+
+    url: str
+    signing_key: bytes | None
+
+
+def _seal(key: CredentialKey, name: str, url: str, signing_key: bytes | None) -> bytes:
+    plain = {"url": url, "signing_key": base64.b64encode(signing_key).decode() if signing_key else None}
+    return key.seal(Purpose.SINK_SECRET, json.dumps(plain).encode(), name.encode())
+
+
+@dataclass(frozen=True)
 class Sink:
-    """A sink as stored. `secret` (if set) signs webhook bodies."""
+    """A sink as stored: `url` with its password masked, `secret` its sealed connection secrets."""
 
     id: int
     name: str
@@ -56,6 +77,20 @@ class Sink:
             row.created_at,
             row.secret,
         )
+
+    @property
+    def sealed(self) -> bool:
+        return self.secret is not None and self.secret.startswith(SEALED_PREFIX)
+
+    def connection(self, key: CredentialKey) -> SinkConnection:
+        """The URL (with its password) and webhook signing key; a sink stored by an older devid,
+        not yet sealed (see `seal_clear`), has them in clear."""
+        if not self.sealed:
+            return SinkConnection(self.url, self.secret)
+        assert self.secret is not None
+        plain = json.loads(key.open(Purpose.SINK_SECRET, self.secret, self.name.encode()))
+        signing_key = plain["signing_key"]
+        return SinkConnection(plain["url"], base64.b64decode(signing_key) if signing_key else None)
 
     def to_json(self, last_event: int) -> dict[str, Any]:
         return {
@@ -110,14 +145,16 @@ def add(
     url: str,
     topic: str | None,
     *,
+    key: CredentialKey,
     actor: str,
     now: datetime,
     from_start: bool = False,
     secret: bytes | None = None,
 ) -> Sink:
     """A new enabled sink. It receives events emitted from now on, or every event still in the
-    outbox when `from_start`."""
+    outbox when `from_start`. `secret` signs webhook bodies; it and the URL are sealed under `key`."""
     _check(name, kind, url, topic)
+    sealed = _seal(key, name, url, secret)
     with engine.begin() as conn:
         if conn.execute(select(sinks.c.id).where(sinks.c.name == name)).first() is not None:
             raise ConflictError("sink-exists", f"an event sink named {name!r} exists")
@@ -126,13 +163,13 @@ def add(
             insert(sinks).values(
                 name=name,
                 kind=kind,
-                url=url,
+                url=redact(url),
                 topic=topic,
                 enabled=True,
                 cursor=cursor,
                 failures=0,
                 created_at=now,
-                secret=secret,
+                secret=sealed,
             )
         )
         detail = {"kind": kind, "url": redact(url), "topic": topic, "cursor": cursor, "signed": bool(secret)}
@@ -166,3 +203,25 @@ def set_enabled(engine: Engine, name: str, enabled: bool, *, actor: str, now: da
         generation.bump(conn)
         action = "event-sink.enable" if enabled else "event-sink.disable"
         audit.append(conn, [audit.Event(action, name, actor, "ok", {"cursor": row.cursor})], now)
+
+
+def seal_clear(engine: Engine, key: CredentialKey, *, now: datetime) -> list[str]:
+    """Seal the sinks an older devid stored with their URL password and signing key in clear (the
+    dispatcher does this when it starts); returns their names."""
+    with engine.connect() as conn:
+        clear = [s for s in list_sinks(conn) if not s.sealed]
+    if not clear:
+        return []
+    with engine.begin() as conn:
+        for sink in clear:
+            conn.execute(
+                update(sinks)
+                .where(sinks.c.id == sink.id)
+                .values(url=redact(sink.url), secret=_seal(key, sink.name, sink.url, sink.secret))
+            )
+        generation.bump(conn)
+        events = [
+            audit.Event("event-sink.seal", s.name, "devid", "ok", {"url": redact(s.url)}) for s in clear
+        ]
+        audit.append(conn, events, now)
+    return [s.name for s in clear]
