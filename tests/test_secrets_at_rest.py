@@ -26,16 +26,20 @@ from e2e import devid, devid_many, flat
 from est_helpers import EstServer, csr_b64, https, path, provision
 from event_peers import Broker, Receiver, free_port, listening, receiver
 from manufacturer import Manufacturer
+from pkcs11 import Attribute, ObjectClass
+from softhsm import SoftToken
 from sqlalchemy import insert, select, update
 
-from devid.api import tokens
+from devid.api import tokens as api_tokens
 from devid.authority.core import Authority
 from devid.authority.credentials import CredentialKey, Purpose
 from devid.authority.devices import create_enrollment_secret
+from devid.authority.enroll import AuthenticationRequired
 from devid.authority.setup import init_home, open_authority
 from devid.clock import FixedClock
-from devid.config import MIN_PASSPHRASE_LENGTH, Home
+from devid.config import MIN_PASSPHRASE_LENGTH, Home, Pkcs11Settings
 from devid.errors import KeyAccessError, PolicyError
+from devid.keys.pkcs11 import open_token
 from devid.keys.software import SoftwareSecretKey, decrypt_private_key, encrypt_private_key
 from devid.registry import manufacturers, sinks
 from devid.registry.delivery import Dispatcher, Settings
@@ -118,10 +122,13 @@ def api_status(server: EstServer, token: str) -> tuple[int, str | None]:
 
 def test_api_tokens_written_into_the_database_are_not_honoured(server: EstServer) -> None:
     auth = server.authority
-    genuine, _ = tokens.create(auth, "genuine", "admin", auth.clock.now())
+    genuine, _ = api_tokens.create(auth, "genuine", "admin", auth.clock.now())
     assert api_status(server, genuine) == (200, None)
 
-    forged = {"plain-hash": tokens.PREFIX + secrets.token_urlsafe(32), "wrong-key": tokens.PREFIX + "x" * 43}
+    forged = {
+        "plain-hash": api_tokens.PREFIX + secrets.token_urlsafe(32),
+        "wrong-key": api_tokens.PREFIX + "x" * 43,
+    }
     stored = {
         "plain-hash": hashlib.sha256(forged["plain-hash"].encode()).hexdigest(),
         "wrong-key": WRONG_KEY.mac(Purpose.API_TOKEN, forged["wrong-key"]),
@@ -129,7 +136,7 @@ def test_api_tokens_written_into_the_database_are_not_honoured(server: EstServer
     with auth.engine.begin() as conn:
         for name, mac in stored.items():
             conn.execute(
-                insert(tokens.tokens).values(
+                insert(api_tokens.tokens).values(
                     name=name, token_hash=mac, role="admin", rate_per_minute=600, created_at=auth.clock.now()
                 )
             )
@@ -216,11 +223,11 @@ def test_credentials_are_made_only_with_the_ca_secret(sqlite_home: Home, tmp_pat
     wrong = open_authority(sqlite_home, b"not the passphrase at all")
     try:
         with pytest.raises(KeyAccessError):
-            tokens.create(wrong, "t", "admin", wrong.clock.now())
+            api_tokens.create(wrong, "t", "admin", wrong.clock.now())
         with pytest.raises(KeyAccessError):
             manufacturers.create_registration_code(wrong, "test")
         with wrong.engine.connect() as conn:
-            assert conn.execute(select(tokens.tokens)).first() is None
+            assert conn.execute(select(api_tokens.tokens)).first() is None
             assert conn.execute(select(manufacturers.codes)).first() is None
     finally:
         wrong.engine.dispose()
@@ -345,3 +352,53 @@ def test_sinks_stored_in_clear_by_an_older_devid_are_sealed_by_the_dispatcher(
         assert HOOK_PASSWORD not in row.url and SIGNING_KEY not in row.secret
         actions = conn.execute(select(AuditEvent.action).where(AuditEvent.subject == "old")).scalars().all()
     assert actions == ["event-sink.add", "event-sink.seal"]
+
+
+def test_a_pkcs11_home_keeps_its_credential_key_in_the_token(
+    tmp_path: Path, tokens: dict[str, SoftToken]
+) -> None:
+    token = tokens["home"]
+    settings = Pkcs11Settings(token.module, token.label, str(token.pin_file))
+    home = init_home(
+        tmp_path / "home", org="HSM Org", passphrase=PASSPHRASE, key_backend="pkcs11", pkcs11=settings
+    )
+    label = home.config.key_prefix + "credential-key"
+    session = open_token(token.module, token.label, token.pin)
+    [secret] = session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: label})
+    assert secret[Attribute.SENSITIVE] and not secret[Attribute.EXTRACTABLE]
+    assert not (home.keys_dir.exists() and list(home.keys_dir.iterdir()))  # nothing on disk
+
+    authority = open_authority(home, PASSPHRASE)
+    try:
+        made, _ = api_tokens.create(authority, "hsm", "admin", authority.clock.now())
+        with authority.engine.connect() as conn:
+            assert api_tokens.verify(conn, authority.credentials, made, authority.clock.now()).name == "hsm"
+            with pytest.raises(AuthenticationRequired):
+                api_tokens.verify(conn, WRONG_KEY, made, authority.clock.now())
+    finally:
+        authority.engine.dispose()
+
+
+def test_a_home_made_before_the_credential_key_gets_one_on_first_use(sqlite_home: Home) -> None:
+    """Only once the passphrase is proven (the root CA key opens): a wrong one makes no key."""
+    [key_file] = sqlite_home.keys_dir.glob("*credential-key.secret.json")
+    key_file.unlink()
+    wrong = open_authority(sqlite_home, b"not the passphrase at all")
+    try:
+        with pytest.raises(KeyAccessError) as refused:
+            wrong.credentials.mac(Purpose.API_TOKEN, "x")
+        assert refused.value.code == "wrong-passphrase" and not key_file.exists()
+    finally:
+        wrong.engine.dispose()
+    right = open_authority(sqlite_home, PASSPHRASE)
+    try:
+        made, _ = api_tokens.create(right, "first", "admin", right.clock.now())
+        assert key_file.exists() and mode(key_file) == 0o600
+    finally:
+        right.engine.dispose()
+    again = open_authority(sqlite_home, PASSPHRASE)  # another process: the same key
+    try:
+        with again.engine.connect() as conn:
+            assert api_tokens.verify(conn, again.credentials, made, again.clock.now()).name == "first"
+    finally:
+        again.engine.dispose()
