@@ -16,11 +16,12 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiomqtt
 import pytest
+from alembic import command
 from cryptography.hazmat.primitives.asymmetric import ec
 from e2e import devid, devid_many, flat
 from est_helpers import EstServer, csr_b64, https, path, provision
@@ -28,7 +29,7 @@ from event_peers import Broker, Receiver, free_port, listening, receiver
 from manufacturer import Manufacturer
 from pkcs11 import Attribute, ObjectClass
 from softhsm import SoftToken
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select
 
 from devid.api import tokens as api_tokens
 from devid.authority.core import Authority
@@ -45,7 +46,8 @@ from devid.registry import manufacturers, sinks
 from devid.registry.delivery import Dispatcher, Settings
 from devid.registry.transports import SIGNATURE_HEADER, sign
 from devid.store import repo
-from devid.store.models import AuditEvent, EventSink
+from devid.store.engine import _alembic_config, make_engine
+from devid.store.models import EventSink
 from devid.store.outbox import emit
 
 __all__ = ["receiver"]  # a fixture, imported for pytest
@@ -332,26 +334,31 @@ def test_sink_secrets_are_sealed_at_rest_and_delivery_still_works(
         sink.connection(WRONG_KEY)
 
 
-def test_sinks_stored_in_clear_by_an_older_devid_are_sealed_by_the_dispatcher(
+def test_sinks_written_into_the_database_are_not_delivered_to(
     sqlite_home: Home, auth: Authority, receiver: Receiver
 ) -> None:
-    engine, key = auth.engine, auth.credentials
-    hook_url = receiver.url.replace("http://", f"http://hook-user:{HOOK_PASSWORD}@")
-    sinks.add(engine, "old", "webhook", receiver.url, None, key=key, actor="test", now=auth.clock.now())
-    with engine.begin() as conn:  # as devid stored it before: URL and signing key in clear
-        conn.execute(
-            update(sinks.sinks).where(sinks.sinks.c.name == "old").values(url=hook_url, secret=SIGNING_KEY)
+    """Without the CA secret no usable sink can be added: one stored in clear (as an older devid
+    did, or written directly) or sealed under another key gets nothing; a sealed one does."""
+    engine, key, now = auth.engine, auth.credentials, auth.clock.now()
+    sinks.add(engine, "genuine", "webhook", receiver.url, None, key=key, actor="test", now=now)
+    with engine.begin() as conn:
+        values = {
+            "kind": "webhook",
+            "topic": None,
+            "enabled": True,
+            "cursor": 0,
+            "failures": 0,
+            "created_at": now,
+        }
+        conn.execute(insert(sinks.sinks).values(name="clear", url=receiver.url, secret=SIGNING_KEY, **values))
+        forged = WRONG_KEY.seal(
+            Purpose.SINK_SECRET, json.dumps({"url": receiver.url, "signing_key": None}).encode(), b"forged"
         )
-        emit(conn, auth.clock.now(), "device.state", "SN-OLD", {})
+        conn.execute(insert(sinks.sinks).values(name="forged", url=receiver.url, secret=forged, **values))
+        emit(conn, now, "device.state", "SN-1", {})
     results = asyncio.run(Dispatcher(engine, Settings(webhook_timeout=5.0), key=key).deliver_once())
-    assert results["old"].delivered == 1 and results["old"].error is None
-    [request] = receiver.requests
-    assert request.headers[SIGNATURE_HEADER] == sign(SIGNING_KEY, request.body)
-    with engine.connect() as conn:
-        row = conn.execute(select(sinks.sinks).where(sinks.sinks.c.name == "old")).one()
-        assert HOOK_PASSWORD not in row.url and SIGNING_KEY not in row.secret
-        actions = conn.execute(select(AuditEvent.action).where(AuditEvent.subject == "old")).scalars().all()
-    assert actions == ["event-sink.add", "event-sink.seal"]
+    assert set(results) == {"genuine"} and results["genuine"].delivered == 1
+    assert len(receiver.requests) == 1
 
 
 def test_a_pkcs11_home_keeps_its_credential_key_in_the_token(
@@ -402,3 +409,32 @@ def test_a_home_made_before_the_credential_key_gets_one_on_first_use(sqlite_home
             assert api_tokens.verify(conn, again.credentials, made, again.clock.now()).name == "first"
     finally:
         again.engine.dispose()
+
+
+def test_upgrading_a_store_leaves_no_usable_secret_in_clear(sqlite_home: Home) -> None:
+    """Migration 0006 has no credential key: clear registration codes become (refused) hashes, and
+    sinks lose their clear password and signing secret and wait, disabled, to be added again."""
+    engine = make_engine(sqlite_home.config.db_url)
+    try:
+        command.downgrade(_alembic_config(engine), "0004")
+        code = secrets.token_hex(32)
+        now = datetime.now(UTC)
+        with engine.begin() as conn:
+            conn.execute(insert(manufacturers.codes).values(code=code, created_at=now, expires_at=now))
+            conn.execute(
+                insert(sinks.sinks).values(
+                    name="old", kind="webhook", url=f"https://ops:{HOOK_PASSWORD}@hooks.example/x",
+                    topic=None, enabled=True, cursor=0, failures=0, created_at=now, secret=SIGNING_KEY,
+                )
+            )  # fmt: skip
+        command.upgrade(_alembic_config(engine), "head")
+        with engine.connect() as conn:
+            assert (
+                conn.execute(select(manufacturers.codes.c.code)).scalar_one()
+                == hashlib.sha256(code.encode()).hexdigest()
+            )
+            sink = conn.execute(select(sinks.sinks)).one()
+        assert (sink.url, sink.secret, sink.enabled) == ("https://ops:***@hooks.example/x", None, False)
+        assert "add it again" in sink.last_error
+    finally:
+        engine.dispose()

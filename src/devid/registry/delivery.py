@@ -22,14 +22,14 @@ import logging
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, cast
 
 import aiohttp
 from sqlalchemy import Engine, Table, case, event, select, update
 
 from devid.authority.credentials import CredentialKey
-from devid.registry.sinks import Sink, list_sinks, seal_clear
+from devid.errors import KeyAccessError
+from devid.registry.sinks import Sink, list_sinks
 from devid.registry.transports import DeliveryError, Mqtt, Outgoing, Transport, Webhook
 from devid.store.engine import reading
 from devid.store.models import EventRecord, EventSink
@@ -244,6 +244,7 @@ class Dispatcher:
         self._stopping = False
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._refused: set[str] = set()
 
     def wake(self) -> None:
         """Look at the outbox now (safe from any thread)."""
@@ -276,9 +277,6 @@ class Dispatcher:
         if self._stopping:
             self._stop.set()
         self._session = aiohttp.ClientSession()
-        sealed = await asyncio.to_thread(seal_clear, self.engine, self.key, now=datetime.now(UTC))
-        if sealed:
-            log.info("event delivery: sealed the clear secrets of sinks %s", ", ".join(sealed))
         unwatch = watch_commits(self.engine, self.wake)
         try:
             yield
@@ -297,11 +295,23 @@ class Dispatcher:
             await worker.transport.aclose()
 
     async def _enabled_sinks(self) -> list[Sink]:
+        """The enabled sinks whose sealed secrets open under the credential key (warned once each)."""
+
         def load() -> list[Sink]:
             with reading(self.engine) as conn:
                 return list_sinks(conn, enabled_only=True)
 
-        return await asyncio.to_thread(load)
+        usable = []
+        for sink in await asyncio.to_thread(load):
+            try:
+                sink.connection(self.key)
+            except KeyAccessError as exc:
+                if sink.name not in self._refused:
+                    self._refused.add(sink.name)
+                    log.warning("event delivery: not delivering to sink %s: %s", sink.name, exc.message)
+                continue
+            usable.append(sink)
+        return usable
 
     async def _reconcile(self) -> None:
         wanted = {s.id: s for s in await self._enabled_sinks()}

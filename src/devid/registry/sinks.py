@@ -6,7 +6,9 @@ generation-bumping in one transaction, so every dispatcher sharing the store pic
 A sink's connection secrets, the URL as given (with any password in it) and the webhook signing
 key, are sealed together (AES-256-GCM under the credential key, bound to the sink's name) in the
 `secret` column; `url` holds the URL with its password masked, for listings. Only a process with
-the CA secret unlocked (`devid serve`, `devid events deliver`) can open them.
+the CA secret unlocked (`devid serve`, `devid events deliver`) can open them, and a sink row written
+into the database without it (no sealed secrets, or sealed under another key or for another name)
+is never delivered to.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any, cast
 from sqlalchemy import Connection, Engine, Row, Table, delete, func, insert, select, update
 
 from devid.authority.credentials import SEALED_PREFIX, CredentialKey, Purpose
-from devid.errors import ConflictError, NotFoundError, PolicyError
+from devid.errors import ConflictError, KeyAccessError, NotFoundError, PolicyError
 from devid.registry import generation
 from devid.registry.transports import check_mqtt_url, check_topic, check_webhook_url, redact
 from devid.store import audit
@@ -78,16 +80,15 @@ class Sink:
             row.secret,
         )
 
-    @property
-    def sealed(self) -> bool:
-        return self.secret is not None and self.secret.startswith(SEALED_PREFIX)
-
     def connection(self, key: CredentialKey) -> SinkConnection:
-        """The URL (with its password) and webhook signing key; a sink stored by an older devid,
-        not yet sealed (see `seal_clear`), has them in clear."""
-        if not self.sealed:
-            return SinkConnection(self.url, self.secret)
-        assert self.secret is not None
+        """The URL (with its password) and webhook signing key. KeyAccessError for a sink without
+        sealed secrets (stored by an older devid, or not by devid at all) or one that does not open."""
+        if self.secret is None or not self.secret.startswith(SEALED_PREFIX):
+            raise KeyAccessError(
+                "sink-not-sealed",
+                f"event sink {self.name!r} has no sealed URL and secret (added by an older devid, or "
+                "written into the store directly): remove it and add it again",
+            )
         plain = json.loads(key.open(Purpose.SINK_SECRET, self.secret, self.name.encode()))
         signing_key = plain["signing_key"]
         return SinkConnection(plain["url"], base64.b64decode(signing_key) if signing_key else None)
@@ -203,25 +204,3 @@ def set_enabled(engine: Engine, name: str, enabled: bool, *, actor: str, now: da
         generation.bump(conn)
         action = "event-sink.enable" if enabled else "event-sink.disable"
         audit.append(conn, [audit.Event(action, name, actor, "ok", {"cursor": row.cursor})], now)
-
-
-def seal_clear(engine: Engine, key: CredentialKey, *, now: datetime) -> list[str]:
-    """Seal the sinks an older devid stored with their URL password and signing key in clear (the
-    dispatcher does this when it starts); returns their names."""
-    with engine.connect() as conn:
-        clear = [s for s in list_sinks(conn) if not s.sealed]
-    if not clear:
-        return []
-    with engine.begin() as conn:
-        for sink in clear:
-            conn.execute(
-                update(sinks)
-                .where(sinks.c.id == sink.id)
-                .values(url=redact(sink.url), secret=_seal(key, sink.name, sink.url, sink.secret))
-            )
-        generation.bump(conn)
-        events = [
-            audit.Event("event-sink.seal", s.name, "devid", "ok", {"url": redact(s.url)}) for s in clear
-        ]
-        audit.append(conn, events, now)
-    return [s.name for s in clear]
