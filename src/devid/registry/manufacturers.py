@@ -80,8 +80,9 @@ def create_registration_code(authority: Authority, actor: str, ttl: timedelta = 
     code = secrets.token_hex(32)
     mac = authority.credentials.mac(Purpose.REGISTRATION_CODE, code)
     now = authority.clock.now()
+    # The audit names the code by its MAC's prefix: no part of the code itself is kept.
     with change(
-        authority, "manufacturer.register-code", code[:16], actor, {"expires": (now + ttl).isoformat()}
+        authority, "manufacturer.register-code", mac[:16], actor, {"expires": (now + ttl).isoformat()}
     ) as conn:
         conn.execute(insert(codes).values(code=mac, created_at=now, expires_at=now + ttl))
     return code
