@@ -57,9 +57,7 @@ def go(coro: Coroutine[Any, Any, T]) -> T:
 @pytest.fixture
 def station(auth: Authority, sqlite_home: Home, tmp_path: Path) -> Station:
     """The factory line of the test's home: devices get their IDevID by the authority's clock."""
-    maker = SecureElementMaker(
-        SecureElementSpec("software", bytes.fromhex(sqlite_home.config.se_salt)), PASSPHRASE
-    )
+    maker = SecureElementMaker(SecureElementSpec("software"))
     return Station(auth, maker, tmp_path / "devices", LineInfo("test-line", "sensor", "lot-1"))
 
 
@@ -70,7 +68,7 @@ def make_device(station: Station, serial: str) -> Path:
 
 
 def open_agent(directory: Path, clock: FixedClock, seed: int | str = 0) -> DeviceAgent:
-    return DeviceAgent.open(directory, PASSPHRASE, clock=clock, rng=random.Random(seed))
+    return DeviceAgent.open(directory, clock=clock, rng=random.Random(seed))
 
 
 def enrolled_agent(
@@ -552,12 +550,14 @@ def test_pkcs11_device_from_the_factory_cli_enrolls_with_its_token_key(
 def test_agent_cli_enroll_run_status(
     server: EstServer, auth: Authority, station: Station, tmp_path: Path
 ) -> None:
+    """The device never needs the CA operator's passphrase: every agent command runs with
+    DEVID_PASSPHRASE unset (the software element is sealed with the device's own key)."""
     directory = make_device(station, "SN-CLI")
     device = ("--device", directory)
 
-    result = devid("agent", "run", *device, "--once")
+    result = devid("agent", "run", *device, "--once", passphrase=None)
     assert result.returncode == 2 and "[agent-not-enrolled]" in flat(result.stderr), result.stderr
-    assert json.loads(ok(devid("agent", "status", *device)).stdout)["enrolled"] is False
+    assert json.loads(ok(devid("agent", "status", *device, passphrase=None)).stdout)["enrolled"] is False
 
     out = flat(
         ok(
@@ -571,6 +571,7 @@ def test_agent_cli_enroll_run_status(
                 server.root_pem,
                 "--label",
                 "short",
+                passphrase=None,
             )
         ).stdout
     )
@@ -579,8 +580,8 @@ def test_agent_cli_enroll_run_status(
     verify_operational(auth, server.root_pem, first, tmp_path)
     assert f"serial {first.serial_number:x}" in out
 
-    assert "SN-CLI: idle" in flat(ok(devid("agent", "run", *device, "--once")).stdout)
-    status = json.loads(ok(devid("agent", "status", *device)).stdout)
+    assert "SN-CLI: idle" in flat(ok(devid("agent", "run", *device, "--once", passphrase=None)).stdout)
+    status = json.loads(ok(devid("agent", "status", *device, passphrase=None)).stdout)
     assert status["serial"] == "SN-CLI" and status["policy"] == "short-lived"
     assert status["ldevid_serial"] == format(first.serial_number, "x")
     assert status["server"] == server.url and status["label"] == "short"
@@ -590,12 +591,12 @@ def test_agent_cli_enroll_run_status(
     state = json.loads((directory / STATE_FILE).read_text())
     state["renew_at"] = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
     (directory / STATE_FILE).write_text(json.dumps(state))
-    assert "SN-CLI: renew" in flat(ok(devid("agent", "run", *device, "--once")).stdout)
+    assert "SN-CLI: renew" in flat(ok(devid("agent", "run", *device, "--once", passphrase=None)).stdout)
     renewed = load_certificates((directory / LDEVID_FILE).read_bytes())[0]
     assert renewed != first and store_status(auth, first)[0] == "superseded"
-    assert json.loads(ok(devid("agent", "status", *device)).stdout)["ldevid_serial"] == format(
-        renewed.serial_number, "x"
-    )
+    assert json.loads(ok(devid("agent", "status", *device, passphrase=None)).stdout)[
+        "ldevid_serial"
+    ] == format(renewed.serial_number, "x")
 
     # Without --ca-bundle the device trusts its own chain's root.
     other = make_device(station, "SN-CLI-2")

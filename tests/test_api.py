@@ -28,6 +28,7 @@ from devid.api.endpoints import ROUTES
 from devid.api.roles import Permission, Role, allows
 from devid.api.routes import PREFIX
 from devid.authority.core import Authority
+from devid.authority.credential_key import Purpose
 from devid.authority.setup import open_authority
 from devid.clock import FixedClock
 from devid.config import Home
@@ -96,7 +97,7 @@ class Api:
         return self.call("GET", path, **kw)
 
     def new_token(self, role: Role, name: str, **kw: Any) -> str:
-        token, _ = tokens.create(self.authority.engine, name, str(role), self.authority.clock.now(), **kw)
+        token, _ = tokens.create(self.authority, name, str(role), self.authority.clock.now(), **kw)
         return token
 
     def events(self, prefix: str) -> list[Any]:
@@ -110,7 +111,7 @@ def api(home: Home, clock: FixedClock, tmp_path: Path) -> Iterator[Api]:
     admin token; the authority reads `clock`, so tokens can be made to expire."""
     authority = open_authority(home, PASSPHRASE, clock=clock)
     try:
-        token, _ = tokens.create(authority.engine, "admin", "admin", clock.now())
+        token, _ = tokens.create(authority, "admin", "admin", clock.now())
         with running_server(authority, tmp_path / "server") as server:
             yield Api(server, token)
     finally:
@@ -446,13 +447,17 @@ def test_openapi_document_is_valid_and_matches_the_routes(api: Api) -> None:
 
 
 def test_cli_token_create_list_revoke_against_the_server(sqlite_home: Home, tmp_path: Path) -> None:
+    # Making a token needs the CA secret: without the passphrase nothing is made.
+    refused = devid("api-token", "create", "ops-bot", "--role", "operator", "--home", sqlite_home.path,
+                    passphrase=None)  # fmt: skip
+    assert refused.returncode != 0 and "[passphrase-missing]" in refused.stderr
     made = devid("api-token", "create", "ops-bot", "--role", "operator", "--expires-days", "30",
-                 "--home", sqlite_home.path, passphrase=None)  # fmt: skip
+                 "--home", sqlite_home.path)  # fmt: skip
     assert made.returncode == 0, made.stderr
     token = made.stdout.rstrip("\n").splitlines()[-1]
     assert token.startswith(tokens.PREFIX) and token not in made.stdout.splitlines()[0]
     stored = b"".join(f.read_bytes() for f in sqlite_home.path.glob("devid.db*"))
-    assert token.encode() not in stored and hashlib.sha256(token.encode()).hexdigest().encode() in stored
+    assert token.encode() not in stored and hashlib.sha256(token.encode()).hexdigest().encode() not in stored
 
     listed = devid("api-token", "list", "--json", "--home", sqlite_home.path, passphrase=None)
     (row,) = [json.loads(line) for line in listed.stdout.splitlines()]
@@ -460,6 +465,7 @@ def test_cli_token_create_list_revoke_against_the_server(sqlite_home: Home, tmp_
     assert row["expires_at"] is not None and "token" not in row
 
     authority = open_authority(sqlite_home, PASSPHRASE)
+    assert authority.credentials.mac(Purpose.API_TOKEN, token).encode() in stored
     try:
         with running_server(authority, tmp_path / "server") as server:
             client = Api(server, token)
@@ -475,9 +481,7 @@ def test_cli_token_create_list_revoke_against_the_server(sqlite_home: Home, tmp_
 
     again = devid("api-token", "revoke", "ops-bot", "--home", sqlite_home.path, passphrase=None)
     assert again.returncode == 2 and "already revoked" in again.stderr
-    dup = devid(
-        "api-token", "create", "ops-bot", "--role", "admin", "--home", sqlite_home.path, passphrase=None
-    )
+    dup = devid("api-token", "create", "ops-bot", "--role", "admin", "--home", sqlite_home.path)
     assert dup.returncode == 2 and "[token-exists]" in dup.stderr
     bad = devid("api-token", "create", "x", "--role", "root", "--home", sqlite_home.path, passphrase=None)
     assert bad.returncode != 0 and "root" in bad.stderr

@@ -32,7 +32,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     for i in range(3):
         provision(authority, f"SN-S{i}", work / "devices")
     token, _ = tokens.create(
-        authority.engine, ADMIN, "admin", authority.clock.now(), rate_per_minute=tokens.MAX_RATE_PER_MINUTE
+        authority, ADMIN, "admin", authority.clock.now(), rate_per_minute=tokens.MAX_RATE_PER_MINUTE
     )
     try:
         # Schemathesis sends many unauthenticated negative cases: lift the per-address limit.

@@ -23,7 +23,8 @@ from e2e import devid, devid_many, ok
 from event_peers import Broker, Receiver, broker, receiver
 from sqlalchemy import Engine, select
 
-from devid.authority.setup import init_home
+from devid.authority.credential_key import CredentialKey
+from devid.authority.setup import init_home, open_authority
 from devid.config import Home
 from devid.registry import generation, sinks
 from devid.registry.delivery import Backoff, Dispatcher, Settings, outgoing
@@ -45,6 +46,16 @@ def engine(home: Home) -> Iterator[Engine]:
     eng = make_engine(home.config.db_url)
     yield eng
     eng.dispose()
+
+
+@pytest.fixture
+def key(request: pytest.FixtureRequest) -> CredentialKey:
+    """The credential key of the test's home (sinks are sealed under it)."""
+    on_sqlite = {"sqlite_engine", "sqlite_home"} & set(request.fixturenames)
+    home: Home = request.getfixturevalue("sqlite_home" if on_sqlite else "home")
+    authority = open_authority(home, PASSPHRASE)
+    authority.engine.dispose()
+    return authority.credentials
 
 
 @pytest.fixture
@@ -70,8 +81,8 @@ def emit_all(engine: Engine, *subjects: str, type_: str = "device.state") -> lis
         return [int(r[0]) for r in rows]
 
 
-def add_webhook(engine: Engine, url: str, name: str = "hook") -> sinks.Sink:
-    return sinks.add(engine, name, "webhook", url, None, actor="test", now=now())
+def add_webhook(engine: Engine, key: CredentialKey, url: str, name: str = "hook") -> sinks.Sink:
+    return sinks.add(engine, name, "webhook", url, None, key=key, actor="test", now=now())
 
 
 def sink_row(engine: Engine, name: str) -> Any:
@@ -93,13 +104,15 @@ async def run_until(dispatcher: Dispatcher, done: Any, timeout: float = 20.0) ->
         await asyncio.wait_for(task, 10)
 
 
-def test_webhook_receives_every_event_in_order(engine: Engine, receiver: Receiver) -> None:
-    add_webhook(engine, receiver.url)
+def test_webhook_receives_every_event_in_order(
+    engine: Engine, receiver: Receiver, key: CredentialKey
+) -> None:
+    add_webhook(engine, key, receiver.url)
     ids = emit_all(engine, "SN1", "SN2", "SN3")
     ids += emit_all(engine, *(f"SN{i}" for i in range(4, 31)))
     ids += emit_all(engine, "SN31", type_="device.registered")
 
-    results = asyncio.run(Dispatcher(engine, FAST).deliver_once())
+    results = asyncio.run(Dispatcher(engine, FAST, key=key).deliver_once())
 
     assert results["hook"].delivered == 31 and results["hook"].error is None
     got = receiver.wait_for(31)
@@ -116,19 +129,21 @@ def test_webhook_receives_every_event_in_order(engine: Engine, receiver: Receive
     assert (row.cursor, row.failures, row.last_error) == (ids[-1], 0, None)
 
     # Caught up: a second pass sends nothing again.
-    again = asyncio.run(Dispatcher(engine, FAST).deliver_once())
+    again = asyncio.run(Dispatcher(engine, FAST, key=key).deliver_once())
     assert again["hook"].delivered == 0 and len(receiver.requests) == 31
 
 
-def test_events_of_a_rolled_back_transaction_are_never_delivered(engine: Engine, receiver: Receiver) -> None:
-    add_webhook(engine, receiver.url)
+def test_events_of_a_rolled_back_transaction_are_never_delivered(
+    engine: Engine, receiver: Receiver, key: CredentialKey
+) -> None:
+    add_webhook(engine, key, receiver.url)
     emit_all(engine, "kept-1")
     with pytest.raises(RuntimeError), engine.begin() as conn:
         emit(conn, now(), "device.state", "rolled-back", {"to": "REVOKED"})
         raise RuntimeError("the change failed after emitting")
     emit_all(engine, "kept-2")
 
-    asyncio.run(Dispatcher(engine, FAST).deliver_once())
+    asyncio.run(Dispatcher(engine, FAST, key=key).deliver_once())
 
     assert [e["subject"] for e in receiver.wait_for(2)] == ["kept-1", "kept-2"]
     time.sleep(0.3)
@@ -139,27 +154,27 @@ def test_events_of_a_rolled_back_transaction_are_never_delivered(engine: Engine,
 
 
 def test_a_failing_webhook_gets_everything_in_order_once_it_recovers(
-    sqlite_engine: Engine, receiver: Receiver
+    sqlite_engine: Engine, receiver: Receiver, key: CredentialKey
 ) -> None:
     engine = sqlite_engine
-    add_webhook(engine, receiver.url)
+    add_webhook(engine, key, receiver.url)
     receiver.script = [500, 500, 500]
     ids = emit_all(engine, *(f"A{i}" for i in range(10)))
 
     # One pass: the first event is refused, nothing moves, the failure is recorded.
-    first = asyncio.run(Dispatcher(engine, FAST).deliver_once())
+    first = asyncio.run(Dispatcher(engine, FAST, key=key).deliver_once())
     assert first["hook"].delivered == 0 and "HTTP 500" in (first["hook"].error or "")
     row = sink_row(engine, "hook")
     assert row.cursor < ids[0] and row.failures == 1 and "HTTP 500" in row.last_error
 
     async def scenario() -> None:
-        dispatcher = Dispatcher(engine, FAST)
+        dispatcher = Dispatcher(engine, FAST, key=key)
         await run_until(dispatcher, lambda: len(receiver.events) >= 10)
         # A second outage in the middle of a stream: the event refused is sent again, then the rest.
         receiver.script = [503, 500]
         more = await asyncio.to_thread(emit_all, engine, *(f"B{i}" for i in range(10)))
         ids.extend(more)
-        await run_until(Dispatcher(engine, FAST), lambda: len(receiver.events) >= 20)
+        await run_until(Dispatcher(engine, FAST, key=key), lambda: len(receiver.events) >= 20)
 
     asyncio.run(scenario())
 
@@ -171,17 +186,19 @@ def test_a_failing_webhook_gets_everything_in_order_once_it_recovers(
     assert (row.cursor, row.failures, row.last_error) == (ids[-1], 0, None)
 
 
-def test_mqtt_sink_publishes_each_event_as_json_at_qos1(sqlite_engine: Engine, broker: Broker) -> None:
+def test_mqtt_sink_publishes_each_event_as_json_at_qos1(
+    sqlite_engine: Engine, broker: Broker, key: CredentialKey
+) -> None:
     engine = sqlite_engine
     base = f"devid-test/{uuid.uuid4().hex}"
-    sinks.add(engine, "broker", "mqtt", broker.url, base, actor="test", now=now())
+    sinks.add(engine, "broker", "mqtt", broker.url, base, key=key, actor="test", now=now())
 
     async def scenario() -> list[aiomqtt.Message]:
         async with aiomqtt.Client(broker.host, broker.port) as sub:
             await sub.subscribe(f"{base}/#", qos=1)
             ids = await asyncio.to_thread(emit_all, engine, "SN-M1", type_="device.registered")
             ids += await asyncio.to_thread(emit_all, engine, "SN-M1", "SN-M2")
-            results = await Dispatcher(engine, FAST).deliver_once()
+            results = await Dispatcher(engine, FAST, key=key).deliver_once()
             assert results["broker"].delivered == 3 and results["broker"].error is None
             got: list[aiomqtt.Message] = []
             async with asyncio.timeout(10):
@@ -205,20 +222,22 @@ def test_mqtt_sink_publishes_each_event_as_json_at_qos1(sqlite_engine: Engine, b
 
 
 def test_a_slow_webhook_does_not_hold_back_an_mqtt_sink(
-    sqlite_engine: Engine, receiver: Receiver, broker: Broker
+    sqlite_engine: Engine, receiver: Receiver, broker: Broker, key: CredentialKey
 ) -> None:
     engine = sqlite_engine
     receiver.delay = 30.0  # answers long after the dispatcher's webhook timeout
-    add_webhook(engine, receiver.url, "slow-hook")
-    sinks.add(engine, "dead-hook", "webhook", "http://127.0.0.1:9/none", None, actor="test", now=now())
+    add_webhook(engine, key, receiver.url, "slow-hook")
+    sinks.add(
+        engine, "dead-hook", "webhook", "http://127.0.0.1:9/none", None, key=key, actor="test", now=now()
+    )
     base = f"devid-test/{uuid.uuid4().hex}"
-    sinks.add(engine, "broker", "mqtt", broker.url, base, actor="test", now=now())
+    sinks.add(engine, "broker", "mqtt", broker.url, base, key=key, actor="test", now=now())
     settings = Settings(poll_interval=0.1, backoff=Backoff(base=0.05, cap=0.2), webhook_timeout=20.0)
 
     async def scenario() -> list[int]:
         async with aiomqtt.Client(broker.host, broker.port) as sub:
             await sub.subscribe(f"{base}/#", qos=1)
-            dispatcher = Dispatcher(engine, settings)
+            dispatcher = Dispatcher(engine, settings, key=key)
             task = asyncio.create_task(dispatcher.run())
             ids: list[int] = []
             for batch in range(5):
@@ -243,13 +262,15 @@ def test_a_slow_webhook_does_not_hold_back_an_mqtt_sink(
     assert dead.failures >= 1 and "127.0.0.1:9" in dead.last_error
 
 
-def test_a_commit_in_this_process_wakes_the_dispatcher(sqlite_engine: Engine, receiver: Receiver) -> None:
+def test_a_commit_in_this_process_wakes_the_dispatcher(
+    sqlite_engine: Engine, receiver: Receiver, key: CredentialKey
+) -> None:
     engine = sqlite_engine
-    add_webhook(engine, receiver.url)
+    add_webhook(engine, key, receiver.url)
     slow_poll = Settings(poll_interval=60.0)
 
     async def scenario() -> float:
-        dispatcher = Dispatcher(engine, slow_poll)
+        dispatcher = Dispatcher(engine, slow_poll, key=key)
         task = asyncio.create_task(dispatcher.run())
         try:
             await asyncio.to_thread(emit_all, engine, "first")
@@ -272,8 +293,11 @@ def test_postgresql_event_ids_commit_in_order(pg_url: str, tmp_path: Path, recei
     cursor past it) before the earlier one, which would then be skipped."""
     home = init_home(tmp_path / "pg", org="Test Org", passphrase=PASSPHRASE, db_url=pg_url)
     engine = make_engine(home.config.db_url)
+    authority = open_authority(home, PASSPHRASE)
+    authority.engine.dispose()
+    key = authority.credentials
     try:
-        add_webhook(engine, receiver.url)
+        add_webhook(engine, key, receiver.url)
         first = engine.connect()
         tx = first.begin()
         emit(first, now(), "device.state", "earlier", {})
@@ -287,12 +311,12 @@ def test_postgresql_event_ids_commit_in_order(pg_url: str, tmp_path: Path, recei
         thread = threading.Thread(target=later)
         thread.start()
         assert not later_done.wait(0.5), "the second emitting transaction did not wait for the first"
-        assert asyncio.run(Dispatcher(engine, FAST).deliver_once())["hook"].delivered == 0
+        assert asyncio.run(Dispatcher(engine, FAST, key=key).deliver_once())["hook"].delivered == 0
         tx.commit()
         first.close()
         thread.join(10)
         assert later_done.is_set()
-        asyncio.run(Dispatcher(engine, FAST).deliver_once())
+        asyncio.run(Dispatcher(engine, FAST, key=key).deliver_once())
         assert [e["subject"] for e in receiver.wait_for(2)] == ["earlier", "later"]
     finally:
         engine.dispose()
@@ -321,10 +345,12 @@ def test_backoff_grows_with_jitter_up_to_its_cap() -> None:
         assert len(delays) > 1  # jittered, not a fixed schedule
 
 
-def test_sink_changes_are_audited_and_bump_the_generation(engine: Engine) -> None:
+def test_sink_changes_are_audited_and_bump_the_generation(engine: Engine, key: CredentialKey) -> None:
     with engine.connect() as conn:
         before = generation.current(conn)
-    sinks.add(engine, "hook", "webhook", "https://user:pw@hooks.example/x", None, actor="ops", now=now())
+    sinks.add(
+        engine, "hook", "webhook", "https://user:pw@hooks.example/x", None, key=key, actor="ops", now=now()
+    )
     sinks.set_enabled(engine, "hook", False, actor="ops", now=now())
     sinks.remove(engine, "hook", actor="ops", now=now())
     with engine.connect() as conn:
@@ -423,13 +449,13 @@ def test_events_cli(sqlite_home: Home, receiver: Receiver, broker: Broker) -> No
 
 
 def test_devid_serve_delivers_in_the_background_and_stops_cleanly(
-    sqlite_home: Home, receiver: Receiver
+    sqlite_home: Home, receiver: Receiver, key: CredentialKey
 ) -> None:
     from test_serve import rest_of_output, start_serve
 
     engine = make_engine(sqlite_home.config.db_url)
     try:
-        add_webhook(engine, receiver.url)
+        add_webhook(engine, key, receiver.url)
         served = start_serve(sqlite_home.path)
         try:
             ids = emit_all(engine, "served-1", "served-2")  # another process: found by polling
@@ -444,11 +470,15 @@ def test_devid_serve_delivers_in_the_background_and_stops_cleanly(
         engine.dispose()
 
 
-def test_a_sink_with_a_secret_signs_each_body_from_the_store(engine: Engine, receiver: Receiver) -> None:
+def test_a_sink_with_a_secret_signs_each_body_from_the_store(
+    engine: Engine, receiver: Receiver, key: CredentialKey
+) -> None:
     secret = b"a-shared-secret-of-the-receiver"
-    sinks.add(engine, "signed", "webhook", receiver.url, None, actor="test", now=now(), secret=secret)
+    sinks.add(
+        engine, "signed", "webhook", receiver.url, None, key=key, actor="test", now=now(), secret=secret
+    )
     emit_all(engine, "SN1", "SN2")
-    asyncio.run(Dispatcher(engine, FAST).deliver_once())
+    asyncio.run(Dispatcher(engine, FAST, key=key).deliver_once())
     got = receiver.wait_for(2)
     assert len(got) == 2
     for request in receiver.requests:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import stat
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,10 +31,10 @@ from devid.factory.secure_elements import SecureElementMaker, SecureElementSpec
 from devid.factory.station import LineInfo, Station
 from devid.keys.base import SecureElement
 from devid.keys.pkcs11 import Pkcs11SecureElement, open_token
-from devid.keys.software import Sealer, SoftwareSecureElement
+from devid.keys.software import DEVICE_KEY_FILE, SoftwareSecureElement
 from devid.pki.profiles import ProfileName
 
-DEVICE_FILES = {"device.json", "idevid.pem", "chain.pem", "se.json"}
+DEVICE_FILES = {"device.json", "idevid.pem", "chain.pem", "se.json", "se-device.key"}
 
 
 def new_home(path: Path) -> Path:
@@ -126,10 +127,12 @@ def test_factory_run_software(line: Line) -> None:
 
 def test_software_element_keeps_its_key_sealed(line: Line) -> None:
     ok(line.first)
-    salt = bytes.fromhex(Home.load(line.home).config.se_salt)
     device = line.out / "TST00000007"
     cert = idevid(device)
-    se = SoftwareSecureElement.open(device, Sealer(PASSPHRASE.encode(), salt))
+    # Sealed with its own device-local key (mode 0600), not with the home's passphrase.
+    device_key = device / DEVICE_KEY_FILE
+    assert len(device_key.read_bytes()) == 32 and stat.S_IMODE(device_key.stat().st_mode) == 0o600
+    se = SoftwareSecureElement.open(device)
     assert se.public_key() == cert.public_key()
     assert se.read_slot("idevid") == cert.public_bytes(serialization.Encoding.DER)
     with pytest.raises(KeyExportRefused):
@@ -142,14 +145,20 @@ def test_software_element_keeps_its_key_sealed(line: Line) -> None:
         assert clear not in state
     assert b"PRIVATE KEY" not in state
 
-    with pytest.raises(KeyAccessError):
-        SoftwareSecureElement.open(device, Sealer(b"not the passphrase", salt))
-    # Sealed to its folder: the state moved to another device's folder does not open.
+    # Another device's key does not open it, and neither does no key at all.
     other = line.work / "TST99999999"
     other.mkdir()
     (other / "se.json").write_bytes(state)
+    (other / DEVICE_KEY_FILE).write_bytes((line.out / "TST00000008" / DEVICE_KEY_FILE).read_bytes())
+    with pytest.raises(KeyAccessError, match="wrong device key"):
+        SoftwareSecureElement.open(other)
+    (other / DEVICE_KEY_FILE).unlink()
+    with pytest.raises(KeyAccessError, match="older devid"):
+        SoftwareSecureElement.open(other)
+    # Sealed to its folder: the state and key moved to another device's folder do not open.
+    (other / DEVICE_KEY_FILE).write_bytes(device_key.read_bytes())
     with pytest.raises(KeyAccessError):
-        SoftwareSecureElement.open(other, Sealer(PASSPHRASE.encode(), salt))
+        SoftwareSecureElement.open(other)
 
 
 def test_store_holds_the_run(line: Line) -> None:
@@ -213,9 +222,7 @@ def test_serials_continue_per_prefix(tmp_path: Path) -> None:
     home = new_home(tmp_path / "H")
     config = Home.load(home)
     authority = open_authority(config, PASSPHRASE.encode())
-    maker = SecureElementMaker(
-        SecureElementSpec("software", bytes.fromhex(config.config.se_salt)), PASSPHRASE.encode()
-    )
+    maker = SecureElementMaker(SecureElementSpec("software"))
     try:
         made = Station(authority, maker, tmp_path / "earlier", LineInfo("l", "m", "lot")).provision(
             ["DEV00000001", "DEV00000002", "DEVB00000009", "DEV100000001"]
@@ -277,8 +284,8 @@ class WrongChallengeElement:
 
 
 class OneBadElementMaker(SecureElementMaker):
-    def __init__(self, spec: SecureElementSpec, passphrase: bytes, bad_serial: str) -> None:
-        super().__init__(spec, passphrase)
+    def __init__(self, spec: SecureElementSpec, bad_serial: str) -> None:
+        super().__init__(spec)
         self.bad_serial = bad_serial
 
     def create(self, directory: Path, device_serial: str) -> SecureElement:
@@ -289,8 +296,8 @@ class OneBadElementMaker(SecureElementMaker):
 def test_a_failing_device_does_not_stop_the_line(tmp_path: Path) -> None:
     home = Home.load(new_home(tmp_path / "H"))
     authority = open_authority(home, PASSPHRASE.encode())
-    spec = SecureElementSpec("software", bytes.fromhex(home.config.se_salt))
-    maker = OneBadElementMaker(spec, PASSPHRASE.encode(), "BAD00000003")
+    spec = SecureElementSpec("software")
+    maker = OneBadElementMaker(spec, "BAD00000003")
     out = tmp_path / "O"
     station = Station(authority, maker, out, LineInfo("line-t", "m", "lot-t"))
     serials = [f"BAD{n:08d}" for n in range(1, 6)]
@@ -357,7 +364,10 @@ def test_factory_run_pkcs11(line: Line, line_token: SoftToken, prefix: str) -> N
     root, manufacturing = trust_files(line.home, out, out / rows[0]["device_serial"])
     for r in rows:
         device = Path(r["directory"])
-        assert {p.name for p in device.iterdir()} == DEVICE_FILES - {"se.json"}  # no key material on disk
+        assert {p.name for p in device.iterdir()} == DEVICE_FILES - {
+            "se.json",
+            "se-device.key",
+        }  # no key material on disk
         text = (device / "device.json").read_text()
         element = json.loads(text)["secure_element"]
         assert element["backend"] == "pkcs11"
@@ -444,8 +454,8 @@ def test_refused_device_leaves_no_key_in_the_token(line: Line, line_token: SoftT
 class RacingMaker(SecureElementMaker):
     """Another line registers the same serial while this one makes the device's key."""
 
-    def __init__(self, spec: SecureElementSpec, passphrase: bytes, rival: Callable[[str], None]) -> None:
-        super().__init__(spec, passphrase)
+    def __init__(self, spec: SecureElementSpec, rival: Callable[[str], None]) -> None:
+        super().__init__(spec)
         self.rival = rival
 
     def create(self, directory: Path, device_serial: str) -> SecureElement:
@@ -466,12 +476,12 @@ def test_device_refused_after_its_key_was_made_leaves_no_key(tmp_path: Path, lin
         rival.issue(IssueRequest(ProfileName.IDEVID, key, new_device=NewDevice(serial)), "rival line")
 
     settings = Pkcs11Settings(line_token.module, line_token.label, str(line_token.pin_file))
-    spec = SecureElementSpec("pkcs11", bytes.fromhex(home.config.se_salt), settings)
+    spec = SecureElementSpec("pkcs11", settings)
     serial = f"RACE{uuid.uuid4().hex[:8].upper()}"
     try:
         station = Station(
             authority,
-            RacingMaker(spec, PASSPHRASE.encode(), register),
+            RacingMaker(spec, register),
             tmp_path / "O",
             LineInfo("l", "m", "lot"),
         )

@@ -64,10 +64,8 @@ def tls_token(tokens: dict[str, SoftToken]) -> SoftToken:
 def p11_station(auth: Authority, sqlite_home: Home, tls_token: SoftToken, tmp_path: Path) -> Station:
     """A factory line whose secure elements are key pairs in the session's `devid-tls` token."""
     settings = Pkcs11Settings(tls_token.module, tls_token.label, str(tls_token.pin_file))
-    spec = SecureElementSpec("pkcs11", bytes.fromhex(sqlite_home.config.se_salt), settings)
-    return Station(
-        auth, SecureElementMaker(spec, PASSPHRASE), tmp_path / "devices", LineInfo("l", "m", "lot")
-    )
+    spec = SecureElementSpec("pkcs11", settings)
+    return Station(auth, SecureElementMaker(spec), tmp_path / "devices", LineInfo("l", "m", "lot"))
 
 
 def make_device(station: Station, serial: str) -> Path:
@@ -151,38 +149,38 @@ def test_pkcs11_agent_needs_its_pin_file_private_and_the_provider_in_this_proces
 ) -> None:
     directory = make_device(p11_station, "P11-REFUSE")
     with pytest.raises(ConfigError) as err:
-        DeviceAgent.open(directory, PASSPHRASE)
+        DeviceAgent.open(directory)
     assert err.value.code == "se-pin-file" and "--se-pin-file" in err.value.message
 
     shared = tmp_path / "shared.pin"
     shutil.copy(tls_token.pin_file, shared)
     shared.chmod(0o640)
     with pytest.raises(KeyAccessError) as perm:
-        DeviceAgent.open(directory, PASSPHRASE, se_pin_file=shared)
+        DeviceAgent.open(directory, se_pin_file=shared)
     assert perm.value.code == "pin-file-permissions" and "chmod 600" in perm.value.message
 
     if MISSING is None:
         # This test process imported ssl without the provider: a clear error, not a failed handshake.
         with pytest.raises(ConfigError) as not_loaded:
-            DeviceAgent.open(directory, PASSPHRASE, se_pin_file=tls_token.pin_file)
+            DeviceAgent.open(directory, se_pin_file=tls_token.pin_file)
         assert not_loaded.value.code == "se-tls-provider"
         assert f"OPENSSL_CONF={directory.resolve() / p11tls.CONF_FILE}" in not_loaded.value.message
         monkeypatch.setenv("OPENSSL_CONF", str(directory.resolve() / p11tls.CONF_FILE))
         with pytest.raises(ConfigError) as set_too_late:
-            DeviceAgent.open(directory, PASSPHRASE, se_pin_file=tls_token.pin_file)
+            DeviceAgent.open(directory, se_pin_file=tls_token.pin_file)
         assert set_too_late.value.code == "se-tls-provider"
         assert "did not activate pkcs11-provider" in set_too_late.value.message
         monkeypatch.delenv("OPENSSL_CONF")
 
     # Status needs neither the provider nor TLS.
-    agent = DeviceAgent.open(directory, PASSPHRASE, se_pin_file=tls_token.pin_file, tls=False)
+    agent = DeviceAgent.open(directory, se_pin_file=tls_token.pin_file, tls=False)
     assert agent.status()["enrolled"] is False
     assert spki(agent.se.public_key()) == spki(agent.idevid_chain[0])
 
     # A machine without the provider: the old refusal, with what to install.
     monkeypatch.setenv(p11tls.PROVIDER_ENV, str(tmp_path / "no-such-provider.so"))
     with pytest.raises(ConfigError) as missing:
-        DeviceAgent.open(directory, PASSPHRASE, se_pin_file=tls_token.pin_file)
+        DeviceAgent.open(directory, se_pin_file=tls_token.pin_file)
     assert missing.value.code == "se-tls-unsupported"
     assert "pkcs11-provider" in missing.value.message and "apt-get install" in missing.value.message
     result = devid(

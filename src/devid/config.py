@@ -10,7 +10,7 @@ from typing import Any
 
 import tomli_w
 
-from devid.errors import ConfigError, ConflictError, KeyAccessError
+from devid.errors import ConfigError, ConflictError, KeyAccessError, PolicyError
 
 CONFIG_FILE = "devid.toml"
 #: Default hwType for hardwareModuleName: an OID under the UUID arc (2.25, ITU-T X.667), which
@@ -45,7 +45,6 @@ class Config:
     org: str
     db_url: str
     key_backend: str
-    se_salt: str
     key_prefix: str
     hw_type: str = DEFAULT_HW_TYPE
     pkcs11: Pkcs11Settings | None = None
@@ -65,6 +64,8 @@ class Config:
         try:
             data = tomllib.loads(text)
             pkcs11 = data.pop("pkcs11", None)
+            # Homes made before software secure elements had device-local keys carry a sealing salt.
+            data.pop("se_salt", None)
             return cls(**data, pkcs11=Pkcs11Settings(**pkcs11) if pkcs11 else None)
         except (tomllib.TOMLDecodeError, TypeError) as exc:
             raise ConfigError("config-invalid", f"{path} is not a valid devid configuration: {exc}") from None
@@ -100,6 +101,21 @@ class Home:
         with open(file, "xb") as fh:
             fh.write(config.to_toml())
         return cls(path, config)
+
+
+#: The shortest passphrase devid accepts when one is set (`devid init`); opening keeps working with
+#: whatever an existing home was made with.
+MIN_PASSPHRASE_LENGTH = 12
+
+
+def check_new_passphrase(passphrase: bytes) -> None:
+    """Refuse a new passphrase shorter than MIN_PASSPHRASE_LENGTH characters (PolicyError)."""
+    if len(passphrase.decode("utf-8", errors="replace")) < MIN_PASSPHRASE_LENGTH:
+        raise PolicyError(
+            "passphrase-too-short",
+            f"the passphrase must be at least {MIN_PASSPHRASE_LENGTH} characters long: it protects "
+            "the CA keys and every credential devid stores",
+        )
 
 
 def resolve_passphrase(passphrase_file: Path | None) -> bytes:

@@ -183,7 +183,7 @@ class ApiServer:
         if found is None:
             raise AuthenticationRequired("api-token-invalid", "Authorization must be `Bearer <token>`")
         with reading(self.authority.engine) as conn:
-            return tokens.verify(conn, found.group(1), self.authority.clock.now())
+            return tokens.verify(conn, self.authority.credentials, found.group(1), self.authority.clock.now())
 
     def _parse(self, route: Route, incoming: Incoming, token: TokenInfo) -> Call:
         path = _check(self._path_validators[route], _typed(route.path_params, incoming.match.items()), "path")

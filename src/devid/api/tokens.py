@@ -1,15 +1,17 @@
-"""API bearer tokens: made once, shown once, stored only as a SHA-256 hash.
+"""API bearer tokens: made once, shown once, stored only as a keyed MAC.
 
-A token is 256 bits from the CSPRNG, so a plain (unsalted, fast) hash is enough: there is nothing
-to brute-force. Looking a token up by its hash uses the unique index; the stored hash is then
-compared in constant time, so the answer's timing says nothing about how much of a guess matched.
+The MAC is HMAC-SHA256 under the authority's credential key (devid.authority.credentials): a token
+can be made, and a stored one checked, only with the CA secret unlocked, so a row written into the
+database by someone without it is never honoured. A token is 256 bits from the CSPRNG, so one fast
+MAC is enough: there is nothing to brute-force. Looking a token up by its MAC uses the unique index;
+the stored MAC is then compared in constant time, so the answer's timing says nothing about how
+much of a guess matched.
 Expiry and revocation are checked against the store on every call, so revoking a token takes
 effect at once in every server process sharing the store.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 import secrets
@@ -20,6 +22,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 
 from devid.api.roles import Role
+from devid.authority.core import Authority
+from devid.authority.credential_key import CredentialKey, Purpose, legacy_digest
 from devid.errors import AuthenticationRequired, ConflictError, NotFoundError, PolicyError
 from devid.store import audit
 from devid.store.models import api_tokens as tokens
@@ -29,7 +33,7 @@ DEFAULT_RATE_PER_MINUTE = 600
 MAX_RATE_PER_MINUTE = 1_000_000
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _NAME = re.compile(NAME_PATTERN)
-_BY_HASH = select(tokens).where(tokens.c.token_hash == bindparam("h"))
+_BY_MAC = select(tokens).where(tokens.c.token_hash == bindparam("h"))
 
 
 @dataclass(frozen=True)
@@ -60,10 +64,6 @@ def _info(row: Any) -> TokenInfo:
     )
 
 
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 def check_new(name: str, role: str, rate_per_minute: int) -> Role:
     """Refuse a bad name, role or rate with a reason (PolicyError), before anything is written."""
     if not _NAME.match(name):
@@ -86,7 +86,7 @@ def check_new(name: str, role: str, rate_per_minute: int) -> Role:
 
 
 def create(
-    engine: Engine,
+    authority: Authority,
     name: str,
     role: str,
     now: datetime,
@@ -100,13 +100,14 @@ def create(
     if expires_at is not None and expires_at <= now:
         raise PolicyError("request-token-expiry", "a token's expiry must be in the future")
     token = PREFIX + secrets.token_urlsafe(32)
-    with engine.begin() as conn:
+    mac = authority.credentials.mac(Purpose.API_TOKEN, token)  # needs the CA secret: before any write
+    with authority.engine.begin() as conn:
         if conn.execute(select(tokens.c.id).where(tokens.c.name == name)).first() is not None:
             raise ConflictError("token-exists", f"an API token named {name!r} already exists")
         conn.execute(
             insert(tokens).values(
                 name=name,
-                token_hash=_hash(token),
+                token_hash=mac,
                 role=parsed.value,
                 rate_per_minute=rate_per_minute,
                 created_at=now,
@@ -145,11 +146,18 @@ def list_all(conn: Connection, *, after: str = "", limit: int = 1000) -> list[To
     return [_info(row) for row in conn.execute(query)]
 
 
-def verify(conn: Connection, token: str, now: datetime) -> TokenInfo:
+def verify(conn: Connection, key: CredentialKey, token: str, now: datetime) -> TokenInfo:
     """The token's record if it is known, unexpired and unrevoked; else AuthenticationRequired."""
-    digest = _hash(token)
-    row = conn.execute(_BY_HASH, {"h": digest}).first()
-    if row is None or not hmac.compare_digest(row.token_hash, digest):
+    mac = key.mac(Purpose.API_TOKEN, token)
+    row = conn.execute(_BY_MAC, {"h": mac}).first()
+    if row is None or not hmac.compare_digest(row.token_hash, mac):
+        legacy = conn.execute(_BY_MAC, {"h": legacy_digest(token)}).first()
+        if legacy is not None:
+            raise AuthenticationRequired(
+                "api-token-legacy",
+                f"API token {legacy.name!r} was stored as a plain hash by an older devid and is no "
+                "longer accepted: an admin must revoke it and create a new one",
+            )
         raise AuthenticationRequired("api-token-invalid", "the API token is not valid")
     if row.revoked_at is not None:
         raise AuthenticationRequired("api-token-revoked", f"API token {row.name!r} has been revoked")

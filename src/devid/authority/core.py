@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import Connection, Engine, insert, update
 from sqlalchemy.exc import IntegrityError
 
+from devid.authority.credential_key import CredentialKey
 from devid.authority.policy import DEFAULT_LABELS, LabelPolicy
 from devid.authority.requests import Issued, IssueRequest, NewDevice, check_device_serial
 from devid.clock import Clock, SystemClock
@@ -92,6 +93,7 @@ class Authority:
         org: str,
         cas: dict[str, IssuingCA],
         *,
+        credentials: CredentialKey,
         clock: Clock | None = None,
         hw_type: str,
         lifetimes: dict[ProfileName, timedelta | None] | None = None,
@@ -100,6 +102,8 @@ class Authority:
         self.engine = engine
         self.org = org
         self.cas = cas
+        #: Keyed storage of API tokens, enrollment secrets, registration codes and sink secrets.
+        self.credentials = credentials
         self.clock = clock or SystemClock()
         self.hw_type = hw_type
         self.labels = labels or dict(DEFAULT_LABELS)

@@ -6,7 +6,6 @@ live beside it. Every change is audited in the transaction that makes it.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 from datetime import datetime, timedelta
@@ -15,6 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, insert, select, update
 
 from devid.authority.core import Authority
+from devid.authority.credential_key import CredentialKey, Purpose, legacy_digest
 from devid.errors import ConflictError, DevidError, NotFoundError, PolicyError
 from devid.store import audit, outbox, repo
 
@@ -86,14 +86,16 @@ def set_state(
 def create_enrollment_secret(
     authority: Authority, serial: str, actor: str, ttl: timedelta = SECRET_TTL
 ) -> str:
-    """A new single-use secret for HTTP Basic EST enrollment (user = device serial). Shown once."""
+    """A new single-use secret for HTTP Basic EST enrollment (user = device serial). Shown once; the
+    store keeps its MAC under the credential key, so making one needs the CA secret unlocked."""
     secret = secrets.token_urlsafe(24)
+    mac = authority.credentials.mac(Purpose.ENROLLMENT_SECRET, secret)
     now = authority.clock.now()
     with authority.engine.begin() as conn:
         device = _device(conn, serial)
         conn.execute(
             insert(repo.enrollment_secrets).values(
-                device_id=device.id, secret_hash=_hash(secret), created_at=now, expires_at=now + ttl
+                device_id=device.id, secret_hash=mac, created_at=now, expires_at=now + ttl
             )
         )
         audit.append(
@@ -104,19 +106,36 @@ def create_enrollment_secret(
     return secret
 
 
-def _hash(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
 def usable_secret(
-    conn: Connection, serial: str, secret: str, now: datetime, wrong: type[DevidError] = PolicyError
+    conn: Connection,
+    key: CredentialKey,
+    serial: str,
+    secret: str,
+    now: datetime,
+    wrong: type[DevidError] = PolicyError,
 ) -> Any:
     """The secret's row if it belongs to this device and is unused and unexpired; a wrong serial or
-    secret raises `wrong` (code `enroll-secret`), a spent or expired one PolicyError."""
+    secret raises `wrong` (code `enroll-secret`, or `enroll-secret-legacy` for one stored as a plain
+    hash by an older devid), a spent or expired one PolicyError."""
     table = repo.enrollment_secrets
     device = repo.device_by_serial(conn, serial)
-    row = conn.execute(select(table).where(table.c.secret_hash == _hash(secret))).first()
-    if device is None or row is None or not hmac.compare_digest(str(row.device_id), str(device.id)):
+    mac = key.mac(Purpose.ENROLLMENT_SECRET, secret)
+    row = conn.execute(select(table).where(table.c.secret_hash == mac)).first()
+    if (
+        row is None
+        and conn.execute(select(table.c.id).where(table.c.secret_hash == legacy_digest(secret))).first()
+    ):
+        raise wrong(
+            "enroll-secret-legacy",
+            "this enrollment secret was stored as a plain hash by an older devid and is no longer "
+            "accepted: make a new one with `devid device enroll-secret`",
+        )
+    if (
+        device is None
+        or row is None
+        or not hmac.compare_digest(row.secret_hash, mac)
+        or not hmac.compare_digest(str(row.device_id), str(device.id))
+    ):
         raise wrong("enroll-secret", "wrong device serial or enrollment secret")
     if row.used_at is not None:
         raise PolicyError("enroll-secret-reused", "this enrollment secret was already used")
@@ -131,7 +150,7 @@ def consume_enrollment_secret(authority: Authority, serial: str, secret: str) ->
     now = authority.clock.now()
     table = repo.enrollment_secrets
     with authority.engine.begin() as conn:
-        row = usable_secret(conn, serial, secret, now)
+        row = usable_secret(conn, authority.credentials, serial, secret, now)
         done = conn.execute(
             update(table).where(table.c.id == row.id, table.c.used_at.is_(None)).values(used_at=now)
         )

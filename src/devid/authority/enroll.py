@@ -128,7 +128,9 @@ def check_secret(authority: Authority, credential: SecretCredential) -> None:
         raise AuthenticationRequired("enroll-secret", "wrong device serial or enrollment secret") from None
     now = authority.clock.now().astimezone(UTC)
     with reading(authority.engine) as conn:
-        usable_secret(conn, credential.serial, credential.secret, now, AuthenticationRequired)
+        usable_secret(
+            conn, authority.credentials, credential.serial, credential.secret, now, AuthenticationRequired
+        )
 
 
 def device_state(authority: Authority, serial: str) -> str:

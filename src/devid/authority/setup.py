@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 from datetime import timedelta
@@ -11,16 +12,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, insert, make_url
 
-from devid.authority import token_keys
+from devid.authority import credential_key, token_keys
 from devid.authority.core import Authority, IssuingCA
+from devid.authority.credential_key import CredentialKey
 from devid.authority.policy import DEFAULT_LABELS, LabelPolicy
 from devid.clock import Clock, SystemClock
-from devid.config import Config, Home, Pkcs11Settings
-from devid.errors import ConfigError, ConflictError
-from devid.keys.base import KeyStore
-from devid.keys.software import Sealer, SoftwareKeyStore
+from devid.config import Config, Home, Pkcs11Settings, check_new_passphrase
+from devid.errors import ConfigError, ConflictError, NotFoundError
+from devid.keys.base import KeyStore, SecretKey
+from devid.keys.software import SoftwareKeyStore
 from devid.pki.profiles import PROFILES, ProfileName, Template, ca_subject, self_signed_template
 from devid.pki.serials import random_serial, serial_hex
 from devid.store import audit, repo
@@ -58,10 +60,6 @@ def keystore_for(home: Home, passphrase: bytes) -> KeyStore:
     raise ConfigError("config-invalid", f"unknown key backend {cfg.key_backend!r}")
 
 
-def sealer_for(home: Home, passphrase: bytes) -> Sealer:
-    return Sealer(passphrase, bytes.fromhex(home.config.se_salt))
-
-
 def init_home(
     path: Path,
     *,
@@ -72,8 +70,12 @@ def init_home(
     pkcs11: Pkcs11Settings | None = None,
     clock: Clock | None = None,
 ) -> Home:
-    """Create config, store and CA hierarchy; refuse an existing home and leave nothing behind on failure."""
+    """Create config, store and CA hierarchy; refuse an existing home and leave nothing behind on failure.
+
+    The home folder is made 0700 and an SQLite database 0600 whatever the umask (SQLite gives its
+    -wal and -shm files the database's mode)."""
     clock = clock or SystemClock()
+    check_new_passphrase(passphrase)
     if (path / "devid.toml").exists():
         raise ConflictError("home-exists", f"{path} is already a devid home; nothing was changed")
     if key_backend not in ("software", "pkcs11"):
@@ -85,11 +87,11 @@ def init_home(
         )
     created_dir = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
     config = Config(
         org=org,
         db_url=db_url or f"sqlite:///{(path / 'devid.db').resolve()}",
         key_backend=key_backend,
-        se_salt=os.urandom(16).hex(),
         key_prefix=f"devid-{os.urandom(4).hex()}-",
         pkcs11=pkcs11,
         est_labels={label: policy.to_config() for label, policy in DEFAULT_LABELS.items()},
@@ -97,12 +99,14 @@ def init_home(
     home = Home(path, config)
     try:
         keystore = keystore_for(home, passphrase)
+        _create_private_sqlite_file(config.db_url)
         engine = make_engine(config.db_url)
         migrate(engine)
         with reading(engine) as conn:
             if repo.count(conn, repo.cas):
                 raise ConflictError("store-not-empty", "the database already holds a devid CA hierarchy")
         _create_hierarchy(engine, keystore, home, clock)
+        keystore.generate_secret(config.key_prefix + credential_key.KEY_NAME)
         engine.dispose()
         Home.create(path, config)
     except BaseException:
@@ -113,6 +117,18 @@ def init_home(
             (path / "devid.db").unlink(missing_ok=True)
         raise
     return home
+
+
+def _create_private_sqlite_file(db_url: str) -> None:
+    """Create an SQLite database file with mode 0600 before SQLite does (with 0666 & ~umask)."""
+    url = make_url(db_url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return
+    fd = os.open(url.database, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def _create_hierarchy(engine: Engine, keystore: KeyStore, home: Home, clock: Clock) -> None:
@@ -164,6 +180,28 @@ def _create_hierarchy(engine: Engine, keystore: KeyStore, home: Home, clock: Clo
         audit.append(conn, events, now)
 
 
+def _credential_root(home: Home, keystore: KeyStore, root_label: str | None) -> SecretKey:
+    """The credential key of `home`; a home made before it existed gets one on first use, after the
+    passphrase (or PIN) is proven by opening the root CA key, under a lock shared by its processes."""
+    label = home.config.key_prefix + credential_key.KEY_NAME
+    try:
+        return keystore.load_secret(label)
+    except NotFoundError:
+        pass
+    home.keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(home.keys_dir / f"{credential_key.KEY_NAME}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            return keystore.load_secret(label)
+        except NotFoundError:
+            if root_label is not None:
+                keystore.load(root_label)
+            return keystore.generate_secret(label)
+    finally:
+        os.close(fd)
+
+
 def open_authority(home: Home, passphrase: bytes, *, clock: Clock | None = None) -> Authority:
     """The authority of an existing home, with keys opened lazily on first signature."""
     engine = make_engine(home.config.db_url)
@@ -185,10 +223,12 @@ def open_authority(home: Home, passphrase: bytes, *, clock: Clock | None = None)
         ProfileName.LDEVID: timedelta(days=cfg.ldevid_days),
     }
     labels = {label: LabelPolicy.from_config(label, data) for label, data in cfg.est_labels.items()}
+    root_label = next(ca.key_label for ca in cas.values() if ca.role == "root")
     authority = Authority(
         engine,
         cfg.org,
         cas,
+        credentials=CredentialKey(lambda: _credential_root(home, keystore, root_label)),
         clock=clock,
         hw_type=cfg.hw_type,
         lifetimes=lifetimes,

@@ -39,7 +39,7 @@ from devid.est.client import tls_context
 from devid.pki.encoding import cert_pem
 from devid.pki.profiles import ProfileName
 
-PASSPHRASE = b"devid-bench"
+PASSPHRASE = b"devid-bench-passphrase"
 _URL = re.compile(r"(https://\S+?)/\.well-known/est")
 
 

@@ -19,7 +19,7 @@ from devid.factory.secure_elements import SecureElementSpec
 from devid.factory.station import LineInfo
 from devid.pki.profiles import ProfileName, device_subject
 
-PASSPHRASE = b"devid-bench"
+PASSPHRASE = b"devid-bench-passphrase"
 
 
 def bare_device_loop(home: Home, n: int) -> float:
@@ -55,9 +55,8 @@ def line_run(home: Home, out: Path, n: int, workers: int, se: SecureElementSpec,
 def run(n: int, workers: int, pkcs11_n: int = 0, pkcs11: Pkcs11Settings | None = None) -> list[Figure]:
     with tempfile.TemporaryDirectory(prefix="devid-bench-") as tmp:
         home = init_home(Path(tmp) / "home", org="Bench Org", passphrase=PASSPHRASE)
-        salt = bytes.fromhex(home.config.se_salt)
         baseline = bare_device_loop(home, max(200, n // 4))
-        summary = line_run(home, Path(tmp) / "out", n, workers, SecureElementSpec("software", salt), "SW")
+        summary = line_run(home, Path(tmp) / "out", n, workers, SecureElementSpec("software"), "SW")
         figures = [
             Figure(
                 "factory.software_se_rate",
@@ -72,7 +71,7 @@ def run(n: int, workers: int, pkcs11_n: int = 0, pkcs11: Pkcs11Settings | None =
         ]
         if pkcs11_n and pkcs11:
             p11 = line_run(
-                home, Path(tmp) / "out-p11", pkcs11_n, 1, SecureElementSpec("pkcs11", salt, pkcs11), "HSM"
+                home, Path(tmp) / "out-p11", pkcs11_n, 1, SecureElementSpec("pkcs11", pkcs11), "HSM"
             )
             figures += [
                 Figure(

@@ -78,7 +78,7 @@ def through_authority(authority: Authority, keys: list[ec.EllipticCurvePublicKey
 
 
 def run(n: int, db_url: str | None = None) -> list[Figure]:
-    passphrase = b"devid-bench"
+    passphrase = b"devid-bench-passphrase"
     with tempfile.TemporaryDirectory(prefix="devid-bench-") as tmp:
         home = init_home(Path(tmp) / "home", org="Bench Org", passphrase=passphrase, db_url=db_url)
         authority = open_authority(home, passphrase)

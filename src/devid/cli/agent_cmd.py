@@ -19,8 +19,7 @@ from typing import Annotated
 
 import typer
 
-from devid.cli.common import PassphraseOpt, console
-from devid.config import resolve_passphrase
+from devid.cli.common import console
 from devid.device.agent import SE_PIN_FILE_ENV, DeviceAgent, token_tls
 from devid.errors import ConfigError
 
@@ -36,13 +35,14 @@ SePinOpt = Annotated[
 ]
 
 
-def _open(device: Path, passphrase_file: Path | None, se_pin_file: Path | None, *, tls: bool) -> DeviceAgent:
-    """Open the device's agent. For a PKCS#11 device (no passphrase needed: nothing is sealed) that
-    will do TLS, make sure this process runs with the OpenSSL configuration that loads pkcs11-provider
-    for its token: if it did not start with it, re-execute the command line with it set."""
+def _open(device: Path, se_pin_file: Path | None, *, tls: bool) -> DeviceAgent:
+    """Open the device's agent; it never needs the CA operator's passphrase (a software element is
+    sealed with its own device-local key). For a PKCS#11 device that will do TLS, make sure this
+    process runs with the OpenSSL configuration that loads pkcs11-provider for its token: if it did
+    not start with it, re-execute the command line with it set."""
     p11 = token_tls(device, se_pin_file)
     if p11 is None:
-        return DeviceAgent.open(device, resolve_passphrase(passphrase_file), tls=tls)
+        return DeviceAgent.open(device, tls=tls)
     if tls:
         p11.prepare()
         env = p11.environment()
@@ -51,7 +51,7 @@ def _open(device: Path, passphrase_file: Path | None, se_pin_file: Path | None, 
             sys.stderr.flush()
             os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **env})
     # Started with it: DeviceAgent.open still checks that the provider is really active.
-    return DeviceAgent.open(device, b"", se_pin_file=se_pin_file, tls=tls)
+    return DeviceAgent.open(device, se_pin_file=se_pin_file, tls=tls)
 
 
 @app.command("enroll")
@@ -65,11 +65,10 @@ def enroll(
         ),
     ] = None,
     label: Annotated[str, typer.Option("--label", help="EST label (renewal policy)")] = "",
-    passphrase_file: PassphraseOpt = None,
     se_pin_file: SePinOpt = None,
 ) -> None:
     """First enrollment: the IDevID proves the device; an LDevID (or session certificate) comes back."""
-    agent = _open(device, passphrase_file, se_pin_file, tls=True)
+    agent = _open(device, se_pin_file, tls=True)
     trust = ca_bundle.read_bytes() if ca_bundle else (device / "chain.pem").read_bytes()
     enrolled = asyncio.run(agent.enroll(server, trust, label))
     console.print(
@@ -84,11 +83,10 @@ def run(
     device: DeviceOpt,
     once: Annotated[bool, typer.Option("--once", help="one check-in, then exit")] = False,
     interval: Annotated[float, typer.Option(help="seconds between check-ins")] = 60.0,
-    passphrase_file: PassphraseOpt = None,
     se_pin_file: SePinOpt = None,
 ) -> None:
     """Check in: renew when due, back off while unreachable, fall back to the IDevID when needed."""
-    agent = _open(device, passphrase_file, se_pin_file, tls=True)
+    agent = _open(device, se_pin_file, tls=True)
     if agent.state is None:
         raise ConfigError("agent-not-enrolled", f"{device} is not enrolled: run `devid agent enroll` first")
 
@@ -106,7 +104,7 @@ def run(
 
 
 @app.command("status")
-def status(device: DeviceOpt, passphrase_file: PassphraseOpt = None, se_pin_file: SePinOpt = None) -> None:
+def status(device: DeviceOpt, se_pin_file: SePinOpt = None) -> None:
     """The agent's state: certificates, policy, next renewal, failures."""
-    agent = _open(device, passphrase_file, se_pin_file, tls=False)
+    agent = _open(device, se_pin_file, tls=False)
     print(json.dumps(agent.status(), indent=2))

@@ -1,8 +1,9 @@
 """`devid api-token`: bearer tokens for the admin API (/api/v1), by role.
 
-These need the store only, not the CA keys (no passphrase): a token grants API access, not
-signing keys, and whoever can write the store could add one anyway. Creation and revocation are
-audited with actor `cli`.
+Creating a token needs the CA secret (the passphrase, or the PIN of a PKCS#11 home): the store
+keeps only its MAC under the authority's credential key, so write access to the store alone cannot
+mint a token. Listing and revoking need the store only. Creation and revocation are audited with
+actor `cli`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from rich.table import Table
 
 from devid.api import tokens
 from devid.api.roles import Role
-from devid.cli.common import HomeOpt, JsonOpt, console, print_json, store
+from devid.cli.common import HomeOpt, JsonOpt, PassphraseOpt, authority, console, print_json, store
 from devid.clock import SystemClock
 from devid.errors import PolicyError
 from devid.store.engine import reading
@@ -35,15 +36,16 @@ def create(
         int | None, typer.Option("--expires-days", help="days until the token expires (default never)")
     ] = None,
     home: HomeOpt = None,
+    passphrase_file: PassphraseOpt = None,
 ) -> None:
-    """A new API token. The token is printed once, alone on the last line; only its hash is stored."""
+    """A new API token. The token is printed once, alone on the last line; only its MAC is stored."""
     if expires_days is not None and expires_days <= 0:
         raise PolicyError("request-token-expiry", "--expires-days must be positive")
-    engine = store(home)
+    auth = authority(home, passphrase_file)
     now = SystemClock().now()
     try:
         token, info = tokens.create(
-            engine,
+            auth,
             name,
             role.value,
             now,
@@ -51,7 +53,7 @@ def create(
             expires_at=now + timedelta(days=expires_days) if expires_days else None,
         )
     finally:
-        engine.dispose()
+        auth.engine.dispose()
     expiry = f"expires {info.expires_at.isoformat()}" if info.expires_at else "no expiry"
     console.print(
         f"API token {escape(name)} (role {info.role.value}, {info.rate_per_minute}/min, {expiry}); "

@@ -87,7 +87,7 @@ def demo(
         path,
         passphrase,
         LineInfo("demo-line", "demo-sensor", "lot-demo"),
-        SecureElementSpec("software", bytes.fromhex(home_obj.config.se_salt)),
+        SecureElementSpec("software"),
         out_dir,
     )
     console.print(

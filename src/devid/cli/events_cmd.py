@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table as RichTable
 from sqlalchemy import select
 
-from devid.cli.common import HomeOpt, JsonOpt, console, print_json, store
+from devid.cli.common import HomeOpt, JsonOpt, PassphraseOpt, authority, console, print_json, store
 from devid.errors import PolicyError
 from devid.registry import sinks as sink_store
 from devid.registry.delivery import Dispatcher, Settings
@@ -73,9 +73,11 @@ def sink_add(
         typer.Option("--secret-file", help="sign webhook bodies with HMAC-SHA256 under this file's key"),
     ] = None,
     home: HomeOpt = None,
+    passphrase_file: PassphraseOpt = None,
 ) -> None:
     """Add a sink: a webhook (--webhook URL) or an MQTT broker (--mqtt URL --topic T). It receives
-    the events emitted from now on (--from-start: all of them)."""
+    the events emitted from now on (--from-start: all of them). Its URL and signing secret are
+    stored sealed under the credential key, so this needs the CA secret (passphrase or PIN)."""
     if (webhook is None) == (mqtt is None):
         raise PolicyError("sink-kind", "give exactly one of --webhook URL or --mqtt URL")
     kind, url = ("webhook", webhook) if webhook is not None else ("mqtt", mqtt)
@@ -83,19 +85,22 @@ def sink_add(
     secret = secret_file.read_bytes().strip() if secret_file is not None else None
     if secret is not None and (kind != "webhook" or len(secret) < 16):
         raise PolicyError("sink-secret", "a signing secret is for webhooks and needs at least 16 bytes")
-    engine = store(home)
-    sink = sink_store.add(
-        engine,
-        name,
-        kind,
-        url,
-        topic,
-        actor="cli",
-        now=datetime.now(UTC),
-        from_start=from_start,
-        secret=secret,
-    )
-    engine.dispose()
+    auth = authority(home, passphrase_file)
+    try:
+        sink = sink_store.add(
+            auth.engine,
+            name,
+            kind,
+            url,
+            topic,
+            key=auth.credentials,
+            actor="cli",
+            now=datetime.now(UTC),
+            from_start=from_start,
+            secret=secret,
+        )
+    finally:
+        auth.engine.dispose()
     console.print(f"event sink {escape(name)} added ({kind}), after event {sink.cursor}", highlight=False)
 
 
@@ -163,10 +168,13 @@ def deliver(
     ] = False,
     poll_interval: Annotated[float, typer.Option(help="seconds between looks at the outbox")] = 0.5,
     home: HomeOpt = None,
+    passphrase_file: PassphraseOpt = None,
 ) -> None:
-    """Deliver events to every enabled sink: until SIGTERM / Ctrl-C, or one pass with --once."""
-    engine = store(home)
-    dispatcher = Dispatcher(engine, Settings(poll_interval=poll_interval))
+    """Deliver events to every enabled sink: until SIGTERM / Ctrl-C, or one pass with --once. The
+    sinks' URLs and signing secrets are sealed, so this needs the CA secret (passphrase or PIN)."""
+    auth = authority(home, passphrase_file)
+    engine = auth.engine
+    dispatcher = Dispatcher(engine, Settings(poll_interval=poll_interval), key=auth.credentials)
     try:
         if once:
             results = asyncio.run(dispatcher.deliver_once())

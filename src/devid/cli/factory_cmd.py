@@ -36,7 +36,7 @@ def se_spec(
                 "--secure-element pkcs11 needs --se-module, --se-token and --se-pin-file (or a pkcs11 home)",
             )
         pkcs11 = Pkcs11Settings(module, token, pin)
-    spec = SecureElementSpec(backend, bytes.fromhex(home.config.se_salt), pkcs11)
+    spec = SecureElementSpec(backend, pkcs11)
     spec.validate()
     return spec
 

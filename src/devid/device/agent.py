@@ -15,7 +15,6 @@ the handshake there (devid.keys.p11tls: the process must start with OPENSSL_CONF
 
 from __future__ import annotations
 
-import base64
 import json
 import random
 import ssl
@@ -35,7 +34,7 @@ from devid.est.client import Enrolled, EstClient, EstError, tls_context
 from devid.fsutil import atomic_write
 from devid.keys.base import SecureElement
 from devid.keys.p11tls import ProviderKey, TokenTls
-from devid.keys.software import SE_STATE_FILE, Sealer, SoftwareSecureElement
+from devid.keys.software import SoftwareSecureElement
 from devid.pki.encoding import load_certificates
 
 STATE_FILE = "agent.json"
@@ -132,7 +131,6 @@ class DeviceAgent:
     def open(
         cls,
         directory: Path,
-        passphrase: bytes,
         *,
         se_pin_file: Path | None = None,
         tls: bool = True,
@@ -161,8 +159,7 @@ class DeviceAgent:
             # logged in (one login per process), and the CSRs are signed through this session.
             p11se = Pkcs11SecureElement.open(ref["module"], ref["token"], pin, ref["object"])
             return cls(directory, p11se, state, tls_key=tls_key, clock=clock, rng=rng, durable=durable)
-        salt = base64.b64decode(json.loads((directory / SE_STATE_FILE).read_text())["salt"])
-        se = SoftwareSecureElement.open(directory, Sealer(passphrase, salt), durable=durable)
+        se = SoftwareSecureElement.open(directory, durable=durable)
         return cls(directory, se, state, tls_key=se.tls_private_key(), clock=clock, rng=rng, durable=durable)
 
     # --- persistence ----------------------------------------------------------------------------

@@ -103,7 +103,7 @@ def _worker_run(serials: Sequence[str]) -> list[DeviceResult]:
 
 def _make_station(spec: RunSpec) -> Station:
     authority = open_authority(Home.load(spec.home), spec.passphrase)
-    maker = SecureElementMaker(spec.se, spec.passphrase)
+    maker = SecureElementMaker(spec.se)
     return Station(authority, maker, spec.out_dir, spec.info)
 
 

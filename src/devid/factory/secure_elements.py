@@ -8,7 +8,7 @@ from pathlib import Path
 from devid.config import Pkcs11Settings
 from devid.errors import ConfigError
 from devid.keys.base import SecureElement
-from devid.keys.software import Sealer, SoftwareSecureElement
+from devid.keys.software import SoftwareSecureElement
 
 
 @dataclass(frozen=True)
@@ -16,7 +16,6 @@ class SecureElementSpec:
     """Which secure element the line fits; picklable, so worker processes can rebuild it."""
 
     backend: str
-    salt: bytes
     pkcs11: Pkcs11Settings | None = None
 
     def validate(self) -> None:
@@ -31,10 +30,9 @@ class SecureElementSpec:
 class SecureElementMaker:
     """Creates new elements (factory) and opens existing ones (tests, the device agent)."""
 
-    def __init__(self, spec: SecureElementSpec, passphrase: bytes) -> None:
+    def __init__(self, spec: SecureElementSpec) -> None:
         spec.validate()
         self.spec = spec
-        self._sealer = Sealer(passphrase, spec.salt) if spec.backend == "software" else None
         self._pin = spec.pkcs11.pin() if spec.pkcs11 else ""
         if spec.pkcs11 is not None:
             # Log in now, once: a wrong PIN or token label stops the line before any device, and a
@@ -44,8 +42,8 @@ class SecureElementMaker:
             open_token(spec.pkcs11.module, spec.pkcs11.token, self._pin)
 
     def create(self, directory: Path, device_serial: str) -> SecureElement:
-        if self._sealer is not None:
-            return SoftwareSecureElement.create(directory, self._sealer, durable=False, persist=False)
+        if self.spec.backend == "software":
+            return SoftwareSecureElement.create(directory, durable=False, persist=False)
         from devid.keys.pkcs11 import Pkcs11SecureElement
 
         assert self.spec.pkcs11 is not None
@@ -53,8 +51,8 @@ class SecureElementMaker:
         return Pkcs11SecureElement.create(p.module, p.token, self._pin, device_serial)
 
     def open(self, directory: Path, device_serial: str) -> SecureElement:
-        if self._sealer is not None:
-            return SoftwareSecureElement.open(directory, self._sealer)
+        if self.spec.backend == "software":
+            return SoftwareSecureElement.open(directory)
         from devid.keys.pkcs11 import Pkcs11SecureElement
 
         assert self.spec.pkcs11 is not None

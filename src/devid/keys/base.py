@@ -16,6 +16,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 P256_EC_PARAMS = bytes.fromhex("06082a8648ce3d030107")
 
 
+class SecretKey(Protocol):
+    """A 256-bit secret kept like the CA keys (encrypted file, or inside the token): only HMAC values
+    come out of it."""
+
+    def hmac_sha256(self, data: bytes) -> bytes: ...
+
+
 class KeyStore(Protocol):
     """Where the authority's CA keys live (encrypted files or a token)."""
 
@@ -27,6 +34,14 @@ class KeyStore(Protocol):
 
     def load(self, label: str) -> ec.EllipticCurvePrivateKey:
         """Open the key stored under `label`."""
+        ...
+
+    def generate_secret(self, label: str) -> SecretKey:
+        """Create a new random 256-bit secret key under `label`; refuses a label that exists."""
+        ...
+
+    def load_secret(self, label: str) -> SecretKey:
+        """Open the secret key stored under `label` (NotFoundError if there is none)."""
         ...
 
 

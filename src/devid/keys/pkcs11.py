@@ -286,8 +286,23 @@ def _load(token: _OpenToken, label: str) -> Pkcs11PrivateKey | None:
         return key
 
 
+class Pkcs11SecretKey:
+    """A generic secret key inside the token (sensitive, non-extractable): HMAC-SHA256 is computed
+    there (CKM_SHA256_HMAC)."""
+
+    def __init__(self, key: pkcs11.SecretKey, token: _OpenToken) -> None:
+        if not isinstance(key, pkcs11.SignMixin):
+            raise KeyAccessError("key-type", "the token's secret key cannot compute HMACs")
+        self._key = key
+        self._token = token
+
+    def hmac_sha256(self, data: bytes) -> bytes:
+        with self._token.lock:
+            return bytes(self._key.sign(data, mechanism=Mechanism.SHA256_HMAC))
+
+
 class Pkcs11KeyStore:
-    """CA keys as key pairs in a PKCS#11 token, found by label."""
+    """CA keys as key pairs, and secret keys, in a PKCS#11 token, found by label."""
 
     backend = "pkcs11"
 
@@ -309,6 +324,52 @@ class Pkcs11KeyStore:
         if key is None:
             raise NotFoundError("key-missing", f"no key labelled {label!r} in token {self.token_label!r}")
         return key
+
+    def _secrets(self, label: str) -> list[pkcs11.SecretKey]:
+        query = {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: label}
+        found = self._token.session.get_objects(query)
+        return [obj for obj in found if isinstance(obj, pkcs11.SecretKey)]
+
+    def generate_secret(self, label: str) -> Pkcs11SecretKey:
+        with self._token.lock:
+            if self._secrets(label):
+                raise ConflictError(
+                    "key-exists", f"a secret key labelled {label!r} is already in token {self.token_label!r}"
+                )
+            key = self._token.session.generate_key(
+                KeyType.GENERIC_SECRET,
+                256,
+                store=True,
+                label=label,
+                id=label.encode("utf-8"),
+                mechanism=Mechanism.GENERIC_SECRET_KEY_GEN,
+                capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
+                template={
+                    Attribute.TOKEN: True,
+                    Attribute.PRIVATE: True,
+                    Attribute.SENSITIVE: True,
+                    Attribute.EXTRACTABLE: False,
+                    Attribute.SIGN: True,
+                    Attribute.VERIFY: True,
+                    Attribute.ENCRYPT: False,
+                    Attribute.DECRYPT: False,
+                    Attribute.WRAP: False,
+                    Attribute.UNWRAP: False,
+                    Attribute.DERIVE: False,
+                },
+            )
+            return Pkcs11SecretKey(key, self._token)
+
+    def load_secret(self, label: str) -> Pkcs11SecretKey:
+        with self._token.lock:
+            found = self._secrets(label)
+        if not found:
+            raise NotFoundError(
+                "key-missing", f"no secret key labelled {label!r} in token {self.token_label!r}"
+            )
+        if len(found) > 1:
+            raise KeyAccessError("key-ambiguous", f"several secret keys are labelled {label!r}")
+        return Pkcs11SecretKey(found[0], self._token)
 
     def uri(self, label: str) -> str:
         """The RFC 7512 URI of the key labelled `label` (no PIN in it)."""

@@ -1,14 +1,18 @@
-"""Software keys: CA keys as encrypted PKCS#8 files, and a simulated secure element.
+"""Software keys: CA keys as encrypted PKCS#8 files, secret keys as passphrase-sealed files, and a
+simulated secure element.
 
-The simulated element keeps its state in the device folder, sealed with AES-256-GCM under a key
-derived (scrypt, once per process) from the devid passphrase and a per-home salt, so a factory
-run can provision thousands of devices a second while nothing lies on disk in clear.
+The simulated element keeps its state in the device folder, sealed with AES-256-GCM under the
+device's own random 256-bit key (`se-device.key`, mode 0600, made with the element): it stands in
+for the device-unique key a real secure element keeps in hardware, so the device never needs the
+CA operator's passphrase. A random 256-bit key needs no stretching (no KDF), so a factory run still
+provisions thousands of devices a second while no private key lies on disk in clear.
 """
 
 from __future__ import annotations
 
 import base64
-import functools
+import hashlib
+import hmac
 import json
 import os
 from pathlib import Path
@@ -45,8 +49,29 @@ def decrypt_private_key(pem: bytes, passphrase: bytes, what: str) -> ec.Elliptic
     return key
 
 
+class SoftwareSecretKey:
+    """A secret key in memory, opened from its passphrase-sealed file."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def hmac_sha256(self, data: bytes) -> bytes:
+        return hmac.new(self._key, data, hashlib.sha256).digest()
+
+
+#: scrypt cost of a secret key file: about 0.1 s and 32 MiB, paid once by a process that opens it.
+_SCRYPT = {"name": "scrypt", "n": 2**15, "r": 8, "p": 1}
+
+
+def _kek(passphrase: bytes, kdf: dict[str, Any]) -> AESGCM:
+    if kdf.get("name") != "scrypt":
+        raise KeyAccessError("key-type", f"unknown key derivation {kdf.get('name')!r}")
+    scrypt = Scrypt(salt=bytes.fromhex(kdf["salt"]), length=32, n=kdf["n"], r=kdf["r"], p=kdf["p"])
+    return AESGCM(scrypt.derive(passphrase))
+
+
 class SoftwareKeyStore:
-    """CA keys as passphrase-encrypted PKCS#8 PEM files in one folder."""
+    """CA keys as passphrase-encrypted PKCS#8 PEM files, and secret keys, in one folder."""
 
     backend = "software"
 
@@ -74,23 +99,73 @@ class SoftwareKeyStore:
             raise NotFoundError("key-missing", f"CA key {label!r} not found at {path}") from None
         return decrypt_private_key(pem, self._passphrase, f"CA key {label!r}")
 
+    def _secret_path(self, label: str) -> Path:
+        return self.directory / f"{label}.secret.json"
 
-@functools.lru_cache(maxsize=8)
-def _master_key(passphrase: bytes, salt: bytes) -> bytes:
-    return Scrypt(salt=salt, length=32, n=2**15, r=8, p=1).derive(passphrase)
+    def generate_secret(self, label: str) -> SoftwareSecretKey:
+        """32 random bytes sealed with AES-256-GCM under scrypt(passphrase, random salt), the label as
+        associated data; the file is created exclusively (0600), so two processes cannot both make it."""
+        key, nonce = os.urandom(32), os.urandom(12)
+        kdf = {**_SCRYPT, "salt": os.urandom(16).hex()}
+        sealed = nonce + _kek(self._passphrase, kdf).encrypt(nonce, key, label.encode())
+        state = {"kdf": kdf, "sealed": base64.b64encode(sealed).decode()}
+        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            write_new(self._secret_path(label), json.dumps(state).encode())
+        except FileExistsError:
+            raise ConflictError("key-exists", f"a secret key named {label!r} already exists") from None
+        return SoftwareSecretKey(key)
+
+    def load_secret(self, label: str) -> SoftwareSecretKey:
+        path = self._secret_path(label)
+        try:
+            state = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise NotFoundError("key-missing", f"secret key {label!r} not found at {path}") from None
+        sealed = base64.b64decode(state["sealed"])
+        try:
+            key = _kek(self._passphrase, state["kdf"]).decrypt(sealed[:12], sealed[12:], label.encode())
+            return SoftwareSecretKey(key)
+        except InvalidTag:
+            raise KeyAccessError(
+                "wrong-passphrase", f"cannot decrypt secret key {label!r}: wrong passphrase"
+            ) from None
+
+
+SE_STATE_FILE = "se.json"
+#: The device-local sealing key: 32 random bytes, mode 0600 (a hardware-fused key's stand-in).
+DEVICE_KEY_FILE = "se-device.key"
 
 
 class Sealer:
-    """AES-256-GCM sealing of secure-element state.
+    """AES-256-GCM sealing of secure-element state under one device's own key.
 
-    One key per home (from scrypt over the passphrase), with the device folder's name as
-    associated data: state moved to another device's folder does not open. Random 96-bit nonces
-    stay far below the 2^32 messages NIST SP 800-38D allows per key.
+    The device folder's name is the associated data: state moved to another device's folder does
+    not open. Random 96-bit nonces stay far below the 2^32 messages NIST SP 800-38D allows per key.
     """
 
-    def __init__(self, passphrase: bytes, salt: bytes) -> None:
-        self.salt = salt
-        self._aead = AESGCM(_master_key(passphrase, salt))
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+        self._aead = AESGCM(key)
+
+    @classmethod
+    def new(cls) -> Sealer:
+        return cls(os.urandom(32))
+
+    @classmethod
+    def of_device(cls, directory: Path) -> Sealer:
+        """The sealer of the element in `directory`, from its device-local key file."""
+        try:
+            key = (directory / DEVICE_KEY_FILE).read_bytes()
+        except FileNotFoundError:
+            raise KeyAccessError(
+                "se-device-key",
+                f"{directory} has no {DEVICE_KEY_FILE}: its secure element was sealed by an older devid "
+                "with the home's passphrase; provision the device again",
+            ) from None
+        if len(key) != 32:
+            raise KeyAccessError("se-device-key", f"{directory / DEVICE_KEY_FILE} is not a 256-bit key")
+        return cls(key)
 
     def seal(self, plaintext: bytes, context: bytes) -> bytes:
         nonce = os.urandom(12)
@@ -101,11 +176,8 @@ class Sealer:
             return self._aead.decrypt(blob[:12], blob[12:], context)
         except InvalidTag:
             raise KeyAccessError(
-                "wrong-passphrase", "cannot open the secure element state: wrong passphrase or tampered state"
+                "se-sealed", "cannot open the secure element state: wrong device key or tampered state"
             ) from None
-
-
-SE_STATE_FILE = "se.json"
 
 
 class SoftwareSecureElement:
@@ -130,27 +202,27 @@ class SoftwareSecureElement:
         self._saved = (directory / SE_STATE_FILE).exists()
 
     @classmethod
-    def create(
-        cls, directory: Path, sealer: Sealer, *, durable: bool = True, persist: bool = True
-    ) -> SoftwareSecureElement:
-        """Generate a key inside a new element; the folder must not already hold one.
+    def create(cls, directory: Path, *, durable: bool = True, persist: bool = True) -> SoftwareSecureElement:
+        """Generate a key and a device-local sealing key inside a new element; the folder must not
+        already hold one.
 
         `persist=False` defers the first write to the first slot write: a production line writes
         the element's state once, with the IDevID in its slot, instead of twice.
         """
         if (directory / SE_STATE_FILE).exists():
             raise ConflictError("se-exists", f"{directory} already holds a secure element")
-        se = cls(directory, sealer, ec.generate_private_key(ec.SECP256R1()), {}, durable)
+        se = cls(directory, Sealer.new(), ec.generate_private_key(ec.SECP256R1()), {}, durable)
         if persist:
             se._save()
         return se
 
     @classmethod
-    def open(cls, directory: Path, sealer: Sealer, *, durable: bool = True) -> SoftwareSecureElement:
+    def open(cls, directory: Path, *, durable: bool = True) -> SoftwareSecureElement:
         try:
             state = json.loads((directory / SE_STATE_FILE).read_text())
         except FileNotFoundError:
             raise NotFoundError("se-missing", f"no secure element state in {directory}") from None
+        sealer = Sealer.of_device(directory)
         context = directory.name.encode()
         scalar = sealer.open(base64.b64decode(state["sealed_key"]), context)
         key = ec.derive_private_key(int.from_bytes(scalar, "big"), ec.SECP256R1())
@@ -161,7 +233,6 @@ class SoftwareSecureElement:
         scalar = self._key.private_numbers().private_value.to_bytes(32, "big")
         state = {
             "backend": self.backend,
-            "salt": base64.b64encode(self._sealer.salt).decode(),
             "public_key": self._public.public_bytes(
                 serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
             ).hex(),
@@ -172,6 +243,7 @@ class SoftwareSecureElement:
         if self._saved:
             atomic_write(self.directory / SE_STATE_FILE, data, durable=self._durable)
         else:
+            write_new(self.directory / DEVICE_KEY_FILE, self._sealer.key)
             write_new(self.directory / SE_STATE_FILE, data)
             self._saved = True
 
@@ -195,8 +267,9 @@ class SoftwareSecureElement:
         raise KeyExportRefused("key-export-refused", "the secure element never exports its private key")
 
     def discard(self) -> None:
-        """Forget the element: its sealed state file goes (a device refused before its identity)."""
+        """Forget the element: its sealed state and key go (a device refused before its identity)."""
         (self.directory / SE_STATE_FILE).unlink(missing_ok=True)
+        (self.directory / DEVICE_KEY_FILE).unlink(missing_ok=True)
 
     def tls_private_key(self) -> ec.EllipticCurvePrivateKey:
         """The key for an in-memory TLS handshake: the one place a software element lends its key."""

@@ -27,6 +27,8 @@ from typing import Any
 import aiohttp
 from sqlalchemy import Engine, case, event, select, update
 
+from devid.authority.credential_key import CredentialKey
+from devid.errors import KeyAccessError
 from devid.registry.sinks import Sink, list_sinks
 from devid.registry.transports import DeliveryError, Mqtt, Outgoing, Transport, Webhook
 from devid.store.engine import reading
@@ -222,9 +224,16 @@ class Dispatcher:
     """Runs one `SinkWorker` per enabled sink, starting and stopping them as sinks change."""
 
     def __init__(
-        self, engine: Engine, settings: Settings | None = None, *, rng: random.Random | None = None
+        self,
+        engine: Engine,
+        settings: Settings | None = None,
+        *,
+        key: CredentialKey,
+        rng: random.Random | None = None,
     ) -> None:
         self.engine = engine
+        #: Opens the sinks' sealed URLs and signing keys.
+        self.key = key
         self.settings = settings or Settings()
         self.rng = rng or random.Random()
         self._workers: dict[int, tuple[SinkWorker, asyncio.Task[None]]] = {}
@@ -234,6 +243,7 @@ class Dispatcher:
         self._stopping = False
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._refused: set[str] = set()
 
     def wake(self) -> None:
         """Look at the outbox now (safe from any thread)."""
@@ -253,10 +263,11 @@ class Dispatcher:
         self._stop.set()
 
     def _transport(self, sink: Sink) -> Transport:
+        conn = sink.connection(self.key)
         if sink.kind == "mqtt":
-            return Mqtt(sink.url, sink.topic or "devid/events", self.settings.mqtt_timeout)
+            return Mqtt(conn.url, sink.topic or "devid/events", self.settings.mqtt_timeout)
         assert self._session is not None
-        return Webhook(sink.url, sink.secret, self._session, self.settings.webhook_timeout)
+        return Webhook(conn.url, conn.signing_key, self._session, self.settings.webhook_timeout)
 
     @contextlib.asynccontextmanager
     async def _running(self) -> AsyncIterator[None]:
@@ -283,11 +294,23 @@ class Dispatcher:
             await worker.transport.aclose()
 
     async def _enabled_sinks(self) -> list[Sink]:
+        """The enabled sinks whose sealed secrets open under the credential key (warned once each)."""
+
         def load() -> list[Sink]:
             with reading(self.engine) as conn:
                 return list_sinks(conn, enabled_only=True)
 
-        return await asyncio.to_thread(load)
+        usable = []
+        for sink in await asyncio.to_thread(load):
+            try:
+                sink.connection(self.key)
+            except KeyAccessError as exc:
+                if sink.name not in self._refused:
+                    self._refused.add(sink.name)
+                    log.warning("event delivery: not delivering to sink %s: %s", sink.name, exc.message)
+                continue
+            usable.append(sink)
+        return usable
 
     async def _reconcile(self) -> None:
         wanted = {s.id: s for s in await self._enabled_sinks()}

@@ -8,6 +8,7 @@ manufacturer CA may then authenticate, and with `auto_register` they are registe
 
 from __future__ import annotations
 
+import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,6 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from sqlalchemy import Connection, Row, insert, select, update
 
 from devid.authority.core import Authority
+from devid.authority.credential_key import CredentialKey, Purpose, legacy_digest
 from devid.errors import ConflictError, PolicyError
 from devid.pki.encoding import cert_der, fingerprint, load_certificates
 from devid.pki.keypolicy import require_p256
@@ -72,13 +74,16 @@ class ManufacturerInfo:
 
 
 def create_registration_code(authority: Authority, actor: str, ttl: timedelta = CODE_TTL) -> str:
-    """A new one-time code (64 hex digits) to put in a verification certificate's CN."""
+    """A new one-time code (64 hex digits) to put in a verification certificate's CN. The store
+    keeps its MAC under the credential key, so making one needs the CA secret unlocked."""
     code = secrets.token_hex(32)
+    mac = authority.credentials.mac(Purpose.REGISTRATION_CODE, code)
     now = authority.clock.now()
+    # The audit names the code by its MAC's prefix: no part of the code itself is kept.
     with change(
-        authority, "manufacturer.register-code", code[:16], actor, {"expires": (now + ttl).isoformat()}
+        authority, "manufacturer.register-code", mac[:16], actor, {"expires": (now + ttl).isoformat()}
     ) as conn:
-        conn.execute(insert(codes).values(code=code, created_at=now, expires_at=now + ttl))
+        conn.execute(insert(codes).values(code=mac, created_at=now, expires_at=now + ttl))
     return code
 
 
@@ -148,7 +153,7 @@ def register(
         with change(
             authority, "manufacturer.register", name, actor, {"fingerprint": fingerprint(cert_der(ca))}
         ) as conn:
-            _spend_code(conn, code, now)
+            _spend_code(conn, authority.credentials, code, now)
             info = _insert(conn, name, ca, auto_register, auto_activate, now)
             outbox.emit(conn, now, "manufacturer.registered", name, info.to_json())
     except (PolicyError, ConflictError) as exc:
@@ -157,9 +162,19 @@ def register(
     return info
 
 
-def _spend_code(conn: Connection, code: str, now: datetime) -> None:
-    row = conn.execute(select(codes).where(codes.c.code == code)).first() if code else None
-    if row is None:
+def _spend_code(conn: Connection, key: CredentialKey, code: str, now: datetime) -> None:
+    mac = key.mac(Purpose.REGISTRATION_CODE, code)
+    row = conn.execute(select(codes).where(codes.c.code == mac)).first() if code else None
+    if (
+        row is None
+        and code
+        and conn.execute(select(codes.c.id).where(codes.c.code == legacy_digest(code))).first()
+    ):
+        raise PolicyError(
+            "registration-code-legacy",
+            "this registration code was stored by an older devid and is no longer accepted; get a new one",
+        )
+    if row is None or not hmac.compare_digest(row.code, mac):
         raise PolicyError(
             "registration-code-unknown",
             "the verification certificate's subject CN is not a registration code devid issued "

@@ -2,10 +2,19 @@
 
 Adding, enabling, disabling and removing a sink is a registry change like any other: audited and
 generation-bumping in one transaction, so every dispatcher sharing the store picks it up.
+
+A sink's connection secrets, the URL as given (with any password in it) and the webhook signing
+key, are sealed together (AES-256-GCM under the credential key, bound to the sink's name) in the
+`secret` column; `url` holds the URL with its password masked, for listings. Only a process with
+the CA secret unlocked (`devid serve`, `devid events deliver`) can open them, and a sink row written
+into the database without it (no sealed secrets, or sealed under another key or for another name)
+is never delivered to.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,7 +22,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, delete, func, insert, select, update
 
-from devid.errors import ConflictError, NotFoundError, PolicyError
+from devid.authority.credential_key import SEALED_PREFIX, CredentialKey, Purpose
+from devid.errors import ConflictError, KeyAccessError, NotFoundError, PolicyError
 from devid.registry import generation
 from devid.registry.transports import check_mqtt_url, check_topic, check_webhook_url, redact
 from devid.store import audit
@@ -25,8 +35,21 @@ KINDS = ("webhook", "mqtt")
 
 
 @dataclass(frozen=True)
+class SinkConnection:
+    """What a transport needs to reach a sink, unsealed: the URL as given and the signing key."""
+
+    url: str
+    signing_key: bytes | None
+
+
+def _seal(key: CredentialKey, name: str, url: str, signing_key: bytes | None) -> bytes:
+    plain = {"url": url, "signing_key": base64.b64encode(signing_key).decode() if signing_key else None}
+    return key.seal(Purpose.SINK_SECRET, json.dumps(plain).encode(), name.encode())
+
+
+@dataclass(frozen=True)
 class Sink:
-    """A sink as stored. `secret` (if set) signs webhook bodies."""
+    """A sink as stored: `url` with its password masked, `secret` its sealed connection secrets."""
 
     id: int
     name: str
@@ -55,6 +78,19 @@ class Sink:
             row.created_at,
             row.secret,
         )
+
+    def connection(self, key: CredentialKey) -> SinkConnection:
+        """The URL (with its password) and webhook signing key. KeyAccessError for a sink without
+        sealed secrets (stored by an older devid, or not by devid at all) or one that does not open."""
+        if self.secret is None or not self.secret.startswith(SEALED_PREFIX):
+            raise KeyAccessError(
+                "sink-not-sealed",
+                f"event sink {self.name!r} has no sealed URL and secret (added by an older devid, or "
+                "written into the store directly): remove it and add it again",
+            )
+        plain = json.loads(key.open(Purpose.SINK_SECRET, self.secret, self.name.encode()))
+        signing_key = plain["signing_key"]
+        return SinkConnection(plain["url"], base64.b64decode(signing_key) if signing_key else None)
 
     def to_json(self, last_event: int) -> dict[str, Any]:
         return {
@@ -109,14 +145,16 @@ def add(
     url: str,
     topic: str | None,
     *,
+    key: CredentialKey,
     actor: str,
     now: datetime,
     from_start: bool = False,
     secret: bytes | None = None,
 ) -> Sink:
     """A new enabled sink. It receives events emitted from now on, or every event still in the
-    outbox when `from_start`."""
+    outbox when `from_start`. `secret` signs webhook bodies; it and the URL are sealed under `key`."""
     _check(name, kind, url, topic)
+    sealed = _seal(key, name, url, secret)
     with engine.begin() as conn:
         if conn.execute(select(sinks.c.id).where(sinks.c.name == name)).first() is not None:
             raise ConflictError("sink-exists", f"an event sink named {name!r} exists")
@@ -125,13 +163,13 @@ def add(
             insert(sinks).values(
                 name=name,
                 kind=kind,
-                url=url,
+                url=redact(url),
                 topic=topic,
                 enabled=True,
                 cursor=cursor,
                 failures=0,
                 created_at=now,
-                secret=secret,
+                secret=sealed,
             )
         )
         detail = {"kind": kind, "url": redact(url), "topic": topic, "cursor": cursor, "signed": bool(secret)}

@@ -62,7 +62,9 @@ async def serve(
         limits=options.limits,
     )
     listening(running)
-    dispatcher = Dispatcher(app[AUTHORITY].engine) if options.deliver_events else None
+    dispatcher = (
+        Dispatcher(app[AUTHORITY].engine, key=app[AUTHORITY].credentials) if options.deliver_events else None
+    )
     delivering = asyncio.create_task(dispatcher.run()) if dispatcher is not None else None
     await stop.wait()
     stopping()

@@ -26,7 +26,7 @@ from devid.pki.encoding import cert_pem
 from devid.server.app import make_app, start_server
 from devid.server.tls import own_server_context
 
-PASSPHRASE = b"devid-sim"
+PASSPHRASE = b"devid-sim-passphrase"
 
 
 @dataclass
@@ -134,7 +134,7 @@ async def run_fleet(
             home.path.resolve(),
             PASSPHRASE,
             LineInfo("sim", "sim-device", "sim-lot"),
-            SecureElementSpec("software", bytes.fromhex(home.config.se_salt)),
+            SecureElementSpec("software"),
             base / "devices",
         )
         summary = run_line(spec, serials, 2 if total >= 400 else 1, base / "devices" / "manifest.jsonl")
@@ -150,9 +150,7 @@ async def run_fleet(
             for i, label in enumerate(labels):
                 chunk = serials[i * devices : (i + 1) * devices]
                 agents = [
-                    DeviceAgent.open(
-                        base / "devices" / s, PASSPHRASE, clock=clock, rng=random.Random(s), durable=False
-                    )
+                    DeviceAgent.open(base / "devices" / s, clock=clock, rng=random.Random(s), durable=False)
                     for s in chunk
                 ]
                 reports.append(

@@ -53,7 +53,7 @@ async def onboard(
     report = OnboardingReport(server.url, errors=[])
     trust = cert_pem(authority.root)
     gate = asyncio.Semaphore(concurrency)
-    agents = [DeviceAgent.open(d, passphrase, clock=clock) for d in device_dirs]
+    agents = [DeviceAgent.open(d, clock=clock) for d in device_dirs]
     start = asyncio.get_running_loop().time()
     try:
 

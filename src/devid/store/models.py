@@ -122,7 +122,8 @@ certificates = Table(
 )
 
 
-#: A single-use secret for EST HTTP Basic enrollment; only its SHA-256 is stored.
+#: A single-use secret for EST HTTP Basic enrollment; only its MAC under the credential key is
+#: stored (`secret_hash`, hex).
 enrollment_secrets = Table(
     "enrollment_secrets",
     metadata,
@@ -180,7 +181,8 @@ manufacturers = Table(
 )
 
 
-#: A one-time code a manufacturer CA must sign (as a verification certificate's CN).
+#: A one-time code a manufacturer CA must sign (as a verification certificate's CN); `code` holds
+#: its MAC under the credential key (hex), never the code.
 registration_codes = Table(
     "registration_codes",
     metadata,
@@ -242,7 +244,7 @@ enrollments = Table(
 )
 
 
-#: An admin API bearer token; only its SHA-256 is stored.
+#: An admin API bearer token; only its MAC under the credential key is stored (`token_hash`).
 api_tokens = Table(
     "api_tokens",
     metadata,

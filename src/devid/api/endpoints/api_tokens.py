@@ -51,7 +51,7 @@ def create_token(call: Call) -> Reply:
     now = call.authority.clock.now()
     days = call.body.get("expires_days")
     token, info = tokens.create(
-        call.authority.engine,
+        call.authority,
         call.body["name"],
         call.body["role"],
         now,
