@@ -17,7 +17,7 @@ from devid.authority import token_keys
 from devid.authority.core import Authority, IssuingCA
 from devid.authority.policy import DEFAULT_LABELS, LabelPolicy
 from devid.clock import Clock, SystemClock
-from devid.config import Config, Home, Pkcs11Settings
+from devid.config import Config, Home, Pkcs11Settings, refuse_non_directory
 from devid.errors import ConfigError, ConflictError
 from devid.keys.base import KeyStore
 from devid.keys.software import Sealer, SoftwareKeyStore
@@ -73,6 +73,7 @@ def init_home(
 ) -> Home:
     """Create config, store and CA hierarchy; refuse an existing home and leave nothing behind on failure."""
     clock = clock or SystemClock()
+    refuse_non_directory(path)
     if (path / "devid.toml").exists():
         raise ConflictError("home-exists", f"{path} is already a devid home; nothing was changed")
     if key_backend not in ("software", "pkcs11"):

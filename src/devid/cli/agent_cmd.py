@@ -19,7 +19,7 @@ from typing import Annotated
 
 import typer
 
-from devid.cli.common import PassphraseOpt, console
+from devid.cli.common import PassphraseOpt, console, read_file
 from devid.config import resolve_passphrase
 from devid.device.agent import SE_PIN_FILE_ENV, DeviceAgent, token_tls
 from devid.errors import ConfigError
@@ -70,7 +70,7 @@ def enroll(
 ) -> None:
     """First enrollment: the IDevID proves the device; an LDevID (or session certificate) comes back."""
     agent = _open(device, passphrase_file, se_pin_file, tls=True)
-    trust = ca_bundle.read_bytes() if ca_bundle else (device / "chain.pem").read_bytes()
+    trust = read_file(ca_bundle, "CA bundle") if ca_bundle else (device / "chain.pem").read_bytes()
     enrolled = asyncio.run(agent.enroll(server, trust, label))
     console.print(
         f"enrolled {agent.serial}: {enrolled.policy or 'ldevid'} certificate serial "

@@ -57,7 +57,8 @@ def run_with_progress(spec: RunSpec, serials: list[str], workers: int, manifest:
             progress.advance(task, n)
             elapsed = progress.tasks[task].elapsed or 0
             if elapsed:
-                progress.update(task, rate=f"{progress.tasks[task].completed / elapsed:,.0f} devices/s")
+                done = progress.tasks[task].completed
+                progress.update(task, rate=f"{done / elapsed:,.0f} devices/s wall clock (start-up included)")
 
         return run_line(spec, serials, workers, manifest, advance)
 
@@ -65,7 +66,9 @@ def run_with_progress(spec: RunSpec, serials: list[str], workers: int, manifest:
 def print_summary(summary: Summary, manifest: Path) -> None:
     console.print(
         f"devices: {summary.devices}  failures: {summary.failures}  "
-        f"rate: {summary.rate:,.0f} devices/s  per device p50: {summary.percentile(50) * 1000:.2f} ms  "
+        f"line rate: {summary.rate:,.0f} devices/s (stations ready to last device, "
+        f"{summary.startup_seconds:.1f} s start-up not counted)  "
+        f"per device p50: {summary.percentile(50) * 1000:.2f} ms  "
         f"p99: {summary.percentile(99) * 1000:.2f} ms  manifest: {escape(str(manifest))}",
         highlight=False,
     )
