@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import Engine, insert
 
 from devid.authority import token_keys
-from devid.authority.core import Authority, IssuingCA
+from devid.authority.core import AUDIT_KEY_NAME, Authority, IssuingCA
 from devid.authority.policy import DEFAULT_LABELS, LabelPolicy
 from devid.clock import Clock, SystemClock
 from devid.config import Config, Home, Pkcs11Settings, refuse_non_directory
@@ -159,6 +159,7 @@ def _create_hierarchy(engine: Engine, keystore: KeyStore, home: Home, clock: Clo
                 {"role": role, "serial": serial_hex(serial), "key_backend": keystore.backend},
             )
         )
+    keystore.generate(home.config.key_prefix + AUDIT_KEY_NAME)  # signs the audit checkpoints
     with engine.begin() as conn:
         conn.execute(insert(repo.cas), rows)
         audit.append(conn, events, now)

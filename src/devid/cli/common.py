@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,6 +16,7 @@ from sqlalchemy import Engine
 from devid.authority.core import Authority
 from devid.authority.setup import open_authority
 from devid.config import Home, default_home, resolve_passphrase
+from devid.errors import KeyAccessError
 from devid.fsutil import read_file
 from devid.store.engine import check_schema, make_engine
 
@@ -50,8 +52,21 @@ def load_home(home: Path | None) -> Home:
 
 
 def authority(home: Path | None, passphrase_file: Path | None) -> Authority:
+    """The home's authority; when the command ends, the audit events it added are anchored by a
+    signed checkpoint (nothing is signed if it added none)."""
     passphrase = resolve_passphrase(passphrase_file)
-    return open_authority(load_home(home), passphrase)
+    opened = open_authority(load_home(home), passphrase)
+    atexit.register(_checkpoint_at_exit, opened)
+    return opened
+
+
+def _checkpoint_at_exit(opened: Authority) -> None:
+    try:
+        opened.checkpoint_audit()
+    except KeyAccessError:
+        pass  # a wrong passphrase or PIN: the command has already said so, and nothing can be signed
+    except Exception as exc:  # the command's own outcome stands; say why the chain stays unanchored
+        err_console.print(f"warning: audit checkpoint not written: {escape(str(exc))}", highlight=False)
 
 
 def store(home: Path | None) -> Engine:

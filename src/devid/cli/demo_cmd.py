@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.x509 import verification
 from rich.markup import escape
 
-from devid.authority.setup import init_home
+from devid.authority.setup import init_home, open_authority
 from devid.cli.common import HomeOpt, console
 from devid.cli.factory_cmd import print_summary, run_with_progress
 from devid.config import CONFIG_FILE, Home, default_home, refuse_non_directory, resolve_passphrase
@@ -146,6 +146,11 @@ def demo(
     )
     if contract.registered != contract_devices or not contract.blocked_when_disabled:
         raise DemoFailed("demo-failed", "fleet onboarding of the contract manufacturer did not complete")
+    anchor = open_authority(home_obj, passphrase).checkpoint_audit()
+    console.print(
+        f"[bold]6. audit[/]: the chain's {anchor.seq if anchor else 0} events anchored by a checkpoint "
+        "signed with the home's audit key"
+    )
     console.print(
         f"[bold green]demo complete[/]: {devices} devices provisioned at {summary.rate:,.0f} devices/s "
         "(line rate), "

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from devid.authority.requests import check_device_serial
+from devid.authority.setup import open_authority
 from devid.cli.common import HomeOpt, PassphraseOpt, console, load_home
 from devid.config import Home, Pkcs11Settings, resolve_passphrase
 from devid.errors import ConfigError
@@ -111,5 +112,6 @@ def run(
     manifest = out_dir / "manifest.jsonl"
     summary = run_with_progress(spec, serials, workers, manifest, f"{line} {lot}")
     print_summary(summary, manifest)
+    open_authority(home_obj, passphrase).checkpoint_audit()  # the stations' events, anchored
     if summary.failures == summary.devices:
         raise typer.Exit(1)

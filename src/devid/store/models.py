@@ -148,6 +148,27 @@ class AuditEvent(Base):
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
 
+    # `devid audit list --since T --action A`: each filter walks an index, never the whole log.
+    __table_args__ = (
+        Index("ix_audit_events_at", "at"),
+        Index("ix_audit_events_action_seq", "action", "seq"),
+    )
+
+
+class AuditCheckpoint(Base):
+    """A signed anchor of the chain: event `seq` had hash `hash` at `at`, signed by the audit key
+    (beside the CA keys: the passphrase-sealed files or the HSM), so the database alone cannot
+    rewrite the chain and its checkpoints together."""
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    key_label: Mapped[str] = mapped_column(String(128))
+    signature: Mapped[bytes] = mapped_column(LargeBinary)
+
 
 class AuditHead(Base):
     """The chain's head in one row: locking it serializes appenders across processes."""
