@@ -104,7 +104,7 @@ def print_record(info: dict[str, Any]) -> None:
 
 #: Columns of free text, which fold to fit the terminal. Every other column (serials, fingerprints,
 #: names, paths, states, times) is printed whole on one line, so it can be copied into the next command.
-FOLDING_COLUMNS = frozenset({"subject", "properties", "url", "last error", "detail", "issuer subject"})
+FOLDING_COLUMNS = frozenset({"subject", "properties", "detail", "last error"})
 
 
 def print_table(columns: list[str], rows: list[dict[str, Any]]) -> None:
