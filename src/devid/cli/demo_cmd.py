@@ -156,5 +156,12 @@ def demo(
         "(line rate), "
         f"enrolled and partly renewed over EST, {contract_devices} contract devices onboarded; "
         f"try `devid cert list --home {escape(str(path))} --limit 5` or "
-        f"`devid audit verify --home {escape(str(path))}`"
+        f"`devid audit verify --home {escape(str(path))}{_passphrase_hint(path)}`"
     )
+
+
+def _passphrase_hint(path: Path) -> str:
+    """The option a command that opens keys needs on a home whose passphrase the demo made."""
+    if os.environ.get("DEVID_PASSPHRASE"):
+        return ""
+    return f" --passphrase-file {escape(str(path / DEMO_PASSPHRASE_FILE))}"
