@@ -86,7 +86,7 @@ class Home:
         file = path / CONFIG_FILE
         refuse_non_directory(path)
         try:
-            text = read_file(file, "configuration").decode()
+            text = read_file(file, "configuration").decode(errors="replace")
         except NotFoundError:
             raise ConfigError(
                 "home-missing", f"no devid home at {path} (no {CONFIG_FILE}): run `devid init`"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -111,7 +111,7 @@ class Checkpoint:
 
 
 def add_checkpoint(conn: Connection, checkpoint: Checkpoint) -> None:
-    conn.execute(insert(_checkpoints).values(**checkpoint.__dict__))
+    conn.execute(insert(_checkpoints).values(**asdict(checkpoint)))
 
 
 def last_checkpoint(conn: Connection) -> Checkpoint | None:
