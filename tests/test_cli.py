@@ -122,7 +122,8 @@ def test_init_creates_config_store_and_hierarchy(acme: Acme, trust: dict[str, Pa
     assert db_path(acme.path) == (acme.path / "devid.db").resolve()
     assert count(acme.path, "cas") == 5
     keys = sorted((acme.path / "keys").glob("*.key.pem"))
-    assert len(keys) == 5
+    assert len(keys) == 5 + 1  # the CA keys and the audit key
+    assert sum(key.name.endswith("-audit.key.pem") for key in keys) == 1
     for key in keys:  # encrypted at rest, owner-only
         assert key.read_text().startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----")
         assert key.stat().st_mode & 0o077 == 0

@@ -28,7 +28,7 @@ PKCS10 = "application/pkcs10"
 WELL_KNOWN = "/.well-known/est"
 
 
-_SERVER_CODE = re.compile(r"(?P<message>.*\S)\s*\[(?P<code>[a-z0-9]+(?:-[a-z0-9]+)*)\]", re.DOTALL)
+_SERVER_CODE = re.compile(r"(?P<message>.*\S)\s*\[(?P<code>[a-z0-9]+(?:-[a-z0-9]+)*)\]\s*", re.DOTALL)
 
 
 class EstError(DevidError):
