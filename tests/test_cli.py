@@ -29,6 +29,8 @@ from e2e import (
     split_pem,
 )
 
+from devid.est.client import EstError
+
 HWMN_OID = "1.3.6.1.5.5.7.8.4"
 HIERARCHY = {
     "root": ("root", None),
@@ -120,7 +122,8 @@ def test_init_creates_config_store_and_hierarchy(acme: Acme, trust: dict[str, Pa
     assert db_path(acme.path) == (acme.path / "devid.db").resolve()
     assert count(acme.path, "cas") == 5
     keys = sorted((acme.path / "keys").glob("*.key.pem"))
-    assert len(keys) == 5
+    assert len(keys) == 5 + 1  # the CA keys and the audit key
+    assert sum(key.name.endswith("-audit.key.pem") for key in keys) == 1
     for key in keys:  # encrypted at rest, owner-only
         assert key.read_text().startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----")
         assert key.stat().st_mode & 0o077 == 0
@@ -437,7 +440,7 @@ def test_cert_show_and_list_filters(acme: Acme, sn1: Path) -> None:
     assert re.search(r"serial " + canonical + " ", text), text
     assert re.search(r"device SN-1 ", text), text
     assert re.search(r"profile idevid ", text), text
-    assert re.search(r"hardware_module_names \['[0-9.]+:SN-1'\]", text), text
+    assert re.search(r"hardware_module_names [0-9.]+:SN-1$", text), text
 
     rows = json_lines(ok(by_device).stdout)
     assert {r["device_serial"] for r in rows} == {"SN-1"}
@@ -450,6 +453,112 @@ def test_cert_show_and_list_filters(acme: Acme, sn1: Path) -> None:
     idevids = json_lines(ok(by_profile).stdout)
     assert {r["profile"] for r in idevids} == {"idevid"}
     assert "SN-1" in {r["device_serial"] for r in idevids}
+
+
+def test_table_serials_copy_into_cert_show(acme: Acme, sn1: Path) -> None:
+    """Piped (80 columns), tables print serials and names whole: each pastes into `cert show`."""
+    listing, cas = devid_many([("cert", "list", "--home", acme.path), ("ca", "list", "--home", acme.path)])
+    stored = {str(r["serial"]) for r in certificates(acme.path)}
+    printed = set(re.findall(r"\b[0-9a-f]{30,}\b", ok(listing).stdout))
+    assert stored and printed == stored, ok(listing).stdout
+    ca_serials = set(re.findall(r"\b[0-9a-f]{30,}\b", ok(cas).stdout))
+    assert len(ca_serials) == len(HIERARCHY), cas.stdout
+    assert all(name in cas.stdout for name in HIERARCHY)
+    shows = devid_many([("cert", "show", serial, "--home", acme.path) for serial in sorted(printed)[:3]])
+    for serial, show in zip(sorted(printed)[:3], shows, strict=True):
+        assert re.search(rf"serial {serial} ", flat(ok(show).stdout)), show.stdout
+
+
+def test_cert_show_json_is_structured(acme: Acme, sn1: Path) -> None:
+    serial = format(int(openssl("x509", "-in", sn1, "-noout", "-serial").strip().split("=")[1], 16), "x")
+    info = json_lines(ok(devid("cert", "show", serial, "--json", "--home", acme.path)).stdout)[0]
+    names = info["hardware_module_names"]
+    assert isinstance(names, list) and len(names) == 1 and str(names[0]).endswith(":SN-1")
+    assert info["serial"] == serial and info["device"] == "SN-1"
+
+
+def error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The `error:` line of stderr (whitespace collapsed), from its start to the end of stderr."""
+    return flat(result.stderr[result.stderr.rindex("error:") :]) if "error:" in result.stderr else ""
+
+
+def test_file_arguments_are_bounded_regular_files(acme: Acme, tmp_path: Path) -> None:
+    """`--csr /dev/zero` once grew to gigabytes; a FIFO with no writer hung. Both, a directory and a
+    file over 1 MiB are refused at once, before any key is opened, with one code each."""
+    fifo = tmp_path / "csr.fifo"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.csr"
+    big.write_bytes(b"0" * ((1 << 20) + 1))
+    cases = {"/dev/zero": "file-not-regular", fifo: "file-not-regular", tmp_path: "file-not-regular"}
+    cases[big] = "file-too-large"
+    cases[tmp_path / "missing.csr"] = "file-unreadable"
+    calls = [
+        (
+            "cert",
+            "issue",
+            "--home",
+            acme.path,
+            "--csr",
+            path,
+            "--profile",
+            "idevid",
+            "--device-serial",
+            "SN-F",
+        )
+        for path in cases
+    ]
+    for (path, code), result in zip(cases.items(), devid_many(calls), strict=True):
+        assert result.returncode == 2, result
+        assert f"CSR file {path}" in error_line(result), result.stderr
+        assert error_line(result).endswith(f"[{code}]"), result.stderr
+    assert not [r for r in certificates(acme.path) if r["device_serial"] == "SN-F"]
+
+
+def test_home_naming_a_file_is_a_clean_error(tmp_path: Path) -> None:
+    calls: list[tuple[str | Path, ...]] = [
+        ("ca", "list", "--home", "/etc/passwd"),
+        ("init", "--home", "/etc/passwd", "--org", "Acme"),
+        ("audit", "verify", "--home", "/etc/passwd"),
+    ]
+    for result in devid_many(calls):
+        assert result.returncode == 2, result
+        assert error_line(result) == "error: devid home /etc/passwd is not a directory [home-not-a-directory]"
+        assert "Traceback" not in result.stderr
+
+
+def test_est_refusal_keeps_the_servers_code_alone() -> None:
+    """A refusal from devid's EST server (`message [code]`) once printed as `... [code] [est-403]`."""
+    refused = EstError(403, "device SN-1 is INACTIVE [device-inactive]\n")
+    assert refused.code == "device-inactive" and refused.status == 403
+    assert refused.message == "the EST server refused (403): device SN-1 is INACTIVE"
+    assert EstError(502, "Bad Gateway").code == "est-502"
+
+
+def test_errors_print_one_stable_code(acme: Acme, tmp_path: Path) -> None:
+    """Every error is `error: <message> [<code>]` with one kebab-case code (once `[CA certificate-file]`)."""
+    missing = tmp_path / "missing.pem"
+    calls: list[tuple[str | Path, ...]] = [
+        (
+            "manufacturer",
+            "register",
+            "m",
+            "--ca-cert",
+            missing,
+            "--verification-cert",
+            missing,
+            "--home",
+            acme.path,
+        ),
+        ("token", "verify", "x", "--audience", "a", "--jwks", missing),
+        ("cert", "show", "abc123", "--home", acme.path),
+        ("device", "show", "NOPE", "--home", acme.path),
+        ("cert", "issue", "--home", acme.path, "--csr", missing, "--profile", "bogus"),
+    ]
+    for call, result in zip(calls, devid_many(calls), strict=True):
+        err = error_line(result)
+        assert result.returncode == 2, (call, result)
+        assert re.fullmatch(r"error: [^\[]*(\S.*\S)? \[[a-z0-9]+(-[a-z0-9]+)*\]", err), (call, err)
+        assert len(re.findall(r"\[[a-z0-9-]+\]$|\[[A-Za-z ]+-file\]", err)) == 1, (call, err)
 
 
 # --- audit --------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import stat
 import uuid
 from collections.abc import Callable
@@ -500,6 +501,8 @@ def test_device_refused_after_its_key_was_made_leaves_no_key(tmp_path: Path, lin
 
 
 def test_demo_twice(tmp_path: Path) -> None:
+    """A second demo on the same home is refused (its figures would mix with the first run's
+    devices) and changes nothing; --fresh deletes the earlier demo home and starts again."""
     demo_home = tmp_path / "demo"
     args = ("demo", "--home", demo_home, "--devices", "50", "--contract-devices", "20")
     first = flat(ok(devid(*args)).stdout)
@@ -508,12 +511,27 @@ def test_demo_twice(tmp_path: Path) -> None:
     assert "a new device is refused (403): True" in first
     assert "DEMO00000001 .. DEMO00000050" in first
     assert "demo complete" in first
-    second = flat(ok(devid(*args)).stdout)
-    assert "using existing home" in second
-    assert "DEMO00000051 .. DEMO00000100" in second, second
+    # The bar and the summary each say what their rate measures.
+    assert "devices/s wall clock (start-up included)" in first, first
+    assert re.search(r"line rate: [\d,]+ devices/s \(stations ready to last device", first), first
+    again = devid(*args)
+    assert again.returncode == 2, again
+    assert flat(again.stderr).endswith("--home NEW_FOLDER [demo-home-exists]"), again.stderr
+    assert count(demo_home, "devices") == 50 + 20
+    second = flat(ok(devid(*args, "--fresh")).stdout)
+    assert "deleted the earlier demo home" in second and "new home" in second
+    assert "DEMO00000001 .. DEMO00000050" in second, second
     assert "50/50 IDevIDs path-validate to the root" in second
-    assert count(demo_home, "devices") == 100 + 2 * 20  # factory devices, then contract devices (JITR)
+    assert count(demo_home, "devices") == 50 + 20  # factory devices, then contract devices (JITR)
     rows = manifest(demo_home / "devices")
-    assert len(rows) == 100 and {r["status"] for r in rows} == {"ok"}
-    root, manufacturing = trust_files(demo_home, demo_home, demo_home / "devices" / "DEMO00000100")
-    openssl_verify(root, demo_home / "devices" / "DEMO00000100" / "idevid.pem", untrusted=manufacturing)
+    assert len(rows) == 50 and {r["status"] for r in rows} == {"ok"}
+    root, manufacturing = trust_files(demo_home, demo_home, demo_home / "devices" / "DEMO00000050")
+    openssl_verify(root, demo_home / "devices" / "DEMO00000050" / "idevid.pem", untrusted=manufacturing)
+
+
+def test_demo_fresh_deletes_only_a_demo_home(tmp_path: Path) -> None:
+    acme = tmp_path / "acme"
+    ok(devid("init", "--home", acme, "--org", "Acme"))
+    refused = devid("demo", "--home", acme, "--fresh", "--devices", "1")
+    assert refused.returncode == 2 and "[demo-home-not-demo]" in refused.stderr, refused.stderr
+    assert (acme / "devid.toml").is_file() and count(acme, "cas") == 5

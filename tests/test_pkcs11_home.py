@@ -153,3 +153,18 @@ def test_init_with_missing_token_names_it(tmp_path: Path, tokens: dict[str, Soft
     assert "no PKCS#11 token labelled 'no-such-token'" in err, err
     assert "Traceback" not in result.stderr
     assert not home.exists()
+
+
+def test_audit_checkpoints_are_signed_in_the_token(hsm_home: HsmHome) -> None:
+    """The audit key of an HSM home is made in the token at init, non-extractable like the CA keys."""
+    ok(hsm_home.init)
+    token = hsm_home.token
+    config = tomllib.loads((hsm_home.path / "devid.toml").read_text())
+    key = open_token(token.module, token.label, token.pin).get_key(
+        object_class=ObjectClass.PRIVATE_KEY, label=config["key_prefix"] + "audit"
+    )
+    assert key[Attribute.SENSITIVE] is True and key[Attribute.EXTRACTABLE] is False
+    verified = flat(ok(devid("audit", "verify", "--home", hsm_home.path)).stdout)
+    assert "audit chain intact" in verified and "last anchored event" in verified, verified
+    [(checkpoints,)] = query(hsm_home.path, "SELECT count(*) FROM audit_checkpoints")
+    assert checkpoints >= 1

@@ -10,7 +10,8 @@ from typing import Any
 
 import tomli_w
 
-from devid.errors import ConfigError, ConflictError, KeyAccessError, PolicyError
+from devid.errors import ConfigError, ConflictError, KeyAccessError, NotFoundError, PolicyError
+from devid.fsutil import read_file
 
 CONFIG_FILE = "devid.toml"
 #: Default hwType for hardwareModuleName: an OID under the UUID arc (2.25, ITU-T X.667), which
@@ -22,6 +23,12 @@ def default_home() -> Path:
     return Path(os.environ.get("DEVID_HOME") or "devid-home")
 
 
+def refuse_non_directory(path: Path) -> None:
+    """A home named by `--home` or `$DEVID_HOME` that exists must be a folder (else a clean error)."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError("home-not-a-directory", f"devid home {path} is not a directory")
+
+
 @dataclass
 class Pkcs11Settings:
     module: str
@@ -29,12 +36,7 @@ class Pkcs11Settings:
     pin_file: str
 
     def pin(self) -> str:
-        try:
-            pin = Path(self.pin_file).read_text().strip()
-        except OSError as exc:
-            raise KeyAccessError(
-                "pin-file", f"cannot read PKCS#11 PIN file {self.pin_file}: {exc.strerror}"
-            ) from None
+        pin = read_file(Path(self.pin_file), "PKCS#11 PIN").decode(errors="replace").strip()
         if not pin:
             raise KeyAccessError("pin-file", f"PKCS#11 PIN file {self.pin_file} is empty")
         return pin
@@ -83,9 +85,10 @@ class Home:
     @classmethod
     def load(cls, path: Path) -> Home:
         file = path / CONFIG_FILE
+        refuse_non_directory(path)
         try:
-            text = file.read_text()
-        except FileNotFoundError:
+            text = read_file(file, "configuration").decode(errors="replace")
+        except NotFoundError:
             raise ConfigError(
                 "home-missing", f"no devid home at {path} (no {CONFIG_FILE}): run `devid init`"
             ) from None
@@ -95,6 +98,7 @@ class Home:
     def create(cls, path: Path, config: Config) -> Home:
         """Write the configuration of a new home; refuses if one is already there."""
         file = path / CONFIG_FILE
+        refuse_non_directory(path)
         if file.exists():
             raise ConflictError("home-exists", f"{path} is already a devid home; nothing was changed")
         path.mkdir(parents=True, exist_ok=True)
@@ -121,12 +125,7 @@ def check_new_passphrase(passphrase: bytes) -> None:
 def resolve_passphrase(passphrase_file: Path | None) -> bytes:
     """The passphrase from `--passphrase-file`, else `DEVID_PASSPHRASE`; refuses to go on without."""
     if passphrase_file is not None:
-        try:
-            value = passphrase_file.read_bytes().rstrip(b"\r\n")
-        except OSError as exc:
-            raise KeyAccessError(
-                "passphrase-file", f"cannot read passphrase file {passphrase_file}: {exc.strerror}"
-            ) from None
+        value = read_file(passphrase_file, "passphrase").rstrip(b"\r\n")
     else:
         value = os.environ.get("DEVID_PASSPHRASE", "").encode()
     if not value:

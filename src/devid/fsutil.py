@@ -1,10 +1,14 @@
-"""Atomic file writes: a reader (or a crash) sees the old file or the new one, never half of one."""
+"""Files: atomic writes (a reader, or a crash, sees the old file or the new one, never half of one)
+and bounded reads of files a person names."""
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
+
+from devid.errors import NotFoundError, PolicyError
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, durable: bool = True) -> None:
@@ -44,3 +48,35 @@ def write_new(path: Path, data: bytes, *, mode: int = 0o600) -> None:
         os.write(fd, data)
     finally:
         os.close(fd)
+
+
+#: What a file named on the command line may hold at most unless the caller says otherwise: every
+#: such file (a CSR, a certificate, a PIN, a JWKS) is a few kilobytes.
+MAX_FILE_BYTES = 1 << 20
+
+
+def read_file(path: Path, what: str, *, limit: int = MAX_FILE_BYTES) -> bytes:
+    """A regular file of at most `limit` bytes, named by a person; anything else is refused by name.
+
+    Opened non-blocking, so a FIFO with no writer is refused instead of waiting, and checked on the
+    open descriptor, so `/dev/zero` or a directory never reaches a read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as exc:
+        raise NotFoundError("file-unreadable", f"cannot read {what} file {path}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise PolicyError("file-not-regular", f"{what} file {path} is not a regular file")
+        if info.st_size > limit:
+            raise PolicyError("file-too-large", f"{what} file {path} is larger than {limit:,} bytes")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(limit + 1)  # the file may grow between fstat and read
+    except OSError as exc:
+        raise NotFoundError("file-unreadable", f"cannot read {what} file {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise PolicyError("file-too-large", f"{what} file {path} is larger than {limit:,} bytes")
+    return data

@@ -52,6 +52,8 @@ ISSUER_OF: dict[ProfileName, str] = {
     ProfileName.SERVER: "operational",
 }
 _DER = serialization.Encoding.DER
+#: The key that signs audit checkpoints, labelled `<key prefix>audit` beside the CA keys.
+AUDIT_KEY_NAME = "audit"
 _INSERT_CERTIFICATES = insert(repo.certificates)
 
 
@@ -110,6 +112,7 @@ class Authority:
         self.profiles = {
             name: PROFILES[name].with_validity(validity) for name, validity in (lifetimes or {}).items()
         }
+        self._audit_key: ec.EllipticCurvePrivateKey | None = None
 
     def label_policy(self, label: str) -> LabelPolicy:
         try:
@@ -381,6 +384,49 @@ class Authority:
         return issued, row
 
     # --- audit ----------------------------------------------------------------------------------
+
+    @property
+    def audit_key_label(self) -> str:
+        """The audit key sits beside the CA keys, under the home's key prefix: `<prefix>audit`."""
+        root = self.cas["root"]
+        return (root.key_label or "devid-").removesuffix(root.name) + AUDIT_KEY_NAME
+
+    def audit_key(self) -> ec.EllipticCurvePrivateKey:
+        """The P-256 key that signs audit checkpoints, in the CA keys' keystore (passphrase-sealed
+        file or HSM); a home made before checkpoints existed gets it on first use."""
+        if self._audit_key is None:
+            keystore, label = self.cas["root"].keystore, self.audit_key_label
+            try:
+                self._audit_key = keystore.load(label)
+            except NotFoundError:
+                try:
+                    self._audit_key = keystore.generate(label)
+                except ConflictError:  # another process made it first
+                    self._audit_key = keystore.load(label)
+        return self._audit_key
+
+    def checkpoint_audit(self) -> audit.Checkpoint | None:
+        """Sign the audit chain's head (seq, hash, time) and store it as a checkpoint, so that a
+        chain rewritten from the database no longer matches a signature; None if no event came
+        after the last checkpoint. Signed outside the write lock, like certificates."""
+        with self.engine.connect() as conn:
+            seq, digest = audit.head(conn)
+            last = audit.last_checkpoint(conn)
+        if seq == 0 or (last is not None and last.seq >= seq):
+            return None
+        at = self.clock.now()
+        signature = self.audit_key().sign(
+            audit.checkpoint_message(seq, digest, at), ec.ECDSA(hashes.SHA256())
+        )
+        checkpoint = audit.Checkpoint(seq, digest, at, self.audit_key_label, signature)
+        with write_lock(self.engine), self.engine.begin() as conn:
+            audit.add_checkpoint(conn, checkpoint)
+        return checkpoint
+
+    def verify_audit(self) -> audit.Verification:
+        """The whole chain and every checkpoint against the audit key's public half."""
+        with self.engine.connect() as conn:
+            return audit.verify(conn, self.audit_key().public_key())
 
     def record_refusal(
         self, error: DevidError, action: str, subject: str, actor: str, detail: dict[str, Any] | None = None

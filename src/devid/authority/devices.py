@@ -15,8 +15,10 @@ from sqlalchemy import Connection, insert, select, update
 
 from devid.authority.core import Authority
 from devid.authority.credential_key import CredentialKey, Purpose, legacy_digest
+from devid.authority.requests import NewDevice, check_device_serial
 from devid.errors import ConflictError, DevidError, NotFoundError, PolicyError
 from devid.store import audit, outbox, repo
+from devid.store.engine import write_lock
 
 #: AWS IoT's certificate/device states where they apply, plus the factory's test failure.
 DEVICE_STATES = ("ACTIVE", "INACTIVE", "REVOKED", "PENDING_ACTIVATION", "FAILED_TEST")
@@ -81,6 +83,17 @@ def set_state(
             ],
             now,
         )
+
+
+def add(authority: Authority, device: NewDevice, actor: str) -> None:
+    """A device record with no certificate yet, ACTIVE: for a device that has no IDevID to register
+    it (HTTP Basic enrollment with a secret from `create_enrollment_secret`)."""
+    check_device_serial(device.serial)
+    now = authority.clock.now()
+    with write_lock(authority.engine), authority.engine.begin() as conn:
+        authority._insert_devices(conn, [device], now)
+        detail = {"model": device.model, "lot": device.lot}
+        audit.append(conn, [audit.Event("device.create", device.serial, actor, "ok", detail)], now)
 
 
 def create_enrollment_secret(

@@ -15,11 +15,11 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import Engine, insert, make_url
 
 from devid.authority import credential_key, token_keys
-from devid.authority.core import Authority, IssuingCA
+from devid.authority.core import AUDIT_KEY_NAME, Authority, IssuingCA
 from devid.authority.credential_key import CredentialKey
 from devid.authority.policy import DEFAULT_LABELS, LabelPolicy
 from devid.clock import Clock, SystemClock
-from devid.config import Config, Home, Pkcs11Settings, check_new_passphrase
+from devid.config import Config, Home, Pkcs11Settings, check_new_passphrase, refuse_non_directory
 from devid.errors import ConfigError, ConflictError, NotFoundError
 from devid.keys.base import KeyStore, SecretKey
 from devid.keys.software import SoftwareKeyStore
@@ -75,6 +75,7 @@ def init_home(
     The home folder is made 0700 and an SQLite database 0600 whatever the umask (SQLite gives its
     -wal and -shm files the database's mode)."""
     clock = clock or SystemClock()
+    refuse_non_directory(path)
     check_new_passphrase(passphrase)
     if (path / "devid.toml").exists():
         raise ConflictError("home-exists", f"{path} is already a devid home; nothing was changed")
@@ -175,6 +176,7 @@ def _create_hierarchy(engine: Engine, keystore: KeyStore, home: Home, clock: Clo
                 {"role": role, "serial": serial_hex(serial), "key_backend": keystore.backend},
             )
         )
+    keystore.generate(home.config.key_prefix + AUDIT_KEY_NAME)  # signs the audit checkpoints
     with engine.begin() as conn:
         conn.execute(insert(repo.cas), rows)
         audit.append(conn, events, now)

@@ -36,6 +36,7 @@ from devid.authority.requests import IssueRequest, NewDevice
 from devid.authority.setup import init_home, open_authority
 from devid.bench import Figure
 from devid.est.client import tls_context
+from devid.fsutil import read_file
 from devid.pki.encoding import cert_pem
 from devid.pki.profiles import ProfileName
 
@@ -387,12 +388,14 @@ def run_remote(
     chain = [
         x509.load_pem_x509_certificate(b)
         for b in re.findall(
-            rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", cert.read_bytes(), re.S
+            rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----",
+            read_file(cert, "client certificate"),
+            re.S,
         )
     ]
-    private = serialization.load_pem_private_key(key.read_bytes(), None)
+    private = serialization.load_pem_private_key(read_file(key, "client key"), None)
     assert isinstance(private, ec.EllipticCurvePrivateKey), "the client key must be EC"
-    contexts = [tls_context(ca_bundle.read_bytes(), chain, private) for _ in range(clients)]
+    contexts = [tls_context(read_file(ca_bundle, "CA bundle"), chain, private) for _ in range(clients)]
     results = []
     for mode in modes:
         run = timed_load(url, contexts, make_csrs(n), mode == "keep-alive", label)

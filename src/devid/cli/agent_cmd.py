@@ -19,7 +19,7 @@ from typing import Annotated
 
 import typer
 
-from devid.cli.common import console
+from devid.cli.common import console, read_file
 from devid.device.agent import SE_PIN_FILE_ENV, DeviceAgent, token_tls
 from devid.errors import ConfigError
 
@@ -69,7 +69,7 @@ def enroll(
 ) -> None:
     """First enrollment: the IDevID proves the device; an LDevID (or session certificate) comes back."""
     agent = _open(device, se_pin_file, tls=True)
-    trust = ca_bundle.read_bytes() if ca_bundle else (device / "chain.pem").read_bytes()
+    trust = read_file(ca_bundle, "CA bundle") if ca_bundle else (device / "chain.pem").read_bytes()
     enrolled = asyncio.run(agent.enroll(server, trust, label))
     console.print(
         f"enrolled {agent.serial}: {enrolled.policy or 'ldevid'} certificate serial "

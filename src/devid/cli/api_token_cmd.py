@@ -13,11 +13,19 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from devid.api import tokens
 from devid.api.roles import Role
-from devid.cli.common import HomeOpt, JsonOpt, PassphraseOpt, authority, console, print_json, store
+from devid.cli.common import (
+    HomeOpt,
+    JsonOpt,
+    PassphraseOpt,
+    authority,
+    console,
+    print_json,
+    print_table,
+    store,
+)
 from devid.clock import SystemClock
 from devid.errors import PolicyError
 from devid.store.engine import reading
@@ -73,16 +81,20 @@ def list_(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         print_json([info.as_json() for info in infos])
         return
-    table = Table("name", "role", "rate/min", "created", "expires", "revoked")
-    for info in infos:
-        row = info.as_json()
-        table.add_row(
-            *(
-                escape(str(row[k] or ""))
-                for k in ("name", "role", "rate_per_minute", "created_at", "expires_at", "revoked_at")
-            )
-        )
-    console.print(table)
+    print_table(
+        ["name", "role", "rate/min", "created", "expires", "revoked"],
+        [
+            {
+                "name": row["name"],
+                "role": row["role"],
+                "rate/min": row["rate_per_minute"],
+                "created": row["created_at"],
+                "expires": row["expires_at"],
+                "revoked": row["revoked_at"],
+            }
+            for row in (info.as_json() for info in infos)
+        ],
+    )
 
 
 @app.command("revoke")

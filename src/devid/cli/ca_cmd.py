@@ -9,9 +9,8 @@ import typer
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from rich.markup import escape
-from rich.table import Table
 
-from devid.cli.common import HomeOpt, JsonOpt, console, print_json, store
+from devid.cli.common import HomeOpt, JsonOpt, console, print_json, print_table, store
 from devid.errors import NotFoundError, PolicyError
 from devid.pki.encoding import fingerprint
 from devid.store import repo
@@ -48,15 +47,10 @@ def list_(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         print_json([{k: v for k, v in r.items() if k != "der"} for r in rows])
         return
-    table = Table("name", "role", "issuer", "subject", "not after")
-    for r in rows:
-        table.add_row(
-            *(
-                escape(str(v))
-                for v in (r["name"], r["role"], r["parent"] or "(self)", r["subject"], r["not_after"])
-            )
-        )
-    console.print(table)
+    print_table(
+        ["name", "role", "issuer", "subject", "serial", "not after"],
+        [{**r, "issuer": r["parent"] or "(self)"} for r in rows],
+    )
 
 
 @app.command("show")

@@ -9,10 +9,20 @@ import typer
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from rich.markup import escape
-from rich.table import Table
 
 from devid.authority.requests import NewDevice
-from devid.cli.common import HomeOpt, JsonOpt, PassphraseOpt, authority, console, print_json, store
+from devid.cli.common import (
+    HomeOpt,
+    JsonOpt,
+    PassphraseOpt,
+    authority,
+    console,
+    print_json,
+    print_one,
+    print_table,
+    read_file,
+    store,
+)
 from devid.errors import NotFoundError, PolicyError
 from devid.pki.der import hardware_module_names
 from devid.pki.profiles import ProfileName
@@ -46,10 +56,7 @@ def issue(
     name = ISSUABLE[profile]
     if name in (ProfileName.IDEVID, ProfileName.LDEVID) and not device_serial:
         raise PolicyError("device-required", f"--profile {profile} needs --device-serial")
-    try:
-        data = csr.read_bytes()
-    except OSError as exc:
-        raise NotFoundError("csr-file", f"cannot read CSR file {csr}: {exc.strerror}") from None
+    data = read_file(csr, "CSR")
     auth = authority(home, passphrase_file)
     issued = auth.issue_csr(
         data,
@@ -101,11 +108,7 @@ def show(
                 f"{h.hw_type}:{h.hw_serial.decode(errors='replace')}" for h in hardware_module_names(cert)
             ],
         }
-        if as_json:
-            print_json([info])
-        else:
-            for key, value in info.items():
-                console.print(f"[bold]{key:>22}[/]  {escape(str(value))}", highlight=False)
+        print_one(info, as_json)
 
 
 @app.command("list")
@@ -126,20 +129,19 @@ def list_(
     if as_json:
         print_json([dict(r._mapping) for r in rows])
         return
-    table = Table("id", "serial", "profile", "issuer", "device", "not after", "status")
-    for r in rows:
-        table.add_row(
-            *(
-                escape(str(v))
-                for v in (
-                    r.id,
-                    r.serial,
-                    r.profile,
-                    r.issuer_name,
-                    r.device_serial or "",
-                    r.not_after.isoformat(),
-                    r.status,
-                )
-            )
-        )
-    console.print(table)
+    columns = ["id", "serial", "profile", "issuer", "device", "not after", "status"]
+    print_table(
+        columns,
+        [
+            {
+                "id": r.id,
+                "serial": r.serial,
+                "profile": r.profile,
+                "issuer": r.issuer_name,
+                "device": r.device_serial,
+                "not_after": r.not_after.isoformat(),
+                "status": r.status,
+            }
+            for r in rows
+        ],
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -13,12 +14,15 @@ from rich.table import Table
 from sqlalchemy import Engine
 
 from devid.config import Home, default_home, resolve_passphrase
-from devid.errors import NotFoundError
+from devid.errors import KeyAccessError
+from devid.fsutil import read_file
 from devid.store.engine import make_engine
 from devid.store.schema import check_schema
 
 if TYPE_CHECKING:  # the authority (keys, policy, signing) is imported only by commands that open it
     from devid.authority.core import Authority
+
+__all__ = ["read_file"]  # every command reads the files it is given through this one bounded reader
 
 # soft_wrap: a line is never folded at the terminal width (80 columns when piped), so a path, a
 # serial or an error message stays whole for the person copying it and the script reading it.
@@ -50,10 +54,23 @@ def load_home(home: Path | None) -> Home:
 
 
 def authority(home: Path | None, passphrase_file: Path | None) -> Authority:
+    """The home's authority; when the command ends, the audit events it added are anchored by a
+    signed checkpoint (nothing is signed if it added none)."""
     from devid.authority.setup import open_authority
 
     passphrase = resolve_passphrase(passphrase_file)
-    return open_authority(load_home(home), passphrase)
+    opened = open_authority(load_home(home), passphrase)
+    atexit.register(_checkpoint_at_exit, opened)
+    return opened
+
+
+def _checkpoint_at_exit(opened: Authority) -> None:
+    try:
+        opened.checkpoint_audit()
+    except KeyAccessError:
+        pass  # a wrong passphrase or PIN: the command has already said so, and nothing can be signed
+    except Exception as exc:  # the command's own outcome stands; say why the chain stays unanchored
+        err_console.print(f"warning: audit checkpoint not written: {escape(str(exc))}", highlight=False)
 
 
 def store(home: Path | None) -> Engine:
@@ -68,18 +85,13 @@ def print_json(rows: list[dict[str, Any]]) -> None:
         print(json.dumps(row, default=str))
 
 
-def read_file(path: Path, what: str) -> bytes:
-    """A file named on the command line; one that cannot be read is reported by name, not traced."""
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise NotFoundError(f"{what}-file", f"cannot read {what} file {path}: {exc.strerror}") from None
-
-
 def shown(value: Any) -> str:
-    """A value as a person reads it in a table or a record: JSON for structures, blank for None."""
+    """A value as a person reads it in a table or a record: a list of plain values comma-separated,
+    JSON for other structures, blank for None."""
     if value is None:
         return ""
+    if isinstance(value, list) and all(isinstance(v, (str, int)) for v in value):
+        return ", ".join(map(str, value))
     if isinstance(value, (dict, list)):
         return json.dumps(value, sort_keys=True)
     if isinstance(value, bool):
@@ -94,17 +106,32 @@ def print_record(info: dict[str, Any]) -> None:
         console.print(f"[bold]{key:>{width}}[/]  {escape(shown(value))}", highlight=False)
 
 
+#: Columns of free text, which fold to fit the terminal. Every other column (serials, fingerprints,
+#: names, paths, states, times) is printed whole on one line, so it can be copied into the next command.
+FOLDING_COLUMNS = frozenset({"subject", "properties", "detail", "last error"})
+
+
 def print_table(columns: list[str], rows: list[dict[str, Any]]) -> None:
-    """Objects as a table of the named columns (a column's key: its name with spaces as `_`)."""
-    cells = [[shown(row.get(c.replace(" ", "_"))) for c in columns] for row in rows]
+    """Objects as a table of the named columns (a column's key: its name with spaces as `_`).
+
+    The table is as wide as its unbreakable columns need, even past the terminal's (80 columns when
+    piped): a serial cut or folded in two cannot be pasted into `cert show`.
+    """
     table = Table()
-    for i, column in enumerate(columns):
-        # Short values (names, serials, states) are never cut; long ones fold rather than vanish.
-        widest = max([len(r[i]) for r in cells] + [len(word) for word in column.split()])
-        table.add_column(column, min_width=min(widest, 24), overflow="fold")
-    for r in cells:
-        table.add_row(*map(escape, r))
-    console.print(table)
+    for column in columns:
+        if column in FOLDING_COLUMNS:
+            table.add_column(column, overflow="fold", min_width=min(len(column), 12) or 1)
+        else:
+            table.add_column(column, no_wrap=True, overflow="ignore")
+    for row in rows:
+        table.add_row(*(escape(shown(row.get(c.replace(" ", "_")))) for c in columns))
+    needed = console.measure(table, options=console.options.update_width(1 << 16)).minimum
+    width = console.width
+    console.width = max(width, needed)
+    try:
+        console.print(table)
+    finally:
+        console.width = width
 
 
 def print_result(info: dict[str, Any], message: str, as_json: bool) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import Annotated
 
@@ -13,11 +14,11 @@ from cryptography import x509
 from cryptography.x509 import verification
 from rich.markup import escape
 
-from devid.authority.setup import init_home
+from devid.authority.setup import init_home, open_authority
 from devid.cli.common import HomeOpt, console
 from devid.cli.factory_cmd import print_summary, run_with_progress
-from devid.config import CONFIG_FILE, Home, resolve_passphrase
-from devid.errors import DevidError
+from devid.config import CONFIG_FILE, Home, default_home, refuse_non_directory, resolve_passphrase
+from devid.errors import ConflictError, DevidError
 from devid.factory.line import RunSpec, next_serials
 from devid.factory.secure_elements import SecureElementSpec
 from devid.factory.station import IDEVID_FILE, LineInfo
@@ -25,6 +26,8 @@ from devid.pki.encoding import load_certificates
 from devid.sim.onboarding import onboard, onboard_contract_fleet
 
 DEMO_PASSPHRASE_FILE = "demo-passphrase"
+#: The organisation of a demo home: `--fresh` deletes a home only if it is one.
+DEMO_ORG = "devid demo"
 
 
 class DemoFailed(DevidError):
@@ -68,18 +71,36 @@ def demo(
     contract_devices: Annotated[
         int, typer.Option("--contract-devices", min=1, help="devices of the contract manufacturer")
     ] = 200,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="delete the home of an earlier demo run first")
+    ] = False,
 ) -> None:
-    """Init a home if needed, run the factory, verify every IDevID, print a summary."""
-    path = (home or Path(os.environ.get("DEVID_HOME") or "devid-home")).resolve()
+    """Make a new home, run the factory, verify every IDevID, enroll over EST, print a summary.
+
+    The demo always starts from a new home: it refuses a home that exists (its figures would mix
+    with the earlier run's devices) unless --fresh, which deletes an earlier demo's home first.
+    """
+    path = (home or default_home()).resolve()
+    refuse_non_directory(path)
+    if (path / CONFIG_FILE).exists():
+        if not fresh:
+            raise ConflictError(
+                "demo-home-exists",
+                f"{path} already holds a devid home; the demo starts from a new one: pass --fresh to "
+                "delete an earlier demo's home and start again, or --home NEW_FOLDER",
+            )
+        if Home.load(path).config.org != DEMO_ORG:
+            raise ConflictError(
+                "demo-home-not-demo", f"{path} is not a home the demo made; --fresh deletes only those"
+            )
+        shutil.rmtree(path)
+        console.print(f"[bold]0. fresh[/]: deleted the earlier demo home {escape(str(path))}")
     passphrase = _passphrase(path)
-    if not (path / CONFIG_FILE).exists():
-        init_home(path, org="devid demo", passphrase=passphrase)
-        console.print(
-            f"[bold]1. init[/]: new home {escape(str(path))} with root, manufacturing, operational CAs and "
-            "OCSP signers (P-256, encrypted at rest, SQLite store)"
-        )
-    else:
-        console.print(f"[bold]1. init[/]: using existing home {escape(str(path))}")
+    init_home(path, org=DEMO_ORG, passphrase=passphrase)
+    console.print(
+        f"[bold]1. init[/]: new home {escape(str(path))} with root, manufacturing, operational CAs and "
+        "OCSP signers (P-256, encrypted at rest, SQLite store)"
+    )
     home_obj = Home.load(path)
     out_dir = path / "devices"
     serials = next_serials(home_obj, "DEMO", devices, None)
@@ -125,9 +146,22 @@ def demo(
     )
     if contract.registered != contract_devices or not contract.blocked_when_disabled:
         raise DemoFailed("demo-failed", "fleet onboarding of the contract manufacturer did not complete")
+    anchor = open_authority(home_obj, passphrase).checkpoint_audit()
     console.print(
-        f"[bold green]demo complete[/]: {devices} devices provisioned at {summary.rate:,.0f} devices/s, "
+        f"[bold]6. audit[/]: the chain's {anchor.seq if anchor else 0} events anchored by a checkpoint "
+        "signed with the home's audit key"
+    )
+    console.print(
+        f"[bold green]demo complete[/]: {devices} devices provisioned at {summary.rate:,.0f} devices/s "
+        "(line rate), "
         f"enrolled and partly renewed over EST, {contract_devices} contract devices onboarded; "
         f"try `devid cert list --home {escape(str(path))} --limit 5` or "
-        f"`devid audit verify --home {escape(str(path))}`"
+        f"`devid audit verify --home {escape(str(path))}{_passphrase_hint(path)}`"
     )
+
+
+def _passphrase_hint(path: Path) -> str:
+    """The option a command that opens keys needs on a home whose passphrase the demo made."""
+    if os.environ.get("DEVID_PASSPHRASE"):
+        return ""
+    return f" --passphrase-file {escape(str(path / DEMO_PASSPHRASE_FILE))}"

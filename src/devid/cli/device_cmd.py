@@ -13,6 +13,7 @@ from rich.markup import escape
 from sqlalchemy import Engine
 
 from devid.authority import devices
+from devid.authority.requests import NewDevice
 from devid.cli.common import (
     HomeOpt,
     JsonOpt,
@@ -35,6 +36,22 @@ from devid.store.engine import reading
 app = typer.Typer(help="Manage devices: enrollment secrets, approval, state.", no_args_is_help=True)
 
 
+@app.command("add")
+def add(
+    serial: str,
+    model: Annotated[str | None, typer.Option("--model", help="device model")] = None,
+    lot: Annotated[str | None, typer.Option("--lot", help="production lot")] = None,
+    home: HomeOpt = None,
+    passphrase_file: PassphraseOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Record a device that has no IDevID (ACTIVE, no certificate yet), so that `devid device
+    enroll-secret SERIAL` can give it a secret for HTTP Basic EST enrollment."""
+    auth = authority(home, passphrase_file)
+    devices.add(auth, NewDevice(serial, model=model, lot=lot), "cli")
+    print_result(_device(auth.engine, serial), f"device {serial} added", as_json)
+
+
 @app.command("enroll-secret")
 def enroll_secret(
     serial: str,
@@ -43,11 +60,16 @@ def enroll_secret(
     passphrase_file: PassphraseOpt = None,
 ) -> None:
     """A new single-use secret for HTTP Basic EST enrollment (user = SERIAL). Printed once, alone
-    on the last line; only its hash is stored."""
+    on the last line; only its hash is stored. The device must exist: `devid device add SERIAL`."""
     if ttl_hours <= 0:
         raise PolicyError("secret-ttl", "--ttl-hours must be positive")
     auth = authority(home, passphrase_file)
-    secret = devices.create_enrollment_secret(auth, serial, "cli", timedelta(hours=ttl_hours))
+    try:
+        secret = devices.create_enrollment_secret(auth, serial, "cli", timedelta(hours=ttl_hours))
+    except NotFoundError as exc:
+        raise NotFoundError(
+            exc.code, f"{exc.message}: record it first with `devid device add {serial}`"
+        ) from None
     expires = auth.clock.now() + timedelta(hours=ttl_hours)
     console.print(
         f"enrollment secret for device {escape(serial)} (single use, expires {expires.isoformat()}):",

@@ -12,10 +12,19 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table as RichTable
 from sqlalchemy import select
 
-from devid.cli.common import HomeOpt, JsonOpt, PassphraseOpt, authority, console, print_json, store
+from devid.cli.common import (
+    HomeOpt,
+    JsonOpt,
+    PassphraseOpt,
+    authority,
+    console,
+    print_json,
+    print_table,
+    read_file,
+    store,
+)
 from devid.errors import PolicyError
 from devid.registry import sinks as sink_store
 from devid.registry.delivery import Dispatcher, Settings
@@ -49,10 +58,7 @@ def list_events(
     if as_json:
         print_json([{**r, "event": json.loads(r["event"])} for r in rows])
         return
-    table = RichTable("id", "at", "type", "subject")
-    for r in rows:
-        table.add_row(str(r["id"]), r["at"], escape(r["type"]), escape(r["subject"]))
-    console.print(table)
+    print_table(["id", "at", "type", "subject"], rows)
 
 
 @sink_app.command("add")
@@ -82,7 +88,7 @@ def sink_add(
         raise PolicyError("sink-kind", "give exactly one of --webhook URL or --mqtt URL")
     kind, url = ("webhook", webhook) if webhook is not None else ("mqtt", mqtt)
     assert url is not None
-    secret = secret_file.read_bytes().strip() if secret_file is not None else None
+    secret = read_file(secret_file, "secret").strip() if secret_file is not None else None
     if secret is not None and (kind != "webhook" or len(secret) < 16):
         raise PolicyError("sink-secret", "a signing secret is for webhooks and needs at least 16 bytes")
     auth = authority(home, passphrase_file)
@@ -115,22 +121,9 @@ def sink_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         print_json(rows)
         return
-    table = RichTable(
-        "name", "kind", "url", "topic", "enabled", "cursor", "pending", "failures", "last error"
+    print_table(
+        ["name", "kind", "url", "topic", "enabled", "cursor", "pending", "failures", "last error"], rows
     )
-    for r in rows:
-        table.add_row(
-            escape(r["name"]),
-            r["kind"],
-            escape(r["url"]),
-            escape(r["topic"] or ""),
-            "yes" if r["enabled"] else "no",
-            str(r["cursor"]),
-            str(r["pending"]),
-            str(r["failures"]),
-            escape(r["last_error"] or ""),
-        )
-    console.print(table)
 
 
 @sink_app.command("remove")

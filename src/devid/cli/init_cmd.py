@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from devid.authority.setup import init_home
+from devid.authority.setup import init_home, open_authority
 from devid.cli.common import HomeOpt, PassphraseOpt, console, home_path
 from devid.config import Pkcs11Settings, resolve_passphrase
 from devid.errors import ConfigError
@@ -40,6 +40,7 @@ def init(
     created = init_home(
         path, org=org, passphrase=passphrase, db_url=db, key_backend=key_backend, pkcs11=pkcs11
     )
+    open_authority(created, passphrase).checkpoint_audit()  # the hierarchy's events, anchored
     engine = make_engine(created.config.db_url)
     with reading(engine) as conn:
         names = [row.name for row in repo.all_cas(conn)]

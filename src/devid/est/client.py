@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import re
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,11 +28,21 @@ PKCS10 = "application/pkcs10"
 WELL_KNOWN = "/.well-known/est"
 
 
+_SERVER_CODE = re.compile(r"(?P<message>.*\S)\s*\[(?P<code>[a-z0-9]+(?:-[a-z0-9]+)*)\]\s*", re.DOTALL)
+
+
 class EstError(DevidError):
     """The EST server refused or could not be reached; `status` 0 means no HTTP answer."""
 
     def __init__(self, status: int, reason: str, retry_after: int | None = None) -> None:
-        super().__init__(f"est-{status}" if status else "est-unreachable", reason)
+        # devid's servers end a refusal with its code, `message [code]`: keep that code, so the CLI
+        # prints one code, the server's, instead of the server's inside the message plus est-403.
+        said = _SERVER_CODE.fullmatch(reason)
+        if said:
+            code, reason = said["code"], f"the EST server refused ({status}): {said['message']}"
+        else:
+            code = f"est-{status}" if status else "est-unreachable"
+        super().__init__(code, reason)
         self.status = status
         self.retry_after = retry_after
 

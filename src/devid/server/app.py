@@ -7,9 +7,10 @@ application with `make_app` and run it yourself.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -18,7 +19,7 @@ from aiohttp.typedefs import Handler
 from devid.api.app import ANONYMOUS_RATE, api_application
 from devid.api.routes import PREFIX as API_PREFIX
 from devid.authority.core import Authority
-from devid.errors import ConfigError
+from devid.errors import ConfigError, DevidError
 from devid.est.server import MAX_BODY, EstServer
 from devid.registry.onboarding import Registry
 from devid.server.listener import ConnectionLimits, GuardedSite, request_phases
@@ -101,12 +102,38 @@ def make_app(
     est = EstServer(authority, registry)
     app.add_routes(est.routes())
     app.on_cleanup.append(est.close)
+    app.cleanup_ctx.append(functools.partial(_anchor_audit, authority))
     # The admin API is a sub-application: its JSON errors, bearer tokens and audit apply under
     # /api/v1 only, and EST's answers stay exactly as they were.
     app.add_subapp(API_PREFIX, api_application(authority, anonymous_rate=api_anonymous_rate))
     # The token service reads the client certificate the same way EST does (trusted proxies).
     app.add_routes(token_routes(authority, peer_certificate=peer_certificate))
     return app
+
+
+#: How often a running server signs a checkpoint of the audit chain (when events came since).
+AUDIT_CHECKPOINT_EVERY = 300.0
+
+
+async def _anchor_audit(authority: Authority, _app: web.Application) -> AsyncIterator[None]:
+    """Sign audit checkpoints every few minutes while serving, and once more at shutdown, so the
+    events a server records are anchored without an operator's `devid audit checkpoint`."""
+
+    async def every() -> None:
+        while True:
+            await asyncio.sleep(AUDIT_CHECKPOINT_EVERY)
+            try:
+                await asyncio.to_thread(authority.checkpoint_audit)
+            except DevidError as exc:
+                log.warning("audit checkpoint not written: %s [%s]", exc.message, exc.code)
+
+    task = asyncio.create_task(every())
+    yield
+    task.cancel()
+    try:
+        await asyncio.to_thread(authority.checkpoint_audit)
+    except DevidError as exc:
+        log.warning("audit checkpoint not written at shutdown: %s [%s]", exc.message, exc.code)
 
 
 @dataclass

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from devid.authority.core import ISSUER_OF, Authority
 from devid.authority.requests import IssueRequest
 from devid.errors import ConfigError, DevidError, KeyAccessError
-from devid.fsutil import atomic_write
+from devid.fsutil import atomic_write, read_file
 from devid.keys.software import decrypt_private_key, encrypt_private_key
 from devid.pki.encoding import cert_der, cert_pem, fingerprint, load_certificates
 from devid.pki.profiles import ProfileName, server_names
@@ -218,10 +218,7 @@ def ensure_server_certificate(
 def given_server_certificate(cert_file: Path, key_file: Path) -> ServerCertificate:
     """An operator's own certificate and key (`--tls-cert/--tls-key`); the key may be encrypted
     with the devid passphrase."""
-    try:
-        certs = load_certificates(cert_file.read_bytes())
-    except OSError as exc:
-        raise ConfigError("tls-files", f"cannot read TLS certificate {cert_file}: {exc.strerror}") from None
+    certs = load_certificates(read_file(cert_file, "TLS certificate"))
     if not certs:
         raise ConfigError("tls-files", f"{cert_file} holds no certificate")
     if not key_file.is_file():

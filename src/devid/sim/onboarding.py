@@ -137,7 +137,7 @@ async def onboard_contract_fleet(
         try:
             await register(f"{prefix}-{devices:05d}")
         except EstError as exc:
-            report.blocked_when_disabled = exc.status == 403 and "enrollment-disabled" in exc.message
+            report.blocked_when_disabled = exc.status == 403 and exc.code == "enrollment-disabled"
         enrollments.update(authority, Kind.GROUP, group.name, enabled=True, actor="demo")
     finally:
         await server.stop()

@@ -149,6 +149,24 @@ audit_events = Table(
     Column("detail", Text, nullable=False),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+    # `devid audit list --since T --action A`: each filter walks an index, never the whole log.
+    Index("ix_audit_events_at", "at"),
+    Index("ix_audit_events_action_seq", "action", "seq"),
+)
+
+
+#: A signed anchor of the chain: event `seq` had hash `hash` at `at`, signed by the audit key
+#: (beside the CA keys: the passphrase-sealed files or the HSM), so the database alone cannot
+#: rewrite the chain and its checkpoints together.
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("key_label", String(128), nullable=False),
+    Column("signature", LargeBinary, nullable=False),
 )
 
 
