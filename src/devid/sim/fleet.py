@@ -120,11 +120,21 @@ async def simulate(
     return report
 
 
-def _memory_dir() -> str | None:
-    """Where the throw-away home and device folders go: in memory (tmpfs) where the machine has one,
-    since thousands of small atomic writes cost several times more CPU on a journaling filesystem."""
-    shm = Path("/dev/shm")
-    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK) else None
+#: Room one simulated device takes in the throw-away home (folder, store rows): ~32 KiB, doubled.
+DEVICE_FOOTPRINT = 64 * 1024
+SHARED_MEMORY = "/dev/shm"
+
+
+def _memory_dir(devices: int) -> str | None:
+    """Where the throw-away home and device folders go: in memory (tmpfs) where the machine has one
+    with room for `devices` (a container's is often 64 MB), since thousands of small atomic writes
+    cost several times more CPU on a journaling filesystem; else the default temporary directory."""
+    try:
+        fs = os.statvfs(SHARED_MEMORY)
+    except OSError:
+        return None
+    roomy = fs.f_bavail * fs.f_frsize >= devices * DEVICE_FOOTPRINT
+    return SHARED_MEMORY if roomy and os.access(SHARED_MEMORY, os.W_OK | os.X_OK) else None
 
 
 async def run_fleet(
@@ -138,10 +148,10 @@ async def run_fleet(
 ) -> list[FleetReport]:
     """Provision `devices` per label in a throw-away home, serve EST on loopback, simulate each label.
     `progress(label, day)` reports each simulated day (see `simulate`)."""
-    with tempfile.TemporaryDirectory(prefix="devid-sim-", dir=_memory_dir()) as tmp:
+    total = devices * len(labels)
+    with tempfile.TemporaryDirectory(prefix="devid-sim-", dir=_memory_dir(total)) as tmp:
         base = workdir or Path(tmp)
         home = init_home(base / "home", org="devid sim", passphrase=PASSPHRASE)
-        total = devices * len(labels)
         serials = next_serials(home, "SIM", total, 1)
         spec = RunSpec(
             home.path.resolve(),
