@@ -39,6 +39,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         with running_server(authority, work / "server", api_anonymous_rate=100_000) as server:
             session = requests.Session()
             session.verify = str(server.root_pem)
+            # Loopback only: no proxy or .netrc from the environment (requests would otherwise read
+            # both on each of the thousands of generated requests).
+            session.trust_env = False
             document = session.get(f"{server.url}/api/v1/openapi.json", verify=session.verify).json()
             yield {"url": server.url, "token": token, "session": session, "document": document}
     finally:

@@ -2,7 +2,7 @@
 devid's EST server over real TLS on loopback, time moved a day at a time on one shared clock.
 
 The first test is the issue's acceptance test: 1,000 devices under `short-lived` survive 90 days
-offline. It takes about a minute on the 2-core reference machine; it is marked `slow` so that it
+offline. It takes about half a minute on the 2-core reference machine; it is marked `slow` so that it
 can be deselected (`-m "not slow"`) while iterating, but it runs by default."""
 
 from __future__ import annotations

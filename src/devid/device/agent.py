@@ -114,6 +114,7 @@ class DeviceAgent:
         self.directory = directory
         self.durable = durable
         self._contexts: dict[tuple[int, str], ssl.SSLContext] = {}
+        self._ldevid: tuple[tuple[int, int, int], list[x509.Certificate]] | None = None
         self.se = se
         self.tls_key = tls_key
         self.state = state
@@ -206,8 +207,17 @@ class DeviceAgent:
         s.note(self.clock.now(), f"adopted certificate serial {cert.serial_number:x} found installed")
 
     def ldevid(self) -> list[x509.Certificate] | None:
+        """The installed LDevID chain. Every check-in asks, and it changes only at enrollment: parsed
+        again only when the file is another (inode, mtime, size), e.g. written by another process."""
         path = self.directory / LDEVID_FILE
-        return load_certificates(path.read_bytes()) if path.exists() else None
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        version = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if self._ldevid is None or self._ldevid[0] != version:
+            self._ldevid = (version, load_certificates(path.read_bytes()))
+        return list(self._ldevid[1])
 
     # --- protocol -------------------------------------------------------------------------------
 
