@@ -33,7 +33,7 @@ from devid.authority.core import Authority
 from devid.authority.enroll import AuthenticationRequired
 from devid.errors import ConflictError, DevidError, NotFoundError, PolicyError
 from devid.store import audit
-from devid.store.engine import reading
+from devid.store.engine import reading, writing
 from devid.web.errors import status_for
 from devid.web.peer import peer_address
 
@@ -215,7 +215,7 @@ class ApiServer:
         if status >= 400 and isinstance(body, dict) and "error" in body:
             detail["error"] = body["error"]["code"]
         now = self.authority.clock.now()
-        with self.authority.engine.begin() as conn:
+        with writing(self.authority.engine) as conn:
             audit.append(
                 conn, [audit.Event(action, path, actor, "ok" if status < 400 else "refused", detail)], now
             )

@@ -23,6 +23,7 @@ from devid.api.roles import Role
 from devid.authority.enroll import AuthenticationRequired
 from devid.errors import ConflictError, NotFoundError, PolicyError
 from devid.store import audit
+from devid.store.engine import writing
 from devid.store.models import ApiToken
 
 tokens = cast(Table, ApiToken.__table__)
@@ -102,7 +103,7 @@ def create(
     if expires_at is not None and expires_at <= now:
         raise PolicyError("request-token-expiry", "a token's expiry must be in the future")
     token = PREFIX + secrets.token_urlsafe(32)
-    with engine.begin() as conn:
+    with writing(engine) as conn:
         if conn.execute(select(tokens.c.id).where(tokens.c.name == name)).first() is not None:
             raise ConflictError("token-exists", f"an API token named {name!r} already exists")
         conn.execute(
@@ -123,7 +124,7 @@ def create(
 
 def revoke(engine: Engine, name: str, now: datetime, *, actor: str = "cli") -> TokenInfo:
     """Revoke `name` at once; a token already revoked is a ConflictError (its time stays the first)."""
-    with engine.begin() as conn:
+    with writing(engine) as conn:
         row = conn.execute(select(tokens).where(tokens.c.name == name)).first()
         if row is None:
             raise NotFoundError("unknown-token", f"no API token named {name!r}")

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import Connection, Engine, insert, update
 from sqlalchemy.exc import IntegrityError
 
+from devid.authority import device_records
 from devid.authority.policy import DEFAULT_LABELS, LabelPolicy
 from devid.authority.requests import Issued, IssueRequest, NewDevice, check_device_serial
 from devid.clock import Clock, SystemClock
@@ -27,6 +28,7 @@ from devid.errors import ConflictError, DevidError, NotFoundError, PolicyError
 from devid.keys.base import KeyStore
 from devid.pki.csr import load_and_check_csr
 from devid.pki.der import HardwareModuleName
+from devid.pki.encoding import public_key_fingerprint
 from devid.pki.keypolicy import require_p256
 from devid.pki.profiles import (
     CLOCK_SKEW,
@@ -41,7 +43,8 @@ from devid.pki.profiles import (
 )
 from devid.pki.serials import random_serial, serial_hex
 from devid.store import audit, repo
-from devid.store.engine import write_lock
+from devid.store.engine import writing
+from devid.store.states import CertificateStatus, DeviceState
 
 #: Which CA signs which profile.
 ISSUER_OF: dict[ProfileName, str] = {
@@ -227,7 +230,7 @@ class Authority:
                     },
                 )
             )
-        with write_lock(self.engine), self.engine.begin() as conn:
+        with writing(self.engine) as conn:
             for req in requests:
                 if req.prepare is not None:
                     req.prepare(conn, now)
@@ -239,6 +242,11 @@ class Authority:
                 known.update(self._insert_devices(conn, new_devices, now))
             for item, row in zip(issued, rows, strict=True):
                 row["device_id"] = known[item.device_serial] if item.device_serial else None
+            self._check_keys_unshared(conn, rows)
+            held = [
+                (row, a) for req, row, a in zip(requests, rows, actors, strict=True) if req.supersedes_held
+            ]
+            self._supersede_held(conn, held, now)
             try:
                 conn.execute(_INSERT_CERTIFICATES, rows)
             except IntegrityError as exc:
@@ -255,7 +263,7 @@ class Authority:
             if serial not in states:
                 raise NotFoundError("unknown-device", f"no device with serial {serial!r}")
             state = states[serial][1]
-            if state != "ACTIVE":
+            if state != DeviceState.ACTIVE:
                 raise PolicyError(
                     "device-not-active", f"device {serial!r} is {state}: no certificate is issued to it"
                 )
@@ -270,17 +278,57 @@ class Authority:
             row = repo.certificate_by_fingerprint(conn, fp)
             if row is None:
                 raise NotFoundError("unknown-certificate", f"no certificate with fingerprint {fp}")
-            if row.status != "valid":
+            if row.status != CertificateStatus.VALID:
                 raise PolicyError(f"certificate-{row.status}", f"certificate {row.serial} is {row.status}")
         certs = repo.certificates
         conn.execute(
             update(certs)
             .where(certs.c.fingerprint.in_(fingerprints))
-            .values(status="superseded", status_at=now)
+            .values(status=CertificateStatus.SUPERSEDED, status_at=now)
         )
         audit.append(
             conn, [audit.Event("certificate.supersede", fp, actor) for fp, actor in superseding], now
         )
+
+    def _check_keys_unshared(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """Refuse a public key certified (now or before, in any state) for another device, or for
+        no device when this certificate is a device's, and the reverse: one key, one holder. The
+        same device may certify its key again (a renewal that keeps its key)."""
+        holders: dict[str, int | None] = {}
+        for row in rows:
+            holders.setdefault(row["public_key_fingerprint"], row["device_id"])
+        on_record = repo.public_key_holders(conn, list(holders))
+        for row in rows:
+            fp, device_id = row["public_key_fingerprint"], row["device_id"]
+            others = {holders[fp], *on_record.get(fp, ())} - {device_id}
+            if others:
+                raise PolicyError(
+                    "public-key-in-use",
+                    "this public key is already certified for another device: every device needs its own key",
+                )
+
+    def _supersede_held(
+        self, conn: Connection, held: list[tuple[dict[str, Any], str]], now: datetime
+    ) -> None:
+        """Supersede the valid certificates the devices hold of the profiles being issued."""
+        for row, actor in held:
+            fingerprints = repo.valid_certificates_of(conn, row["device_id"], row["profile"])
+            if not fingerprints:
+                continue
+            certs = repo.certificates
+            conn.execute(
+                update(certs)
+                .where(certs.c.fingerprint.in_(fingerprints))
+                .values(status=CertificateStatus.SUPERSEDED, status_at=now)
+            )
+            audit.append(
+                conn,
+                [
+                    audit.Event("certificate.supersede", fp, actor, "ok", {"by": row["fingerprint"]})
+                    for fp in fingerprints
+                ],
+                now,
+            )
 
     def _check(self, req: IssueRequest) -> None:
         require_p256(req.public_key)
@@ -315,18 +363,16 @@ class Authority:
                 "model": d.model,
                 "lot": d.lot,
                 "line": d.line,
-                "state": "ACTIVE",
+                "state": DeviceState.ACTIVE,
                 "se_backend": d.se_backend,
                 "directory": d.directory,
-                "created_at": now,
-                "updated_at": now,
             }
             for d in devices
         ]
         try:
             # A plain executemany and one indexed read back: RETURNING with ordered rows makes
             # SQLite's dialect insert row by row.
-            conn.execute(insert(repo.devices), rows)
+            device_records.create(conn, rows, now)
         except IntegrityError:
             raise ConflictError(
                 "duplicate-device", "a device serial in this batch already exists: not issued twice"
@@ -370,7 +416,8 @@ class Authority:
             "not_before": now - CLOCK_SKEW,
             "not_after": profile.not_after(now, ca.certificate.not_valid_after_utc),
             "fingerprint": fp,
-            "status": "valid",
+            "public_key_fingerprint": public_key_fingerprint(req.public_key),
+            "status": CertificateStatus.VALID,
             "der": der,
             "created_at": now,
         }
@@ -385,5 +432,5 @@ class Authority:
         event = audit.Event(
             action, subject, actor, "refused", {"code": error.code, "reason": error.message, **(detail or {})}
         )
-        with self.engine.begin() as conn:
+        with writing(self.engine) as conn:
             audit.append(conn, [event], self.clock.now())

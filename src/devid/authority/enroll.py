@@ -35,6 +35,7 @@ from devid.pki.csr import load_and_check_csr, load_csr
 from devid.pki.profiles import ProfileName
 from devid.store import repo
 from devid.store.engine import reading
+from devid.store.states import CertificateStatus, DeviceState
 
 #: Profiles a device may authenticate with.
 CLIENT_PROFILES = (ProfileName.IDEVID, ProfileName.LDEVID, ProfileName.SESSION)
@@ -265,7 +266,7 @@ def check_current(authority: Authority, client: ClientCertificate) -> None:
     ca = authority.cas[client.issuer].certificate
     if not ca.not_valid_before_utc <= now <= ca.not_valid_after_utc:
         raise PolicyError("client-cert-issuer-expired", f"the CA that issued the {what} is not valid now")
-    if client.status != "valid":
+    if client.status != CertificateStatus.VALID:
         raise PolicyError(f"client-cert-{client.status}", f"{what} is {client.status}")
 
 
@@ -298,13 +299,13 @@ def has_operational_identity(authority: Authority, serial: str, profile: Profile
 
 
 def _require_active(serial: str, state: str) -> None:
-    if state == "PENDING_ACTIVATION":
+    if state == DeviceState.PENDING_ACTIVATION:
         raise PolicyError(
             "device-pending-activation",
             f"device {serial!r} is registered and PENDING_ACTIVATION: an operator must activate it "
             f"(`devid device activate {serial}`) before it is issued a certificate",
         )
-    if state != "ACTIVE":
+    if state != DeviceState.ACTIVE:
         raise PolicyError(
             "device-not-active", f"device {serial!r} is {state}: no certificate is issued to it"
         )
@@ -552,6 +553,7 @@ def _enroll_with_certificate(
         device_serial=serial,
         lifetime=policy.lifetime,
         supersedes=supersedes,
+        supersedes_held=client.profile is ProfileName.IDEVID and policy.profile is ProfileName.LDEVID,
         prepare=admission.prepare,
     )
     return Decision(policy, serial, request, private_key, admission.assignment)

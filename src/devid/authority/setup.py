@@ -24,7 +24,7 @@ from devid.keys.software import Sealer, SoftwareKeyStore
 from devid.pki.profiles import PROFILES, ProfileName, Template, ca_subject, self_signed_template
 from devid.pki.serials import random_serial, serial_hex
 from devid.store import audit, repo
-from devid.store.engine import check_schema, make_engine, migrate, reading
+from devid.store.engine import check_schema, make_engine, migrate, reading, writing
 
 #: The hierarchy `devid init` creates: (name, role, parent, profile, common name suffix).
 HIERARCHY = (
@@ -158,7 +158,7 @@ def _create_hierarchy(engine: Engine, keystore: KeyStore, home: Home, clock: Clo
                 {"role": role, "serial": serial_hex(serial), "key_backend": keystore.backend},
             )
         )
-    with engine.begin() as conn:
+    with writing(engine) as conn:
         conn.execute(insert(repo.cas), rows)
         audit.append(conn, events, now)
 

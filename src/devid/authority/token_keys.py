@@ -45,6 +45,7 @@ from devid.keys.base import KeyStore
 from devid.pki.keypolicy import require_p256
 from devid.pki.profiles import CLOCK_SKEW
 from devid.store import audit
+from devid.store.engine import writing
 
 #: No session token lives longer than this, whatever the policy says.
 MAX_TOKEN_LIFETIME = timedelta(hours=1)
@@ -310,7 +311,7 @@ class TokenKeyring:
             os.close(fd)
 
     def _audit(self, action: str, subject: str, actor: str, detail: dict[str, Any], at: datetime) -> None:
-        with self.engine.begin() as conn:
+        with writing(self.engine) as conn:
             audit.append(conn, [audit.Event(action, subject, actor, "ok", detail)], at)
 
 

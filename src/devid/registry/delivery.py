@@ -29,7 +29,7 @@ from sqlalchemy import Engine, Table, case, event, select, update
 
 from devid.registry.sinks import Sink, list_sinks
 from devid.registry.transports import DeliveryError, Mqtt, Outgoing, Transport, Webhook
-from devid.store.engine import reading
+from devid.store.engine import reading, writing
 from devid.store.models import EventRecord, EventSink
 from devid.store.outbox import EMITTED
 
@@ -103,7 +103,7 @@ def _record(engine: Engine, sink_id: int, delivered_to: int | None, error: str |
     )
     if delivered_to is not None:
         values["cursor"] = case((_sinks.c.cursor < delivered_to, delivered_to), else_=_sinks.c.cursor)
-    with engine.begin() as conn:
+    with writing(engine) as conn:
         conn.execute(update(_sinks).where(_sinks.c.id == sink_id).values(**values))
 
 

@@ -17,6 +17,7 @@ from devid.errors import ConflictError, NotFoundError, PolicyError
 from devid.registry import generation
 from devid.registry.transports import check_mqtt_url, check_topic, check_webhook_url, redact
 from devid.store import audit
+from devid.store.engine import writing
 from devid.store.models import EventRecord, EventSink
 
 sinks = cast(Table, EventSink.__table__)
@@ -118,7 +119,7 @@ def add(
     """A new enabled sink. It receives events emitted from now on, or every event still in the
     outbox when `from_start`."""
     _check(name, kind, url, topic)
-    with engine.begin() as conn:
+    with writing(engine) as conn:
         if conn.execute(select(sinks.c.id).where(sinks.c.name == name)).first() is not None:
             raise ConflictError("sink-exists", f"an event sink named {name!r} exists")
         cursor = 0 if from_start else last_event_id(conn)
@@ -150,7 +151,7 @@ def _existing(conn: Connection, name: str) -> Row[Any]:
 
 
 def remove(engine: Engine, name: str, *, actor: str, now: datetime) -> None:
-    with engine.begin() as conn:
+    with writing(engine) as conn:
         row = _existing(conn, name)
         conn.execute(delete(sinks).where(sinks.c.id == row.id))
         generation.bump(conn)
@@ -160,7 +161,7 @@ def remove(engine: Engine, name: str, *, actor: str, now: datetime) -> None:
 
 def set_enabled(engine: Engine, name: str, enabled: bool, *, actor: str, now: datetime) -> None:
     """A disabled sink keeps its cursor: enabled again, it resumes where it stopped."""
-    with engine.begin() as conn:
+    with writing(engine) as conn:
         row = _existing(conn, name)
         conn.execute(update(sinks).where(sinks.c.id == row.id).values(enabled=enabled))
         generation.bump(conn)

@@ -1,8 +1,9 @@
-"""Tables. Every request-path lookup has an index: serial, device, expiry, fingerprint.
+"""Tables. Every request-path lookup has an index: serial, device, expiry, fingerprint, public key.
 
 Each index is a B-tree every issuance writes to, so there are no more than the lookups need:
-audit events are read in `seq` order (which is time order), and profile filters ride on the
-device or id order of a listing.
+audit events are read in `seq` order (which is time order); a filtered listing (devices by state,
+hub or manufacturer, certificates by profile) has a (filter, id) index that serves its filter and
+its keyset order at once, so no listing or count scans a table at 10M rows.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from devid.store.states import CertificateStatus, DeviceState
 
 #: SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -69,14 +72,20 @@ class CertificateAuthority(Base):
 
 class Device(Base):
     __tablename__ = "devices"
-    __table_args__ = (Index("ix_devices_idevid_fingerprint", "idevid_fingerprint"),)
+    __table_args__ = (
+        Index("ix_devices_idevid_fingerprint", "idevid_fingerprint"),
+        # Filtered listings page in id order: (filter, id) answers both without a scan.
+        Index("ix_devices_state_id", "state", "id"),
+        Index("ix_devices_hub_id", "hub_id", "id"),
+        Index("ix_devices_manufacturer_id", "manufacturer_id", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     serial: Mapped[str] = mapped_column(String(128), unique=True)
     model: Mapped[str | None] = mapped_column(String(128))
     lot: Mapped[str | None] = mapped_column(String(128))
     line: Mapped[str | None] = mapped_column(String(128))
-    state: Mapped[str] = mapped_column(String(32), default="ACTIVE")
+    state: Mapped[str] = mapped_column(String(32), default=DeviceState.ACTIVE)
     se_backend: Mapped[str | None] = mapped_column(String(16))
     directory: Mapped[str | None] = mapped_column(String(1024))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -103,6 +112,8 @@ class Certificate(Base):
         UniqueConstraint("serial", "issuer_id", name="uq_certificates_serial_issuer"),
         Index("ix_certificates_device", "device_id"),
         Index("ix_certificates_not_after", "not_after"),
+        Index("ix_certificates_profile_id", "profile", "id"),
+        Index("ix_certificates_public_key", "public_key_fingerprint"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -114,7 +125,9 @@ class Certificate(Base):
     not_before: Mapped[datetime] = mapped_column(UTCDateTime())
     not_after: Mapped[datetime] = mapped_column(UTCDateTime())
     fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
-    status: Mapped[str] = mapped_column(String(16), default="valid")
+    #: SHA-256 of the certified SubjectPublicKeyInfo (DER): one key, one device.
+    public_key_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default=CertificateStatus.VALID)
     status_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     der: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -263,6 +276,24 @@ class RegistryState(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     generation: Mapped[int] = mapped_column(BigInteger)
+
+
+class TokenKey(Base):
+    """A session-token signing key, shared by every host on the store. A software key is stored
+    here encrypted under the home passphrase (as the CA keys are in the keystore); a PKCS#11 key
+    stays in its token and only its label is recorded. `is_current` is TRUE for the one key that
+    signs and NULL for retired ones: the unique constraint admits one current key."""
+
+    __tablename__ = "token_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    label: Mapped[str] = mapped_column(String(128), unique=True)
+    kid: Mapped[str] = mapped_column(String(64), unique=True)
+    backend: Mapped[str] = mapped_column(String(16))
+    encrypted_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    is_current: Mapped[bool | None] = mapped_column(Boolean, unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class EventRecord(Base):

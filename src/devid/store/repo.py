@@ -10,6 +10,7 @@ from sqlalchemy import Connection, Row, Table, bindparam, func, select
 
 from devid.store.models import Certificate as CertRow
 from devid.store.models import CertificateAuthority, Device, Enrollment, EnrollmentSecret, Hub, Manufacturer
+from devid.store.states import CertificateStatus
 
 certificates = cast(Table, CertRow.__table__)
 devices = cast(Table, Device.__table__)
@@ -29,7 +30,18 @@ _CERT_BY_FINGERPRINT = (
     .outerjoin(devices, devices.c.id == certificates.c.device_id)
     .where(certificates.c.fingerprint == bindparam("fp"))
 )
+_KEY_HOLDERS = (
+    select(certificates.c.public_key_fingerprint, certificates.c.device_id)
+    .where(certificates.c.public_key_fingerprint.in_(bindparam("fps", expanding=True)))
+    .distinct()
+)
+_VALID_OF_DEVICE = select(certificates.c.fingerprint).where(
+    certificates.c.device_id == bindparam("device_id"),
+    certificates.c.profile == bindparam("profile"),
+    certificates.c.status == CertificateStatus.VALID,
+)
 _DEVICE_BY_SERIAL = select(devices).where(devices.c.serial == bindparam("serial"))
+_DEVICES_ON_HUB = select(func.count()).select_from(devices).where(devices.c.hub_id == bindparam("hub_id"))
 
 
 def device_states(conn: Connection, serials: Iterable[str]) -> dict[str, tuple[int, str]]:
@@ -49,6 +61,21 @@ def device_ids(conn: Connection, serials: Iterable[str]) -> dict[str, int]:
 
 def certificate_by_fingerprint(conn: Connection, fp: str) -> Row[Any] | None:
     return conn.execute(_CERT_BY_FINGERPRINT, {"fp": fp}).first()
+
+
+def public_key_holders(conn: Connection, fingerprints: Sequence[str]) -> dict[str, set[int | None]]:
+    """For each public-key fingerprint on record, the devices (None: no device) it is certified for."""
+    found: dict[str, set[int | None]] = {}
+    for start in range(0, len(fingerprints), 500):
+        rows = conn.execute(_KEY_HOLDERS, {"fps": fingerprints[start : start + 500]})
+        for fp, device_id in rows:
+            found.setdefault(fp, set()).add(device_id)
+    return found
+
+
+def valid_certificates_of(conn: Connection, device_id: int, profile: str) -> list[str]:
+    """Fingerprints of the device's valid certificates of `profile`."""
+    return list(conn.execute(_VALID_OF_DEVICE, {"device_id": device_id, "profile": profile}).scalars())
 
 
 def device_by_serial(conn: Connection, serial: str) -> Row[Any] | None:
@@ -83,15 +110,28 @@ def list_devices(
     after_id: int = 0,
     limit: int = 100,
 ) -> Sequence[Row[Any]]:
-    """A page of devices in creation order (as `device_view`), optionally filtered."""
+    """A page of devices in creation order (as `device_view`), optionally filtered.
+
+    Each filter is on a devices column with a (column, id) index (a hub or manufacturer name is
+    resolved to its id first), so a page reads its rows in index order and stops: no scan.
+    """
     query = _DEVICE_VIEW.where(devices.c.id > after_id).order_by(devices.c.id).limit(limit)
     if state:
         query = query.where(devices.c.state == state)
     if hub is not None:
-        query = query.where(_hubs.c.name == hub)
+        query = query.where(devices.c.hub_id == _id_named(_hubs, hub))
     if manufacturer is not None:
-        query = query.where(_manufacturers.c.name == manufacturer)
+        query = query.where(devices.c.manufacturer_id == _id_named(_manufacturers, manufacturer))
     return conn.execute(query).all()
+
+
+def _id_named(table: Table, name: str) -> Any:
+    return select(table.c.id).where(table.c.name == name).scalar_subquery()
+
+
+def devices_on_hub(conn: Connection, hub_id: int) -> int:
+    """How many devices are allocated to a hub (counted on the (hub_id, id) index)."""
+    return int(conn.execute(_DEVICES_ON_HUB, {"hub_id": hub_id}).scalar_one())
 
 
 def certificates_by_serial(conn: Connection, serial_hex: str) -> Sequence[Row[Any]]:

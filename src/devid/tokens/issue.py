@@ -27,6 +27,8 @@ from sqlalchemy import Connection
 from devid.authority.core import Authority
 from devid.authority.token_keys import MAX_TOKEN_LIFETIME, SigningKey, b64url, token_keyring
 from devid.store import audit, repo
+from devid.store.engine import writing
+from devid.store.states import CertificateStatus, DeviceState
 from devid.tokens.claims import TokenClaims, b64url_decode, certificate_thumbprint
 from devid.tokens.errors import TokenRefused
 from devid.tokens.policy import TokenPolicy, token_policy
@@ -179,7 +181,7 @@ def issue_token(
     if conn is not None:
         audit.append(conn, [event], now)
     else:
-        with authority.engine.begin() as own:
+        with writing(authority.engine) as own:
             audit.append(own, [event], now)
     return IssuedToken(token, claims, fmt)
 
@@ -213,13 +215,13 @@ def check_client_certificate(authority: Authority, cert_der: bytes, conn: Connec
     row = repo.certificate_by_fingerprint(conn, certificate_thumbprint(cert_der).hex())
     if row is None:
         raise TokenRefused(403, "certificate-unknown", "the client certificate is not on record at devid")
-    if row.status != "valid":
+    if row.status != CertificateStatus.VALID:
         raise TokenRefused(
             403, f"certificate-{row.status}", f"the client certificate {row.serial} is {row.status}"
         )
     if row.device_serial is None:
         raise TokenRefused(403, "token-cert-no-device", "the client certificate belongs to no device")
-    if row.device_state != "ACTIVE":
+    if row.device_state != DeviceState.ACTIVE:
         raise TokenRefused(
             403,
             "device-not-active",
@@ -252,7 +254,7 @@ def issue_for_certificate(
             )
         subject = certificate_thumbprint(client_cert_der).hex()
         signer = token_keyring(authority).current()
-        with authority.engine.begin() as conn:
+        with writing(authority.engine) as conn:
             serial, cert_not_after = check_client_certificate(authority, client_cert_der, conn)
             subject, who = serial, actor or f"device:{serial}"
             return issue_token(
