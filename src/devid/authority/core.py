@@ -9,10 +9,11 @@ factory) retry a refused batch one request at a time.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -24,7 +25,7 @@ from devid.authority import device_records
 from devid.authority.policy import DEFAULT_LABELS, LabelPolicy
 from devid.authority.requests import Issued, IssueRequest, NewDevice, check_device_serial
 from devid.clock import Clock, SystemClock
-from devid.errors import ConflictError, DevidError, NotFoundError, PolicyError
+from devid.errors import ConfigError, ConflictError, DevidError, NotFoundError, PolicyError
 from devid.keys.base import KeyStore
 from devid.pki.csr import load_and_check_csr
 from devid.pki.der import HardwareModuleName
@@ -55,6 +56,15 @@ ISSUER_OF: dict[ProfileName, str] = {
 }
 _DER = serialization.Encoding.DER
 _INSERT_CERTIFICATES = insert(repo.certificates)
+
+
+_T = TypeVar("_T")
+
+
+def _close(resource: object) -> None:
+    close = getattr(resource, "close", None)
+    if callable(close):
+        close()
 
 
 @dataclass
@@ -109,6 +119,48 @@ class Authority:
         self.profiles = {
             name: PROFILES[name].with_validity(validity) for name, validity in (lifetimes or {}).items()
         }
+        self._owned: dict[type, Any] = {}
+        self._owned_lock = threading.RLock()
+        self._closed = False
+
+    # --- what the authority owns ----------------------------------------------------------------
+
+    def owned(self, kind: type[_T], make: Callable[[], _T]) -> _T:
+        """The authority's one `kind` (its group committer, token keyring, token policy...), made
+        by `make` on first use. Packages above keep such things here, not in module globals, so
+        `close()` can stop them and two authorities in one process never share them."""
+        with self._owned_lock:
+            found = self._owned.get(kind)
+            if found is None:
+                if self._closed:
+                    raise ConfigError("authority-closed", "this authority was closed")
+                found = self._owned[kind] = make()
+            return cast(_T, found)
+
+    def own(self, kind: type[_T], value: _T) -> _T:
+        """Make `value` the authority's `kind`, closing the one it replaces (if it has `close`)."""
+        with self._owned_lock:
+            previous = self._owned.get(kind)
+            self._owned[kind] = value
+        if previous is not None and previous is not value:
+            _close(previous)
+        return value
+
+    def close(self) -> None:
+        """Stop and close what this authority owns, newest first (a group committer commits what
+        it was given, then its thread ends), then dispose of its engine. Idempotent."""
+        with self._owned_lock:
+            self._closed = True
+            owned, self._owned = list(self._owned.values()), {}
+        for resource in reversed(owned):
+            _close(resource)
+        self.engine.dispose()
+
+    def __enter__(self) -> Authority:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     def label_policy(self, label: str) -> LabelPolicy:
         try:

@@ -94,7 +94,7 @@ def run(n: int, db_url: str | None = None) -> list[Figure]:
             ours_s += len(chunk) / through_authority(authority, chunk)
         baseline, ours = rounds * size / base_s, rounds * size / ours_s
         backend = authority.engine.dialect.name
-        authority.engine.dispose()
+        authority.close()
     return [
         Figure(
             "issue.idevid_rate",

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -48,8 +49,13 @@ def load_home(home: Path | None) -> Home:
 
 
 def authority(home: Path | None, passphrase_file: Path | None) -> Authority:
+    """The home's authority, closed when the running command ends."""
     passphrase = resolve_passphrase(passphrase_file)
-    return open_authority(load_home(home), passphrase)
+    opened = open_authority(load_home(home), passphrase)
+    command = click.get_current_context(silent=True)
+    if command is not None:
+        command.call_on_close(opened.close)
+    return opened
 
 
 def store(home: Path | None) -> Engine:

@@ -112,7 +112,7 @@ def serve(
     if access_log:
         logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
     if workers > 1:
-        authority.engine.dispose()
+        authority.close()
         spec = _WorkerSpec(
             devid_home.path,
             passphrase,
@@ -131,7 +131,7 @@ def serve(
         dispatcher = Dispatcher(authority.engine) if deliver_events else None
         asyncio.run(_run(app, ctx, host, port, shutdown_timeout, server, access_log, dispatcher))
     finally:
-        authority.engine.dispose()
+        authority.close()
 
 
 async def _run(
@@ -223,7 +223,7 @@ def _worker(spec: _WorkerSpec, events: Any) -> None:
     try:
         asyncio.run(_serve_worker(app, ctx, spec, events))
     finally:
-        authority.engine.dispose()
+        authority.close()
 
 
 async def _serve_worker(app: web.Application, ctx: ssl.SSLContext, spec: _WorkerSpec, events: Any) -> None:

@@ -74,6 +74,14 @@ class SoftwareKeyStore:
             raise NotFoundError("key-missing", f"CA key {label!r} not found at {path}") from None
         return decrypt_private_key(pem, self._passphrase, f"CA key {label!r}")
 
+    def encrypt(self, key: ec.EllipticCurvePrivateKey) -> bytes:
+        """`key` as this store keeps its own (encrypted PKCS#8 PEM), for keeping elsewhere."""
+        return encrypt_private_key(key, self._passphrase)
+
+    def decrypt(self, pem: bytes, what: str) -> ec.EllipticCurvePrivateKey:
+        """A key `encrypt` made, under this store's passphrase."""
+        return decrypt_private_key(pem, self._passphrase, what)
+
 
 @functools.lru_cache(maxsize=8)
 def _master_key(passphrase: bytes, salt: bytes) -> bytes:

@@ -144,7 +144,7 @@ def remove(authority: Authority, name: str, actor: str = "cli") -> None:
     """Delete a hub no device is allocated to (disable it first and reprovision otherwise)."""
     with change(authority, "hub.remove", name, actor, {}) as conn:
         row = by_name(conn, hubs, name, "hub")
-        if repo.devices_on_hub(conn, row.id):
+        if repo.hub_in_use(conn, row.id):
             raise ConflictError("hub-in-use", f"devices are allocated to hub {name!r}: disable it instead")
         conn.execute(delete(hubs).where(hubs.c.id == row.id))
 

@@ -99,8 +99,8 @@ class Registry:
     """The registry as one authority's enrollment rules consult it.
 
     The store's generation is read at most every `recheck` seconds (one read per request cost a
-    sixth of an EST server's CPU): a change made by another process is seen within that time, one
-    made by this process at once.
+    sixth of an EST server's CPU): a change made elsewhere (another process or authority) is seen
+    within that time, one made through this authority at once.
     """
 
     def __init__(self, authority: Authority, *, webhook_timeout: float = 2.0, recheck: float = 0.2) -> None:
@@ -116,9 +116,13 @@ class Registry:
         checked_at, local = self._checked
         cached = self._snapshot
         now = time.monotonic()
-        if cached is not None and local == generation.local_changes() and now - checked_at < self.recheck:
+        if (
+            cached is not None
+            and local == generation.local_changes(self.authority)
+            and now - checked_at < self.recheck
+        ):
             return cached
-        self._checked = (now, generation.local_changes())
+        self._checked = (now, generation.local_changes(self.authority))
         with reading(self.authority.engine) as conn:
             gen = generation.current(conn)
             cached = self._snapshot

@@ -29,6 +29,7 @@ def change(
         # The audit head first, like every audited change and every event: one lock order.
         audit.append(conn, [audit.Event(action, subject, actor, "ok", detail)], authority.clock.now())
         generation.bump(conn)
+    generation.committed(authority)
 
 
 def by_name(conn: Connection, table: Table, name: str, what: str, **where: Any) -> Row[Any]:

@@ -169,5 +169,5 @@ async def run_fleet(
                 )
         finally:
             await server.stop()
-            authority.engine.dispose()
+            authority.close()
         return reports
