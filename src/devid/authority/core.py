@@ -343,9 +343,9 @@ class Authority:
         )
 
     def _check_keys_unshared(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
-        """Refuse a public key certified (now or before, in any state) for another device, or for
-        no device when this certificate is a device's, and the reverse: one key, one holder. The
-        same device may certify its key again (a renewal that keeps its key)."""
+        """One key, one holder: refuse a public key that is or was certified (in any state) for
+        another device, or for a device when this certificate is for none and the reverse; in the
+        batch or on record. A device may certify its own key again (a renewal that keeps its key)."""
         holders: dict[str, int | None] = {}
         for row in rows:
             holders.setdefault(row["public_key_fingerprint"], row["device_id"])
@@ -363,11 +363,11 @@ class Authority:
         self, conn: Connection, held: list[tuple[dict[str, Any], str]], now: datetime
     ) -> None:
         """Supersede the valid certificates the devices hold of the profiles being issued."""
+        certs = repo.certificates
         for row, actor in held:
             fingerprints = repo.valid_certificates_of(conn, row["device_id"], row["profile"])
             if not fingerprints:
                 continue
-            certs = repo.certificates
             conn.execute(
                 update(certs)
                 .where(certs.c.fingerprint.in_(fingerprints))
