@@ -126,7 +126,7 @@ class TokenKeyring:
         self.engine = engine
         self.clock = clock
         self._lock = threading.Lock()
-        self._keys: dict[str, ec.EllipticCurvePrivateKey] = {}
+        self._keys: dict[str, ec.EllipticCurvePrivateKey] = {}  # by kid
 
     @classmethod
     def for_authority(cls, authority: Authority, key_prefix: str) -> TokenKeyring:
@@ -219,8 +219,8 @@ class TokenKeyring:
                 created_at=now,
             )
         )
-        with self._lock:
-            self._keys[label] = key
+        with self._lock:  # by kid: a key whose row did not commit is never taken for another
+            self._keys[record.kid] = key
         return record
 
     def _label(self, generation: int) -> str:
@@ -243,7 +243,7 @@ class TokenKeyring:
 
     def _key(self, record: KeyRecord) -> ec.EllipticCurvePrivateKey:
         with self._lock:
-            key = self._keys.get(record.label)
+            key = self._keys.get(record.kid)
         if key is not None:
             return key
         with reading(self.engine) as conn:
@@ -265,7 +265,7 @@ class TokenKeyring:
                 "in the store",
             )
         with self._lock:
-            self._keys[record.label] = key
+            self._keys[record.kid] = key
         return key
 
 
