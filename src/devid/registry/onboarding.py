@@ -199,10 +199,8 @@ class Registry:
                     f"device {serial!r} is not registered and manufacturer {manufacturer.name!r} does not "
                     "register devices just in time (--auto-register) nor has it an individual enrollment",
                 )
-            state, registered = (
-                (DeviceState.ACTIVE if manufacturer.auto_activate else DeviceState.PENDING_ACTIVATION),
-                False,
-            )
+            state = DeviceState.ACTIVE if manufacturer.auto_activate else DeviceState.PENDING_ACTIVATION
+            registered = False
         return ClientCertificate(
             cert,
             der,
