@@ -61,6 +61,16 @@ _INSERT_CERTIFICATES = insert(repo.certificates)
 _T = TypeVar("_T")
 
 
+def _mark_superseded(conn: Connection, fingerprints: list[str], now: datetime) -> None:
+    if fingerprints:
+        certs = repo.certificates
+        conn.execute(
+            update(certs)
+            .where(certs.c.fingerprint.in_(fingerprints))
+            .values(status=CertificateStatus.SUPERSEDED, status_at=now)
+        )
+
+
 def _close(resource: object) -> None:
     close = getattr(resource, "close", None)
     if callable(close):
@@ -288,7 +298,7 @@ class Authority:
                     req.prepare(conn, now)
             known = self._existing_devices(conn, [r.device_serial for r in requests if r.device_serial])
             superseding = [(r.supersedes, a) for r, a in zip(requests, actors, strict=True) if r.supersedes]
-            self._supersede(conn, superseding, now)
+            replaced = self._supersede(conn, superseding, now)
             new_devices = [r.new_device for r in requests if r.new_device]
             if new_devices:
                 known.update(self._insert_devices(conn, new_devices, now))
@@ -298,14 +308,14 @@ class Authority:
             held = [
                 (row, a) for req, row, a in zip(requests, rows, actors, strict=True) if req.supersedes_held
             ]
-            self._supersede_held(conn, held, now)
+            replaced += self._supersede_held(conn, held, now)
             try:
                 conn.execute(_INSERT_CERTIFICATES, rows)
             except IntegrityError as exc:
                 raise ConflictError(
                     "certificate-conflict", f"certificate could not be recorded: {exc.orig}"
                 ) from None
-            audit.append(conn, events, now)
+            audit.append(conn, replaced + events, now)
         return issued
 
     def _existing_devices(self, conn: Connection, serials: list[str]) -> dict[str, int]:
@@ -321,10 +331,13 @@ class Authority:
                 )
         return {serial: dev_id for serial, (dev_id, _) in states.items()}
 
-    def _supersede(self, conn: Connection, superseding: list[tuple[str, str]], now: datetime) -> None:
-        """Mark the certificates being replaced as superseded; each must still be current."""
+    def _supersede(
+        self, conn: Connection, superseding: list[tuple[str, str]], now: datetime
+    ) -> list[audit.Event]:
+        """Mark the certificates being replaced as superseded; each must still be current. Returns
+        the audit events, for the batch's one append."""
         if not superseding:
-            return
+            return []
         fingerprints = [fp for fp, _ in superseding]
         for fp in fingerprints:
             row = repo.certificate_by_fingerprint(conn, fp)
@@ -332,15 +345,8 @@ class Authority:
                 raise NotFoundError("unknown-certificate", f"no certificate with fingerprint {fp}")
             if row.status != CertificateStatus.VALID:
                 raise PolicyError(f"certificate-{row.status}", f"certificate {row.serial} is {row.status}")
-        certs = repo.certificates
-        conn.execute(
-            update(certs)
-            .where(certs.c.fingerprint.in_(fingerprints))
-            .values(status=CertificateStatus.SUPERSEDED, status_at=now)
-        )
-        audit.append(
-            conn, [audit.Event("certificate.supersede", fp, actor) for fp, actor in superseding], now
-        )
+        _mark_superseded(conn, fingerprints, now)
+        return [audit.Event("certificate.supersede", fp, actor) for fp, actor in superseding]
 
     def _check_keys_unshared(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
         """One key, one holder: refuse a public key that is or was certified (in any state) for
@@ -361,26 +367,19 @@ class Authority:
 
     def _supersede_held(
         self, conn: Connection, held: list[tuple[dict[str, Any], str]], now: datetime
-    ) -> None:
-        """Supersede the valid certificates the devices hold of the profiles being issued."""
-        certs = repo.certificates
-        for row, actor in held:
-            fingerprints = repo.valid_certificates_of(conn, row["device_id"], row["profile"])
-            if not fingerprints:
-                continue
-            conn.execute(
-                update(certs)
-                .where(certs.c.fingerprint.in_(fingerprints))
-                .values(status=CertificateStatus.SUPERSEDED, status_at=now)
-            )
-            audit.append(
-                conn,
-                [
-                    audit.Event("certificate.supersede", fp, actor, "ok", {"by": row["fingerprint"]})
-                    for fp in fingerprints
-                ],
-                now,
-            )
+    ) -> list[audit.Event]:
+        """Supersede the valid certificates the devices hold of the profiles being issued (one
+        query and one update for the whole batch); returns the audit events."""
+        if not held:
+            return []
+        by = {(row["device_id"], row["profile"]): (row["fingerprint"], actor) for row, actor in held}
+        current = repo.valid_certificates_of(conn, [device_id for device_id, _ in by])
+        replaced = [(fp, by[(dev, prof)]) for fp, dev, prof in current if (dev, prof) in by]
+        _mark_superseded(conn, [fp for fp, _ in replaced], now)
+        return [
+            audit.Event("certificate.supersede", fp, actor, "ok", {"by": new})
+            for fp, (new, actor) in replaced
+        ]
 
     def _check(self, req: IssueRequest) -> None:
         require_p256(req.public_key)

@@ -35,9 +35,10 @@ _KEY_HOLDERS = (
     .where(certificates.c.public_key_fingerprint.in_(bindparam("fps", expanding=True)))
     .distinct()
 )
-_VALID_OF_DEVICE = select(certificates.c.fingerprint).where(
-    certificates.c.device_id == bindparam("device_id"),
-    certificates.c.profile == bindparam("profile"),
+_VALID_OF_DEVICES = select(
+    certificates.c.fingerprint, certificates.c.device_id, certificates.c.profile
+).where(
+    certificates.c.device_id.in_(bindparam("ids", expanding=True)),
     certificates.c.status == CertificateStatus.VALID,
 )
 _DEVICE_BY_SERIAL = select(devices).where(devices.c.serial == bindparam("serial"))
@@ -73,9 +74,14 @@ def public_key_holders(conn: Connection, fingerprints: Sequence[str]) -> dict[st
     return found
 
 
-def valid_certificates_of(conn: Connection, device_id: int, profile: str) -> list[str]:
-    """Fingerprints of the device's valid certificates of `profile`."""
-    return list(conn.execute(_VALID_OF_DEVICE, {"device_id": device_id, "profile": profile}).scalars())
+def valid_certificates_of(conn: Connection, device_ids: Sequence[int]) -> list[tuple[str, int, str]]:
+    """(fingerprint, device id, profile) of the valid certificates these devices hold."""
+    found: list[tuple[str, int, str]] = []
+    unique = list(dict.fromkeys(device_ids))
+    for start in range(0, len(unique), 500):
+        rows = conn.execute(_VALID_OF_DEVICES, {"ids": unique[start : start + 500]})
+        found.extend((fp, device_id, profile) for fp, device_id, profile in rows)
+    return found
 
 
 def device_by_serial(conn: Connection, serial: str) -> Row[Any] | None:
