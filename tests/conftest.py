@@ -100,7 +100,7 @@ def sqlite_home(tmp_path: Path) -> Home:
 def authority(home: Home) -> Iterator[Authority]:
     auth = open_authority(home, PASSPHRASE)
     yield auth
-    auth.engine.dispose()
+    auth.close()
 
 
 @pytest.fixture
@@ -114,7 +114,7 @@ def auth(sqlite_home: Home, clock: FixedClock) -> Iterator[Authority]:
     """An authority on the embedded store that reads `clock`."""
     authority = open_authority(sqlite_home, PASSPHRASE, clock=clock)
     yield authority
-    authority.engine.dispose()
+    authority.close()
 
 
 @pytest.fixture

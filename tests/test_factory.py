@@ -314,6 +314,16 @@ def test_a_failing_device_does_not_stop_the_line(tmp_path: Path) -> None:
     assert all(r.ok for r in results.values()), results
     states = {str(s): str(state) for s, state in query(tmp_path / "H", "SELECT serial, state FROM devices")}
     assert states == {s: "FAILED_TEST" if s == "BAD00000003" else "ACTIVE" for s in serials}
+    # Creation and the failure went the one way device records change: version moved, events queued.
+    versions = dict(query(tmp_path / "H", "SELECT serial, version FROM devices"))
+    assert versions == {s: 2 if s == "BAD00000003" else 1 for s in serials}
+    events = [
+        (t, s, json.loads(str(p)))
+        for t, s, p in query(tmp_path / "H", "SELECT type, subject, payload FROM events")
+    ]
+    assert sorted(s for t, s, _ in events if t == "device.registered") == serials
+    [change] = [p for t, _, p in events if t == "device.state"]
+    assert (change["subject"], change["from"], change["to"]) == ("BAD00000003", "ACTIVE", "FAILED_TEST")
     [(detail,)] = query(
         tmp_path / "H",
         "SELECT detail FROM audit_events WHERE action = 'factory.test' AND subject = 'BAD00000003'",

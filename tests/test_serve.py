@@ -302,9 +302,11 @@ def test_device_commands_and_basic_enrollment_against_devid_serve(
         assert [d["serial"] for d in listed] == ["SN-CLI-2"]
         idevid2 = (tmp_path / "devices" / "SN-CLI-2" / "idevid.pem").read_text()
         header = f"X-SSL-Client-Cert: {urllib.parse.quote(idevid2, safe='')}"
+        # A key of its own: the first device's is certified for it and refused to any other.
+        (tmp_path / "csr2.b64").write_bytes(csr_b64(ec.generate_private_key(ec.SECP256R1())))
         proxied = [
             "curl", "-sS", "--interface", "127.0.0.2", "--cacert", root_pem, "-H", header,
-            "--data-binary", f"@{tmp_path / 'csr.b64'}", "-H", "Content-Type: application/pkcs10",
+            "--data-binary", f"@{tmp_path / 'csr2.b64'}", "-H", "Content-Type: application/pkcs10",
             "-w", "\n%{http_code}", srv.est("simpleenroll"),
         ]  # fmt: skip
         body, status = run(proxied).stdout.rsplit(b"\n", 1)

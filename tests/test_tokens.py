@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import ssl
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -48,7 +49,7 @@ from devid.errors import ConfigError, CredentialRefused, DevidError, KeyExportRe
 from devid.keys.pkcs11 import Pkcs11KeyStore, Pkcs11PrivateKey
 from devid.pki.profiles import ProfileName
 from devid.store import audit, repo
-from devid.store.models import audit_events
+from devid.store.models import audit_events, token_keys
 from devid.tokens import (
     TokenAudienceMismatch,
     TokenBindingMismatch,
@@ -110,7 +111,7 @@ def env(sqlite_home: Home) -> Iterator[Env]:
     clock = FixedClock(dt.datetime.now(dt.UTC).replace(microsecond=0))
     auth = open_authority(sqlite_home, PASSPHRASE, clock=clock)
     yield Env(sqlite_home, auth, clock, provision(auth, "SN-0001"))
-    auth.engine.dispose()
+    auth.close()
 
 
 def verify(env: Env, token: str | bytes, **kw: Any) -> Any:
@@ -555,13 +556,20 @@ def test_jwks_parses_with_pyjwt(env: Env) -> None:
 def test_signing_key_is_generated_once_and_audited(env: Env) -> None:
     first = token_keyring(env.authority).current()
     assert first.label.endswith("token-signer")
-    assert (env.home.keys_dir / f"{first.label}.key.pem").exists()
+    # The key is in the store (every host on it signs with it), encrypted under the home passphrase.
+    assert not (env.home.keys_dir / f"{first.label}.key.pem").exists()
+    with env.authority.engine.connect() as conn:
+        sealed = conn.execute(select(token_keys.c.encrypted_key)).scalar_one()
+    assert sealed.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    assert (
+        serialization.load_pem_private_key(sealed, PASSPHRASE).public_key() == first.private_key.public_key()
+    )
     # Another process (a new authority on the same home) uses the same key.
     other = open_authority(env.home, PASSPHRASE)
     try:
         assert token_keyring(other).current().kid == first.kid
     finally:
-        other.engine.dispose()
+        other.close()
     assert [r.subject for r in audit_rows(env, "token.key.create")] == [first.kid]
 
 
@@ -584,7 +592,7 @@ def test_rotation_keeps_old_tokens_valid_until_they_expire(env: Env) -> None:
     try:
         assert token_keyring(other).current().kid == new_record.kid
     finally:
-        other.engine.dispose()
+        other.close()
 
     env.clock.advance(RETIRED_KEY_PUBLISHED_FOR - dt.timedelta(minutes=10))
     assert [k["kid"] for k in jwks(env.authority)["keys"]] == [new_record.kid, retired.kid]
@@ -606,19 +614,42 @@ def test_rotation_twice_within_an_hour_keeps_both_old_keys(env: Env) -> None:
     assert third.label.endswith("token-signer-3")
 
 
+def test_first_use_in_several_processes_agrees_on_one_key(home: Home) -> None:
+    """Authorities with their own engines (as processes have) make the first key at once: on
+    SQLite they queue on the write lock, on PostgreSQL the table's unique current key decides."""
+    authorities = [open_authority(home, PASSPHRASE) for _ in range(4)]
+    start = threading.Barrier(len(authorities))
+
+    def first_use(authority: Authority) -> str:
+        start.wait()
+        return token_keyring(authority).current().kid
+
+    try:
+        with ThreadPoolExecutor(len(authorities)) as pool:
+            kids = set(pool.map(first_use, authorities))
+        assert len(kids) == 1
+        assert [r.kid for r in token_keyring(authorities[0]).records()] == list(kids)
+        with authorities[0].engine.connect() as conn:
+            events = audit_events
+            created = conn.execute(select(events.c.subject).where(events.c.action == "token.key.create"))
+            assert list(created.scalars()) == list(kids)
+    finally:
+        for authority in authorities:
+            authority.close()
+
+
 def test_state_naming_a_foreign_key_is_refused(env: Env) -> None:
-    ring = token_keyring(env.authority)
-    ring.current()
-    state = json.loads(ring.state_path.read_text())
-    state["keys"][0]["kid"] = "AAAA"
-    ring.state_path.write_text(json.dumps(state))
+    token_keyring(env.authority).current()
+    keys = token_keys
+    with env.authority.engine.begin() as conn:
+        conn.execute(keys.update().values(kid="AAAA"))
     fresh = open_authority(env.home, PASSPHRASE)
     try:
         with pytest.raises(Exception) as info:
             token_keyring(fresh).jwks()
         assert getattr(info.value, "code", None) == "token-key-mismatch"
     finally:
-        fresh.engine.dispose()
+        fresh.close()
 
 
 def test_token_signing_key_in_pkcs11_signs_inside_the_token(
@@ -626,13 +657,7 @@ def test_token_signing_key_in_pkcs11_signs_inside_the_token(
 ) -> None:
     token = tokens["ca"]
     store = Pkcs11KeyStore(token.module, token.label, token.pin)
-    ring = TokenKeyring(
-        store,
-        f"tok-{uuid.uuid4().hex[:8]}-",
-        tmp_path / "token-keys.json",
-        engine=env.authority.engine,
-        clock=env.clock,
-    )
+    ring = TokenKeyring(store, f"tok-{uuid.uuid4().hex[:8]}-", engine=env.authority.engine, clock=env.clock)
     attach_keyring(env.authority, ring)
     signer = ring.current()
     assert isinstance(signer.private_key, Pkcs11PrivateKey)
@@ -946,7 +971,7 @@ def test_attach_gives_the_home_keyring_and_its_token_policy(env: Env) -> None:
     """What `open_authority` calls: the keyring under <home>/keys, the policy from a `[tokens]` table."""
     env.home.config.tokens = {"audiences": ["devid", "mqtt"], "lifetime_minutes": 30}  # type: ignore[attr-defined]
     ring = attach(env.authority, env.home)
-    assert ring.state_path == env.home.keys_dir / "token-keys.json"
+    assert ring.key_prefix == env.home.config.key_prefix
     assert token_keyring(env.authority) is ring
     policy = token_policy(env.authority)
     assert policy.audiences == ("devid", "mqtt") and policy.lifetime == dt.timedelta(minutes=30)

@@ -34,7 +34,7 @@ from devid.api.tokens import TokenInfo
 from devid.authority.core import Authority
 from devid.errors import AuthenticationRequired, ConflictError, DevidError, PolicyError
 from devid.store import audit
-from devid.store.engine import reading
+from devid.store.engine import reading, writing
 from devid.web.errors import refusal_headers, status_for
 from devid.web.peer import peer_address
 
@@ -219,7 +219,7 @@ class ApiServer:
         if status >= 400 and isinstance(body, dict) and "error" in body:
             detail["error"] = body["error"]["code"]
         now = self.authority.clock.now()
-        with self.authority.engine.begin() as conn:
+        with writing(self.authority.engine) as conn:
             audit.append(
                 conn, [audit.Event(action, path, actor, "ok" if status < 400 else "refused", detail)], now
             )

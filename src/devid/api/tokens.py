@@ -26,6 +26,7 @@ from devid.authority.core import Authority
 from devid.authority.credential_key import CredentialKey, Purpose, legacy_digest
 from devid.errors import AuthenticationRequired, ConflictError, NotFoundError, PolicyError
 from devid.store import audit
+from devid.store.engine import writing
 from devid.store.models import api_tokens as tokens
 
 PREFIX = "devid_"
@@ -101,7 +102,7 @@ def create(
         raise PolicyError("request-token-expiry", "a token's expiry must be in the future")
     token = PREFIX + secrets.token_urlsafe(32)
     mac = authority.credentials.mac(Purpose.API_TOKEN, token)  # needs the CA secret: before any write
-    with authority.engine.begin() as conn:
+    with writing(authority.engine) as conn:
         if conn.execute(select(tokens.c.id).where(tokens.c.name == name)).first() is not None:
             raise ConflictError("token-exists", f"an API token named {name!r} already exists")
         conn.execute(
@@ -122,7 +123,7 @@ def create(
 
 def revoke(engine: Engine, name: str, now: datetime, *, actor: str = "cli") -> TokenInfo:
     """Revoke `name` at once; a token already revoked is a ConflictError (its time stays the first)."""
-    with engine.begin() as conn:
+    with writing(engine) as conn:
         row = conn.execute(select(tokens).where(tokens.c.name == name)).first()
         if row is None:
             raise NotFoundError("unknown-token", f"no API token named {name!r}")

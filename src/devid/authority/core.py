@@ -9,10 +9,11 @@ factory) retry a refused batch one request at a time.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -20,14 +21,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import Connection, Engine, insert, update
 from sqlalchemy.exc import IntegrityError
 
+from devid.authority import device_records
 from devid.authority.credential_key import CredentialKey
 from devid.authority.policy import DEFAULT_LABELS, LabelPolicy
 from devid.authority.requests import Issued, IssueRequest, NewDevice, check_device_serial
 from devid.clock import Clock, SystemClock
-from devid.errors import ConflictError, DevidError, NotFoundError, PolicyError
+from devid.errors import ConfigError, ConflictError, DevidError, NotFoundError, PolicyError
 from devid.keys.base import KeyStore
 from devid.pki.csr import load_and_check_csr
 from devid.pki.der import HardwareModuleName
+from devid.pki.encoding import public_key_fingerprint
 from devid.pki.keypolicy import require_p256
 from devid.pki.profiles import (
     CLOCK_SKEW,
@@ -42,7 +45,8 @@ from devid.pki.profiles import (
 )
 from devid.pki.serials import random_serial, serial_hex
 from devid.store import audit, repo
-from devid.store.engine import write_lock
+from devid.store.engine import writing
+from devid.store.states import CertificateStatus, DeviceState
 
 #: Which CA signs which profile.
 ISSUER_OF: dict[ProfileName, str] = {
@@ -55,6 +59,25 @@ _DER = serialization.Encoding.DER
 #: The key that signs audit checkpoints, labelled `<key prefix>audit` beside the CA keys.
 AUDIT_KEY_NAME = "audit"
 _INSERT_CERTIFICATES = insert(repo.certificates)
+
+
+_T = TypeVar("_T")
+
+
+def _mark_superseded(conn: Connection, fingerprints: list[str], now: datetime) -> None:
+    if fingerprints:
+        certs = repo.certificates
+        conn.execute(
+            update(certs)
+            .where(certs.c.fingerprint.in_(fingerprints))
+            .values(status=CertificateStatus.SUPERSEDED, status_at=now)
+        )
+
+
+def _close(resource: object) -> None:
+    close = getattr(resource, "close", None)
+    if callable(close):
+        close()
 
 
 @dataclass
@@ -113,6 +136,48 @@ class Authority:
             name: PROFILES[name].with_validity(validity) for name, validity in (lifetimes or {}).items()
         }
         self._audit_key: ec.EllipticCurvePrivateKey | None = None
+        self._owned: dict[type, Any] = {}
+        self._owned_lock = threading.RLock()
+        self._closed = False
+
+    # --- what the authority owns ----------------------------------------------------------------
+
+    def owned(self, kind: type[_T], make: Callable[[], _T]) -> _T:
+        """The authority's one `kind` (its group committer, token keyring, token policy...), made
+        by `make` on first use. Packages above keep such things here, not in module globals, so
+        `close()` can stop them and two authorities in one process never share them."""
+        with self._owned_lock:
+            found = self._owned.get(kind)
+            if found is None:
+                if self._closed:
+                    raise ConfigError("authority-closed", "this authority was closed")
+                found = self._owned[kind] = make()
+            return cast(_T, found)
+
+    def own(self, kind: type[_T], value: _T) -> _T:
+        """Make `value` the authority's `kind`, closing the one it replaces (if it has `close`)."""
+        with self._owned_lock:
+            previous = self._owned.get(kind)
+            self._owned[kind] = value
+        if previous is not None and previous is not value:
+            _close(previous)
+        return value
+
+    def close(self) -> None:
+        """Stop and close what this authority owns, newest first (a group committer commits what
+        it was given, then its thread ends), then dispose of its engine. Idempotent."""
+        with self._owned_lock:
+            self._closed = True
+            owned, self._owned = list(self._owned.values()), {}
+        for resource in reversed(owned):
+            _close(resource)
+        self.engine.dispose()
+
+    def __enter__(self) -> Authority:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     def label_policy(self, label: str) -> LabelPolicy:
         try:
@@ -234,25 +299,30 @@ class Authority:
                     },
                 )
             )
-        with write_lock(self.engine), self.engine.begin() as conn:
+        with writing(self.engine) as conn:
             for req in requests:
                 if req.prepare is not None:
                     req.prepare(conn, now)
             known = self._existing_devices(conn, [r.device_serial for r in requests if r.device_serial])
             superseding = [(r.supersedes, a) for r, a in zip(requests, actors, strict=True) if r.supersedes]
-            self._supersede(conn, superseding, now)
+            replaced = self._supersede(conn, superseding, now)
             new_devices = [r.new_device for r in requests if r.new_device]
             if new_devices:
                 known.update(self._insert_devices(conn, new_devices, now))
             for item, row in zip(issued, rows, strict=True):
                 row["device_id"] = known[item.device_serial] if item.device_serial else None
+            self._check_keys_unshared(conn, rows)
+            held = [
+                (row, a) for req, row, a in zip(requests, rows, actors, strict=True) if req.supersedes_held
+            ]
+            replaced += self._supersede_held(conn, held, now)
             try:
                 conn.execute(_INSERT_CERTIFICATES, rows)
             except IntegrityError as exc:
                 raise ConflictError(
                     "certificate-conflict", f"certificate could not be recorded: {exc.orig}"
                 ) from None
-            audit.append(conn, events, now)
+            audit.append(conn, replaced + events, now)
         return issued
 
     def _existing_devices(self, conn: Connection, serials: list[str]) -> dict[str, int]:
@@ -262,32 +332,61 @@ class Authority:
             if serial not in states:
                 raise NotFoundError("unknown-device", f"no device with serial {serial!r}")
             state = states[serial][1]
-            if state != "ACTIVE":
+            if state != DeviceState.ACTIVE:
                 raise PolicyError(
                     "device-not-active", f"device {serial!r} is {state}: no certificate is issued to it"
                 )
         return {serial: dev_id for serial, (dev_id, _) in states.items()}
 
-    def _supersede(self, conn: Connection, superseding: list[tuple[str, str]], now: datetime) -> None:
-        """Mark the certificates being replaced as superseded; each must still be current."""
+    def _supersede(
+        self, conn: Connection, superseding: list[tuple[str, str]], now: datetime
+    ) -> list[audit.Event]:
+        """Mark the certificates being replaced as superseded; each must still be current. Returns
+        the audit events, for the batch's one append."""
         if not superseding:
-            return
+            return []
         fingerprints = [fp for fp, _ in superseding]
         for fp in fingerprints:
             row = repo.certificate_by_fingerprint(conn, fp)
             if row is None:
                 raise NotFoundError("unknown-certificate", f"no certificate with fingerprint {fp}")
-            if row.status != "valid":
+            if row.status != CertificateStatus.VALID:
                 raise PolicyError(f"certificate-{row.status}", f"certificate {row.serial} is {row.status}")
-        certs = repo.certificates
-        conn.execute(
-            update(certs)
-            .where(certs.c.fingerprint.in_(fingerprints))
-            .values(status="superseded", status_at=now)
-        )
-        audit.append(
-            conn, [audit.Event("certificate.supersede", fp, actor) for fp, actor in superseding], now
-        )
+        _mark_superseded(conn, fingerprints, now)
+        return [audit.Event("certificate.supersede", fp, actor) for fp, actor in superseding]
+
+    def _check_keys_unshared(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """One key, one holder: refuse a public key that is or was certified (in any state) for
+        another device, or for a device when this certificate is for none and the reverse; in the
+        batch or on record. A device may certify its own key again (a renewal that keeps its key)."""
+        holders: dict[str, int | None] = {}
+        for row in rows:
+            holders.setdefault(row["public_key_fingerprint"], row["device_id"])
+        on_record = repo.public_key_holders(conn, list(holders))
+        for row in rows:
+            fp, device_id = row["public_key_fingerprint"], row["device_id"]
+            others = {holders[fp], *on_record.get(fp, ())} - {device_id}
+            if others:
+                raise PolicyError(
+                    "public-key-in-use",
+                    "this public key is already certified for another device: every device needs its own key",
+                )
+
+    def _supersede_held(
+        self, conn: Connection, held: list[tuple[dict[str, Any], str]], now: datetime
+    ) -> list[audit.Event]:
+        """Supersede the valid certificates the devices hold of the profiles being issued (one
+        query and one update for the whole batch); returns the audit events."""
+        if not held:
+            return []
+        by = {(row["device_id"], row["profile"]): (row["fingerprint"], actor) for row, actor in held}
+        current = repo.valid_certificates_of(conn, [device_id for device_id, _ in by])
+        replaced = [(fp, by[(dev, prof)]) for fp, dev, prof in current if (dev, prof) in by]
+        _mark_superseded(conn, [fp for fp, _ in replaced], now)
+        return [
+            audit.Event("certificate.supersede", fp, actor, "ok", {"by": new})
+            for fp, (new, actor) in replaced
+        ]
 
     def _check(self, req: IssueRequest) -> None:
         require_p256(req.public_key)
@@ -322,18 +421,16 @@ class Authority:
                 "model": d.model,
                 "lot": d.lot,
                 "line": d.line,
-                "state": "ACTIVE",
+                "state": DeviceState.ACTIVE,
                 "se_backend": d.se_backend,
                 "directory": d.directory,
-                "created_at": now,
-                "updated_at": now,
             }
             for d in devices
         ]
         try:
             # A plain executemany and one indexed read back: RETURNING with ordered rows makes
             # SQLite's dialect insert row by row.
-            conn.execute(insert(repo.devices), rows)
+            device_records.create(conn, rows, now)
         except IntegrityError:
             raise ConflictError(
                 "duplicate-device", "a device serial in this batch already exists: not issued twice"
@@ -377,7 +474,8 @@ class Authority:
             "not_before": now - CLOCK_SKEW,
             "not_after": profile.not_after(now, ca.certificate.not_valid_after_utc),
             "fingerprint": fp,
-            "status": "valid",
+            "public_key_fingerprint": public_key_fingerprint(req.public_key),
+            "status": CertificateStatus.VALID,
             "der": der,
             "created_at": now,
         }
@@ -419,7 +517,7 @@ class Authority:
             audit.checkpoint_message(seq, digest, at), ec.ECDSA(hashes.SHA256())
         )
         checkpoint = audit.Checkpoint(seq, digest, at, self.audit_key_label, signature)
-        with write_lock(self.engine), self.engine.begin() as conn:
+        with writing(self.engine) as conn:
             audit.add_checkpoint(conn, checkpoint)
         return checkpoint
 
@@ -436,6 +534,6 @@ class Authority:
         event = audit.Event(
             action, subject, actor, "refused", {"code": error.code, "reason": error.message, **(detail or {})}
         )
-        with self.engine.begin() as conn:
+        with writing(self.engine) as conn:
             audit.append(conn, [event], self.clock.now())
         error.mark_audited()

@@ -30,6 +30,7 @@ from devid.pki.chain import issuer_among
 from devid.pki.profiles import ProfileName
 from devid.store import repo
 from devid.store.engine import reading
+from devid.store.states import CertificateStatus, DeviceState
 
 #: What a device may enroll with (EST): its IDevID, its LDevID, or a session certificate.
 ENROLLMENT_PROFILES = frozenset({ProfileName.IDEVID, ProfileName.LDEVID, ProfileName.SESSION})
@@ -198,7 +199,7 @@ def check_standing(authority: Authority, identity: Identity) -> None:
                 "client-cert-issuer-expired",
                 f"CA {ca.subject.rfc4514_string()!r} above the {what} is not valid now",
             )
-    if identity.status != "valid":
+    if identity.status != CertificateStatus.VALID:
         raise CredentialRefused(f"client-cert-{identity.status}", f"{what} is {identity.status}")
     if identity.registered:
         require_active(identity.device_serial, identity.device_state)
@@ -206,11 +207,11 @@ def check_standing(authority: Authority, identity: Identity) -> None:
 
 def require_active(serial: str, state: str) -> None:
     """Refuse a device that is not ACTIVE, saying what an operator can do about it."""
-    if state == "PENDING_ACTIVATION":
+    if state == DeviceState.PENDING_ACTIVATION:
         raise PolicyError(
             "device-pending-activation",
             f"device {serial!r} is registered and PENDING_ACTIVATION: an operator must activate it "
             f"(`devid device activate {serial}`) before it is served",
         )
-    if state != "ACTIVE":
+    if state != DeviceState.ACTIVE:
         raise PolicyError("device-not-active", f"device {serial!r} is {state}: it is not served until ACTIVE")

@@ -13,16 +13,26 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 
+from devid.authority import device_records
 from devid.authority.core import Authority
 from devid.authority.credential_key import CredentialKey, Purpose, legacy_digest
 from devid.authority.requests import NewDevice, check_device_serial
-from devid.errors import ConflictError, DevidError, NotFoundError, PolicyError
-from devid.store import audit, outbox, repo
-from devid.store.engine import write_lock
+from devid.errors import DevidError, NotFoundError, PolicyError
+from devid.store import audit, repo
+from devid.store.engine import writing
+from devid.store.states import DeviceState
 
-#: AWS IoT's certificate/device states where they apply, plus the factory's test failure.
-DEVICE_STATES = ("ACTIVE", "INACTIVE", "REVOKED", "PENDING_ACTIVATION", "FAILED_TEST")
 SECRET_TTL = timedelta(days=7)
+
+
+def device_state(text: str) -> DeviceState:
+    """The state named `text`; PolicyError `device-state` naming the known ones otherwise."""
+    try:
+        return DeviceState(text)
+    except ValueError:
+        raise PolicyError(
+            "device-state", f"unknown device state {text!r}; known: {', '.join(DeviceState)}"
+        ) from None
 
 
 def _device(conn: Connection, serial: str) -> Any:
@@ -39,49 +49,23 @@ def set_state(
     actor: str,
     reason: str = "",
     version: int | None = None,
-    from_states: tuple[str, ...] | None = None,
+    from_states: tuple[DeviceState, ...] | None = None,
 ) -> None:
     """Change a device's state (ACTIVE, INACTIVE, ...): INACTIVE blocks enrollment and renewal at once.
     With `version`, refuse (ConflictError) if the device changed since that version was read; with
     `from_states`, refuse (PolicyError) a device in any other state. Either leaves it as it was.
     A REVOKED device stays REVOKED: revocation is final."""
-    if state not in DEVICE_STATES:
-        raise PolicyError(
-            "device-state", f"unknown device state {state!r}; known: {', '.join(DEVICE_STATES)}"
-        )
-    now = authority.clock.now()
-    with authority.engine.begin() as conn:
-        device = _device(conn, serial)
-        if device.state == "REVOKED" and state != "REVOKED":
-            raise PolicyError(
-                "device-revoked",
-                f"device {serial!r} is REVOKED: revocation is final, it cannot become {state}",
-            )
-        if from_states is not None and device.state not in from_states:
-            raise PolicyError(
-                "device-state-transition",
-                f"device {serial!r} is {device.state}: only a device {' or '.join(from_states)} "
-                f"can become {state}",
-            )
-        expected = device.version if version is None else version
-        result = conn.execute(
-            update(repo.devices)
-            .where(repo.devices.c.id == device.id, repo.devices.c.version == expected)
-            .values(state=state, updated_at=now, version=repo.devices.c.version + 1)
-        )
-        if result.rowcount != 1:
-            raise ConflictError(
-                "stale-version", f"device {serial!r} changed since version {expected} (now {device.version})"
-            )
-        outbox.emit(conn, now, "device.state", serial, {"from": device.state, "to": state, "reason": reason})
-        audit.append(
+    new = device_state(state)
+    with writing(authority.engine) as conn:
+        device_records.change_state(
             conn,
-            [
-                audit.Event(
-                    "device.state", serial, actor, "ok", {"from": device.state, "to": state, "reason": reason}
-                )
-            ],
-            now,
+            [serial],
+            new,
+            authority.clock.now(),
+            actor,
+            reason=reason,
+            version=version,
+            from_states=from_states,
         )
 
 
@@ -90,7 +74,7 @@ def add(authority: Authority, device: NewDevice, actor: str) -> None:
     it (HTTP Basic enrollment with a secret from `create_enrollment_secret`)."""
     check_device_serial(device.serial)
     now = authority.clock.now()
-    with write_lock(authority.engine), authority.engine.begin() as conn:
+    with writing(authority.engine) as conn:
         authority._insert_devices(conn, [device], now)
         detail = {"model": device.model, "lot": device.lot}
         audit.append(conn, [audit.Event("device.create", device.serial, actor, "ok", detail)], now)
@@ -104,7 +88,7 @@ def create_enrollment_secret(
     secret = secrets.token_urlsafe(24)
     mac = authority.credentials.mac(Purpose.ENROLLMENT_SECRET, secret)
     now = authority.clock.now()
-    with authority.engine.begin() as conn:
+    with writing(authority.engine) as conn:
         device = _device(conn, serial)
         conn.execute(
             insert(repo.enrollment_secrets).values(
@@ -162,7 +146,7 @@ def consume_enrollment_secret(authority: Authority, serial: str, secret: str) ->
     `enroll-secret` (wrong, expired) or `enroll-secret-reused`."""
     now = authority.clock.now()
     table = repo.enrollment_secrets
-    with authority.engine.begin() as conn:
+    with writing(authority.engine) as conn:
         row = usable_secret(conn, authority.credentials, serial, secret, now)
         done = conn.execute(
             update(table).where(table.c.id == row.id, table.c.used_at.is_(None)).values(used_at=now)
@@ -175,7 +159,7 @@ def consume_enrollment_secret(authority: Authority, serial: str, secret: str) ->
 def approval_pending(authority: Authority, serial: str) -> bool:
     """For policies that hold enrollments: record the request; True while it awaits an operator."""
     now = authority.clock.now()
-    with authority.engine.begin() as conn:
+    with writing(authority.engine) as conn:
         device = _device(conn, serial)
         if device.approved_at is not None:
             return False
@@ -191,7 +175,7 @@ def approval_pending(authority: Authority, serial: str) -> bool:
 
 def approve(authority: Authority, serial: str, actor: str) -> None:
     now = authority.clock.now()
-    with authority.engine.begin() as conn:
+    with writing(authority.engine) as conn:
         device = _device(conn, serial)
         conn.execute(
             update(repo.devices).where(repo.devices.c.id == device.id).values(approved_at=now, updated_at=now)

@@ -286,6 +286,7 @@ def decide_with_certificate(
         device_serial=serial,
         lifetime=policy.lifetime,
         supersedes=supersedes,
+        supersedes_held=client.profile is ProfileName.IDEVID and policy.profile is ProfileName.LDEVID,
         prepare=admission.prepare,
     )
     return Decision(policy, serial, request, private_key, admission.assignment)

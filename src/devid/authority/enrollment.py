@@ -40,7 +40,7 @@ from devid.authority.enroll import (
 from devid.authority.group_commit import committer
 from devid.errors import AuthenticationRequired, CredentialRefused, DevidError
 from devid.store import audit
-from devid.store.engine import write_lock
+from devid.store.engine import writing
 
 #: Threads that decide enrollments off the event loop.
 WORKERS = 16
@@ -169,5 +169,5 @@ class EnrollmentService:
 
     def _append(self, events: list[audit.Event]) -> None:
         engine = self.authority.engine
-        with write_lock(engine), engine.begin() as conn:
+        with writing(engine) as conn:
             audit.append(conn, events, self.authority.clock.now())

@@ -15,10 +15,11 @@ from concurrent.futures import Future
 
 from devid.authority.core import Authority
 from devid.authority.requests import Issued, IssueRequest
-from devid.errors import DevidError
+from devid.errors import ConfigError, DevidError
 
 MAX_BATCH = 128
 _Item = tuple[IssueRequest, str, "Future[Issued]"]
+_STOP = None
 
 
 class GroupCommitter:
@@ -27,7 +28,9 @@ class GroupCommitter:
     def __init__(self, authority: Authority, max_batch: int = MAX_BATCH) -> None:
         self.authority = authority
         self.max_batch = max_batch
-        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._closing = threading.Lock()
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="devid-group-commit", daemon=True)
         self._thread.start()
 
@@ -40,43 +43,57 @@ class GroupCommitter:
         the certificate has committed (or holds the request's own refusal, audited). An event
         loop awaits it with `asyncio.wrap_future`: no thread waits on its behalf."""
         future: Future[Issued] = Future()
-        self._queue.put((request, actor, future))
+        with self._closing:
+            if self._closed:
+                raise ConfigError("authority-closed", "the authority's group committer was closed")
+            self._queue.put((request, actor, future))
         return future
 
+    def close(self) -> None:
+        """Commit every request already submitted, then stop the thread (waits for both)."""
+        with self._closing:
+            if not self._closed:
+                self._closed = True
+                self._queue.put(_STOP)
+        self._thread.join()
+
     def _run(self) -> None:
-        while True:
-            batch = [self._queue.get()]
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch = [first]
             while len(batch) < self.max_batch:
                 try:
-                    batch.append(self._queue.get_nowait())
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-            # A request whose caller gave up (a cancelled future) is not issued; the others can
-            # no longer be cancelled, so every result below finds its future waiting.
-            batch = [item for item in batch if item[2].set_running_or_notify_cancel()]
-            if not batch:
-                continue
-            try:
-                outcomes = self.authority.issue_each([r for r, _, _ in batch], [a for _, a, _ in batch])
-            except BaseException as exc:
-                for _, _, future in batch:
-                    future.set_exception(exc)
-                continue
-            for (_, _, future), outcome in zip(batch, outcomes, strict=True):
-                if isinstance(outcome, DevidError):
-                    future.set_exception(outcome)
-                else:
-                    future.set_result(outcome)
+                if item is _STOP:  # nothing is queued after it: commit this batch, then stop
+                    stopping = True
+                    break
+                batch.append(item)
+            self._commit(batch)
 
-
-_lock = threading.Lock()
-_committers: dict[Authority, GroupCommitter] = {}
+    def _commit(self, batch: list[_Item]) -> None:
+        # A request whose caller gave up (a cancelled future) is not issued; the others can
+        # no longer be cancelled, so every result below finds its future waiting.
+        batch = [item for item in batch if item[2].set_running_or_notify_cancel()]
+        if not batch:
+            return
+        try:
+            outcomes = self.authority.issue_each([r for r, _, _ in batch], [a for _, a, _ in batch])
+        except BaseException as exc:
+            for _, _, future in batch:
+                future.set_exception(exc)
+            return
+        for (_, _, future), outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, DevidError):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
 
 
 def committer(authority: Authority) -> GroupCommitter:
-    """The authority's committer, started on first use (its thread lives as long as the process)."""
-    with _lock:
-        found = _committers.get(authority)
-        if found is None:
-            found = _committers[authority] = GroupCommitter(authority)
-        return found
+    """The authority's committer, started on first use; `authority.close()` drains and stops it."""
+    return authority.owned(GroupCommitter, lambda: GroupCommitter(authority))

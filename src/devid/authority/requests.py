@@ -58,6 +58,9 @@ class IssueRequest:
     #: Fingerprint of the certificate this one replaces (re-enrollment): it must be current, and
     #: is marked superseded in the same transaction.
     supersedes: str | None = None
+    #: Supersede, in the same transaction, every valid certificate of this profile the device
+    #: holds (an enrollment with the IDevID replaces the device's operational identity).
+    supersedes_held: bool = False
     #: Writes that must commit with this certificate, run in its transaction before its device is
     #: looked up (a device registered just in time, its allocation); if they fail, the batch fails.
     prepare: Callable[[Connection, datetime], None] | None = field(default=None, compare=False)

@@ -26,7 +26,7 @@ from devid.keys.software import SoftwareKeyStore
 from devid.pki.profiles import PROFILES, ProfileName, Template, ca_subject, self_signed_template
 from devid.pki.serials import random_serial, serial_hex
 from devid.store import audit, repo
-from devid.store.engine import make_engine, reading
+from devid.store.engine import make_engine, reading, writing
 from devid.store.schema import check_schema, migrate
 
 #: The hierarchy `devid init` creates: (name, role, parent, profile, common name suffix).
@@ -177,7 +177,7 @@ def _create_hierarchy(engine: Engine, keystore: KeyStore, home: Home, clock: Clo
             )
         )
     keystore.generate(home.config.key_prefix + AUDIT_KEY_NAME)  # signs the audit checkpoints
-    with engine.begin() as conn:
+    with writing(engine) as conn:
         conn.execute(insert(repo.cas), rows)
         audit.append(conn, events, now)
 

@@ -1,50 +1,49 @@
 """Session tokens in the authority: the keys that sign them (P-256, ES256), their rotation, and the
 token policy (issuer, audiences, scopes, lifetime). Token formats live in `devid.tokens`.
 
-The keys live in the same keystore as the CA keys: passphrase-encrypted PKCS#8 files, or a PKCS#11
-token where they are generated inside and sign inside. The first is made at first use under
-`<key_prefix>token-signer`; each rotation adds `<key_prefix>token-signer-<n>`. Which key signs,
-and which retired keys are still published, is kept in a small JSON file beside the software keys
-(`<home>/keys/token-keys.json`), written atomically under a file lock so that concurrent first
-uses or rotations in several processes agree. Every process notices a change of that file at its
-next use, so `devid token rotate-key` takes effect in a running server without a restart.
+The keys and their state (which key signs, which retired keys are still published and since when)
+live in the store's `token_keys` table, so every host on one PostgreSQL signs with the same key
+and publishes the same JWKS. A software key is kept there encrypted under the home passphrase
+(the CA keys' PKCS#8 encryption); a PKCS#11 key is generated inside the token and stays there,
+the table recording its label. The first key is made at first use under `<key_prefix>token-signer`;
+each rotation adds `<key_prefix>token-signer-<n>`. Every use reads the current key from the table,
+so `devid token rotate-key` takes effect in every running server at its next token. Two processes
+making the first key at once agree: the table admits one current key and one row per label, and
+the process whose insert is refused takes up the other's.
 
 A retired key stays published (in the JWKS) for `RETIRED_KEY_PUBLISHED_FOR` after its retirement:
 the longest a token may live plus the clock skew devid allows, so every token it signed has expired
 before a verifier can no longer find its key. The public keys published are always taken from the
-keys themselves (never from the state file), and each must hash to the kid the state names.
+keys themselves, and each must hash to the kid the table names.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
-import fcntl
 import hashlib
 import json
-import os
 import re
 import threading
-import weakref
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, bindparam, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from devid.authority.core import Authority
 from devid.clock import Clock
 from devid.config import Home
 from devid.errors import ConfigError, ConflictError, KeyAccessError
-from devid.fsutil import atomic_write
 from devid.keys.base import KeyStore
+from devid.keys.software import SoftwareKeyStore
 from devid.pki.keypolicy import require_p256
 from devid.pki.profiles import CLOCK_SKEW
 from devid.store import audit
+from devid.store.engine import reading, writing
+from devid.store.models import token_keys as _table
 
 #: No session token lives longer than this, whatever the policy says.
 MAX_TOKEN_LIFETIME = timedelta(hours=1)
@@ -52,7 +51,6 @@ MAX_TOKEN_LIFETIME = timedelta(hours=1)
 RETIRED_KEY_PUBLISHED_FOR = MAX_TOKEN_LIFETIME + CLOCK_SKEW
 #: Key label suffix of the first token-signing key (`<key_prefix>token-signer`).
 KEY_NAME = "token-signer"
-STATE_FILE = "token-keys.json"
 
 _ES256 = ec.ECDSA(hashes.SHA256())
 
@@ -83,7 +81,7 @@ def jwk_thumbprint(public_key: ec.EllipticCurvePublicKey) -> str:
 
 @dataclass(frozen=True)
 class KeyRecord:
-    """One token-signing key as the state file records it."""
+    """One token-signing key as the store records it."""
 
     label: str
     kid: str
@@ -94,24 +92,6 @@ class KeyRecord:
     def published_until(self) -> datetime | None:
         """When the key leaves the JWKS (None: it is the current key)."""
         return None if self.retired_at is None else self.retired_at + RETIRED_KEY_PUBLISHED_FOR
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "label": self.label,
-            "kid": self.kid,
-            "created_at": self.created_at.isoformat(),
-            "retired_at": self.retired_at.isoformat() if self.retired_at else None,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> KeyRecord:
-        retired = data.get("retired_at")
-        return cls(
-            str(data["label"]),
-            str(data["kid"]),
-            datetime.fromisoformat(data["created_at"]),
-            datetime.fromisoformat(retired) if retired else None,
-        )
 
 
 @dataclass(frozen=True)
@@ -138,60 +118,42 @@ class PublishedKey:
 
 
 class TokenKeyring:
-    """The token-signing keys of one devid home."""
+    """The token-signing keys of one store, opened with the home's keystore."""
 
-    def __init__(
-        self, keystore: KeyStore, key_prefix: str, state_path: Path, *, engine: Engine, clock: Clock
-    ) -> None:
+    def __init__(self, keystore: KeyStore, key_prefix: str, *, engine: Engine, clock: Clock) -> None:
         self.keystore = keystore
         self.key_prefix = key_prefix
-        self.state_path = state_path
         self.engine = engine
         self.clock = clock
-        self._lock = threading.RLock()
-        self._stamp: tuple[int, int, int] | None = None
-        self._records: list[KeyRecord] = []
-        self._keys: dict[str, ec.EllipticCurvePrivateKey] = {}
+        self._lock = threading.Lock()
+        self._keys: dict[str, ec.EllipticCurvePrivateKey] = {}  # by kid
 
     @classmethod
-    def for_home(cls, home: Home, authority: Authority) -> TokenKeyring:
-        """The keyring of `home`, using the authority's keystore, store (for audit) and clock."""
-        return cls(
-            _keystore_of(authority),
-            home.config.key_prefix,
-            home.keys_dir / STATE_FILE,
-            engine=authority.engine,
-            clock=authority.clock,
-        )
+    def for_authority(cls, authority: Authority, key_prefix: str) -> TokenKeyring:
+        """The keyring on the authority's store, keystore and clock."""
+        return cls(_keystore_of(authority), key_prefix, engine=authority.engine, clock=authority.clock)
 
     # --- reading ------------------------------------------------------------------------------------
 
     def records(self) -> list[KeyRecord]:
-        """Every key the state names, oldest first (re-read when the file changed)."""
-        with self._lock:
-            self._refresh()
-            return list(self._records)
+        """Every key the store names, oldest first."""
+        with reading(self.engine) as conn:
+            return [_record(row) for row in conn.execute(_ALL)]
 
     def current(self) -> SigningKey:
         """The key that signs now; the first one is generated (and audited) at first use."""
-        with self._lock:
-            self._refresh()
-            record = self._current_record()
-            if record is None:
-                with self._file_lock():
-                    self._refresh()
-                    record = self._current_record() or self._create_first()
-            return SigningKey(record.kid, record.label, self._key(record))
+        with reading(self.engine) as conn:
+            row = conn.execute(_CURRENT).first()
+        record = _record(row) if row is not None else self._create_first()
+        return SigningKey(record.kid, record.label, self._key(record))
 
     def published(self) -> list[PublishedKey]:
         """The current key and the retired keys whose tokens may still be valid, newest first."""
         self.current()  # a JWKS fetched before the first token already names the key that will sign it
         now = self.clock.now()
-        with self._lock:
-            self._refresh()
-            live = [r for r in self._records if r.published_until is None or r.published_until > now]
-            live.sort(key=lambda r: (r.retired_at is not None, -(r.created_at.timestamp())))
-            return [PublishedKey(r, self._key(r).public_key()) for r in live]
+        live = [r for r in self.records() if r.published_until is None or r.published_until > now]
+        live.sort(key=lambda r: (r.retired_at is not None, -(r.created_at.timestamp())))
+        return [PublishedKey(r, self._key(r).public_key()) for r in live]
 
     def jwks(self) -> dict[str, list[dict[str, str]]]:
         """The JWK Set (RFC 7517 §5) a verifier fetches: `{"keys": [...]}`."""
@@ -202,116 +164,118 @@ class TokenKeyring:
     def rotate(self, actor: str = "system") -> tuple[KeyRecord, KeyRecord | None]:
         """Make a new signing key current; the old one stays published until its tokens expired.
 
-        Returns (new, retired). The new key is in the keystore before the state names it, so a crash
-        at any point leaves a state whose current key exists; a key generated by a crashed rotation
-        is taken up by the next one.
+        Returns (new, retired). The retirement, the new key and their audit event commit together.
         """
-        with self._lock, self._file_lock():
-            self._refresh()
-            now = self.clock.now().astimezone(UTC).replace(microsecond=0)
-            old = self._current_record()
-            generation = 1 + max((_generation(self.key_prefix, r.label) for r in self._records), default=0)
-            new = self._make_key(self._label(generation), now)
+        now = self.clock.now().astimezone(UTC).replace(microsecond=0)
+        with writing(self.engine) as conn:
+            old_row = conn.execute(_CURRENT.with_for_update()).first()
+            old = _record(old_row) if old_row is not None else None
+            if old is not None:
+                conn.execute(
+                    update(_table).where(_table.c.label == old.label).values(is_current=None, retired_at=now)
+                )
+            new = self._insert_new(conn, now)
             retired = KeyRecord(old.label, old.kid, old.created_at, now) if old else None
-            records = [r for r in self._records if r != old] + ([retired] if retired else []) + [new]
-            self._write(records)
             detail = {"label": new.label, "backend": self.keystore.backend}
             if retired is not None:
                 detail |= {"retired": retired.kid, "published_until": str(retired.published_until)}
-            self._audit("token.key.rotate", new.kid, actor, detail, now)
-            return new, retired
+            audit.append(conn, [audit.Event("token.key.rotate", new.kid, actor, "ok", detail)], now)
+        return new, retired
 
     # --- internals ------------------------------------------------------------------------------
+
+    def _create_first(self) -> KeyRecord:
+        now = self.clock.now().astimezone(UTC).replace(microsecond=0)
+        try:
+            with writing(self.engine) as conn:
+                row = conn.execute(_CURRENT).first()
+                if row is not None:  # made by another writer since this one looked
+                    return _record(row)
+                record = self._insert_new(conn, now)
+                detail = {"label": record.label, "backend": self.keystore.backend}
+                audit.append(conn, [audit.Event("token.key.create", record.kid, "system", "ok", detail)], now)
+                return record
+        except IntegrityError:
+            # Another process (on PostgreSQL) made the first key at the same time: use it.
+            with reading(self.engine) as conn:
+                row = conn.execute(_CURRENT).first()
+            if row is None:
+                raise
+            return _record(row)
+
+    def _insert_new(self, conn: Connection, now: datetime) -> KeyRecord:
+        labels = conn.execute(select(_table.c.label)).scalars()
+        generation = 1 + max((_generation(self.key_prefix, label) for label in labels), default=0)
+        label = self._label(generation)
+        key, sealed = self._make_key(label)
+        record = KeyRecord(label, jwk_thumbprint(key.public_key()), now)
+        conn.execute(
+            insert(_table).values(
+                label=label,
+                kid=record.kid,
+                backend=self.keystore.backend,
+                encrypted_key=sealed,
+                is_current=True,
+                created_at=now,
+            )
+        )
+        with self._lock:  # by kid: a key whose row did not commit is never taken for another
+            self._keys[record.kid] = key
+        return record
 
     def _label(self, generation: int) -> str:
         return (
             f"{self.key_prefix}{KEY_NAME}" if generation == 1 else f"{self.key_prefix}{KEY_NAME}-{generation}"
         )
 
-    def _current_record(self) -> KeyRecord | None:
-        current = [r for r in self._records if r.retired_at is None]
-        if len(current) > 1:
-            raise ConfigError(
-                "token-keys-invalid", f"{self.state_path} names {len(current)} current token-signing keys"
-            )
-        return current[0] if current else None
-
-    def _create_first(self) -> KeyRecord:
-        now = self.clock.now().astimezone(UTC).replace(microsecond=0)
-        generation = 1 + max((_generation(self.key_prefix, r.label) for r in self._records), default=0)
-        record = self._make_key(self._label(generation), now)
-        self._write([*self._records, record])
-        self._audit(
-            "token.key.create",
-            record.kid,
-            "system",
-            {"label": record.label, "backend": self.keystore.backend},
-            now,
-        )
-        return record
-
-    def _make_key(self, label: str, now: datetime) -> KeyRecord:
+    def _make_key(self, label: str) -> tuple[ec.EllipticCurvePrivateKey, bytes | None]:
+        """A new key and what the store keeps of it: the encrypted key, or None (it stays in the token)."""
+        if isinstance(self.keystore, SoftwareKeyStore):
+            key = ec.generate_private_key(ec.SECP256R1())
+            return key, self.keystore.encrypt(key)
         try:
             key = self.keystore.generate(label)
         except ConflictError:
-            # Left by a crash between generating the key and recording it: take it up.
+            # Left by a transaction that did not commit (a crash, a concurrent first use): take it up.
             key = self.keystore.load(label)
         require_p256(key.public_key())
-        self._keys[label] = key
-        return KeyRecord(label, jwk_thumbprint(key.public_key()), now)
+        return key, None
 
     def _key(self, record: KeyRecord) -> ec.EllipticCurvePrivateKey:
-        key = self._keys.get(record.label)
-        if key is None:
+        with self._lock:
+            key = self._keys.get(record.kid)
+        if key is not None:
+            return key
+        with reading(self.engine) as conn:
+            sealed = conn.execute(_SEALED, {"label": record.label}).scalar_one_or_none()
+        if sealed is None:
             key = self.keystore.load(record.label)
-            if jwk_thumbprint(key.public_key()) != record.kid:
-                raise KeyAccessError(
-                    "token-key-mismatch",
-                    f"token-signing key {record.label!r} does not match the kid {record.kid} "
-                    f"recorded in {self.state_path}",
-                )
-            self._keys[record.label] = key
+        elif isinstance(self.keystore, SoftwareKeyStore):
+            key = self.keystore.decrypt(sealed, f"token-signing key {record.label!r}")
+        else:
+            raise ConfigError(
+                "token-keys-backend",
+                f"token-signing key {record.label!r} is a software key; this home's keys are in "
+                f"{self.keystore.backend}",
+            )
+        if jwk_thumbprint(key.public_key()) != record.kid:
+            raise KeyAccessError(
+                "token-key-mismatch",
+                f"token-signing key {record.label!r} does not match the kid {record.kid} recorded "
+                "in the store",
+            )
+        with self._lock:
+            self._keys[record.kid] = key
         return key
 
-    def _refresh(self) -> None:
-        try:
-            st = self.state_path.stat()
-        except FileNotFoundError:
-            self._stamp, self._records = None, []
-            return
-        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if stamp == self._stamp:
-            return
-        try:
-            data = json.loads(self.state_path.read_bytes())
-            records = [KeyRecord.from_json(item) for item in data["keys"]]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(
-                "token-keys-invalid", f"{self.state_path} is not a valid token key state: {exc}"
-            ) from None
-        self._stamp, self._records = stamp, records
 
-    def _write(self, records: list[KeyRecord]) -> None:
-        data = {"version": 1, "keys": [r.to_json() for r in records]}
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.state_path, json.dumps(data, indent=2).encode() + b"\n")
-        self._stamp = None
-        self._refresh()
+_ALL = select(_table).order_by(_table.c.id)
+_CURRENT = select(_table).where(_table.c.is_current.is_(True))
+_SEALED = select(_table.c.encrypted_key).where(_table.c.label == bindparam("label"))
 
-    @contextlib.contextmanager
-    def _file_lock(self) -> Iterator[None]:
-        """An exclusive lock across processes sharing this home (first use, rotation)."""
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.state_path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
 
-    def _audit(self, action: str, subject: str, actor: str, detail: dict[str, Any], at: datetime) -> None:
-        with self.engine.begin() as conn:
-            audit.append(conn, [audit.Event(action, subject, actor, "ok", detail)], at)
+def _record(row: Any) -> KeyRecord:
+    return KeyRecord(row.label, row.kid, row.created_at, row.retired_at)
 
 
 def _generation(prefix: str, label: str) -> int:
@@ -416,70 +380,45 @@ class TokenPolicy:
             raise ConfigError("token-policy", f"invalid [tokens] configuration: {exc}") from None
 
 
-_POLICIES: weakref.WeakKeyDictionary[Authority, TokenPolicy] = weakref.WeakKeyDictionary()
-_POLICIES_LOCK = threading.Lock()
-
-
 def set_token_policy(authority: Authority, policy: TokenPolicy) -> None:
-    with _POLICIES_LOCK:
-        _POLICIES[authority] = policy
+    authority.own(TokenPolicy, policy)
 
 
 def token_policy(authority: Authority) -> TokenPolicy:
     """The policy set for `authority`, else the defaults for its organisation."""
-    with _POLICIES_LOCK:
-        policy = _POLICIES.get(authority)
-        if policy is None:
-            policy = _POLICIES[authority] = TokenPolicy.for_org(authority.org)
-        return policy
+    return authority.owned(TokenPolicy, lambda: TokenPolicy.for_org(authority.org))
 
 
 # --- which keyring (and policy) an authority uses --------------------------------------------------
 
-_KEYRINGS: weakref.WeakKeyDictionary[Authority, TokenKeyring] = weakref.WeakKeyDictionary()
-_KEYRINGS_LOCK = threading.Lock()
-
 
 def attach(authority: Authority, home: Home) -> TokenKeyring:
-    """Give `authority` the token keyring of `home`, and the token policy of its `[tokens]` table
-    (defaults when the configuration has none). Called by `open_authority`."""
-    ring = TokenKeyring.for_home(home, authority)
+    """Give `authority` the token keyring with the key prefix of `home`, and the token policy of its
+    `[tokens]` table (defaults when the configuration has none). Called by `open_authority`."""
     settings = getattr(home.config, "tokens", None) or {}
     set_token_policy(authority, TokenPolicy.from_config(dict(settings), home.config.org))
-    with _KEYRINGS_LOCK:
-        _KEYRINGS[authority] = ring
-    return ring
+    return attach_keyring(authority, TokenKeyring.for_authority(authority, home.config.key_prefix))
 
 
 def attach_keyring(authority: Authority, ring: TokenKeyring) -> TokenKeyring:
     """Give `authority` a keyring built by the caller (tests, embedders with their own layout)."""
-    with _KEYRINGS_LOCK:
-        _KEYRINGS[authority] = ring
-    return ring
+    return authority.own(TokenKeyring, ring)
 
 
 def token_keyring(authority: Authority) -> TokenKeyring:
-    """The keyring attached to `authority`; for one opened without it, the software home it comes from.
+    """The keyring attached to `authority`; for one opened without it, one with the key prefix of its
+    CA key labels (`<prefix><ca name>`), which is exactly what `attach` would use."""
+    return authority.owned(
+        TokenKeyring, lambda: TokenKeyring.for_authority(authority, _key_prefix(authority))
+    )
 
-    The fallback finds the home's key folder through the software keystore (`<home>/keys`) and the
-    key prefix through the CA key labels, which is exactly what `attach` would use.
-    """
-    with _KEYRINGS_LOCK:
-        ring = _KEYRINGS.get(authority)
-        if ring is not None:
-            return ring
-        keystore = _keystore_of(authority)
-        directory = getattr(keystore, "directory", None)
-        labelled = [ca for ca in authority.cas.values() if ca.key_label and ca.key_label.endswith(ca.name)]
-        if not isinstance(directory, Path) or not labelled:
-            raise ConfigError(
-                "token-keys-unconfigured",
-                "this authority has no token keyring: open it with open_authority (which attaches one)",
-            )
-        label = labelled[0].key_label or ""
-        prefix = label[: len(label) - len(labelled[0].name)]
-        ring = TokenKeyring(
-            keystore, prefix, directory / STATE_FILE, engine=authority.engine, clock=authority.clock
+
+def _key_prefix(authority: Authority) -> str:
+    labelled = [ca for ca in authority.cas.values() if ca.key_label and ca.key_label.endswith(ca.name)]
+    if not labelled:
+        raise ConfigError(
+            "token-keys-unconfigured",
+            "this authority has no token keyring: open it with open_authority (which attaches one)",
         )
-        _KEYRINGS[authority] = ring
-        return ring
+    label = labelled[0].key_label or ""
+    return label[: len(label) - len(labelled[0].name)]

@@ -378,7 +378,7 @@ def run_local(clients: int, n: int, modes: list[str], workers: int = 2) -> list[
         finally:
             proc.terminate()
             proc.wait(timeout=60)
-            authority.engine.dispose()
+            authority.close()
         return results
 
 

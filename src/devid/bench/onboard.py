@@ -51,7 +51,7 @@ def run(
         bare = open_authority(bare_home, PASSPHRASE)
         trust = cert_pem(bare.root)
         own = [tls_context(trust, i.chain, i.key) for i in provision(bare, n)]
-        bare.engine.dispose()
+        bare.close()
         baseline = _serve_and_load(bare_home.path, workers, clients, own, make_csrs(n))
 
         home = init_home(Path(tmp) / "fleet", org="Bench Org", passphrase=PASSPHRASE)
@@ -69,7 +69,7 @@ def run(
             allocated = conn.execute(
                 select(func.count()).select_from(repo.devices).where(repo.devices.c.hub_id.is_not(None))
             ).scalar_one()
-        authority.engine.dispose()
+        authority.close()
 
     note = f"{clients} clients, a new device and mTLS connection per enrollment, devid serve x{workers}"
     figures = [

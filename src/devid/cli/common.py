@@ -55,22 +55,24 @@ def load_home(home: Path | None) -> Home:
 
 def authority(home: Path | None, passphrase_file: Path | None) -> Authority:
     """The home's authority; when the command ends, the audit events it added are anchored by a
-    signed checkpoint (nothing is signed if it added none)."""
+    signed checkpoint (nothing is signed if it added none), and the authority is closed."""
     from devid.authority.setup import open_authority
 
     passphrase = resolve_passphrase(passphrase_file)
     opened = open_authority(load_home(home), passphrase)
-    atexit.register(_checkpoint_at_exit, opened)
+    atexit.register(_close_at_exit, opened)
     return opened
 
 
-def _checkpoint_at_exit(opened: Authority) -> None:
+def _close_at_exit(opened: Authority) -> None:
     try:
         opened.checkpoint_audit()
     except KeyAccessError:
         pass  # a wrong passphrase or PIN: the command has already said so, and nothing can be signed
     except Exception as exc:  # the command's own outcome stands; say why the chain stays unanchored
         err_console.print(f"warning: audit checkpoint not written: {escape(str(exc))}", highlight=False)
+    finally:
+        opened.close()
 
 
 def store(home: Path | None) -> Engine:

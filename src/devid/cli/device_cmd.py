@@ -32,6 +32,7 @@ from devid.errors import NotFoundError, PolicyError
 from devid.registry import hubs, manufacturers
 from devid.store import repo
 from devid.store.engine import reading
+from devid.store.states import DeviceState
 
 app = typer.Typer(help="Manage devices: enrollment secrets, approval, state.", no_args_is_help=True)
 
@@ -125,13 +126,13 @@ def _device(engine: Engine, serial: str) -> dict[str, Any]:
 
 def _set_state(
     serial: str,
-    state: str,
+    state: DeviceState,
     reason: str,
     home: Path | None,
     passphrase_file: Path | None,
     as_json: bool,
     version: int | None,
-    from_states: tuple[str, ...] | None = None,
+    from_states: tuple[DeviceState, ...] | None = None,
 ) -> None:
     auth = authority(home, passphrase_file)
     devices.set_state(auth, serial, state, "cli", reason, version=version, from_states=from_states)
@@ -149,7 +150,14 @@ def activate(
 ) -> None:
     """Activate a device that is PENDING_ACTIVATION (registered just in time) or INACTIVE."""
     _set_state(
-        serial, "ACTIVE", reason, home, passphrase_file, as_json, version, ("PENDING_ACTIVATION", "INACTIVE")
+        serial,
+        DeviceState.ACTIVE,
+        reason,
+        home,
+        passphrase_file,
+        as_json,
+        version,
+        (DeviceState.PENDING_ACTIVATION, DeviceState.INACTIVE),
     )
 
 
@@ -163,7 +171,7 @@ def disable(
     as_json: JsonOpt = False,
 ) -> None:
     """Set a device INACTIVE: it is refused enrollment and renewal until enabled again."""
-    _set_state(serial, "INACTIVE", reason, home, passphrase_file, as_json, version)
+    _set_state(serial, DeviceState.INACTIVE, reason, home, passphrase_file, as_json, version)
 
 
 @app.command("enable")
@@ -176,7 +184,7 @@ def enable(
     as_json: JsonOpt = False,
 ) -> None:
     """Set a device ACTIVE again (not a REVOKED one: revocation is final)."""
-    _set_state(serial, "ACTIVE", reason, home, passphrase_file, as_json, version)
+    _set_state(serial, DeviceState.ACTIVE, reason, home, passphrase_file, as_json, version)
 
 
 @app.command("show")
@@ -227,16 +235,13 @@ def list_(
     as_json: JsonOpt = False,
 ) -> None:
     """Devices in creation order, optionally filtered, one page at a time."""
-    if state is not None and state not in devices.DEVICE_STATES:
-        raise PolicyError(
-            "device-state", f"unknown device state {state!r}; known: {', '.join(devices.DEVICE_STATES)}"
-        )
+    wanted = devices.device_state(state) if state is not None else None
     engine = store(home)
     _known(engine, hub, manufacturer)
     with reading(engine) as conn:
         rows = repo.list_devices(
             conn,
-            state=state,
+            state=wanted,
             hub=hub,
             manufacturer=manufacturer,
             after_id=after,

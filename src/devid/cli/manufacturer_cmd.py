@@ -25,6 +25,7 @@ from devid.errors import PolicyError
 from devid.registry import manufacturers
 from devid.registry.manufacturers import CODE_TTL, ManufacturerInfo
 from devid.store.engine import reading
+from devid.store.states import ManufacturerState
 
 app = typer.Typer(help="Manufacturer CAs: register, activate, deactivate, list.", no_args_is_help=True)
 COLUMNS = ["name", "state", "auto register", "auto activate", "subject", "not after", "version"]
@@ -115,7 +116,7 @@ def update(
 
 def _set_state(name: str, state: str, home: HomeOpt, passphrase_file: PassphraseOpt, as_json: bool) -> None:
     info = manufacturers.update_settings(authority(home, passphrase_file), name, state=state)
-    _done(info, "activated" if state == "ACTIVE" else "deactivated", as_json)
+    _done(info, "activated" if state == ManufacturerState.ACTIVE else "deactivated", as_json)
 
 
 @app.command("activate")
@@ -123,7 +124,7 @@ def activate(
     name: str, home: HomeOpt = None, passphrase_file: PassphraseOpt = None, as_json: JsonOpt = False
 ) -> None:
     """Trust the manufacturer's CA again: its devices may authenticate."""
-    _set_state(name, "ACTIVE", home, passphrase_file, as_json)
+    _set_state(name, ManufacturerState.ACTIVE, home, passphrase_file, as_json)
 
 
 @app.command("deactivate")
@@ -131,7 +132,7 @@ def deactivate(
     name: str, home: HomeOpt = None, passphrase_file: PassphraseOpt = None, as_json: JsonOpt = False
 ) -> None:
     """Stop trusting the manufacturer's CA: its devices are refused at once."""
-    _set_state(name, "INACTIVE", home, passphrase_file, as_json)
+    _set_state(name, ManufacturerState.INACTIVE, home, passphrase_file, as_json)
 
 
 @app.command("list")

@@ -137,7 +137,7 @@ def serve(
         ),
     )
     if workers > 1:
-        authority.engine.dispose()
+        authority.close()
         spec = WorkerSpec(
             devid_home.path,
             passphrase,
@@ -170,7 +170,7 @@ def serve(
             )
         )
     finally:
-        authority.engine.dispose()
+        authority.close()
     console.print("stopped", highlight=False)
 
 

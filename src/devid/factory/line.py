@@ -126,7 +126,7 @@ def run_line(
     station = _make_station(spec)
     spec.out_dir.mkdir(parents=True, exist_ok=True)
     summary = Summary()
-    with open(manifest, "a") as out:
+    with station.authority, open(manifest, "a") as out:
         stream = _results(spec, serials, workers, station)
         next(stream)  # stations ready: the rate is the line's, not the process start-up's
         summary.startup_seconds = time.perf_counter() - start

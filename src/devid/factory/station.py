@@ -19,8 +19,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from sqlalchemy import update
 
+from devid.authority import device_records
 from devid.authority.core import Authority
 from devid.authority.requests import Issued, IssueRequest, NewDevice, check_device_serial
 from devid.errors import ConflictError, DevidError
@@ -32,7 +32,8 @@ from devid.pki.keypolicy import require_p256
 from devid.pki.profiles import ProfileName, device_subject
 from devid.pki.serials import serial_hex
 from devid.store import audit, repo
-from devid.store.engine import reading
+from devid.store.engine import reading, writing
+from devid.store.states import DeviceState
 
 DEVICE_FILE = "device.json"
 IDEVID_FILE = "idevid.pem"
@@ -172,7 +173,7 @@ class Station:
         detail = {"code": error.code, "reason": error.message, "profile": ProfileName.IDEVID.value}
         for serial in refused:
             results.append(DeviceResult(serial, False, str(self.out_dir / serial), 0.0, error=_reason(error)))
-        with self.authority.engine.begin() as conn:
+        with writing(self.authority.engine) as conn:
             audit.append(
                 conn,
                 [audit.Event("certificate.issue", s, self.actor, "refused", detail) for s in refused],
@@ -270,11 +271,9 @@ class Station:
 
     def _mark_failed(self, serials: list[str], errors: dict[str, str | None]) -> None:
         now = self.authority.clock.now()
-        with self.authority.engine.begin() as conn:
-            conn.execute(
-                update(repo.devices)
-                .where(repo.devices.c.serial.in_(serials))
-                .values(state="FAILED_TEST", updated_at=now)
+        with writing(self.authority.engine) as conn:
+            device_records.change_state(
+                conn, serials, DeviceState.FAILED_TEST, now, self.actor, reason="end-of-line test failed"
             )
             audit.append(
                 conn,

@@ -102,6 +102,14 @@ class SoftwareKeyStore:
     def _secret_path(self, label: str) -> Path:
         return self.directory / f"{label}.secret.json"
 
+    def encrypt(self, key: ec.EllipticCurvePrivateKey) -> bytes:
+        """`key` as this store keeps its own (encrypted PKCS#8 PEM), for keeping elsewhere."""
+        return encrypt_private_key(key, self._passphrase)
+
+    def decrypt(self, pem: bytes, what: str) -> ec.EllipticCurvePrivateKey:
+        """A key `encrypt` made, under this store's passphrase."""
+        return decrypt_private_key(pem, self._passphrase, what)
+
     def generate_secret(self, label: str) -> SoftwareSecretKey:
         """32 random bytes sealed with AES-256-GCM under scrypt(passphrase, random salt), the label as
         associated data; the file is created exclusively (0600), so two processes cannot both make it."""

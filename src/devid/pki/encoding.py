@@ -9,10 +9,12 @@ import re
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from devid.errors import PolicyError
 
+_SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
 _PEM_BLOCK = re.compile(
     rb"-----BEGIN (?P<label>[A-Z0-9 #]+)-----\r?\n(?P<body>[A-Za-z0-9+/=\r\n\t ]*?)-----END (?P=label)-----"
 )
@@ -57,6 +59,12 @@ def cert_der(cert: x509.Certificate) -> bytes:
 def fingerprint(der: bytes) -> str:
     """SHA-256 fingerprint of a DER encoding, lower-case hex."""
     return hashlib.sha256(der).hexdigest()
+
+
+def public_key_fingerprint(key: PublicKeyTypes) -> str:
+    """SHA-256 of a public key's SubjectPublicKeyInfo (DER), lower-case hex: the same key, whatever
+    certificate or CSR carries it, has the same fingerprint."""
+    return fingerprint(key.public_bytes(serialization.Encoding.DER, _SPKI))
 
 
 def load_certificates(data: bytes) -> list[x509.Certificate]:

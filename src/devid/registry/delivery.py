@@ -31,7 +31,7 @@ from devid.authority.credential_key import CredentialKey
 from devid.errors import KeyAccessError
 from devid.registry.sinks import Sink, list_sinks
 from devid.registry.transports import DeliveryError, Mqtt, Outgoing, Transport, Webhook
-from devid.store.engine import reading
+from devid.store.engine import reading, writing
 from devid.store.models import event_sinks as _sinks
 from devid.store.models import events as _events
 from devid.store.outbox import EMITTED
@@ -104,7 +104,7 @@ def _record(engine: Engine, sink_id: int, delivered_to: int | None, error: str |
     )
     if delivered_to is not None:
         values["cursor"] = case((_sinks.c.cursor < delivered_to, delivered_to), else_=_sinks.c.cursor)
-    with engine.begin() as conn:
+    with writing(engine) as conn:
         conn.execute(update(_sinks).where(_sinks.c.id == sink_id).values(**values))
 
 

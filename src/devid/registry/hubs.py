@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import Connection, Row, delete, func, insert, select
+from sqlalchemy import Connection, Row, delete, insert, select
 
 from devid.authority.core import Authority
 from devid.errors import ConflictError, PolicyError
@@ -143,10 +143,7 @@ def remove(authority: Authority, name: str, actor: str = "cli") -> None:
     """Delete a hub no device is allocated to (disable it first and reprovision otherwise)."""
     with change(authority, "hub.remove", name, actor, {}) as conn:
         row = by_name(conn, hubs, name, "hub")
-        used = conn.execute(
-            select(func.count()).select_from(repo.devices).where(repo.devices.c.hub_id == row.id)
-        )
-        if used.scalar_one():
+        if repo.hub_in_use(conn, row.id):
             raise ConflictError("hub-in-use", f"devices are allocated to hub {name!r}: disable it instead")
         conn.execute(delete(hubs).where(hubs.c.id == row.id))
 

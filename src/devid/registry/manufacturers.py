@@ -27,8 +27,8 @@ from devid.registry.rows import by_name, change, update_versioned
 from devid.store import outbox
 from devid.store.models import manufacturers
 from devid.store.models import registration_codes as codes
+from devid.store.states import ManufacturerState
 
-STATES = ("ACTIVE", "INACTIVE")
 CODE_TTL = timedelta(hours=24)
 
 
@@ -201,7 +201,7 @@ def _insert(
         raise ConflictError("duplicate-manufacturer", f"this CA is already registered as {other.name!r}")
     values = {
         "name": name,
-        "state": "ACTIVE",
+        "state": ManufacturerState.ACTIVE,
         "auto_register": auto_register,
         "auto_activate": auto_activate,
         "subject": ca.subject.rfc4514_string(),
@@ -227,8 +227,10 @@ def update_settings(
     actor: str = "cli",
 ) -> ManufacturerInfo:
     """Activate/deactivate a manufacturer or change its JITR settings (409 on a stale version)."""
-    if state is not None and state not in STATES:
-        raise PolicyError("manufacturer-state", f"manufacturer state must be one of {', '.join(STATES)}")
+    if state is not None and state not in {s.value for s in ManufacturerState}:
+        raise PolicyError(
+            "manufacturer-state", f"manufacturer state must be one of {', '.join(ManufacturerState)}"
+        )
     values: dict[str, Any] = {
         k: v
         for k, v in (("state", state), ("auto_register", auto_register), ("auto_activate", auto_activate))

@@ -22,9 +22,10 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import Connection, Row, bindparam, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 
+from devid.authority import device_records
 from devid.authority.core import Authority
 from devid.authority.credentials import Identity
 from devid.authority.enroll import Admission
@@ -39,7 +40,8 @@ from devid.registry.enrollments import EnrollmentInfo, Kind, Reprovision
 from devid.registry.hubs import HubInfo
 from devid.registry.manufacturers import ManufacturerInfo
 from devid.store import audit, outbox, repo
-from devid.store.engine import reading, write_lock
+from devid.store.engine import reading, writing
+from devid.store.states import CertificateStatus, DeviceState, ManufacturerState
 
 #: Longest chain walked from an IDevID up to a registered manufacturer CA.
 MAX_CHAIN = 5
@@ -98,8 +100,8 @@ class Registry:
     """The registry as one authority's enrollment rules consult it.
 
     The store's generation is read at most every `recheck` seconds (one read per request cost a
-    sixth of an EST server's CPU): a change made by another process is seen within that time, one
-    made by this process at once.
+    sixth of an EST server's CPU): a change made elsewhere (another process or authority) is seen
+    within that time, one made through this authority at once.
     """
 
     def __init__(self, authority: Authority, *, webhook_timeout: float = 2.0, recheck: float = 0.2) -> None:
@@ -115,9 +117,13 @@ class Registry:
         checked_at, local = self._checked
         cached = self._snapshot
         now = time.monotonic()
-        if cached is not None and local == generation.local_changes() and now - checked_at < self.recheck:
+        if (
+            cached is not None
+            and local == generation.local_changes(self.authority)
+            and now - checked_at < self.recheck
+        ):
             return cached
-        self._checked = (now, generation.local_changes())
+        self._checked = (now, generation.local_changes(self.authority))
         with reading(self.authority.engine) as conn:
             gen = generation.current(conn)
             cached = self._snapshot
@@ -158,7 +164,7 @@ class Registry:
                 "client-cert-unknown-issuer",
                 "client certificate was not issued by this devid's CAs nor by any registered manufacturer CA",
             )
-        if manufacturer.state != "ACTIVE":
+        if manufacturer.state != ManufacturerState.ACTIVE:
             raise PolicyError(
                 "manufacturer-inactive",
                 f"manufacturer {manufacturer.name!r} is {manufacturer.state}: its devices are not accepted",
@@ -187,7 +193,8 @@ class Registry:
                     f"device {serial!r} is not registered and manufacturer {manufacturer.name!r} does not "
                     "register devices just in time (--auto-register) nor has it an individual enrollment",
                 )
-            state, registered = ("ACTIVE" if manufacturer.auto_activate else "PENDING_ACTIVATION"), False
+            state = DeviceState.ACTIVE if manufacturer.auto_activate else DeviceState.PENDING_ACTIVATION
+            registered = False
         return Identity(
             cert,
             der,
@@ -196,7 +203,7 @@ class Registry:
             ProfileName.IDEVID,
             serial,
             state,
-            "valid",
+            CertificateStatus.VALID,
             chain=tuple(path[1:]),
             registered=registered,
         )
@@ -302,7 +309,7 @@ class Registry:
                 row = self._allocate(conn, row, enrollment, decision, substatus, now)
             return row
 
-        if defer and client.device_state == "ACTIVE":
+        if defer and client.device_state == DeviceState.ACTIVE:
             planned = None
             if decision is not None and enrollment is not None and substatus is not None:
                 planned = _planned(client.device_serial, device, enrollment, decision, substatus)
@@ -312,7 +319,7 @@ class Registry:
 
             return replace(client, registered=True), replace(admission, assignment=planned, prepare=prepare)
         engine = self.authority.engine
-        with write_lock(engine), engine.begin() as conn:
+        with writing(engine) as conn:
             device = write(conn, self.authority.clock.now())
         client = replace(client, device_state=device.state, registered=True)
         assignment = _assignment(snap, device, enrollment, substatus or "unchanged") if enrollment else None
@@ -348,29 +355,21 @@ class Registry:
         self, conn: Connection, client: Identity, snap: Snapshot, now: datetime
     ) -> Row[Any] | None:
         manufacturer = next(m for m in snap.manufacturers if m.name == client.issuer)
+        detail = {"manufacturer": manufacturer.name, "idevid": client.fingerprint}
+        row = {
+            "serial": client.device_serial,
+            "state": client.device_state,
+            "manufacturer_id": manufacturer.id,
+            "idevid_fingerprint": client.fingerprint,
+            "registered_at": now,
+        }
         try:
             with conn.begin_nested():
-                conn.execute(
-                    insert(repo.devices).values(
-                        serial=client.device_serial,
-                        state=client.device_state,
-                        manufacturer_id=manufacturer.id,
-                        idevid_fingerprint=client.fingerprint,
-                        registered_at=now,
-                        created_at=now,
-                        updated_at=now,
-                        version=1,
-                    )
-                )
+                device_records.create(conn, [row], now, [detail])
         except IntegrityError:
             return None
-        detail = {
-            "manufacturer": manufacturer.name,
-            "state": client.device_state,
-            "idevid": client.fingerprint,
-        }
+        detail |= {"state": client.device_state}
         audit.append(conn, [audit.Event("device.register", client.device_serial, "jitr", "ok", detail)], now)
-        outbox.emit(conn, now, "device.registered", client.device_serial, detail)
         return repo.device_by_serial(conn, client.device_serial)
 
     def _allocate(

@@ -16,6 +16,7 @@ from devid.authority.core import Authority
 from devid.errors import ConflictError, NotFoundError
 from devid.registry import generation
 from devid.store import audit
+from devid.store.engine import writing
 
 
 @contextmanager
@@ -23,11 +24,12 @@ def change(
     authority: Authority, action: str, subject: str, actor: str, detail: dict[str, Any]
 ) -> Iterator[Connection]:
     """A write transaction that records its audit event and bumps the registry generation."""
-    with authority.engine.begin() as conn:
+    with writing(authority.engine) as conn:
         yield conn
         # The audit head first, like every audited change and every event: one lock order.
         audit.append(conn, [audit.Event(action, subject, actor, "ok", detail)], authority.clock.now())
         generation.bump(conn)
+    generation.committed(authority)
 
 
 def by_name(conn: Connection, table: Table, name: str, what: str, **where: Any) -> Row[Any]:

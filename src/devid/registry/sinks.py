@@ -27,6 +27,7 @@ from devid.errors import ConflictError, KeyAccessError, NotFoundError, PolicyErr
 from devid.registry import generation
 from devid.registry.transports import check_mqtt_url, check_topic, check_webhook_url, redact
 from devid.store import audit
+from devid.store.engine import writing
 from devid.store.models import event_sinks as sinks
 from devid.store.models import events
 
@@ -155,7 +156,7 @@ def add(
     outbox when `from_start`. `secret` signs webhook bodies; it and the URL are sealed under `key`."""
     _check(name, kind, url, topic)
     sealed = _seal(key, name, url, secret)
-    with engine.begin() as conn:
+    with writing(engine) as conn:
         if conn.execute(select(sinks.c.id).where(sinks.c.name == name)).first() is not None:
             raise ConflictError("sink-exists", f"an event sink named {name!r} exists")
         cursor = 0 if from_start else last_event_id(conn)
@@ -187,7 +188,7 @@ def _existing(conn: Connection, name: str) -> Row[Any]:
 
 
 def remove(engine: Engine, name: str, *, actor: str, now: datetime) -> None:
-    with engine.begin() as conn:
+    with writing(engine) as conn:
         row = _existing(conn, name)
         conn.execute(delete(sinks).where(sinks.c.id == row.id))
         generation.bump(conn)
@@ -197,7 +198,7 @@ def remove(engine: Engine, name: str, *, actor: str, now: datetime) -> None:
 
 def set_enabled(engine: Engine, name: str, enabled: bool, *, actor: str, now: datetime) -> None:
     """A disabled sink keeps its cursor: enabled again, it resumes where it stopped."""
-    with engine.begin() as conn:
+    with writing(engine) as conn:
         row = _existing(conn, name)
         conn.execute(update(sinks).where(sinks.c.id == row.id).values(enabled=enabled))
         generation.bump(conn)

@@ -106,7 +106,7 @@ def _worker(spec: WorkerSpec, report: Connection, supervisor: int) -> None:
         report.send(("error", exc.message))
         sys.exit(2)
     finally:
-        authority.engine.dispose()
+        authority.close()
 
 
 def reserve_port(host: str, port: int) -> socket.socket:

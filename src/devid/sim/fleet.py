@@ -193,5 +193,5 @@ async def run_fleet(
                 )
         finally:
             await server.stop()
-            authority.engine.dispose()
+            authority.close()
         return reports

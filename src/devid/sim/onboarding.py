@@ -89,7 +89,7 @@ async def onboard(
         if chain:
             verifier.verify(chain[0], operational)
             report.verified += 1
-    authority.engine.dispose()
+    authority.close()
     return report
 
 
@@ -141,6 +141,6 @@ async def onboard_contract_fleet(
         enrollments.update(authority, Kind.GROUP, group.name, enabled=True, actor="demo")
     finally:
         await server.stop()
-        authority.engine.dispose()
+        authority.close()
     report.seconds = asyncio.get_running_loop().time() - start
     return report

@@ -55,36 +55,47 @@ class _WriteLock:
 
     SQLite's own busy handler polls with sleeps (1, 2, 5, 10... ms) while another connection holds
     the write lock; blocking on `flock` instead wakes the next writer as soon as the lock is free.
-    It only orders writers that use it: others still wait in SQLite's handler, correctness unchanged.
+    It only orders writers that use it, which is every writer in devid (`writing`). A thread that
+    already holds it passes through: a nested writer is SQLite's to refuse, not a deadlock here.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._threads = threading.Lock()
+        self._owner: int | None = None
         self._fd: int | None = None
         self._pid = 0
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[None]:
+        me = threading.get_ident()
+        if self._owner == me:
+            yield
+            return
         with self._threads:  # flock does not exclude threads sharing one open file
             if self._fd is None or self._pid != os.getpid():
                 self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
                 self._pid = os.getpid()
             fcntl.flock(self._fd, fcntl.LOCK_EX)
+            self._owner = me
             try:
                 yield
             finally:
+                self._owner = None
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
 
 
+# Keyed by the database file, not owned by an authority: the lock stands for the file, which every
+# engine and authority of this process opening it shares, and it keeps one descriptor per file for
+# the process's life (engines come and go; their locks would each leave a descriptor to close).
 _write_locks: dict[str, _WriteLock] = {}
 _write_locks_guard = threading.Lock()
 
 
 @contextlib.contextmanager
 def write_lock(engine: Engine) -> Iterator[None]:
-    """Hold around a busy write transaction (`with write_lock(e), e.begin() as conn:`): on a SQLite
-    file, writers queue on a lock file instead of SQLite's sleeping busy handler; elsewhere a no-op."""
+    """Queue on the database's write lock: on a SQLite file, writers queue on a lock file instead
+    of SQLite's sleeping busy handler; elsewhere a no-op. Writers use `writing`, which takes it."""
     database = engine.url.database
     if engine.dialect.name != "sqlite" or not database or database == ":memory:":
         yield
@@ -96,6 +107,15 @@ def write_lock(engine: Engine) -> Iterator[None]:
             lock = _write_locks[path] = _WriteLock(Path(f"{path}-devid-write.lock"))
     with lock.hold():
         yield
+
+
+@contextlib.contextmanager
+def writing(engine: Engine) -> Iterator[Connection]:
+    """A write transaction, committed on leaving (rolled back on an exception), holding the store's
+    write lock. Every writer in devid opens its transaction here, never with a bare begin: one that
+    did would wait in SQLite's sleeping busy handler behind the queue (a test keeps it so)."""
+    with write_lock(engine), engine.begin() as conn:
+        yield conn
 
 
 def make_engine(url: str) -> Engine:

@@ -1,8 +1,9 @@
-"""Tables. Every request-path lookup has an index: serial, device, expiry, fingerprint.
+"""Tables. Every request-path lookup has an index: serial, device, expiry, fingerprint, public key.
 
 Each index is a B-tree every issuance writes to, so there are no more than the lookups need:
-audit events are read in `seq` order (which is time order), and profile filters ride on the
-device or id order of a listing.
+audit events are read in `seq` order (which is time order); a filtered listing (devices by state,
+hub or manufacturer, certificates by profile) has a (filter, id) index that serves its filter and
+its keyset order at once, so no listing or count scans a table at 10M rows.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
+
+from devid.store.states import CertificateStatus, DeviceState
 
 #: SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -77,7 +80,7 @@ devices = Table(
     Column("model", String(128)),
     Column("lot", String(128)),
     Column("line", String(128)),
-    Column("state", String(32), default="ACTIVE", nullable=False),
+    Column("state", String(32), default=DeviceState.ACTIVE, nullable=False),
     Column("se_backend", String(16)),
     Column("directory", String(1024)),
     Column("created_at", UTCDateTime(), nullable=False),
@@ -96,6 +99,10 @@ devices = Table(
     # Optimistic concurrency for edits through the API: an update names the version it read.
     Column("version", Integer, default=1, server_default="1", nullable=False),
     Index("ix_devices_idevid_fingerprint", "idevid_fingerprint"),
+    # Filtered listings page in id order: (filter, id) answers both without a scan.
+    Index("ix_devices_state_id", "state", "id"),
+    Index("ix_devices_hub_id", "hub_id", "id"),
+    Index("ix_devices_manufacturer_id", "manufacturer_id", "id"),
 )
 
 
@@ -111,7 +118,9 @@ certificates = Table(
     Column("not_before", UTCDateTime(), nullable=False),
     Column("not_after", UTCDateTime(), nullable=False),
     Column("fingerprint", String(64), unique=True, nullable=False),
-    Column("status", String(16), default="valid", nullable=False),
+    # SHA-256 of the certified SubjectPublicKeyInfo (DER): one key, one device.
+    Column("public_key_fingerprint", String(64)),
+    Column("status", String(16), default=CertificateStatus.VALID, nullable=False),
     Column("status_at", UTCDateTime()),
     Column("der", LargeBinary, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
@@ -119,6 +128,8 @@ certificates = Table(
     UniqueConstraint("serial", "issuer_id", name="uq_certificates_serial_issuer"),
     Index("ix_certificates_device", "device_id"),
     Index("ix_certificates_not_after", "not_after"),
+    Index("ix_certificates_profile_id", "profile", "id"),
+    Index("ix_certificates_public_key", "public_key_fingerprint"),
 )
 
 
@@ -284,6 +295,24 @@ registry_state = Table(
     metadata,
     Column("id", Integer, primary_key=True),
     Column("generation", BigInteger, nullable=False),
+)
+
+
+#: A session-token signing key, shared by every host on the store. A software key is stored
+#: here encrypted under the home passphrase (as the CA keys are in the keystore); a PKCS#11 key
+#: stays in its token and only its label is recorded. `is_current` is TRUE for the one key that
+#: signs and NULL for retired ones: the unique constraint admits one current key.
+token_keys = Table(
+    "token_keys",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("label", String(128), unique=True, nullable=False),
+    Column("kid", String(64), unique=True, nullable=False),
+    Column("backend", String(16), nullable=False),
+    Column("encrypted_key", LargeBinary),
+    Column("is_current", Boolean, unique=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("retired_at", UTCDateTime()),
 )
 
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, func, select
+from sqlalchemy import Connection, Row, Table, bindparam, func, select
 
 # Re-exported: the tables other layers query through `repo`.
 from devid.store.models import cas as cas
@@ -16,6 +16,7 @@ from devid.store.models import enrollment_secrets as enrollment_secrets
 from devid.store.models import enrollments as _enrollments
 from devid.store.models import hubs as _hubs
 from devid.store.models import manufacturers as _manufacturers
+from devid.store.states import CertificateStatus
 
 # Request-path statements are built once with bound parameters: building a select per call costs
 # five times what running it against an index does.
@@ -27,7 +28,19 @@ _CERT_BY_FINGERPRINT = (
     .outerjoin(devices, devices.c.id == certificates.c.device_id)
     .where(certificates.c.fingerprint == bindparam("fp"))
 )
+_KEY_HOLDERS = (
+    select(certificates.c.public_key_fingerprint, certificates.c.device_id)
+    .where(certificates.c.public_key_fingerprint.in_(bindparam("fps", expanding=True)))
+    .distinct()
+)
+_VALID_OF_DEVICES = select(
+    certificates.c.fingerprint, certificates.c.device_id, certificates.c.profile
+).where(
+    certificates.c.device_id.in_(bindparam("ids", expanding=True)),
+    certificates.c.status == CertificateStatus.VALID,
+)
 _DEVICE_BY_SERIAL = select(devices).where(devices.c.serial == bindparam("serial"))
+_DEVICE_ON_HUB = select(devices.c.id).where(devices.c.hub_id == bindparam("hub_id")).limit(1)
 
 
 def device_states(conn: Connection, serials: Iterable[str]) -> dict[str, tuple[int, str]]:
@@ -47,6 +60,26 @@ def device_ids(conn: Connection, serials: Iterable[str]) -> dict[str, int]:
 
 def certificate_by_fingerprint(conn: Connection, fp: str) -> Row[Any] | None:
     return conn.execute(_CERT_BY_FINGERPRINT, {"fp": fp}).first()
+
+
+def public_key_holders(conn: Connection, fingerprints: Sequence[str]) -> dict[str, set[int | None]]:
+    """For each public-key fingerprint on record, the devices (None: no device) it is certified for."""
+    found: dict[str, set[int | None]] = {}
+    for start in range(0, len(fingerprints), 500):
+        rows = conn.execute(_KEY_HOLDERS, {"fps": fingerprints[start : start + 500]})
+        for fp, device_id in rows:
+            found.setdefault(fp, set()).add(device_id)
+    return found
+
+
+def valid_certificates_of(conn: Connection, device_ids: Sequence[int]) -> list[tuple[str, int, str]]:
+    """(fingerprint, device id, profile) of the valid certificates these devices hold."""
+    found: list[tuple[str, int, str]] = []
+    unique = list(dict.fromkeys(device_ids))
+    for start in range(0, len(unique), 500):
+        rows = conn.execute(_VALID_OF_DEVICES, {"ids": unique[start : start + 500]})
+        found.extend((fp, device_id, profile) for fp, device_id, profile in rows)
+    return found
 
 
 def device_by_serial(conn: Connection, serial: str) -> Row[Any] | None:
@@ -81,15 +114,29 @@ def list_devices(
     after_id: int = 0,
     limit: int = 100,
 ) -> Sequence[Row[Any]]:
-    """A page of devices in creation order (as `device_view`), optionally filtered."""
+    """A page of devices in creation order (as `device_view`), optionally filtered.
+
+    Each filter is on a devices column with a (column, id) index (a hub or manufacturer name is
+    resolved to its id first), so a page reads its rows in index order and stops: no scan.
+    """
     query = _DEVICE_VIEW.where(devices.c.id > after_id).order_by(devices.c.id).limit(limit)
     if state:
         query = query.where(devices.c.state == state)
     if hub is not None:
-        query = query.where(_hubs.c.name == hub)
+        query = query.where(devices.c.hub_id == _id_named(_hubs, hub))
     if manufacturer is not None:
-        query = query.where(_manufacturers.c.name == manufacturer)
+        query = query.where(devices.c.manufacturer_id == _id_named(_manufacturers, manufacturer))
     return conn.execute(query).all()
+
+
+def _id_named(table: Table, name: str) -> Any:
+    return select(table.c.id).where(table.c.name == name).scalar_subquery()
+
+
+def hub_in_use(conn: Connection, hub_id: int) -> bool:
+    """Whether any device is allocated to the hub: one probe of the (hub_id, id) index, where a
+    count would read every device of the hub."""
+    return conn.execute(_DEVICE_ON_HUB, {"hub_id": hub_id}).first() is not None
 
 
 def certificates_by_serial(conn: Connection, serial_hex: str) -> Sequence[Row[Any]]:

@@ -25,6 +25,7 @@ from devid.authority.credentials import OPERATIONAL_PROFILES, CertificateCredent
 from devid.authority.token_keys import MAX_TOKEN_LIFETIME, SigningKey, b64url, token_keyring
 from devid.errors import AuthenticationRequired, DevidError, PolicyError, RequestInvalid
 from devid.store import audit
+from devid.store.engine import writing
 from devid.tokens.claims import TokenClaims, b64url_decode, certificate_thumbprint
 from devid.tokens.policy import TokenPolicy, token_policy
 
@@ -166,7 +167,7 @@ def issue_token(
             "x5t#S256": claims.x5t_s256,
         },
     )
-    with authority.engine.begin() as conn:
+    with writing(authority.engine) as conn:
         audit.append(conn, [event], now)
     return IssuedToken(token, claims, fmt)
 

@@ -27,12 +27,13 @@ from devid.api.routes import (
     page_of,
     versioned,
 )
-from devid.authority.devices import DEVICE_STATES, set_state
+from devid.authority.devices import set_state
 from devid.errors import NotFoundError
 from devid.store import repo
 from devid.store.engine import reading
+from devid.store.states import DeviceState
 
-STATE: dict[str, Any] = {"type": "string", "enum": list(DEVICE_STATES)}
+STATE: dict[str, Any] = {"type": "string", "enum": [s.value for s in DeviceState]}
 DEVICE = obj(
     {
         "serial": STRING,

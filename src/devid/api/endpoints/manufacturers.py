@@ -27,8 +27,9 @@ from devid.api.routes import (
 from devid.registry import manufacturers
 from devid.registry.hubs import NAME as NAME_RE
 from devid.store.engine import reading
+from devid.store.states import ManufacturerState
 
-STATE: dict[str, Any] = {"type": "string", "enum": list(manufacturers.STATES)}
+STATE: dict[str, Any] = {"type": "string", "enum": [s.value for s in ManufacturerState]}
 BOOL: dict[str, Any] = {"type": "boolean"}
 PEM: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 65536, "description": "PEM"}
 MANUFACTURER = obj(

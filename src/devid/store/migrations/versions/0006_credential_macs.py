@@ -14,7 +14,7 @@ A migration has no key, so it can compute neither; what it does is leave nothing
 Nothing to undo on downgrade: a hash does not give a secret back.
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
