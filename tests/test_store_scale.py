@@ -13,7 +13,8 @@ from sqlalchemy import Connection, Engine, event
 
 import devid
 from devid.store import repo
-from devid.store.engine import make_engine, migrate
+from devid.store.engine import make_engine
+from devid.store.schema import migrate
 from devid.store.states import DeviceState
 
 SRC = Path(devid.__file__).parent
