@@ -15,27 +15,27 @@ import devid
 #: Layer of each package and top-level module under `devid`: imports go to lower numbers only.
 LAYERS = {
     "errors": 0,
-    "clock": 0,
-    "fsutil": 0,
-    "config": 1,
-    "pki": 1,
-    "keys": 2,
-    "store": 2,
-    "authority": 3,
-    "registry": 4,
-    "factory": 4,
+    "clock": 1,
+    "fsutil": 1,
+    "config": 2,
+    "pki": 2,
+    "keys": 3,
+    "store": 3,
+    "authority": 4,
+    "registry": 5,
+    "factory": 5,
     # The handlers' HTTP toolkit (peer certificate, error mapping).
-    "web": 5,
+    "web": 6,
     # Protocol layers: thin handlers over the authority.
-    "est": 6,
-    "tokens": 6,
-    "api": 6,
-    "device": 7,
+    "est": 7,
+    "tokens": 7,
+    "api": 7,
+    "device": 8,
     # Where the application is assembled and run.
-    "server": 7,
-    "sim": 8,
-    "bench": 9,
-    "cli": 10,
+    "server": 8,
+    "sim": 9,
+    "bench": 10,
+    "cli": 11,
 }
 SRC = Path(devid.__file__).parent
 

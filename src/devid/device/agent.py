@@ -324,7 +324,7 @@ class DeviceAgent:
                 return "fallback"
         except DevidError as exc:
             self._back_off(now, exc)
-            return f"error: {exc.message}"
+            return f"error: {exc.message} [{exc.code}]"
 
     def _back_off(self, now: datetime, exc: DevidError) -> None:
         assert self.state is not None
