@@ -50,5 +50,6 @@ fi
 ruff check src tests
 ruff format --check src tests
 mypy --strict src
-# Two workers: one per core of the machines this runs on (xdist; each test's store is its own).
-python -m pytest -q -n "${DEVID_TEST_WORKERS:-2}" "$@"
+# Two workers, one per core (xdist); a module's tests stay on one worker, so its module-scoped
+# fixtures (a home, a running server) are set up once.
+python -m pytest -q -n "${DEVID_TEST_WORKERS:-2}" --dist loadfile "$@"

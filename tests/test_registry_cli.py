@@ -396,6 +396,8 @@ def test_jitr_device_listed_with_registry_columns_and_activated(home: Path, jitr
 
 
 def test_device_disable_activate_enable(home: Path, jitr_device: str) -> None:
+    if one(devid("device", "show", jitr_device, "--home", home, "--json"))["state"] != "ACTIVE":
+        ok(devid("device", "activate", jitr_device, "--home", home))  # when run without the test before
     refused(
         devid("device", "activate", jitr_device, "--home", home),
         "is ACTIVE",
