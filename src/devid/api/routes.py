@@ -24,6 +24,8 @@ MAX_PAGE = 1000
 DEFAULT_PAGE = 100
 #: The largest cursor value (a 63-bit row id) a client may send back.
 MAX_CURSOR = 2**63 - 1
+#: The JSON Schema of an object's version in a change (what the store's INTEGER column holds).
+VERSION_SCHEMA: dict[str, object] = {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}
 
 
 @dataclass(frozen=True)

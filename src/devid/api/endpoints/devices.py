@@ -17,6 +17,7 @@ from devid.api.routes import (
     MAYBE_TIME,
     STRING,
     TIME,
+    VERSION_SCHEMA,
     Call,
     Param,
     Reply,
@@ -38,7 +39,7 @@ DEVICE = obj(
     {
         "serial": STRING,
         "state": STATE,
-        "version": {"type": "integer", "minimum": 1},
+        "version": VERSION_SCHEMA,
         "model": MAYBE_STRING,
         "lot": MAYBE_STRING,
         "line": MAYBE_STRING,
@@ -55,7 +56,7 @@ STATE_CHANGE = obj(
     {
         "state": STATE,
         "reason": {"type": "string", "maxLength": 512, "description": "recorded in the audit log"},
-        "version": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+        "version": VERSION_SCHEMA,
     },
     optional=["reason", "version"],
 )

@@ -19,6 +19,7 @@ from devid.api.routes import (
     NAME_AFTER,
     NAME_PATH,
     STRING,
+    VERSION_SCHEMA,
     Call,
     Reply,
     Route,
@@ -80,7 +81,7 @@ CHANGE = {
             **SETTINGS,
             "enabled": BOOL,
             **({"secondary_certificate": PEM} if kind is Kind.GROUP else {}),
-            "version": {"type": "integer", "minimum": 1},
+            "version": VERSION_SCHEMA,
         },
         optional=[*SETTINGS, "enabled", "secondary_certificate", "version"],
     )

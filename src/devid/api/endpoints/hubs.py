@@ -10,6 +10,7 @@ from devid.api.routes import (
     NAME_AFTER,
     NAME_PATH,
     STRING,
+    VERSION_SCHEMA,
     Call,
     Param,
     Reply,
@@ -32,7 +33,7 @@ _EDITABLE: dict[str, dict[str, Any]] = {
 HUB = obj({"name": STRING, **_EDITABLE, "enabled": {"type": "boolean"}, "version": {"type": "integer"}})
 NEW_HUB = obj({"name": NAME, **_EDITABLE}, optional=["region", "weight", "latencies"])
 HUB_CHANGE = obj(
-    {**_EDITABLE, "enabled": {"type": "boolean"}, "version": {"type": "integer", "minimum": 1}},
+    {**_EDITABLE, "enabled": {"type": "boolean"}, "version": VERSION_SCHEMA},
     optional=[*_EDITABLE, "enabled", "version"],
 )
 

@@ -15,6 +15,7 @@ from devid.api.routes import (
     NAME_PATH,
     STRING,
     TIME,
+    VERSION_SCHEMA,
     Call,
     Param,
     Reply,
@@ -59,7 +60,7 @@ CHANGE = obj(
         "state": STATE,
         "auto_register": BOOL,
         "auto_activate": BOOL,
-        "version": {"type": "integer", "minimum": 1},
+        "version": VERSION_SCHEMA,
     },
     optional=["state", "auto_register", "auto_activate", "version"],
 )
