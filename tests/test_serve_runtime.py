@@ -135,8 +135,10 @@ def test_a_killed_worker_is_restarted_while_the_port_keeps_answering(home: Home,
         assert sorted(worker_pids(served.proc.pid)) == sorted([pids[1], new_pid])
         after = [status for at, status in results if at > killed_at]
         failed = [status for status in after if status != 200]
-        # At most the request the dying worker had accepted fails; the other worker answers the rest.
-        assert len(failed) <= 1 and len(after) - len(failed) >= 5, results
+        # Only what the dying worker held fails: the request it was answering and connections the
+        # kernel had already queued on its socket (SO_REUSEPORT does not move them); the other
+        # worker answers the rest.
+        assert len(failed) <= 3 and len(after) - len(failed) >= 5, results
         print(
             f"\nkill -9 one worker: {len(after)} requests after the kill, {len(failed)} failed; "
             f"new worker after {restarted_at - killed_at:.2f} s"
