@@ -50,6 +50,13 @@ fi
 ruff check src tests
 ruff format --check src tests
 mypy --strict src
+# Throw-away homes, stores and device folders on tmpfs when there is room: this disk pays ~1 ms of
+# kernel time per file created and a real fsync per SQLite commit, which nearly doubled the run.
+if [ -z "${TMPDIR:-}" ] && [ -d /dev/shm ] && [ "$(df -Pk /dev/shm | awk 'NR == 2 {print $4}')" -gt 2000000 ]; then
+  TMPDIR=$(mktemp -d /dev/shm/devid-tests.XXXXXX)
+  export TMPDIR
+  trap 'rm -rf "$TMPDIR"' EXIT
+fi
 # Two workers, one per core (xdist); a module's tests stay on one worker, so its module-scoped
 # fixtures (a home, a running server) are set up once.
 python -m pytest -q -n "${DEVID_TEST_WORKERS:-2}" --dist loadfile "$@"
