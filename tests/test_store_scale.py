@@ -86,6 +86,10 @@ QUERIES: dict[str, tuple[Callable[[Connection], Any], str]] = {
         lambda c: repo.list_certificates(c, device_serial="SN-1"),
         "SEARCH certificates USING INDEX ix_certificates_device (device_id=?",
     ),
+    "renewal: the device's valid certificates": (
+        lambda c: repo.valid_certificates_of(c, [1]),
+        "SEARCH certificates USING INDEX ix_certificates_device_status (device_id=? AND status=?)",
+    ),
 }
 
 

@@ -126,8 +126,9 @@ certificates = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     # Serials are unique per issuer; serial first so the same index serves lookups by serial.
     UniqueConstraint("serial", "issuer_id", name="uq_certificates_serial_issuer"),
-    # (device, status): a renewal finds the device's valid certificates among all it ever held.
-    Index("ix_certificates_device", "device_id", "status"),
+    Index("ix_certificates_device", "device_id"),
+    # A renewal finds the device's valid certificates among all it ever held.
+    Index("ix_certificates_device_status", "device_id", "status"),
     Index("ix_certificates_not_after", "not_after"),
     Index("ix_certificates_profile_id", "profile", "id"),
     Index("ix_certificates_public_key", "public_key_fingerprint"),

@@ -35,8 +35,7 @@ def upgrade() -> None:
     op.create_index("ix_certificates_profile_id", "certificates", ["profile", "id"])
     # A device's valid certificates (what a renewal supersedes) without reading every certificate
     # it ever held: a device renewing for years, or a bench client, holds hundreds.
-    op.drop_index("ix_certificates_device", table_name="certificates")
-    op.create_index("ix_certificates_device", "certificates", ["device_id", "status"])
+    op.create_index("ix_certificates_device_status", "certificates", ["device_id", "status"])
     with op.batch_alter_table("certificates", schema=None) as batch_op:
         batch_op.add_column(sa.Column("public_key_fingerprint", sa.String(length=64), nullable=True))
     _backfill_public_keys()
@@ -105,8 +104,7 @@ def downgrade() -> None:
     with op.batch_alter_table("certificates", schema=None) as batch_op:
         batch_op.drop_column("public_key_fingerprint")
     op.drop_index("ix_certificates_profile_id", table_name="certificates")
-    op.drop_index("ix_certificates_device", table_name="certificates")
-    op.create_index("ix_certificates_device", "certificates", ["device_id"])
+    op.drop_index("ix_certificates_device_status", table_name="certificates")
     op.drop_index("ix_devices_manufacturer_id", table_name="devices")
     op.drop_index("ix_devices_hub_id", table_name="devices")
     op.drop_index("ix_devices_state_id", table_name="devices")
