@@ -122,3 +122,13 @@ def server(auth: Authority, tmp_path: Path) -> Iterator[EstServer]:
     """The real EST server over TLS on a loopback port, for `auth`."""
     with running_server(auth, tmp_path / "server") as srv:
         yield srv
+
+
+#: The longest modules (tens of seconds each), started first: with `--dist loadfile` a module runs
+#: on one worker, and one of these collected last would leave the other worker idle at the end.
+SLOWEST_FIRST = ("test_api_schemathesis.py", "test_sim.py", "test_registry_cli.py", "test_cli.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
