@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything the tests need on a fresh Debian machine, then run lint, types and tests.
 # Usage: bash scripts/test.sh [pytest args]
-# Python packages come from requirements.lock (exact versions and hashes) into a venv of the
+# Python packages come from requirements-lock.txt (exact versions and hashes) into a venv of the
 # project's own ($DEVID_VENV, default .venv), never from the machine's site-packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +31,7 @@ fi
 # The project's venv, from the lock: pip checks every hash; devid itself goes in editable, alone.
 venv=$(realpath -m "${DEVID_VENV:-.venv}")
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/python" -m pip install -q --disable-pip-version-check -r requirements.lock
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -r requirements-lock.txt
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e .
 export PATH="$venv/bin:$PATH"
 
