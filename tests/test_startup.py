@@ -70,3 +70,12 @@ def test_help_never_cuts_an_option_name() -> None:
     """Piped help is 80 columns: long option names wrap, never end in an ellipsis."""
     out = ok(devid("serve", "--help")).stdout
     assert "…" not in out and "--trusted-proxy" in out
+
+
+def test_every_listed_command_loads_and_an_unknown_one_is_refused() -> None:
+    from devid.cli.main import COMMANDS, load_command
+
+    for name in COMMANDS:
+        assert load_command(name).name == name
+    refused = devid("no-such-command")
+    assert refused.returncode == 2 and "No such command 'no-such-command'" in refused.stderr
