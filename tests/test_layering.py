@@ -24,12 +24,17 @@ LAYERS = {
     "authority": 4,
     "registry": 5,
     "factory": 5,
+    # CRLs, OCSP responses, the revocation filter, allowlists: built from the store, signed by the authority.
+    "revocation": 5,
     # The handlers' HTTP toolkit (peer certificate, error mapping).
     "web": 6,
     # Protocol layers: thin handlers over the authority.
     "est": 7,
     "tokens": 7,
     "api": 7,
+    # Status publication over HTTP (OCSP, CRL, filter, allowlist) and the enforcing edge gateway.
+    "publish": 7,
+    "gateway": 7,
     "device": 8,
     # Where the application is assembled and run.
     "server": 8,
