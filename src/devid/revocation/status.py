@@ -40,3 +40,8 @@ class StatusSource(Protocol):
     def generation(self, ca_name: str) -> int:
         """A number that grows whenever any status under `ca_name` changes: caches compare it."""
         ...
+
+    def changed_since(self, ca_name: str, generation: int) -> list[int]:
+        """The serials under `ca_name` whose status changed after `generation` (revoked, or a
+        hold lifted): what a cache built at `generation` must drop or re-sign."""
+        ...
