@@ -54,6 +54,9 @@ class Config:
     ldevid_days: int = 365
     #: EST labels and their renewal policies (see devid.authority.policy); "" is the base path.
     est_labels: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The deployment's public base URL (`devid serve --public-url`): issued certificates name
+    #: `<url>/ocsp` and their shard's CRL under `<url>/crl/`. Empty: they name neither.
+    public_url: str = ""
     #: Session-token policy (issuer, audiences, scopes, lifetime): see devid.authority.token_keys.
     tokens: dict[str, Any] = field(default_factory=dict)
 

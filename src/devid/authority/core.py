@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from devid.authority import device_records
 from devid.authority.credential_key import CredentialKey
+from devid.authority.indices import IndexAllocator
 from devid.authority.policy import DEFAULT_LABELS, LabelPolicy
 from devid.authority.requests import Issued, IssueRequest, NewDevice, check_device_serial
 from devid.clock import Clock, SystemClock
@@ -43,7 +44,8 @@ from devid.pki.profiles import (
     server_names,
     subject_text,
 )
-from devid.pki.serials import random_serial, serial_hex
+from devid.pki.serials import indexed_serial, serial_hex
+from devid.pki.status_urls import OCSP_PATH, crl_path, url
 from devid.store import audit, repo
 from devid.store.engine import writing
 from devid.store.states import CertificateStatus, DeviceState
@@ -90,6 +92,10 @@ class IssuingCA:
     certificate: x509.Certificate
     key_label: str | None
     keystore: KeyStore
+    #: CRL partitions; a certificate's shard is its index modulo this.
+    crl_shards: int = 16
+    #: The deployment's public URL: certificates then name their shard's CRL and the OCSP responder.
+    public_url: str | None = None
     _key: ec.EllipticCurvePrivateKey | None = None
     _templates: dict[tuple[ProfileName, timedelta | None], Template] = field(default_factory=dict)
 
@@ -105,7 +111,13 @@ class IssuingCA:
         key = (profile.name, profile.validity)
         tpl = self._templates.get(key)
         if tpl is None or tpl.profile != profile:
-            tpl = self._templates[key] = Template.for_issuer(profile, self.certificate)
+            base = self.public_url
+            tpl = self._templates[key] = Template.for_issuer(
+                profile,
+                self.certificate,
+                ocsp_url=url(base, OCSP_PATH) if base else None,
+                crl_urls=[url(base, crl_path(self.name, k)) for k in range(self.crl_shards)] if base else (),
+            )
         return tpl
 
 
@@ -459,8 +471,11 @@ class Authority:
                 ]
             )
             text = subject_text(subject)
-        serial = random_serial()
-        builder = ca.template(profile).builder(subject, req.public_key, serial, now, alt)
+        index = self.owned(IndexAllocator, lambda: IndexAllocator(self.engine)).take(ca.id)[0]
+        serial = indexed_serial(index)
+        # Short-lived and session certificates never enter a CRL: expiry is their revocation.
+        shard = None if req.short_lived or req.profile is ProfileName.SESSION else index % ca.crl_shards
+        builder = ca.template(profile).builder(subject, req.public_key, serial, now, alt, shard)
         cert = builder.sign(ca.key, hashes.SHA256())
         der = cert.public_bytes(_DER)
         fp = hashlib.sha256(der).hexdigest()
@@ -478,6 +493,8 @@ class Authority:
             "status": CertificateStatus.VALID,
             "der": der,
             "created_at": now,
+            "idx": index,
+            "shard": shard,
         }
         return issued, row
 

@@ -218,7 +218,9 @@ def decide_with_secret(
     if policy.approval and approval_pending(authority, serial):
         return Decision(policy, serial)
     consume_enrollment_secret(authority, serial, credential.secret)
-    request = IssueRequest(policy.profile, key, device_serial=serial, lifetime=policy.lifetime)
+    request = IssueRequest(
+        policy.profile, key, device_serial=serial, lifetime=policy.lifetime, short_lived=policy.short_lived
+    )
     return Decision(policy, serial, request)
 
 
@@ -285,6 +287,7 @@ def decide_with_certificate(
         public_key,
         device_serial=serial,
         lifetime=policy.lifetime,
+        short_lived=policy.short_lived,
         supersedes=supersedes,
         supersedes_held=client.profile is ProfileName.IDEVID and policy.profile is ProfileName.LDEVID,
         prepare=admission.prepare,

@@ -42,6 +42,11 @@ class LabelPolicy:
         return ProfileName.SESSION if self.policy is RenewalPolicy.SESSION else ProfileName.LDEVID
 
     @property
+    def short_lived(self) -> bool:
+        """Certificates of this policy never enter a CRL: they expire before one would matter."""
+        return self.policy in (RenewalPolicy.SHORT_LIVED, RenewalPolicy.SESSION)
+
+    @property
     def idevid_fallback(self) -> bool:
         """Whether a device may re-enroll with its IDevID after its operational identity expired."""
         return self.policy in (RenewalPolicy.SHORT_LIVED, RenewalPolicy.RENEW, RenewalPolicy.SESSION)

@@ -55,6 +55,9 @@ class IssueRequest:
     ips: tuple[str, ...] = ()
     #: Validity chosen by a renewal policy, instead of the profile's default.
     lifetime: timedelta | None = None
+    #: Issued under a short-lived policy: no CRL distribution point, never in a CRL (expiry and
+    #: a refused renewal are its revocation); OCSP and the filter still answer for it.
+    short_lived: bool = False
     #: Fingerprint of the certificate this one replaces (re-enrollment): it must be current, and
     #: is marked superseded in the same transaction.
     supersedes: str | None = None

@@ -215,7 +215,14 @@ def open_authority(home: Home, passphrase: bytes, *, clock: Clock | None = None)
         raise ConfigError("store-empty", f"the store of {home.path} holds no CA hierarchy")
     cas = {
         row.name: IssuingCA(
-            row.id, row.name, row.role, x509.load_der_x509_certificate(row.der), row.key_label, keystore
+            row.id,
+            row.name,
+            row.role,
+            x509.load_der_x509_certificate(row.der),
+            row.key_label,
+            keystore,
+            crl_shards=row.crl_shards,
+            public_url=home.config.public_url or None,
         )
         for row in ca_rows
     }

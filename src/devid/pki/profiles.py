@@ -17,7 +17,7 @@ from enum import StrEnum
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from devid.errors import PolicyError
 
@@ -191,7 +191,12 @@ class Template:
     issuer_name: x509.Name
     issuer_not_after: datetime | None
     issuer_key_id: x509.AuthorityKeyIdentifier | None
+    #: Where relying parties ask for status: the AIA OCSP URL, and the CRL distribution point of
+    #: each shard (index = shard). Empty: the certificate points nowhere.
+    ocsp_url: str | None = None
+    crl_urls: tuple[str, ...] = ()
     _constant: list[x509.Extension[x509.ExtensionType]] = field(init=False)
+    _crl_points: list[x509.Extension[x509.ExtensionType]] = field(init=False)
 
     def __post_init__(self) -> None:
         p = self.profile
@@ -205,21 +210,33 @@ class Template:
             values.append((x509.UnrecognizedExtension(OCSP_NOCHECK, b"\x05\x00"), False))
         if self.issuer_key_id is not None:
             values.append((self.issuer_key_id, False))
+        if self.ocsp_url:
+            access = x509.AccessDescription(
+                AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(self.ocsp_url)
+            )
+            values.append((x509.AuthorityInformationAccess([access]), False))
+        self._crl_points = [_encoded(_distribution_point(u), False) for u in self.crl_urls]
         # Constant extensions go to the builder pre-encoded (each value's own `public_bytes()`):
         # the certificate is byte-for-byte the same, and signing skips re-reading Python objects.
-        self._constant = [
-            x509.Extension(v.oid, critical, x509.UnrecognizedExtension(v.oid, v.public_bytes()))
-            for v, critical in values
-        ]
+        self._constant = [_encoded(v, critical) for v, critical in values]
 
     @classmethod
-    def for_issuer(cls, profile: Profile, issuer: x509.Certificate) -> Template:
+    def for_issuer(
+        cls,
+        profile: Profile,
+        issuer: x509.Certificate,
+        *,
+        ocsp_url: str | None = None,
+        crl_urls: Sequence[str] = (),
+    ) -> Template:
         ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         return cls(
             profile,
             issuer.subject,
             issuer.not_valid_after_utc,
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski),
+            ocsp_url,
+            tuple(crl_urls),
         )
 
     def builder(
@@ -229,9 +246,14 @@ class Template:
         serial: int,
         now: datetime,
         alt_names: Sequence[x509.GeneralName] = (),
+        shard: int | None = None,
     ) -> x509.CertificateBuilder:
+        """`shard`: the CRL partition whose distribution point the certificate names (None: none,
+        for short-lived certificates that never enter a CRL)."""
         ski = x509.SubjectKeyIdentifier.from_public_key(public_key)
         extensions = [*self._constant, x509.Extension(ski.oid, False, ski)]
+        if shard is not None and self._crl_points:
+            extensions.append(self._crl_points[shard])
         if alt_names:
             # Critical only when the subject is empty (RFC 5280 4.2.1.6); our subjects never are.
             san = x509.SubjectAlternativeName(list(alt_names))
@@ -245,6 +267,16 @@ class Template:
             not_valid_after=self.profile.not_after(now, self.issuer_not_after),
             extensions=extensions,
         )
+
+
+def _distribution_point(uri: str) -> x509.CRLDistributionPoints:
+    return x509.CRLDistributionPoints(
+        [x509.DistributionPoint([x509.UniformResourceIdentifier(uri)], None, None, None)]
+    )
+
+
+def _encoded(value: x509.ExtensionType, critical: bool) -> x509.Extension[x509.ExtensionType]:
+    return x509.Extension(value.oid, critical, x509.UnrecognizedExtension(value.oid, value.public_bytes()))
 
 
 def self_signed_template(profile: Profile, subject: x509.Name) -> Template:

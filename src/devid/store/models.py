@@ -69,6 +69,15 @@ cas = Table(
     Column("not_after", UTCDateTime(), nullable=False),
     Column("der", LargeBinary, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+    # Revocation bookkeeping, changed only in the transactions that allocate or revoke.
+    #: The next dense certificate index to hand out (in blocks: `devid.authority.indices`).
+    Column("next_index", BigInteger, default=0, server_default="0", nullable=False),
+    #: Bumped by every transaction that changes a status under this CA; caches compare it.
+    Column("revocation_gen", BigInteger, default=0, server_default="0", nullable=False),
+    #: The last cRLNumber used (full, delta and shard CRLs share one sequence: RFC 5280 5.2.3).
+    Column("crl_number", BigInteger, default=0, server_default="0", nullable=False),
+    #: How many partitions this CA's CRLs have; fixed once certificates name their shard.
+    Column("crl_shards", Integer, default=16, server_default="16", nullable=False),
 )
 
 
@@ -124,6 +133,20 @@ certificates = Table(
     Column("status_at", UTCDateTime()),
     Column("der", LargeBinary, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+    #: Dense index under the issuer (also inside the serial): the revocation filter's universe.
+    Column("idx", BigInteger),
+    #: The CRL partition named in the certificate's distribution point; NULL: never in a CRL
+    #: (short-lived and session certificates, whose expiry is their revocation).
+    Column("shard", Integer),
+    Column("revoked_at", UTCDateTime()),
+    #: RFC 5280 CRLReason code (`devid.pki.reasons.Reason`); 8 (removeFromCRL) once a hold is lifted.
+    Column("reason", Integer),
+    #: The `revocations` row that revoked it (no foreign key: added to a live table by ALTER).
+    Column("revocation_id", BigInteger),
+    #: The status a certificate had before it was revoked, restored if its hold is lifted.
+    Column("held_status", String(16)),
+    #: The issuer's `revocation_gen` when this certificate's status last changed by revocation.
+    Column("status_gen", BigInteger),
     # Serials are unique per issuer; serial first so the same index serves lookups by serial.
     UniqueConstraint("serial", "issuer_id", name="uq_certificates_serial_issuer"),
     Index("ix_certificates_device", "device_id"),
@@ -132,6 +155,45 @@ certificates = Table(
     Index("ix_certificates_not_after", "not_after"),
     Index("ix_certificates_profile_id", "profile", "id"),
     Index("ix_certificates_public_key", "public_key_fingerprint"),
+    Index("ix_certificates_issuer_idx", "issuer_id", "idx", unique=True),
+    # CRLs, deltas and caches read what changed under one issuer, in generation order.
+    Index("ix_certificates_issuer_gen", "issuer_id", "status_gen"),
+)
+
+
+#: One revocation as an operator (or the API) made it: what was selected, why, how much it hit.
+revocations = Table(
+    "revocations",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("selector", String(16), nullable=False),
+    Column("value", String(256), nullable=False),
+    Column("reason", Integer, nullable=False),
+    Column("note", Text, nullable=False),
+    Column("certificates", Integer, nullable=False),
+    Column("devices", Integer, nullable=False),
+)
+
+
+#: Signed status data as published (CRLs, filters, allowlists and their deltas): the latest of
+#: each (kind, scope) is what the servers hand out; `number` is the cRLNumber or version.
+published = Table(
+    "published",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("kind", String(16), nullable=False),
+    #: CA name, `<ca>/<shard>`, or a hub/group for allowlists.
+    Column("scope", String(160), nullable=False),
+    Column("number", BigInteger, nullable=False),
+    #: The issuer's revocation_gen the data reflects (a delta's base has its own row).
+    Column("generation", BigInteger, nullable=False),
+    Column("base_number", BigInteger),
+    Column("this_update", UTCDateTime(), nullable=False),
+    Column("next_update", UTCDateTime(), nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    UniqueConstraint("kind", "scope", "number", name="uq_published_kind_scope_number"),
 )
 
 

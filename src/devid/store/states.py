@@ -15,6 +15,8 @@ class DeviceState(StrEnum):
     ACTIVE = "ACTIVE"
     INACTIVE = "INACTIVE"
     REVOKED = "REVOKED"
+    #: On hold (certificateHold): its certificates are revoked until `devid unrevoke` lifts it.
+    SUSPENDED = "SUSPENDED"
     PENDING_ACTIVATION = "PENDING_ACTIVATION"
     FAILED_TEST = "FAILED_TEST"
 
