@@ -222,10 +222,10 @@ def _encode(entries: list[int], universe: int, complemented: bool) -> bytes:
             words.append("0" * q + "1" + format(r, short_format))
         else:
             words.append("0" * q + "1" + format(r + short, long_format))
-    text = "".join(words)
-    size = -(-len(text) // 8)
-    text += "0" * (8 * size - len(text))
-    return header + varint(m) + int(text, 2).to_bytes(size, "big")
+    bit_text = "".join(words)
+    size = -(-len(bit_text) // 8)
+    bit_text += "0" * (8 * size - len(bit_text))
+    return header + varint(m) + int(bit_text, 2).to_bytes(size, "big")
 
 
 def encode(members: Iterable[int], universe: int) -> bytes:
@@ -249,8 +249,8 @@ def _decode_gaps(data: bytes, count: int, m: int) -> tuple[array[int], int]:
     if count * max(bits, 1) > available:
         raise format_error("truncated")
     # The bit text, plus `bits` zeros so that a final peek never runs short.
-    text = format(int.from_bytes(data, "big"), f"0{available}b") + "0" * bits
-    find = text.find
+    bit_text = format(int.from_bytes(data, "big"), f"0{available}b") + "0" * bits
+    find = bit_text.find
     steps = array("Q")
     step = steps.append
     short = (1 << bits) - m
@@ -261,7 +261,7 @@ def _decode_gaps(data: bytes, count: int, m: int) -> tuple[array[int], int]:
             raise format_error("truncated")
         quotient = (one - position) * m
         if bits:
-            peek = int(text[one + 1 : one + 1 + bits], 2)
+            peek = int(bit_text[one + 1 : one + 1 + bits], 2)
             if peek >> 1 < short:
                 step(quotient + (peek >> 1) + 1)
                 position = one + bits
@@ -274,7 +274,7 @@ def _decode_gaps(data: bytes, count: int, m: int) -> tuple[array[int], int]:
     if position > available:
         raise format_error("truncated")
     used = -(-position // 8)
-    if "1" in text[position : 8 * used]:
+    if "1" in bit_text[position : 8 * used]:
         raise format_error("non-zero padding")
     # Steps are gap + 1 from the previous index, the first from -1: summing them gives the indices.
     steps[0] -= 1
