@@ -84,6 +84,12 @@ def change_state(
                 "device-revoked",
                 f"device {serial!r} is REVOKED: revocation is final, it cannot become {state}",
             )
+        if row.state == DeviceState.SUSPENDED:
+            raise PolicyError(
+                "device-on-hold",
+                f"device {serial!r} is SUSPENDED (certificateHold): `devid unrevoke --device {serial}` "
+                "lifts the hold",
+            )
         if from_states is not None and row.state not in from_states:
             raise PolicyError(
                 "device-state-transition",

@@ -17,7 +17,9 @@ from devid.authority import device_records
 from devid.authority.core import Authority
 from devid.authority.credential_key import CredentialKey, Purpose, legacy_digest
 from devid.authority.requests import NewDevice, check_device_serial
+from devid.authority.revocation import RevokeRequest, Selector, revoke
 from devid.errors import DevidError, NotFoundError, PolicyError
+from devid.pki.reasons import Reason
 from devid.store import audit, repo
 from devid.store.engine import writing
 from devid.store.states import DeviceState
@@ -54,8 +56,19 @@ def set_state(
     """Change a device's state (ACTIVE, INACTIVE, ...): INACTIVE blocks enrollment and renewal at once.
     With `version`, refuse (ConflictError) if the device changed since that version was read; with
     `from_states`, refuse (PolicyError) a device in any other state. Either leaves it as it was.
-    A REVOKED device stays REVOKED: revocation is final."""
+    A REVOKED device stays REVOKED: revocation is final. Setting REVOKED revokes the device's
+    certificates (reason unspecified, `devid.authority.revocation`); SUSPENDED is a hold, set and
+    lifted only by revocation."""
     new = device_state(state)
+    if new is DeviceState.SUSPENDED:
+        raise PolicyError(
+            "device-state-transition",
+            "a device is SUSPENDED by `devid revoke --reason certificateHold`, not by setting its state",
+        )
+    if new is DeviceState.REVOKED:
+        request = RevokeRequest(Selector.DEVICE, serial, Reason.UNSPECIFIED, reason, expected_version=version)
+        revoke(authority, request, actor)
+        return
     with writing(authority.engine) as conn:
         device_records.change_state(
             conn,

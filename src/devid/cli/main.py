@@ -43,6 +43,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "group": ("devid.cli.group_cmd", "app", "Enrollment groups: admit devices by signing certificate."),
     "enrollment": ("devid.cli.enrollment_cmd", "app", "Individual enrollments: one device, over its group."),
     "hub": ("devid.cli.hub_cmd", "app", "Hubs: where registered devices are told to connect."),
+    "revoke": (
+        "devid.cli.revoke_cmd",
+        "revoke_command",
+        "Revoke certificates: one, a device, lot, model or maker.",
+    ),
+    "unrevoke": ("devid.cli.revoke_cmd", "unrevoke_command", "Lift a certificateHold."),
     "api-token": ("devid.cli.api_token_cmd", "app", "Admin API tokens: create (shown once), list, revoke."),
 }
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, Select, insert, select
 
 from devid.store.models import audit_head as _audit_head
 from devid.store.models import events
@@ -57,4 +57,12 @@ def emit_many(conn: Connection, at: datetime, items: Sequence[tuple[str, str, di
         for type_, subject, payload in items
     ]
     conn.execute(insert(events), rows)
+    conn.info[EMITTED] = True
+
+
+def emit_from(conn: Connection, query: Select[Any]) -> None:
+    """Queue the events a SELECT of (at, type, subject, payload) yields, in one INSERT ... SELECT:
+    a mass revocation announces 100,000 certificates without a round trip per row."""
+    conn.execute(_SERIALIZE)
+    conn.execute(insert(events).from_select(["at", "type", "subject", "payload"], query))
     conn.info[EMITTED] = True
