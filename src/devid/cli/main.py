@@ -44,6 +44,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "enrollment": ("devid.cli.enrollment_cmd", "app", "Individual enrollments: one device, over its group."),
     "hub": ("devid.cli.hub_cmd", "app", "Hubs: where registered devices are told to connect."),
     "api-token": ("devid.cli.api_token_cmd", "app", "Admin API tokens: create (shown once), list, revoke."),
+    "gateway": ("devid.cli.gateway_cmd", "gateway", "mTLS gateway to an MQTT broker: revoked devices cut."),
 }
 
 
