@@ -151,6 +151,8 @@ class Gateway:
         self._server: asyncio.Server | None = None
         self._refreshing: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Connections being served (cancelled on stop).
+        self._handlers: set[asyncio.Task[Any]] = set()
         self._stale_logged = False
         #: Called with every cut session (benchmarks time the cut).
         self.on_cut: Callable[[Session], None] | None = None
@@ -194,9 +196,10 @@ class Gateway:
             self._server = None
         for session in list(self.sessions.values()):
             session.cut("gateway stopping")
-        for task in list(self._tasks):
+        pending = [*self._tasks, *self._handlers]
+        for task in pending:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*pending, return_exceptions=True)
         await self.status.aclose()
 
     # --- status ---------------------------------------------------------------------------------
@@ -234,14 +237,14 @@ class Gateway:
     def recheck(self) -> None:
         """Judge every live session again; cut those no longer admitted."""
         now = self.clock.now()
-        stale = False
         for session in list(self.sessions.values()):
             decision = decide(
                 self.status.known(session.ref), now, self.options.max_staleness, self.options.fail
             )
-            stale = stale or decision.code == "status-stale"
             if not decision.admit:
                 self._cut(session, decision)
+        oldest = self.status.oldest(self._in_use())
+        stale = oldest is not None and now - oldest > self.options.max_staleness
         if stale != self._stale_logged:
             self._stale_logged = stale
             if stale:
@@ -303,6 +306,9 @@ class Gateway:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = _peer(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
         try:
             await self._serve(peer, reader, writer)
         except asyncio.CancelledError:
@@ -310,6 +316,8 @@ class Gateway:
             raise
         finally:
             writer.close()
+            if task is not None:
+                self._handlers.discard(task)
 
     async def _serve(self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
 from urllib.parse import quote
@@ -142,12 +142,10 @@ class SnapshotStatus:
                 raise StatusUnavailable(failures[0].code, "; ".join(f.message for f in failures))
 
     def oldest(self, in_use: Iterable[CertRef]) -> datetime | None:
-        refs = list(in_use)
-        if not refs:
-            return None
-        times = [self.known(r).fetched_at for r in refs]
+        """Every snapshot judges every new connection: the oldest of them, in use or not."""
+        times = [s.fetched_at for s in self._sources]
         if any(t is None for t in times):
-            return datetime.min.replace(tzinfo=self.clock.now().tzinfo)
+            return datetime.min.replace(tzinfo=UTC)
         return min(t for t in times if t is not None)
 
     def due(self, now: datetime) -> bool:
