@@ -9,7 +9,6 @@ import datetime as dt
 import json
 import queue
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from devid.authority.core import Authority
 from devid.bench.gateway import (
+    CONNACK_OK,
     Credential,
     client_context,
     device,
@@ -50,7 +50,6 @@ from devid.gateway.snapshots import SnapshotKind, SnapshotStatus
 from devid.gateway.status import Hint, Verdict
 from devid.pki.client_chain import check_client_chain
 
-CONNACK_OK = b"\x20\x02\x00\x00"
 UTC = dt.UTC
 
 
@@ -301,15 +300,6 @@ def test_bad_clients_are_refused_without_disturbing_live_sessions(
     auth.clock.advance(dt.timedelta(days=2))  # type: ignore[attr-defined]
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(UTC)
-    foreign_root = _cert(
-        _name("Foreign"),
-        key,
-        _name("Foreign"),
-        key,
-        now - dt.timedelta(days=1),
-        now + dt.timedelta(days=9),
-        ca=True,
-    )
     foreign = Credential.write(
         tmp_path / "foreign",
         "dev",

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
+import json
 import socket
 import ssl
 import statistics
@@ -33,9 +35,12 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from paho.mqtt import client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from devid.authority.core import Authority
 from devid.authority.requests import IssueRequest, NewDevice
+from devid.authority.setup import init_home, open_authority
 from devid.bench import Figure
 from devid.clock import SystemClock
 from devid.gateway.events import listen
@@ -44,6 +49,9 @@ from devid.gateway.proxy import Gateway, GatewayOptions
 from devid.gateway.status import StatusView
 from devid.gateway.tls import gateway_context
 from devid.pki.profiles import ProfileName
+
+#: MQTT CONNACK: accepted, no session present.
+CONNACK_OK = b"\x20\x02\x00\x00"
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 
@@ -78,17 +86,23 @@ def wait_for(condition: Callable[[], object], timeout: float = 5.0, step: float 
 
 
 @contextmanager
-def mosquitto(work: Path) -> Iterator[int]:
-    """A real Mosquitto on a free loopback port, anonymous, plain TCP; its port."""
+def mosquitto(work: Path, extra: str = "") -> Iterator[int]:
+    """A real Mosquitto on a free loopback port, anonymous, plain TCP; its port. `extra`: more
+    configuration (another listener, say), whose ports are waited for too."""
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
     conf = work / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    # `user`: run as root, Mosquitto would become user "mosquitto" and not read files in `work`.
+    head = f"user {getpass.getuser()}\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n"
+    conf.write_text(f"{head}listener {port} 127.0.0.1\n{extra}")
     proc = subprocess.Popen(
         [MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         wait_port(port)
+        for line in extra.splitlines():
+            if line.startswith("listener "):
+                wait_port(int(line.split()[1]))
         yield port
     finally:
         proc.terminate()
@@ -171,6 +185,8 @@ def mqtt_connack(
     """CONNECT over TLS (plain TCP with `ctx` None); the CONNACK, or None if the connection was refused."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
+            # As MQTT clients do: else Nagle holds CONNECT behind the TLS Finished for a delayed ACK.
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock = ctx.wrap_socket(raw, server_hostname="127.0.0.1") if ctx is not None else raw
             with sock:
                 sock.sendall(connect_packet(client_id))
@@ -279,3 +295,105 @@ def openssl_ocsp(
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# --- figures ---------------------------------------------------------------------------------------
+
+
+def _rate(port: int, ctx: ssl.SSLContext, n: int) -> float:
+    """New mTLS connections per second, each to CONNACK, one after another (a device's view)."""
+    start = time.perf_counter()
+    for i in range(n):
+        if mqtt_connack(port, ctx, f"bench-{i}") != CONNACK_OK:
+            raise RuntimeError(f"connection {i} to port {port} was not accepted")
+    return n / (time.perf_counter() - start)
+
+
+def _cut_seconds(
+    port: int, responder: OcspResponder, broker: int, creds: list[Credential], root: Path
+) -> list[float]:
+    """Per device: a live session, then its revocation (index rewritten, event published on the
+    broker, as devid's outbox does): seconds until the gateway closes the session."""
+    publisher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="devid-outbox")
+    publisher.connect("127.0.0.1", broker)
+    publisher.loop_start()
+    times: list[float] = []
+    revoked: list[x509.Certificate] = []
+    try:
+        for cred in creds:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+                sock = client_context(root, cred).wrap_socket(raw, server_hostname="127.0.0.1")
+                sock.sendall(connect_packet(f"cut-{cred.cert.serial_number:x}"))
+                if sock.recv(4) != CONNACK_OK:
+                    raise RuntimeError("session not admitted")
+                revoked.append(cred.cert)
+                responder.write([c.cert for c in creds if c.cert not in revoked], revoked)
+                serial = f"{cred.cert.serial_number:x}"
+                event = {"type": "certificate.revoked", "subject": serial, "payload": {"serial": serial}}
+                start = time.perf_counter()
+                publisher.publish("devid/events/certificate.revoked", json.dumps(event), qos=1)
+                with contextlib.suppress(ssl.SSLError, OSError):
+                    sock.recv(1)
+                times.append(time.perf_counter() - start)
+    finally:
+        publisher.disconnect()
+        publisher.loop_stop()
+    return times
+
+
+def run(connections: int = 300, cuts: int = 5) -> list[Figure]:
+    """The gateway's figures (see the module docstring), on a fresh home in a temporary directory."""
+    passphrase = b"bench gateway passphrase"
+    with tempfile.TemporaryDirectory(prefix="devid-bench-gateway-") as tmp:
+        work = Path(tmp)
+        authority = open_authority(init_home(work / "home", org="Bench", passphrase=passphrase), passphrase)
+        try:
+            root = work / "root.pem"
+            root.write_bytes(pem_certs(authority.root))
+            operational = authority.cas["operational"].certificate
+            anchors = [authority.root, operational]
+            server = gateway_server(authority, work / "gw")
+            bundle = work / "bundle.pem"
+            bundle.write_bytes(pem_certs(*anchors))
+            signer = authority.cas["operational-ocsp"]
+            ocsp_signer = Credential.write(work / "ocsp", "signer", signer.certificate, signer.key)
+            devices = [device(authority, work / "dev", f"BENCH-{i}") for i in range(cuts + 1)]
+            tls_port = free_port()
+            direct_tls = (
+                f"listener {tls_port} 127.0.0.1\ncafile {bundle}\ncertfile {server.cert_file}\n"
+                f"keyfile {server.key_file}\nrequire_certificate true\n"
+            )
+            with (
+                mosquitto(work / "mosquitto", direct_tls) as broker,
+                openssl_ocsp(work / "ocsp", operational, ocsp_signer, [d.cert for d in devices]) as responder,
+            ):
+                view = OcspStatus(responder.url, SystemClock())
+                options = GatewayOptions("127.0.0.1", 0, "127.0.0.1", broker, tick=0.05)
+                events = ("127.0.0.1", broker, "devid/events")
+                with running_gateway(options, server, anchors, view, events=events, mode="ocsp") as gw:
+                    ctx = client_context(root, devices[0])
+                    _rate(gw.port, ctx, 10)  # warm-up: the OCSP answer cached, the code paths loaded
+                    through = _rate(gw.port, ctx, connections)
+                    direct = _rate(tls_port, ctx, connections)
+                    cut = _cut_seconds(gw.port, responder, broker, devices[1:], root)
+        finally:
+            authority.close()
+    return [
+        Figure(
+            "gateway connect rate",
+            through,
+            "connections/s",
+            direct,
+            "Mosquitto's own TLS listener requiring client certificates, same client, same run",
+            "one client, one connection after another: TLS handshake with a client certificate, MQTT "
+            "CONNECT, CONNACK, close; the gateway adds the chain check, the (cached) OCSP status and "
+            "the upstream TCP connection",
+        ),
+        Figure(
+            "gateway revocation cut",
+            statistics.median(cut),
+            "s",
+            note=f"median of {len(cut)} (max {max(cut):.3f} s): from certificate.revoked published on the "
+            "broker (index already rewritten at openssl ocsp) to the live session closed",
+        ),
+    ]

@@ -283,8 +283,11 @@ class Gateway:
             "refused": dict(self.counters.refused),
             "last_refresh": self.last_refresh.isoformat() if self.last_refresh else None,
             "last_error": self.last_error,
-            "staleness_seconds": None if oldest is None else round((now - oldest).total_seconds(), 1),
-            "stale": self._stale_logged,
+            # None: nothing relied on yet, or ("stale" true) data never fetched.
+            "staleness_seconds": (
+                None if oldest is None or oldest.year == 1 else round((now - oldest).total_seconds(), 1)
+            ),
+            "stale": oldest is not None and now - oldest > self.options.max_staleness,
             "fail": self.options.fail.value,
             "max_staleness_seconds": self.options.max_staleness.total_seconds(),
         }
