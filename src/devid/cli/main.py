@@ -50,6 +50,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "unrevoke": ("devid.cli.revoke_cmd", "unrevoke_command", "Lift a certificateHold."),
     "api-token": ("devid.cli.api_token_cmd", "app", "Admin API tokens: create (shown once), list, revoke."),
+    "gateway": ("devid.cli.gateway_cmd", "gateway", "mTLS gateway to an MQTT broker: revoked devices cut."),
 }
 
 
