@@ -76,6 +76,18 @@ class Config:
             raise ConfigError("config-invalid", f"{path} is not a valid devid configuration: {exc}") from None
 
 
+def check_public_url(text: str) -> str:
+    """A deployment's public base URL: http(s), a host, no query; returned without a trailing `/`."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(
+            "public-url", f"not a public base URL: {text!r} (http://host[:port][/path], no query)"
+        )
+    return text.strip().rstrip("/")
+
+
 @dataclass
 class Home:
     path: Path
@@ -96,6 +108,14 @@ class Home:
                 "home-missing", f"no devid home at {path} (no {CONFIG_FILE}): run `devid init`"
             ) from None
         return cls(path, Config.from_toml(text, file))
+
+    def save(self) -> None:
+        """Write the configuration back (atomically: a new file renamed over the old)."""
+        file = self.path / CONFIG_FILE
+        partial = file.with_suffix(".toml.new")
+        with open(partial, "wb") as fh:
+            fh.write(self.config.to_toml())
+        os.replace(partial, file)
 
     @classmethod
     def create(cls, path: Path, config: Config) -> Home:

@@ -19,7 +19,14 @@ from devid.authority.core import AUDIT_KEY_NAME, Authority, IssuingCA
 from devid.authority.credential_key import CredentialKey
 from devid.authority.policy import DEFAULT_LABELS, LabelPolicy
 from devid.clock import Clock, SystemClock
-from devid.config import Config, Home, Pkcs11Settings, check_new_passphrase, refuse_non_directory
+from devid.config import (
+    Config,
+    Home,
+    Pkcs11Settings,
+    check_new_passphrase,
+    check_public_url,
+    refuse_non_directory,
+)
 from devid.errors import ConfigError, ConflictError, NotFoundError
 from devid.keys.base import KeyStore, SecretKey
 from devid.keys.software import SoftwareKeyStore
@@ -69,6 +76,7 @@ def init_home(
     key_backend: str = "software",
     pkcs11: Pkcs11Settings | None = None,
     clock: Clock | None = None,
+    public_url: str = "",
 ) -> Home:
     """Create config, store and CA hierarchy; refuse an existing home and leave nothing behind on failure.
 
@@ -96,6 +104,7 @@ def init_home(
         key_prefix=f"devid-{os.urandom(4).hex()}-",
         pkcs11=pkcs11,
         est_labels={label: policy.to_config() for label, policy in DEFAULT_LABELS.items()},
+        public_url=check_public_url(public_url) if public_url else "",
     )
     home = Home(path, config)
     try:

@@ -24,6 +24,12 @@ def init(
     pkcs11_token: Annotated[str | None, typer.Option(help="PKCS#11 token label")] = None,
     pkcs11_pin_file: Annotated[Path | None, typer.Option(help="file holding the token user PIN")] = None,
     db: Annotated[str | None, typer.Option("--db", help="database URL (default: SQLite in the home)")] = None,
+    public_url: Annotated[
+        str,
+        typer.Option(
+            "--public-url", help="public base URL where CRLs and OCSP are served; certificates name it"
+        ),
+    ] = "",
     passphrase_file: PassphraseOpt = None,
 ) -> None:
     """Create a devid home: config, store (migrated) and the CA hierarchy."""
@@ -38,7 +44,13 @@ def init(
         pkcs11 = Pkcs11Settings(pkcs11_module, pkcs11_token, str(pkcs11_pin_file.resolve()))
     path = home_path(home)
     created = init_home(
-        path, org=org, passphrase=passphrase, db_url=db, key_backend=key_backend, pkcs11=pkcs11
+        path,
+        org=org,
+        passphrase=passphrase,
+        db_url=db,
+        key_backend=key_backend,
+        pkcs11=pkcs11,
+        public_url=public_url,
     )
     open_authority(created, passphrase).checkpoint_audit()  # the hierarchy's events, anchored
     engine = make_engine(created.config.db_url)

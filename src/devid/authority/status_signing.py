@@ -1,0 +1,177 @@
+"""The authority's signatures over status data: CRLs, filters and allowlists (by the CA key), and
+OCSP responses (by a delegated responder certificate the CA issues, RFC 6960 4.2.2.2).
+
+A delegated responder keeps the CA key off the hot path of OCSP, where responses are signed by
+the thousand; it carries id-pkix-ocsp-nocheck, so relying parties do not ask about it, and lives
+90 days, renewed when a third of that is left. `devid init` makes one per issuing CA (the
+`<ca>-ocsp` entries of the hierarchy, role `ocsp-signer`); its key stays in the CA keys' keystore
+(sealed file or HSM) and each renewal certifies the same key again, recorded like every
+certificate devid issues.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import insert, select
+
+from devid.authority.core import Authority
+from devid.errors import ConflictError, NotFoundError
+from devid.pki.encoding import public_key_fingerprint
+from devid.pki.profiles import PROFILES, ProfileName, ca_subject, subject_text
+from devid.pki.serials import random_serial, serial_hex
+from devid.store import audit
+from devid.store.engine import reading, writing
+from devid.store.models import certificates
+from devid.store.states import CertificateStatus
+
+#: The role of a delegated OCSP responder in the hierarchy (`<ca>-ocsp`).
+OCSP_SIGNER_ROLE = "ocsp-signer"
+
+
+def sign_crl(
+    authority: Authority, ca_name: str, builder: x509.CertificateRevocationListBuilder
+) -> x509.CertificateRevocationList:
+    """Sign a CRL of CA `ca_name` with that CA's key."""
+    return builder.sign(authority.cas[ca_name].key, hashes.SHA256())
+
+
+def blob_signer(authority: Authority, ca_name: str) -> ec.EllipticCurvePrivateKey:
+    """The key that signs CA `ca_name`'s filters and allowlists: the CA key itself, so a device
+    verifies them with the CA certificate it already holds."""
+    return authority.cas[ca_name].key
+
+
+@dataclass(frozen=True)
+class Responder:
+    """A delegated OCSP responder of one CA."""
+
+    ca_name: str
+    certificate: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+
+
+class Responders:
+    """Each CA's current delegated responder, renewed when a third of its life is left; owned by
+    the authority (`authority.owned(Responders, ...)`)."""
+
+    def __init__(self, authority: Authority) -> None:
+        self._authority = authority
+        self._lock = threading.Lock()
+        self._current: dict[str, Responder] = {}
+
+    def responder(self, ca_name: str) -> Responder:
+        now = self._authority.clock.now().astimezone(UTC)
+        with self._lock:
+            found = self._current.get(ca_name)
+            if found is None or _renew_due(found.certificate, now):
+                found = self._current[ca_name] = self._load_or_issue(ca_name, now)
+            return found
+
+    def _load_or_issue(self, ca_name: str, now: datetime) -> Responder:
+        ca = self._authority.cas[ca_name]
+        made = self._authority.cas.get(f"{ca_name}-ocsp")
+        if made is not None and made.role == OCSP_SIGNER_ROLE and not _renew_due(made.certificate, now):
+            return Responder(ca_name, made.certificate, made.key)
+        label = (
+            made.key_label
+            if made is not None and made.key_label
+            else f"{self._authority.audit_key_label.removesuffix('audit')}ocsp-{ca_name}"
+        )
+        keystore = ca.keystore
+        with reading(self._authority.engine) as conn:
+            rows = conn.execute(
+                select(certificates.c.der)
+                .where(
+                    certificates.c.issuer_id == ca.id,
+                    certificates.c.profile == ProfileName.OCSP_SIGNER.value,
+                    certificates.c.status == CertificateStatus.VALID,
+                )
+                .order_by(certificates.c.id.desc())
+                .limit(1)
+            ).all()
+        try:
+            key = keystore.load(label)
+        except NotFoundError:
+            try:
+                key = keystore.generate(label)
+            except ConflictError:  # another process made it first
+                key = keystore.load(label)
+        public = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        for (der,) in rows:
+            cert = x509.load_der_x509_certificate(der)
+            same_key = (
+                cert.public_key().public_bytes(
+                    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+                == public
+            )
+            if same_key and not _renew_due(cert, now):
+                return Responder(ca_name, cert, key)
+        return Responder(ca_name, self._issue(ca_name, key, now), key)
+
+    def _issue(self, ca_name: str, key: ec.EllipticCurvePrivateKey, now: datetime) -> x509.Certificate:
+        authority = self._authority
+        ca = authority.cas[ca_name]
+        profile = PROFILES[ProfileName.OCSP_SIGNER]
+        now = now.replace(microsecond=0)
+        subject = ca_subject(authority.org, f"{ca_name} OCSP responder")
+        serial = random_serial()
+        cert = (
+            ca.template(profile).builder(subject, key.public_key(), serial, now).sign(ca.key, hashes.SHA256())
+        )
+        der = cert.public_bytes(serialization.Encoding.DER)
+        fingerprint = hashlib.sha256(der).hexdigest()
+        with writing(authority.engine) as conn:
+            conn.execute(
+                insert(certificates).values(
+                    serial=serial_hex(serial),
+                    issuer_id=ca.id,
+                    device_id=None,
+                    profile=ProfileName.OCSP_SIGNER.value,
+                    subject=subject_text(subject),
+                    not_before=cert.not_valid_before_utc,
+                    not_after=cert.not_valid_after_utc,
+                    fingerprint=fingerprint,
+                    public_key_fingerprint=public_key_fingerprint(key.public_key()),
+                    status=CertificateStatus.VALID,
+                    der=der,
+                    created_at=now,
+                )
+            )
+            audit.append(
+                conn,
+                [
+                    audit.Event(
+                        "certificate.issue",
+                        serial_hex(serial),
+                        "system",
+                        "ok",
+                        {
+                            "profile": ProfileName.OCSP_SIGNER.value,
+                            "issuer": ca_name,
+                            "fingerprint": fingerprint,
+                        },
+                    )
+                ],
+                now,
+            )
+        return cert
+
+
+def _renew_due(cert: x509.Certificate, now: datetime) -> bool:
+    life = cert.not_valid_after_utc - cert.not_valid_before_utc
+    return now >= cert.not_valid_after_utc - life / 3
+
+
+def responder(authority: Authority, ca_name: str) -> Responder:
+    """CA `ca_name`'s delegated OCSP responder (issued on first use, renewed when due)."""
+    return authority.owned(Responders, lambda: Responders(authority)).responder(ca_name)
