@@ -48,6 +48,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "revoke_command",
         "Revoke certificates: one, a device, lot, model or maker.",
     ),
+    "crl": ("devid.cli.crl_cmd", "app", "Certificate revocation lists: build one for publishing."),
+    "filter": ("devid.cli.filter_cmd", "app", "Revocation filters: build, check a serial, diff versions."),
     "unrevoke": ("devid.cli.revoke_cmd", "unrevoke_command", "Lift a certificateHold."),
     "api-token": ("devid.cli.api_token_cmd", "app", "Admin API tokens: create (shown once), list, revoke."),
     "gateway": ("devid.cli.gateway_cmd", "gateway", "mTLS gateway to an MQTT broker: revoked devices cut."),

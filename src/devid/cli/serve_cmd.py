@@ -16,7 +16,7 @@ from rich.markup import escape
 from devid.authority.core import ISSUER_OF
 from devid.authority.setup import open_authority
 from devid.cli.common import HomeOpt, PassphraseOpt, console, err_console, load_home
-from devid.config import resolve_passphrase
+from devid.config import check_public_url, resolve_passphrase
 from devid.errors import ConfigError
 from devid.server import process
 from devid.server.app import make_app
@@ -102,6 +102,27 @@ def serve(
             "trusted proxies are exempt)",
         ),
     ] = _DEFAULT.per_address or 0,
+    public_url: Annotated[
+        str | None,
+        typer.Option(
+            "--public-url",
+            help="the deployment's public base URL: issued certificates name <URL>/ocsp and their "
+            "CRL under <URL>/crl/ (kept in devid.toml, so the factory and the CLI issue the same)",
+        ),
+    ] = None,
+    http_port: Annotated[
+        int | None,
+        typer.Option(
+            "--http-port", help="also serve OCSP, CRLs, filters and allowlists over plain HTTP on this port"
+        ),
+    ] = None,
+    publish: Annotated[
+        bool,
+        typer.Option(
+            "--publish/--no-publish",
+            help="keep CRLs and filters current from this process (one replica is enough)",
+        ),
+    ] = True,
     passphrase_file: PassphraseOpt = None,
 ) -> None:
     """Serve EST (RFC 7030) at https://HOST:PORT/.well-known/est over TLS with optional client
@@ -110,6 +131,10 @@ def serve(
         raise ConfigError("tls-files", "--tls-cert and --tls-key go together")
     passphrase = resolve_passphrase(passphrase_file)
     devid_home = load_home(home)
+    if public_url is not None and check_public_url(public_url) != devid_home.config.public_url:
+        devid_home.config.public_url = check_public_url(public_url)
+        devid_home.save()
+        console.print(f"public URL {escape(devid_home.config.public_url)} saved in the home's devid.toml")
     authority = open_authority(devid_home, passphrase)
     for ca_name in dict.fromkeys(ISSUER_OF.values()):
         if ca_name in authority.cas:
@@ -135,6 +160,8 @@ def serve(
             keepalive_timeout,
             max_per_address or None,
         ),
+        publish_status=publish,
+        http_port=http_port,
     )
     if workers > 1:
         authority.close()

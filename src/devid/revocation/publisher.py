@@ -14,6 +14,7 @@ holding a changed certificate (complete and small, they are what devices fetch) 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -24,7 +25,7 @@ from devid.authority.status_signing import OCSP_SIGNER_ROLE, blob_signer
 from devid.revocation import crl, records
 from devid.revocation.filter import build_filter
 from devid.store.engine import reading
-from devid.store.models import certificates
+from devid.store.models import cas, certificates
 
 log = logging.getLogger("devid.revocation")
 
@@ -40,7 +41,24 @@ class Publisher:
     base_every: timedelta = timedelta(minutes=10)
     #: Rebuild the filter when this many certificates were issued since (its universe grew).
     filter_growth: int = 1024
+    #: Seconds between full checks (half-life rebuilds, filter growth) when nothing moved.
+    check_every: float = 30.0
     _built: list[str] = field(default_factory=list)
+    _marker: object = None
+    _checked: float = float("-inf")
+
+    def tick(self) -> list[str]:
+        """`publish()` if any CA's revocation generation or issued count moved since the last
+        tick, or `check_every` seconds passed: one cheap query otherwise. The server calls this a
+        few times a second."""
+        with reading(self.authority.engine) as conn:
+            marker = conn.execute(select(cas.c.id, cas.c.revocation_gen, cas.c.next_index)).all()
+        now = time.monotonic()
+        if marker == self._marker and now - self._checked < self.check_every:
+            return []
+        built = self.publish()
+        self._marker, self._checked = marker, now
+        return built
 
     def publish(self) -> list[str]:
         """Rebuild what is out of date; the scopes built (e.g. `crl operational`, `filter root`)."""

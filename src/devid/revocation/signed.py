@@ -114,6 +114,11 @@ def seal(header: Header, payload: bytes, sign: Signer) -> bytes:
     return body + r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 
+def peek(data: bytes) -> Header:
+    """The header of an envelope, NOT verified: only to find which CA's key verifies it."""
+    return Header.parse(Reader(bytes(data)))
+
+
 def open_envelope(data: bytes, public_key: ec.EllipticCurvePublicKey, kind: Kind) -> tuple[Header, Reader]:
     """The verified header of envelope `data`, which must be a `kind`, and a reader at its payload."""
     if not isinstance(public_key, ec.EllipticCurvePublicKey) or public_key.curve.name != "secp256r1":

@@ -21,6 +21,8 @@ from devid.api.routes import PREFIX as API_PREFIX
 from devid.authority.core import Authority
 from devid.errors import ConfigError, DevidError
 from devid.est.server import MAX_BODY, EstServer
+from devid.publish.routes import status_routes
+from devid.publish.status_files import StatusFiles
 from devid.registry.onboarding import Registry
 from devid.server.listener import ConnectionLimits, GuardedSite, request_phases
 from devid.server.trust import TrustSync
@@ -108,6 +110,9 @@ def make_app(
     app.add_subapp(API_PREFIX, api_application(authority, anonymous_rate=api_anonymous_rate))
     # The token service reads the client certificate the same way EST does (trusted proxies).
     app.add_routes(token_routes(authority, peer_certificate=peer_certificate))
+    # Status data over HTTPS too (the plain-HTTP port serves the same, for relying parties that
+    # cannot do TLS before they can check revocation).
+    app.add_routes(status_routes(StatusFiles(authority)))
     return app
 
 

@@ -16,9 +16,13 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from devid.errors import DevidError
 from devid.registry.delivery import Dispatcher
+from devid.revocation.publisher import Publisher
 from devid.server.app import AUTHORITY, RunningServer, start_server
 from devid.server.listener import ConnectionLimits
+
+log = logging.getLogger("devid.serve")
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,10 @@ class ServeOptions:
     access_log: bool = False
     deliver_events: bool = True
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    #: Keep CRLs and filters current from this process (one process of a deployment is enough).
+    publish_status: bool = True
+    #: Also serve OCSP, CRLs and filters over plain HTTP on this port (None: not at all).
+    http_port: int | None = None
 
 
 async def serve(
@@ -66,9 +74,28 @@ async def serve(
         Dispatcher(app[AUTHORITY].engine, key=app[AUTHORITY].credentials) if options.deliver_events else None
     )
     delivering = asyncio.create_task(dispatcher.run()) if dispatcher is not None else None
+    publishing = asyncio.create_task(_publish(Publisher(app[AUTHORITY]))) if options.publish_status else None
     await stop.wait()
     stopping()
+    if publishing is not None:
+        publishing.cancel()
     await running.stop()
     if dispatcher is not None and delivering is not None:
         dispatcher.stop()
         await delivering
+
+
+#: Seconds between the publisher's checks: a revocation reaches CRLs and filters this fast.
+PUBLISH_EVERY = 0.25
+
+
+async def _publish(publisher: Publisher) -> None:
+    """Keep status data current while serving (`Publisher.tick`, off the event loop)."""
+    while True:
+        try:
+            built = await asyncio.to_thread(publisher.tick)
+            if built:
+                log.info("published %s", ", ".join(built))
+        except DevidError as exc:
+            log.warning("status data not published: %s [%s]", exc.message, exc.code)
+        await asyncio.sleep(PUBLISH_EVERY)

@@ -184,7 +184,12 @@ class Supervisor:
             _Slot(
                 i,
                 replace(
-                    spec, options=replace(spec.options, deliver_events=options.deliver_events and i == 0)
+                    spec,
+                    options=replace(
+                        spec.options,
+                        deliver_events=options.deliver_events and i == 0,
+                        publish_status=options.publish_status and i == 0,
+                    ),
                 ),
             )
             for i in range(self.count)
