@@ -47,7 +47,7 @@ from devid.gateway.events import hint_of, subscription
 from devid.gateway.ocsp import OcspStatus
 from devid.gateway.proxy import FailMode, GatewayOptions
 from devid.gateway.snapshots import SnapshotKind, SnapshotStatus
-from devid.gateway.status import Hint, Verdict
+from devid.gateway.status import CertRef, Hint, Verdict
 from devid.pki.client_chain import check_client_chain
 
 UTC = dt.UTC
@@ -370,8 +370,8 @@ class FakeFilter:
     version: int
     revoked: frozenset[int]
 
-    def verdict(self, serial: int) -> Verdict:
-        return Verdict.REVOKED if serial in self.revoked else Verdict.GOOD
+    def verdict(self, ref: CertRef) -> Verdict:
+        return Verdict.REVOKED if ref.serial in self.revoked else Verdict.GOOD
 
     def apply(self, delta: bytes, public_key: Any) -> FakeFilter:
         doc = _open(delta, public_key)

@@ -15,7 +15,8 @@ import typer
 from devid.cli.options import parse_duration
 from devid.clock import SystemClock
 from devid.config import resolve_passphrase
-from devid.errors import ConfigError, PolicyError
+from devid.errors import PolicyError
+from devid.gateway.formats import AllowlistFormat, FilterFormat
 from devid.gateway.ocsp import OcspStatus
 from devid.gateway.proxy import FailMode, Gateway, GatewayOptions, serve
 from devid.gateway.snapshots import SnapshotFormat, SnapshotKind, SnapshotStatus
@@ -38,10 +39,8 @@ def host_port(text: str, what: str) -> tuple[str, int]:
 
 
 def snapshot_format(kind: SnapshotKind) -> SnapshotFormat:
-    """The format of `kind` snapshots: devid.revocation.filter / .allowlist plug in here."""
-    raise ConfigError(
-        "gateway-format", f"--status {kind.value}: this build has no devid.revocation.{kind.value} format yet"
-    )
+    """The format of `kind` snapshots: devid's signed filter or allowlist."""
+    return FilterFormat() if kind is SnapshotKind.FILTER else AllowlistFormat()
 
 
 def gateway(

@@ -47,7 +47,7 @@ class Snapshot(Protocol):
     @property
     def version(self) -> int: ...
 
-    def verdict(self, serial: int) -> Verdict: ...
+    def verdict(self, ref: CertRef) -> Verdict: ...
 
     def apply(self, delta: bytes, public_key: CertificatePublicKeyTypes) -> Snapshot:
         """The snapshot after a signed delta; ValueError or DevidError unless it verifies and applies."""
@@ -116,7 +116,7 @@ class SnapshotStatus:
         held = [(s.snapshot, s.fetched_at) for s in sources if s.snapshot is not None]
         if not held or len(held) < len(sources):
             return Known(Verdict.UNKNOWN, None)
-        verdicts = [snap.verdict(ref.serial) for snap, _ in held]
+        verdicts = [snap.verdict(ref) for snap, _ in held]
         # Allowlists: admitted by any; filters: revoked by any.
         if self.kind is SnapshotKind.ALLOWLIST:
             verdict = Verdict.GOOD if Verdict.GOOD in verdicts else verdicts[0]

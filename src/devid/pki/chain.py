@@ -19,3 +19,8 @@ def issuer_among(cert: x509.Certificate, candidates: Iterable[x509.Certificate])
             continue
         return candidate
     return None
+
+
+def key_identifier(certificate: x509.Certificate) -> str:
+    """A CA's subject key identifier, hex: how allowlists name the CAs they cover."""
+    return certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex()

@@ -33,6 +33,7 @@ from sqlalchemy import func, select
 from devid.authority.core import Authority
 from devid.authority.status_signing import blob_signer
 from devid.errors import DevidError, NotFoundError
+from devid.pki.chain import key_identifier as ca_key_id
 from devid.revocation import crl, records
 from devid.revocation.allowlist import build_allowlist, diff_allowlists
 from devid.revocation.filter import diff_filters
@@ -180,7 +181,8 @@ class StatusFiles:
             return
         version = found.number + 1 if found is not None else 1
         data = build_allowlist(
-            members,
+            # Named by key identifier: a gateway knows the CA certificates, not devid's CA names.
+            {ca_key_id(self.authority.cas[ca].certificate): found for ca, found in members.items()},
             devices=count,
             scope=name,
             version=version,
