@@ -21,8 +21,7 @@ from devid.api.routes import PREFIX as API_PREFIX
 from devid.authority.core import Authority
 from devid.errors import ConfigError, DevidError
 from devid.est.server import MAX_BODY, EstServer
-from devid.publish.routes import status_routes
-from devid.publish.status_files import StatusFiles
+from devid.publish.service import StatusService, status_service
 from devid.registry.onboarding import Registry
 from devid.server.listener import ConnectionLimits, GuardedSite, request_phases
 from devid.server.trust import TrustSync
@@ -75,6 +74,7 @@ class InFlight:
 
 
 IN_FLIGHT = web.AppKey("devid.in_flight", InFlight)
+STATUS = web.AppKey("devid.status", StatusService)
 
 
 def make_app(
@@ -110,9 +110,12 @@ def make_app(
     app.add_subapp(API_PREFIX, api_application(authority, anonymous_rate=api_anonymous_rate))
     # The token service reads the client certificate the same way EST does (trusted proxies).
     app.add_routes(token_routes(authority, peer_certificate=peer_certificate))
-    # Status data over HTTPS too (the plain-HTTP port serves the same, for relying parties that
-    # cannot do TLS before they can check revocation).
-    app.add_routes(status_routes(StatusFiles(authority)))
+    # OCSP and status data over HTTPS too; `devid serve --http-port` serves the same over plain
+    # HTTP, for relying parties that cannot do TLS before they can check revocation.
+    status = status_service(authority)
+    app[STATUS] = status
+    app.add_routes(status.routes())
+    app.cleanup_ctx.append(functools.partial(_refresh_ocsp, status))
     return app
 
 
@@ -139,6 +142,24 @@ async def _anchor_audit(authority: Authority, _app: web.Application) -> AsyncIte
         await asyncio.to_thread(authority.checkpoint_audit)
     except DevidError as exc:
         log.warning("audit checkpoint not written at shutdown: %s [%s]", exc.message, exc.code)
+
+
+#: How often pre-signed OCSP answers are checked for changes and for their refresh margin.
+OCSP_REFRESH_EVERY = 1.0
+
+
+async def _refresh_ocsp(status: StatusService, _app: web.Application) -> AsyncIterator[None]:
+    async def every() -> None:
+        while True:
+            await asyncio.sleep(OCSP_REFRESH_EVERY)
+            try:
+                await asyncio.to_thread(status.responder.refresh)
+            except DevidError as exc:
+                log.warning("OCSP answers not refreshed: %s [%s]", exc.message, exc.code)
+
+    task = asyncio.create_task(every())
+    yield
+    task.cancel()
 
 
 @dataclass

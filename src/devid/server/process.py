@@ -8,6 +8,7 @@ whatever is left waits in the outbox for the next start.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import ssl
@@ -16,10 +17,11 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from devid.errors import DevidError
+from devid.errors import ConfigError, DevidError
+from devid.publish.plain_http import PlainHttpServer
 from devid.registry.delivery import Dispatcher
 from devid.revocation.publisher import Publisher
-from devid.server.app import AUTHORITY, RunningServer, start_server
+from devid.server.app import AUTHORITY, STATUS, RunningServer, start_server
 from devid.server.listener import ConnectionLimits
 
 log = logging.getLogger("devid.serve")
@@ -69,6 +71,18 @@ async def serve(
         reuse_port=reuse_port,
         limits=options.limits,
     )
+    plain = None
+    if options.http_port is not None:
+        plain = PlainHttpServer(app[STATUS].handler())
+        try:
+            await plain.start(options.host, options.http_port, reuse_port=reuse_port)
+        except OSError as exc:
+            await running.stop()
+            raise ConfigError(
+                "listen", f"cannot listen on {options.host}:{options.http_port}: {exc.strerror or exc}"
+            ) from None
+    # What start-up made lives as long as the process: the collector need not walk it again.
+    gc.freeze()
     listening(running)
     dispatcher = (
         Dispatcher(app[AUTHORITY].engine, key=app[AUTHORITY].credentials) if options.deliver_events else None
@@ -79,6 +93,8 @@ async def serve(
     stopping()
     if publishing is not None:
         publishing.cancel()
+    if plain is not None:
+        await plain.close()
     await running.stop()
     if dispatcher is not None and delivering is not None:
         dispatcher.stop()

@@ -1,0 +1,46 @@
+"""Everything a server process publishes about status, assembled once per process: the OCSP
+responder (signing with each issuing CA's delegated responder) and the CRL, filter and allowlist
+files, as aiohttp routes for the TLS server and as one handler for the plain-HTTP port."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from devid.authority.core import ISSUER_OF, Authority
+from devid.authority.status_signing import responder
+from devid.publish.ocsp import OcspHttp
+from devid.publish.plain_http import Handler, dispatch
+from devid.publish.routes import status_routes
+from devid.publish.status_files import StatusFiles
+from devid.revocation.ocsp import OcspIssuer, OcspResponder
+from devid.revocation.records import StoreStatus
+
+
+@dataclass(frozen=True)
+class StatusService:
+    files: StatusFiles
+    responder: OcspResponder
+    ocsp: OcspHttp
+
+    def routes(self) -> list[web.RouteDef]:
+        return [*status_routes(self.files), *self.ocsp.routes()]
+
+    def handler(self) -> Handler:
+        """The plain-HTTP port's one handler: OCSP, CRLs, filters, allowlists."""
+        files = self.files.handle
+        return dispatch({"/ocsp": self.ocsp.handle, "/crl": files, "/filter": files, "/allowlist": files})
+
+
+def status_service(authority: Authority) -> StatusService:
+    """The status service of `authority`: OCSP for every CA that issues device certificates."""
+    issuers = []
+    for name in dict.fromkeys(ISSUER_OF.values()):
+        if name in authority.cas:
+            delegated = responder(authority, name)
+            issuers.append(
+                OcspIssuer(name, authority.cas[name].certificate, delegated.certificate, delegated.key)
+            )
+    ocsp_responder = OcspResponder(issuers, StoreStatus(authority.engine), authority.clock)
+    return StatusService(StatusFiles(authority), ocsp_responder, OcspHttp(ocsp_responder, authority.clock))
