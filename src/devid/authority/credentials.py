@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import cached_property
 from typing import Protocol
 
@@ -26,7 +26,7 @@ from cryptography import x509
 
 from devid.authority.core import ISSUER_OF, Authority
 from devid.errors import CredentialRefused, PolicyError
-from devid.pki.chain import issuer_among
+from devid.pki.client_chain import CheckedChain, check_validity, client_path
 from devid.pki.profiles import ProfileName
 from devid.store import repo
 from devid.store.engine import reading
@@ -134,26 +134,25 @@ def identify(
 
 
 def _own(authority: Authority, credential: CertificateCredential, accept: frozenset[ProfileName]) -> Identity:
-    """The identity of a certificate issued by one of devid's CAs trusted for `accept`."""
-    der = credential.der
-    try:
-        cert = x509.load_der_x509_certificate(der)
-    except ValueError as exc:
-        raise CredentialRefused(
-            "client-cert-malformed", f"client certificate cannot be parsed: {exc}"
-        ) from None
+    """The identity of a certificate issued by one of devid's CAs trusted for `accept`: the pure
+    chain check (`devid.pki.client_chain.client_path`, the gateway's too), then its record."""
     names = [n for n in dict.fromkeys(ISSUER_OF[p] for p in sorted(accept)) if n in authority.cas]
     issuing = [authority.cas[n] for n in names]
-    if credential.chain_verified:
-        issuer = next((ca for ca in issuing if ca.certificate.subject == cert.issuer), None)
-    else:
-        found = issuer_among(cert, [ca.certificate for ca in issuing])
-        issuer = next((ca for ca in issuing if ca.certificate is found), None)
-    if issuer is None:
+    try:
+        checked = client_path(
+            credential.der,
+            [],
+            [ca.certificate for ca in issuing],
+            signature_checked=credential.chain_verified,
+        )
+    except CredentialRefused as exc:
+        if exc.code != "client-cert-unknown-issuer":
+            raise
         raise CredentialRefused(
             "client-cert-unknown-issuer",
             f"client certificate was not issued by this devid's {' or '.join(names)} CA",
-        )
+        ) from None
+    issuer = next(ca for ca in issuing if ca.certificate is checked.issuer)
     fingerprint = credential.fingerprint
     with reading(authority.engine) as conn:
         row = repo.certificate_by_fingerprint(conn, fingerprint)
@@ -168,37 +167,34 @@ def _own(authority: Authority, credential: CertificateCredential, accept: frozen
             "client-cert-profile",
             f"a {row.profile} certificate does not authenticate a device here ({wanted} only)",
         )
-    serial_attrs = cert.subject.get_attributes_for_oid(x509.NameOID.SERIAL_NUMBER)
-    if [a.value for a in serial_attrs] != [row.device_serial]:
+    if checked.device_serial != row.device_serial:
         raise CredentialRefused(
             "client-cert-identity", "client certificate subject serialNumber does not match its device record"
         )
     chain = (*authority.chain(issuer.name), authority.root)
     return Identity(
-        cert, der, fingerprint, issuer.name, profile, row.device_serial, row.device_state, row.status, chain
+        checked.leaf,
+        credential.der,
+        fingerprint,
+        issuer.name,
+        profile,
+        row.device_serial,
+        row.device_state,
+        row.status,
+        chain,
     )
 
 
 def check_standing(authority: Authority, identity: Identity) -> None:
-    """Refuse a certificate outside its validity, under a CA outside its own, revoked or
-    superseded, or whose (registered) device is not ACTIVE."""
-    now = authority.clock.now().astimezone(UTC)
-    cert = identity.certificate
+    """Refuse a certificate outside its validity, under a CA outside its own
+    (`devid.pki.client_chain.check_validity`, the gateway's check too), revoked or superseded,
+    or whose (registered) device is not ACTIVE."""
+    now = authority.clock.now()
     what = f"client certificate ({identity.profile.value} of device {identity.device_serial})"
-    if now > cert.not_valid_after_utc:
-        raise CredentialRefused(
-            "client-cert-expired", f"{what} expired at {cert.not_valid_after_utc.isoformat()}"
-        )
-    if now < cert.not_valid_before_utc:
-        raise CredentialRefused(
-            "client-cert-not-yet-valid", f"{what} is not valid before {cert.not_valid_before_utc.isoformat()}"
-        )
-    for ca in identity.chain:
-        if not ca.not_valid_before_utc <= now <= ca.not_valid_after_utc:
-            raise CredentialRefused(
-                "client-cert-issuer-expired",
-                f"CA {ca.subject.rfc4514_string()!r} above the {what} is not valid now",
-            )
+    try:
+        check_validity(CheckedChain(identity.certificate, identity.chain, identity.device_serial), now)
+    except CredentialRefused as exc:
+        raise CredentialRefused(exc.code, f"{what}: {exc.message}") from None
     if identity.status != CertificateStatus.VALID:
         raise CredentialRefused(f"client-cert-{identity.status}", f"{what} is {identity.status}")
     if identity.registered:

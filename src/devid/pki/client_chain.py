@@ -61,16 +61,25 @@ def load_client_certificate(der: bytes) -> x509.Certificate:
         ) from None
 
 
+def _named_issuer(cert: x509.Certificate, anchors: Sequence[x509.Certificate]) -> x509.Certificate | None:
+    return next((a for a in anchors if a.subject == cert.issuer), None)
+
+
 def _path(
-    leaf: x509.Certificate, presented: Sequence[x509.Certificate], anchors: Sequence[x509.Certificate]
+    leaf: x509.Certificate,
+    presented: Sequence[x509.Certificate],
+    anchors: Sequence[x509.Certificate],
+    signature_checked: bool = False,
 ) -> tuple[x509.Certificate, ...]:
     """The CAs above `leaf` by name and signature, anchors preferred, up to a self-signed
-    certificate (or where no issuer is found), if the path meets an anchor; else refused."""
+    certificate (or where no issuer is found), if the path meets an anchor; else refused.
+    `signature_checked`: this process's TLS handshake verified the signatures up to the anchors
+    (same trust), so anchors are matched by name alone."""
     cas: list[x509.Certificate] = []
     current = leaf
     trusted = False
     while len(cas) < MAX_DEPTH and current.issuer != current.subject:
-        issuer = issuer_among(current, anchors)
+        issuer = _named_issuer(current, anchors) if signature_checked else issuer_among(current, anchors)
         if issuer is not None:
             trusted = True
         else:
@@ -123,12 +132,20 @@ def check_client_chain(
 ) -> CheckedChain:
     """Check a TLS client certificate (DER or parsed) against `anchors` (trusted CA certificates:
     roots and intermediates alike) at `now`; `presented`: the other certificates the client sent.
+    `client_path` then `check_validity`.
 
     Raises CredentialRefused with one of the codes in the module docstring.
     """
-    leaf = load_client_certificate(cert) if isinstance(cert, bytes) else cert
+    chain = client_path(cert, presented, anchors)
+    check_validity(chain, now)
+    return chain
+
+
+def check_validity(chain: CheckedChain, now: datetime) -> None:
+    """Refuse a chain with any certificate outside its validity at `now` (the `-expired`,
+    `-not-yet-valid` and `-issuer-expired` codes)."""
+    leaf, cas = chain.leaf, chain.cas
     now = now.astimezone(UTC)
-    cas = _path(leaf, presented, anchors)
     if now > leaf.not_valid_after_utc:
         raise CredentialRefused(
             "client-cert-expired", f"client certificate expired at {leaf.not_valid_after_utc.isoformat()}"
@@ -144,6 +161,20 @@ def check_client_chain(
                 "client-cert-issuer-expired",
                 f"CA {ca.subject.rfc4514_string()!r} above the client certificate is not valid now",
             )
+
+
+def client_path(
+    cert: x509.Certificate | bytes,
+    presented: Sequence[x509.Certificate],
+    anchors: Sequence[x509.Certificate],
+    *,
+    signature_checked: bool = False,
+) -> CheckedChain:
+    """Everything of the check but time: the path to an anchor, each issuer's power to issue,
+    clientAuth, and the device serial (the authority checks times after it knows the device, so
+    an expired certificate's refusal is recorded under its device)."""
+    leaf = load_client_certificate(cert) if isinstance(cert, bytes) else cert
+    cas = _path(leaf, presented, anchors, signature_checked)
     eku = _extension(leaf, x509.ExtendedKeyUsage)
     constraints = _extension(leaf, x509.BasicConstraints)
     if (
