@@ -978,3 +978,25 @@ def test_attach_gives_the_home_keyring_and_its_token_policy(env: Env) -> None:
     assert policy.issuer == "urn:devid:test-org"
     issued = issue_for_certificate(env.authority, env.device.ldevid.der, audience="mqtt")
     assert issued.claims.exp - issued.claims.iat == dt.timedelta(minutes=30)
+
+
+def test_key_compromise_makes_tokens_inactive_and_refuses_new_ones(env: Env) -> None:
+    from devid.authority.revocation import RevokeRequest, Selector, revoke
+    from devid.pki.reasons import Reason
+
+    home = str(env.home.path)
+    token = issue_for_certificate(env.authority, env.device.ldevid.der).token
+    assert isinstance(token, str)
+    active = json.loads(
+        ok(devid("token", "verify", token, "--audience", "devid", "--home", home, "--json")).stdout
+    )
+    assert active["active"] is True
+    serial = f"{env.device.ldevid.serial:x}"
+    revoke(env.authority, RevokeRequest(Selector.SERIAL, serial, Reason.KEY_COMPROMISE), "test")
+    inactive = devid("token", "verify", token, "--audience", "devid", "--home", home, "--json")
+    assert inactive.returncode == 1
+    answer = json.loads(inactive.stdout)
+    assert (answer["active"], answer["inactive"]) == (False, "certificate-revoked")
+    with pytest.raises(DevidError) as refused:
+        issue_for_certificate(env.authority, env.device.ldevid.der)
+    assert refused.value.code == "client-cert-revoked"

@@ -18,6 +18,7 @@ from devid.errors import PolicyError
 from devid.tokens import token_policy, verify_token
 from devid.tokens.claims import b64url_decode
 from devid.tokens.errors import TokenMalformed
+from devid.tokens.standing import inactive_reason
 
 app = typer.Typer(
     help="Session tokens: verify one, publish the signing keys, rotate them.", no_args_is_help=True
@@ -84,7 +85,10 @@ def verify(
     passphrase_file: PassphraseOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check a session token's signature, validity, audience and (with --cert) certificate binding."""
+    """Check a session token's signature, validity, audience and (with --cert) certificate binding;
+    with the home's keys (no --jwks), also whether it is still active: a token whose certificate
+    was revoked, or whose device is no longer ACTIVE, is inactive (exit 1)."""
+    auth = None
     if jwks is not None and home is not None:
         raise PolicyError("usage", "give --jwks or --home, not both")
     if jwks is not None:
@@ -105,13 +109,19 @@ def verify(
         issuer=issuer,
     )
     info = claims.to_json()
+    reason = inactive_reason(auth, claims) if auth is not None else None
+    if auth is not None:
+        info = {"active": reason is None, **({"inactive": reason} if reason else {}), **info}
     if as_json:
         print(json.dumps(info))
-        return
-    console.print("[bold green]valid[/]", highlight=False)
-    for key, value in info.items():
-        shown = value if not isinstance(value, dict) else " ".join(f"{k}={v}" for k, v in value.items())
-        console.print(f"[bold]{key:>6}[/]  {escape(str(shown))}", highlight=False)
+    else:
+        verdict = f"[bold red]inactive[/] ({reason})" if reason else "[bold green]valid[/]"
+        console.print(verdict, highlight=False)
+        for key, value in info.items():
+            shown = value if not isinstance(value, dict) else " ".join(f"{k}={v}" for k, v in value.items())
+            console.print(f"[bold]{key:>6}[/]  {escape(str(shown))}", highlight=False)
+    if reason is not None:
+        raise typer.Exit(1)
 
 
 @app.command("jwks")
