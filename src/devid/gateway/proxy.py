@@ -123,6 +123,10 @@ def _peer(writer: asyncio.StreamWriter) -> str:
     return f"{info[0]}:{info[1]}" if isinstance(info, tuple) and len(info) >= 2 else str(info)
 
 
+#: Delays (s) of the refreshes a hint triggers until the signed status moves.
+HINT_RETRIES = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+
 class Gateway:
     """One listening gateway. `start()`, then `run()` until cancelled (or `stop()`)."""
 
@@ -232,7 +236,18 @@ class Gateway:
 
     async def on_hint(self, hint: Hint) -> None:
         """A pushed event: ask the signed source again at once (never revoke on the event itself)."""
-        self._spawn(self.refresh(hint))
+        self._spawn(self._follow(hint))
+
+    async def _follow(self, hint: Hint) -> None:
+        """Refresh for a hint; while the signed source has not moved, ask again a little later: an
+        event can reach the gateway before devid has re-signed its status data (its publisher
+        runs a few times a second)."""
+        before = self.status.version
+        for delay in HINT_RETRIES:
+            await asyncio.sleep(delay)
+            await self.refresh(hint)
+            if self.status.version != before:
+                return
 
     def recheck(self) -> None:
         """Judge every live session again; cut those no longer admitted."""

@@ -39,7 +39,7 @@ from devid.revocation.allowlist import build_allowlist, diff_allowlists
 from devid.revocation.filter import diff_filters
 from devid.revocation.publisher import FILTER, status_cas
 from devid.store.engine import reading
-from devid.store.models import devices, enrollments, hubs, published
+from devid.store.models import certificates, devices, enrollments, hubs, published
 
 #: (status, headers, body): the shape of `devid.publish.plain_http`'s replies.
 Reply = tuple[int, Sequence[tuple[str, str]], bytes]
@@ -76,7 +76,7 @@ class StatusFiles:
     _checked: float = 0.0
     _latest: dict[tuple[str, str], records.Published | None] = field(default_factory=dict)
     _deltas: dict[tuple[str, str, int, int], bytes] = field(default_factory=dict)
-    _allowlist_built: dict[str, float] = field(default_factory=dict)
+    _allowlist_built: dict[str, tuple[float, object]] = field(default_factory=dict)
 
     def handle(self, method: str, target: str, headers: Mapping[str, str], body: bytes) -> Reply:
         if method not in ("GET", "HEAD"):
@@ -161,11 +161,18 @@ class StatusFiles:
         return diff_allowlists(old, new, sign=blob_signer(self.authority, ALLOWLIST_SIGNER))
 
     def _build_allowlist(self, name: str) -> None:
-        """A new version of `name`'s allowlist if its members changed (at most every few seconds)."""
+        """A new version of `name`'s allowlist if its members changed: looked at once a revocation
+        or an issuance happened since the last look, else at most every `allowlist_every` s."""
         now_mono = time.monotonic()
-        if now_mono - self._allowlist_built.get(name, -1e9) < self.allowlist_every:
+        with reading(self.authority.engine) as conn:
+            marker = (
+                tuple(records.generations(conn).items()),
+                conn.execute(select(func.max(certificates.c.id))).scalar(),
+            )
+        last_time, last_marker = self._allowlist_built.get(name, (-1e9, None))
+        if marker == last_marker and now_mono - last_time < self.allowlist_every:
             return
-        self._allowlist_built[name] = now_mono
+        self._allowlist_built[name] = (now_mono, marker)
         now = self.authority.clock.now().astimezone(UTC).replace(microsecond=0)
         with reading(self.authority.engine) as conn:
             hub = conn.execute(select(hubs.c.id).where(hubs.c.name == name)).scalar()
