@@ -93,12 +93,13 @@ def world(tmp_path: Path) -> Iterator[tuple[Pki, int, int, dict[str, Credential]
             served.stop()
 
 
-@pytest.mark.parametrize("mode", ["filter", "allowlist"])
+@pytest.mark.parametrize("mode", ["filter", "allowlist", "ocsp"])
 def test_revoke_cuts_a_live_session_through_the_real_path(
     world: tuple[Pki, int, int, dict[str, Credential]], mode: str
 ) -> None:
     pki, broker, http_port, creds = world
-    which = ["--status-ca", "operational"] if mode == "filter" else ["--allowlist", "hub-a"]
+    which = {"filter": ["--status-ca", "operational"], "allowlist": ["--allowlist", "hub-a"], "ocsp": []}[mode]
+    server = f"http://127.0.0.1:{http_port}" + ("/ocsp" if mode == "ocsp" else "")
     gateway = Gateway(
         "--listen",
         "127.0.0.1:0",
@@ -111,7 +112,7 @@ def test_revoke_cuts_a_live_session_through_the_real_path(
         "--key",
         pki.server.key_file,
         "--server",
-        f"http://127.0.0.1:{http_port}",
+        server,
         "--status",
         mode,
         *which,
