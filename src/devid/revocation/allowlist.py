@@ -22,14 +22,23 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from devid.errors import PolicyError
 from devid.pki.serials import serial_index
 from devid.revocation.golomb import MAX_UNIVERSE, IndexSet, Reader, apply_changes, format_error, text, varint
-from devid.revocation.signed import Header, Kind, Signer, check_successor, open_envelope, seal, verifying_key
+from devid.revocation.signed import (
+    Header,
+    Kind,
+    Signer,
+    Versioned,
+    check_successor,
+    open_envelope,
+    seal,
+    verifying_key,
+)
 
 _MAX_CAS = 1 << 16
 _MAX_DEVICES = (1 << 63) - 1
 
 
 @dataclass(frozen=True)
-class Allowlist:
+class Allowlist(Versioned):
     """A loaded, verified allowlist of one hub or group; `apply` a verified delta to get the next one."""
 
     header: Header
@@ -43,18 +52,6 @@ class Allowlist:
     @property
     def scope(self) -> str:
         return self.header.scope
-
-    @property
-    def version(self) -> int:
-        return self.header.version
-
-    @property
-    def issued_at(self) -> datetime:
-        return self.header.issued_at
-
-    @property
-    def next_update(self) -> datetime:
-        return self.header.next_update
 
     def admits(self, ca_name: str, serial: int) -> bool:
         """Whether the certificate with `serial` issued by CA `ca_name` may connect."""

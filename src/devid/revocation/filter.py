@@ -23,7 +23,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from devid.errors import PolicyError
 from devid.pki.serials import serial_index
 from devid.revocation.golomb import MAX_UNIVERSE, IndexSet, apply_changes, format_error, varint
-from devid.revocation.signed import Header, Kind, Signer, check_successor, open_envelope, seal, verifying_key
+from devid.revocation.signed import (
+    Header,
+    Kind,
+    Signer,
+    Versioned,
+    check_successor,
+    open_envelope,
+    seal,
+    verifying_key,
+)
 
 
 class FilterAnswer(StrEnum):
@@ -34,7 +43,7 @@ class FilterAnswer(StrEnum):
 
 
 @dataclass(frozen=True)
-class RevocationFilter:
+class RevocationFilter(Versioned):
     """A loaded, verified filter of one CA; `apply` a verified delta to get the next version."""
 
     header: Header
@@ -45,18 +54,6 @@ class RevocationFilter:
     @property
     def ca_name(self) -> str:
         return self.header.scope
-
-    @property
-    def version(self) -> int:
-        return self.header.version
-
-    @property
-    def issued_at(self) -> datetime:
-        return self.header.issued_at
-
-    @property
-    def next_update(self) -> datetime:
-        return self.header.next_update
 
     @property
     def universe(self) -> int:

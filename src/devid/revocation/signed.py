@@ -106,6 +106,24 @@ class Header:
         return cls(kind, scope, version, _datetime(issued), _datetime(next_update), base)
 
 
+class Versioned:
+    """What a loaded snapshot (filter, allowlist) tells of itself: its verified header's fields."""
+
+    header: Header
+
+    @property
+    def version(self) -> int:
+        return self.header.version
+
+    @property
+    def issued_at(self) -> datetime:
+        return self.header.issued_at
+
+    @property
+    def next_update(self) -> datetime:
+        return self.header.next_update
+
+
 def seal(header: Header, payload: bytes, sign: Signer) -> bytes:
     """The signed envelope of `payload`."""
     body = header.encode() + payload
