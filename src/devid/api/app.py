@@ -112,7 +112,7 @@ class ApiServer:
         app = web.Application(middlewares=[self.middleware])
         app.router.add_get("/openapi.json", self.openapi, allow_head=False)
         for route in self.routes:
-            app.router.add_route(route.method, route.path, self._handler(route))
+            app.router.add_route(route.method, _router_path(route), self._handler(route))
         return app
 
     async def openapi(self, request: web.Request) -> web.Response:
@@ -240,6 +240,17 @@ class ApiServer:
             action = f"api.{request.method} {where}"
             await asyncio.to_thread(self._audit, action, request.path, "anonymous", exc.status, reply.body)
             return json_response(reply, exc.status)
+
+
+def _router_path(route: Route) -> str:
+    """The route's path for aiohttp: an integer path parameter matches digits only, so a fixed
+    segment beside it (`/revocations/lift` beside `/revocations/{id}`) is not taken for one, and
+    its resource does not advertise the other's methods in Allow."""
+    path = route.path
+    for param in route.path_params:
+        if param.schema.get("type") == "integer":
+            path = path.replace(f"{{{param.name}}}", f"{{{param.name}:[0-9]+}}")
+    return path
 
 
 def _nests_within(value: Any, limit: int) -> bool:
