@@ -520,6 +520,18 @@ def test_demo_twice(tmp_path: Path) -> None:
     assert "20 of its devices registered just in time" in first, first
     assert "a new device is refused (403): True" in first
     assert "DEMO00000001 .. DEMO00000050" in first
+    # Step 7: the lot is revoked (50 IDevIDs, 50 LDevIDs, the renewed ones' older LDevIDs) and published.
+    revoked = re.search(r"lot 'lot-demo' revoked for keyCompromise: 50 devices and (\d+) certificates", first)
+    assert revoked is not None and int(revoked.group(1)) > 100, first
+    for ca in ("manufacturing", "operational"):
+        sizes = re.search(
+            rf"{ca}: full CRL ([\d,]+) B, largest shard CRL ([\d,]+) B, filter ([\d,]+) B, "
+            r"one OCSP response ([\d,]+) B",
+            first,
+        )
+        assert sizes is not None, first
+        full, shard, filter_size, ocsp = (int(g.replace(",", "")) for g in sizes.groups())
+        assert full > 50 * 30 and 0 < shard < full and 0 < filter_size < 1000 and 0 < ocsp < 2000
     assert "demo complete" in first
     # The bar and the summary each say what their rate measures.
     assert "devices/s wall clock (start-up included)" in first, first

@@ -111,8 +111,8 @@ class ApiServer:
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self.middleware])
         app.router.add_get("/openapi.json", self.openapi, allow_head=False)
-        for route in self.routes:
-            app.router.add_route(route.method, route.path, self._handler(route))
+        for route, path in _router_paths(self.routes).items():
+            app.router.add_route(route.method, path, self._handler(route))
         return app
 
     async def openapi(self, request: web.Request) -> web.Response:
@@ -240,6 +240,27 @@ class ApiServer:
             action = f"api.{request.method} {where}"
             await asyncio.to_thread(self._audit, action, request.path, "anonymous", exc.status, reply.body)
             return json_response(reply, exc.status)
+
+
+def _router_paths(routes: Sequence[Route]) -> dict[Route, str]:
+    """Each route's path for aiohttp. A path parameter does not match a fixed segment that another
+    route has in its place (`/revocations/lift` beside `/revocations/{id}`): the parameter's route
+    would otherwise answer for that path too and list its methods in the fixed path's Allow."""
+    fixed: dict[tuple[str, ...], set[str]] = {}
+    for route in routes:
+        segments = route.path.split("/")
+        for i, segment in enumerate(segments):
+            if not segment.startswith("{"):
+                fixed.setdefault((*segments[:i], str(len(segments))), set()).add(re.escape(segment))
+    paths = {}
+    for route in routes:
+        segments = route.path.split("/")
+        for i, segment in enumerate(segments):
+            taken = fixed.get((*segments[:i], str(len(segments))))
+            if segment.startswith("{") and taken:
+                segments[i] = f"{{{segment[1:-1]}:(?!(?:{'|'.join(sorted(taken))})(?:/|$))[^{{}}/]+}}"
+        paths[route] = "/".join(segments)
+    return paths
 
 
 def _nests_within(value: Any, limit: int) -> bool:

@@ -70,6 +70,9 @@ def _operation(route: Route) -> dict[str, Any]:
     if route.versioned:
         success["headers"] = {"ETag": _STRING_HEADER}
     responses: dict[str, Any] = {str(route.status): success}
+    if route.also is not None:
+        status, why = route.also
+        responses[str(status)] = {**success, "description": why}
     for status, why in sorted(route.statuses().items()):
         responses[str(status)] = _error_response(status, why)
     operation: dict[str, Any] = {

@@ -90,6 +90,10 @@ class Route:
     versioned: bool = False
     #: May answer 409 for another reason (a duplicate name, a second revocation).
     conflicts: bool = False
+    #: May answer 404 for an object the body names (not only the path).
+    not_found: bool = False
+    #: A second success status and what it means (a dry run of a change that creates: 200, not 201).
+    also: tuple[int, str] | None = None
 
     def __post_init__(self) -> None:
         named = set(re.findall(r"{(\w+)}", self.path))
@@ -118,7 +122,7 @@ class Route:
             429: "the token is over its rate limit; Retry-After says when to retry",
         }
         out[400] = "malformed or unknown parameters, malformed body (the message names the field)"
-        if self.path_params:
+        if self.path_params or self.not_found:
             out[404] = "no such object"
         if self.body is not None:
             out[413] = "the body is too large"

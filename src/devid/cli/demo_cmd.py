@@ -14,20 +14,29 @@ from cryptography import x509
 from cryptography.x509 import verification
 from rich.markup import escape
 
+from devid.authority.core import Authority
+from devid.authority.revocation import RevokeRequest, Selector, revoke
 from devid.authority.setup import init_home, open_authority
 from devid.cli.common import HomeOpt, console
 from devid.cli.factory_cmd import print_summary, run_with_progress
+from devid.cli.revocation_cmd import report_rows
 from devid.config import CONFIG_FILE, Home, default_home, refuse_non_directory, resolve_passphrase
 from devid.errors import ConflictError, DevidError
 from devid.factory.line import RunSpec, next_serials
 from devid.factory.secure_elements import SecureElementSpec
 from devid.factory.station import IDEVID_FILE, LineInfo
 from devid.pki.encoding import load_certificates
+from devid.pki.reasons import Reason
+from devid.revocation.publisher import Publisher
 from devid.sim.onboarding import onboard, onboard_contract_fleet
 
 DEMO_PASSPHRASE_FILE = "demo-passphrase"
 #: The organisation of a demo home: `--fresh` deletes a home only if it is one.
 DEMO_ORG = "devid demo"
+#: Where the demo home's certificates say their status is published (`devid serve --http-port 8080`):
+#: with a public URL, CRLs are partitioned into shards, which the lot revocation step measures.
+DEMO_PUBLIC_URL = "http://127.0.0.1:8080"
+DEMO_LOT = "lot-demo"
 
 
 class DemoFailed(DevidError):
@@ -96,7 +105,7 @@ def demo(
         shutil.rmtree(path)
         console.print(f"[bold]0. fresh[/]: deleted the earlier demo home {escape(str(path))}")
     passphrase = _passphrase(path)
-    init_home(path, org=DEMO_ORG, passphrase=passphrase)
+    init_home(path, org=DEMO_ORG, passphrase=passphrase, public_url=DEMO_PUBLIC_URL)
     console.print(
         f"[bold]1. init[/]: new home {escape(str(path))} with root, manufacturing, operational CAs and "
         "OCSP signers (P-256, encrypted at rest, SQLite store)"
@@ -107,7 +116,7 @@ def demo(
     spec = RunSpec(
         path,
         passphrase,
-        LineInfo("demo-line", "demo-sensor", "lot-demo"),
+        LineInfo("demo-line", "demo-sensor", DEMO_LOT),
         SecureElementSpec("software"),
         out_dir,
     )
@@ -155,6 +164,9 @@ def demo(
         f"[bold]6. audit[/]: the chain's {chain.events} events verify and are anchored by "
         f"{chain.checkpoints} checkpoints signed with the home's audit key"
     )
+    with open_authority(home_obj, passphrase) as revoking:
+        _revoke_lot(revoking)
+        revoking.checkpoint_audit()
     console.print(
         f"[bold green]demo complete[/]: {devices} devices provisioned at {summary.rate:,.0f} devices/s "
         "(line rate), "
@@ -162,6 +174,25 @@ def demo(
         f"try `devid cert list --home {escape(str(path))} --limit 5` or "
         f"`devid audit verify --home {escape(str(path))}{_passphrase_hint(path)}`"
     )
+
+
+def _revoke_lot(authority: Authority) -> None:
+    """Step 7: revoke the production lot (keyCompromise), publish, and say what it costs to tell devices."""
+    request = RevokeRequest(Selector.LOT, DEMO_LOT, Reason.KEY_COMPROMISE, "demo: a compromised lot")
+    result = revoke(authority, request, "demo")
+    Publisher(authority).publish()
+    sizes = {row.name: row.bytes for row in report_rows(authority)}
+    console.print(
+        f"[bold]7. lot revocation[/]: lot {DEMO_LOT!r} revoked for keyCompromise: {result.devices} devices "
+        f"and {result.certificates} certificates; published at once:"
+    )
+    for ca in result.cas:
+        shard = max((b for name, b in sizes.items() if name.startswith(f"crl {ca}/")), default=0)
+        console.print(
+            f"   {ca}: full CRL {sizes.get(f'crl {ca}', 0):,} B, largest shard CRL {shard:,} B, "
+            f"filter {sizes.get(f'filter {ca}', 0):,} B, one OCSP response {sizes.get(f'ocsp {ca}', 0):,} B",
+            highlight=False,
+        )
 
 
 def _passphrase_hint(path: Path) -> str:

@@ -50,6 +50,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "crl": ("devid.cli.crl_cmd", "app", "Certificate revocation lists: build one for publishing."),
     "filter": ("devid.cli.filter_cmd", "app", "Revocation filters: build, check a serial, diff versions."),
+    "revocation": ("devid.cli.revocation_cmd", "app", "Revocation at IoT scale: status data sizes per link."),
     "unrevoke": ("devid.cli.revoke_cmd", "unrevoke_command", "Lift a certificateHold."),
     "api-token": ("devid.cli.api_token_cmd", "app", "Admin API tokens: create (shown once), list, revoke."),
     "gateway": ("devid.cli.gateway_cmd", "gateway", "mTLS gateway to an MQTT broker: revoked devices cut."),

@@ -14,6 +14,7 @@ from devid.api.endpoints import (
     enrollments,
     hubs,
     manufacturers,
+    revocations,
 )
 from devid.api.routes import Route
 
@@ -21,6 +22,7 @@ ROUTES: list[Route] = [
     *cas.ROUTES,
     *devices.ROUTES,
     *certificates.ROUTES,
+    *revocations.ROUTES,
     *manufacturers.ROUTES,
     *enrollments.ROUTES,
     *hubs.ROUTES,
