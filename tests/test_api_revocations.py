@@ -168,7 +168,7 @@ def test_refusals_have_their_status_and_code_and_change_nothing(api: Api) -> Non
         ("/revocations", {"selector": "lot", "value": ""}, 400, "request-invalid"),
         ("/revocations/lift", {"selector": "device", "value": "L1-0"}, 403, "not-on-hold"),
         ("/revocations/lift", {"selector": "serial", "value": serial}, 403, "not-on-hold"),
-        ("/revocations/lift", {"selector": "device", "value": "NOPE"}, 403, "not-on-hold"),
+        ("/revocations/lift", {"selector": "device", "value": "NOPE"}, 404, "revocation-no-match"),
         ("/revocations/lift", {"selector": "serial", "value": serial_hex(12345)}, 404, "unknown-certificate"),
     ]
     for path, body, status, code in cases:

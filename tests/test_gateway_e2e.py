@@ -98,7 +98,9 @@ def test_revoke_cuts_a_live_session_through_the_real_path(
     world: tuple[Pki, int, int, dict[str, Credential]], mode: str
 ) -> None:
     pki, broker, http_port, creds = world
-    which = {"filter": ["--status-ca", "operational"], "allowlist": ["--allowlist", "hub-a"], "ocsp": []}[mode]
+    which = {"filter": ["--status-ca", "operational"], "allowlist": ["--allowlist", "hub-a"], "ocsp": []}[
+        mode
+    ]
     server = f"http://127.0.0.1:{http_port}" + ("/ocsp" if mode == "ocsp" else "")
     gateway = Gateway(
         "--listen",

@@ -134,6 +134,10 @@ def unrevoke(
         held = conn.execute(
             select(devices.c.id, devices.c.serial).where(match, devices.c.state == DeviceState.SUSPENDED)
         ).all()
+        if not held and conn.execute(select(devices.c.id).where(match).limit(1)).first() is None:
+            raise NotFoundError(
+                "revocation-no-match", f"no device matches {selector} {value!r}: nothing lifted"
+            )
         if not held:
             raise PolicyError(
                 "not-on-hold", f"no device selected by {selector} {value!r} is on hold (certificateHold)"
