@@ -46,6 +46,7 @@ from devid.bench import filter as filter_bench
 from devid.bench import gateway as gateway_bench
 from devid.bench import ocsp as ocsp_bench
 from devid.errors import RequestInvalid
+from devid.gateway.formats import FilterFormat
 from devid.pki.profiles import ProfileName
 from devid.pki.reasons import Reason
 from devid.pki.serials import indexed_serial, serial_hex
@@ -76,7 +77,7 @@ class Section(StrEnum):
 def parse_sections(text: str) -> tuple[Section, ...]:
     """`ocsp,crl` -> the sections, in the order given; RequestInvalid `bench-section` for others."""
     names = [part.strip() for part in text.split(",") if part.strip()]
-    known = {s.value for s in Section}
+    known = [s.value for s in Section]
     unknown = [name for name in names if name not in known]
     if unknown or not names:
         raise RequestInvalid(
@@ -97,6 +98,8 @@ class Sizes:
     sample: int = 1_000
     filter_issued: int = filter_bench.ISSUED
     filter_revoked: tuple[int, ...] = filter_bench.REVOKED
+    filter_gateway_revoked: int = filter_bench.GATEWAY_REVOKED
+    filter_lookups: int = filter_bench.LOOKUPS
     gateway_revoked: int = 300_000
     gateway_issued: int = 3_000_000
     gateway_connections: int = 300
@@ -110,6 +113,8 @@ QUICK = Sizes(
     sample=50,
     filter_issued=20_000,
     filter_revoked=(200, 2_000),
+    filter_gateway_revoked=5_000,
+    filter_lookups=10_000,
     gateway_revoked=3_000,
     gateway_issued=30_000,
     gateway_connections=20,
@@ -128,8 +133,8 @@ def run(sections: Sequence[Section], sizes: Sizes, db: str | None = None) -> Ite
                 1,
                 sizes.filter_issued,
                 sizes.filter_revoked,
-                min(filter_bench.GATEWAY_REVOKED, sizes.filter_issued // 4),
-                min(filter_bench.LOOKUPS, sizes.filter_issued),
+                sizes.filter_gateway_revoked,
+                sizes.filter_lookups,
             )
         elif section is Section.CRL:
             yield crl_figures(sizes.crl_revoked)
@@ -417,8 +422,6 @@ def mass_figures(count: int, others: int, sample: int, db: str | None = None) ->
 def hold_status(mode: str, directory: str) -> None:
     """A fresh process's resident-memory growth (MB, printed) from loading the status data in
     `directory`: `filter` into the gateway's FilterFormat, `set` as a Python set of serials."""
-    from devid.gateway.formats import FilterFormat
-
     path = Path(directory)
     public = serialization.load_pem_public_key((path / "key.pem").read_bytes())
     assert isinstance(public, ec.EllipticCurvePublicKey)
@@ -432,7 +435,8 @@ def hold_status(mode: str, directory: str) -> None:
         held = {int(line, 16) for line in data.split()}
     del data
     gc.collect()
-    print(_rss_mb() - before, held is not None, flush=True)
+    grown = _rss_mb() - before
+    print(grown, type(held).__name__, flush=True)  # `held` is alive until measured
 
 
 def _rss_mb() -> float:
