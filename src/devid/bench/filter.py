@@ -13,6 +13,7 @@ import io
 import math
 import random
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -53,9 +54,16 @@ def _floor_bytes(revoked: int, issued: int) -> float:
     return bits / math.log(2) / 8
 
 
-def filter_figures(seed: int) -> list[Figure]:
-    """The filter figures for random sets drawn from `seed`. Signed with a throwaway P-256 key made
-    for the run: a signature's size and cost do not depend on which key makes it."""
+def filter_figures(
+    seed: int,
+    issued: int = ISSUED,
+    revoked_counts: Sequence[int] = REVOKED,
+    gateway_revoked: int = GATEWAY_REVOKED,
+    lookups: int = LOOKUPS,
+) -> list[Figure]:
+    """The filter figures for random sets of `revoked_counts` (and `gateway_revoked`) of `issued`
+    drawn from `seed`. Signed with a throwaway P-256 key made for the run: a signature's size and
+    cost do not depend on which key makes it."""
     signer = ec.generate_private_key(ec.SECP256R1())
     public = signer.public_key()
     rng = random.Random(seed)
@@ -73,14 +81,14 @@ def filter_figures(seed: int) -> list[Figure]:
         )
 
     figures: list[Figure] = []
-    probes = [rng.randrange(ISSUED) for _ in range(LOOKUPS)]
-    for count in REVOKED:
-        case = f"{count}_of_{ISSUED}"
-        revoked = set(rng.sample(range(ISSUED), count))
+    probes = [rng.randrange(issued) for _ in range(lookups)]
+    for count in revoked_counts:
+        case = f"{count}_of_{issued}"
+        revoked = set(rng.sample(range(issued), count))
         start = time.perf_counter()
-        blob = build(revoked, ISSUED, 1)
+        blob = build(revoked, issued, 1)
         build_s = time.perf_counter() - start
-        cascade, cascade_bytes, cascade_s = _cascade(revoked, ISSUED)
+        cascade, cascade_bytes, cascade_s = _cascade(revoked, issued)
         figures += [
             Figure(
                 f"filter.bytes_per_revoked.{case}",
@@ -88,10 +96,10 @@ def filter_figures(seed: int) -> list[Figure]:
                 "B/revoked",
                 cascade_bytes / count,
                 "filtercascade (CRLite)",
-                f"signed, header included; the floor is {_floor_bytes(count, ISSUED) / count:.3f}",
+                f"signed, header included; the floor is {_floor_bytes(count, issued) / count:.3f}",
             ),
             Figure(
-                f"filter.floor_bytes_per_revoked.{case}", _floor_bytes(count, ISSUED) / count, "B/revoked"
+                f"filter.floor_bytes_per_revoked.{case}", _floor_bytes(count, issued) / count, "B/revoked"
             ),
             Figure(f"filter.build_s.{case}", build_s, "s", cascade_s, "filtercascade (CRLite)", "signed"),
         ]
@@ -100,22 +108,22 @@ def filter_figures(seed: int) -> list[Figure]:
         figures.append(
             Figure(f"filter.load_s.{case}", time.perf_counter() - start, "s", note="verify + decode")
         )
-        if count == REVOKED[-1]:
+        if count == revoked_counts[-1]:
             start = time.perf_counter()
             for i in probes:
                 view.check_index(i)
-            ours_us = (time.perf_counter() - start) / LOOKUPS * 1e6
+            ours_us = (time.perf_counter() - start) / lookups * 1e6
             keys = [_key(i) for i in probes]
             start = time.perf_counter()
             for key in keys:
                 _ = key in cascade
-            cascade_us = (time.perf_counter() - start) / LOOKUPS * 1e6
+            cascade_us = (time.perf_counter() - start) / lookups * 1e6
             figures.append(
                 Figure("filter.lookup_us", ours_us, "µs", cascade_us, "filtercascade (CRLite)", case)
             )
-        if count == REVOKED[0]:
-            good = [i for i in range(ISSUED) if i not in revoked]
-            newer = build(revoked | set(rng.sample(good, DELTA_REVOCATIONS)), ISSUED, 2)
+        if count == revoked_counts[0]:
+            good = [i for i in range(issued) if i not in revoked]
+            newer = build(revoked | set(rng.sample(good, DELTA_REVOCATIONS)), issued, 2)
             delta = diff_filters(blob, newer, sign=signer)
             figures.append(
                 Figure(
@@ -127,11 +135,11 @@ def filter_figures(seed: int) -> list[Figure]:
                     f"signed delta: {DELTA_REVOCATIONS} new revocations onto {case}",
                 )
             )
-    revoked = set(rng.sample(range(ISSUED), GATEWAY_REVOKED))
-    blob = build(revoked, ISSUED, 1)
+    revoked = set(rng.sample(range(issued), gateway_revoked))
+    blob = build(revoked, issued, 1)
     start = time.perf_counter()
     view = load_filter(blob, public)
-    case = f"{GATEWAY_REVOKED}_of_{ISSUED}"
+    case = f"{gateway_revoked}_of_{issued}"
     figures += [
         Figure(f"filter.load_s.{case}", time.perf_counter() - start, "s", note="what a gateway loads"),
         Figure(

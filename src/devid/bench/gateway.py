@@ -380,7 +380,7 @@ def run(connections: int = 300, cuts: int = 5) -> list[Figure]:
             authority.close()
     return [
         Figure(
-            "gateway connect rate",
+            "gateway.connections_per_s",
             through,
             "connections/s",
             direct,
@@ -390,7 +390,7 @@ def run(connections: int = 300, cuts: int = 5) -> list[Figure]:
             "the upstream TCP connection",
         ),
         Figure(
-            "gateway revocation cut",
+            "gateway.revoke_to_cut_s",
             statistics.median(cut),
             "s",
             note=f"median of {len(cut)} (max {max(cut):.3f} s): from certificate.revoked published on the "

@@ -1,7 +1,9 @@
 """`devid bench revocation` (OCSP part): pre-signed OCSP answers per second over plain HTTP.
 
-Our responder (`OcspResponder` behind `plain_http`, one process, answers from its pre-signed cache)
-and the baseline, `openssl ocsp -index` serving the same CA's state from an index.txt, each get one
+Ours is a real `devid serve --http-port` (one worker: `OcspResponder` behind `plain_http`,
+answering from its pre-signed cache over the store) on a home holding 64 IDevIDs, every tenth
+revoked; the baseline, `openssl ocsp -index`, serves the same CA's state exported as openssl's
+index.txt (`export_openssl_index`) and signs with the same delegated responder. Each gets one
 core (the first of this process's CPUs) while the load generator, wrk, runs on another: RFC 5019
 GET requests for one certificate, with a new connection per request (`Connection: close`) and
 with keep-alive. wrk's own ceiling is measured first, in the same run, against a trivial C responder
@@ -15,10 +17,7 @@ which wrk's start-up address probe is, so wrk is given a script without that pro
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import gc
-import json
 import os
 import re
 import shutil
@@ -41,13 +40,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from devid.authority.core import ISSUER_OF
+from devid.authority.requests import IssueRequest, NewDevice
+from devid.authority.revocation import RevokeRequest, Selector, revoke
+from devid.authority.setup import init_home, open_authority
+from devid.authority.status_signing import responder
 from devid.bench import Figure
-from devid.clock import SystemClock
+from devid.pki.profiles import ProfileName
 from devid.pki.reasons import Reason
-from devid.publish.ocsp import OcspHttp
-from devid.publish.plain_http import PlainHttpServer
-from devid.revocation.ocsp import OcspIssuer, OcspResponder
+from devid.pki.serials import serial_hex
+from devid.revocation.records import StoreStatus
 from devid.revocation.status import CertStatus, StatusEntry
+
+PASSPHRASE = b"devid bench ocsp passphrase"
 
 #: openssl's index.txt spelling of the reasons it knows (apps/lib/apps.c); others are written without.
 _OPENSSL_REASONS = {
@@ -188,57 +193,41 @@ def _oneline(name: x509.Name) -> str:
 
 @dataclass(frozen=True)
 class _Fixture:
-    """A CA with a delegated OCSP signer and `n` certificates (every tenth revoked), on disk."""
+    """A devid home with `n` IDevIDs (every tenth revoked), its state exported as openssl's index
+    and the manufacturing CA's delegated OCSP responder as PEM files, in `directory`."""
 
     directory: Path
+    home: Path
     ca: x509.Certificate
     leaves: list[x509.Certificate]
 
     @classmethod
     def make(cls, directory: Path, n: int = 64) -> _Fixture:
-        now = datetime.now(UTC)
-        ca_key, signer_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-        ca = make_cert("devid bench CA", "devid bench CA", ca_key.public_key(), ca_key, ca=True)
-        signer = make_cert(
-            "devid bench OCSP", "devid bench CA", signer_key.public_key(), ca_key, ocsp_signing=True
-        )
-        leaves = [
-            make_cert(
-                f"device {i}", "devid bench CA", ec.generate_private_key(ec.SECP256R1()).public_key(), ca_key
-            )
-            for i in range(n)
-        ]
-        entries = [
-            StatusEntry(
-                leaf.serial_number, CertStatus.REVOKED, now - timedelta(hours=1), Reason.KEY_COMPROMISE
-            )
-            if i % 10 == 9
-            else StatusEntry(leaf.serial_number, CertStatus.GOOD)
-            for i, leaf in enumerate(leaves)
-        ]
+        home = init_home(directory / "home", org="Bench", passphrase=PASSPHRASE)
+        with open_authority(home, PASSPHRASE) as authority:
+            keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(n)]
+            requests = [
+                IssueRequest(ProfileName.IDEVID, key.public_key(), new_device=NewDevice(f"OCSP-{i:04d}"))
+                for i, key in enumerate(keys)
+            ]
+            leaves = [issued.certificate for issued in authority.issue_many(requests, "bench")]
+            for leaf in leaves[9::10]:
+                serial = serial_hex(leaf.serial_number)
+                revoke(authority, RevokeRequest(Selector.SERIAL, serial, Reason.KEY_COMPROMISE), "bench")
+            ca_name = ISSUER_OF[ProfileName.IDEVID]
+            entries = StoreStatus(authority.engine).statuses(ca_name, [c.serial_number for c in leaves])
+            signer = responder(authority, ca_name)
+            ca = authority.cas[ca_name].certificate
         pem = serialization.Encoding.PEM
         (directory / "ca.pem").write_bytes(ca.public_bytes(pem))
-        (directory / "signer.pem").write_bytes(signer.public_bytes(pem))
+        (directory / "signer.pem").write_bytes(signer.certificate.public_bytes(pem))
         (directory / "signer.key").write_bytes(
-            signer_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+            signer.key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         )
         (directory / "index.txt").write_text(
-            export_openssl_index(entries, {c.serial_number: c for c in leaves})
+            export_openssl_index(entries.values(), {c.serial_number: c for c in leaves})
         )
-        (directory / "statuses.json").write_text(
-            json.dumps(
-                [
-                    [
-                        e.serial,
-                        e.status.value,
-                        e.revoked_at.isoformat() if e.revoked_at else None,
-                        e.reason.value if e.reason is not None else None,
-                    ]
-                    for e in entries
-                ]
-            )
-        )
-        return cls(directory, ca, leaves)
+        return cls(directory, home.path, ca, leaves)
 
     def get_path(self, prefix: str) -> str:
         """The RFC 5019 GET path asking for the first (good) certificate."""
@@ -276,37 +265,6 @@ def make_cert(
     return builder.sign(signing_key, hashes.SHA256())
 
 
-def serve(directory: str) -> None:
-    """The bench's server process: our responder over plain HTTP on a free port, printed on stdout."""
-    path = Path(directory)
-    ca = x509.load_pem_x509_certificate((path / "ca.pem").read_bytes())
-    signer = x509.load_pem_x509_certificate((path / "signer.pem").read_bytes())
-    key = serialization.load_pem_private_key((path / "signer.key").read_bytes(), None)
-    assert isinstance(key, ec.EllipticCurvePrivateKey)
-    source = MemoryStatusSource("bench")
-    for serial, status, revoked_at, reason in json.loads((path / "statuses.json").read_text()):
-        source.set(
-            StatusEntry(
-                serial,
-                CertStatus(status),
-                datetime.fromisoformat(revoked_at) if revoked_at else None,
-                Reason(reason) if reason is not None else None,
-            )
-        )
-    clock = SystemClock()
-    http = OcspHttp(OcspResponder([OcspIssuer("bench", ca, signer, key)], source, clock), clock)
-
-    async def run() -> None:
-        server = PlainHttpServer(http.handle)
-        await server.start()
-        # What is loaded now lives as long as the process: keep the collector from walking it.
-        gc.freeze()
-        print(server.port, flush=True)
-        await asyncio.Event().wait()  # until the bench kills the process
-
-    asyncio.run(run())
-
-
 @dataclass(frozen=True)
 class _Load:
     per_s: float
@@ -324,12 +282,15 @@ class _Bench:
         (directory / "noprobe.lua").write_text(_NO_PROBE)
 
     @contextmanager
-    def process(self, args: Sequence[str], port: int | None = None) -> Iterator[tuple[int, int]]:
+    def process(
+        self, args: Sequence[str], port: int | None = None, env: Mapping[str, str] | None = None
+    ) -> Iterator[tuple[int, int]]:
         """Run a server pinned to the server core; yield (pid, port): the port it printed once
         listening, unless given (then the caller waits for it: a probe would hang openssl)."""
         proc = subprocess.Popen(
             ["taskset", "-c", ",".join(self.server_cpus), *args],
             cwd=self.directory,
+            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -387,16 +348,12 @@ def run(duration: float = 5.0, connections: int = 32) -> list[Figure]:
                         Figure(f"ocsp.load_generator_ceiling.{mode}", rate, "responses/s", note=note)
                     )
 
-        with bench.process(
-            [
-                sys.executable,
-                "-c",
-                "import sys; from devid.bench.ocsp import serve; serve(sys.argv[1])",
-                str(directory),
-            ]
-        ) as (pid, port):
+        serve = [sys.executable, "-c", "from devid.cli.main import run; run()", "serve"]
+        serve += ["--home", str(fixture.home), "--port", "0", "--http-port", str(_free_port())]
+        env = {**os.environ, "DEVID_PASSPHRASE": PASSPHRASE.decode()}
+        with bench.process(serve, int(serve[-1]), env) as (pid, port):
             url = f"http://127.0.0.1:{port}{fixture.get_path('/ocsp')}"
-            _check_good(url, fixture)
+            _check_good(url, fixture, wait=60)
             ours = {mode: bench.load(pid, url, close) for mode, close in modes}
 
         port = _free_port()
@@ -424,11 +381,9 @@ def run(duration: float = 5.0, connections: int = 32) -> list[Figure]:
         version = subprocess.run(["openssl", "version"], capture_output=True, text=True).stdout.split()[:2]
         base_name = f"`openssl ocsp -index` ({' '.join(version)}), same CA and core, signs each answer"
         for mode, _close in modes:
-            note = (
-                "openssl closes every connection (HTTP/1.0): its keep-alive figure is its per-connection rate"
-                if mode == "keep_alive"
-                else ""
-            )
+            note = "a real `devid serve --http-port` (one worker) answering from its pre-signed cache"
+            if mode == "keep_alive":
+                note += "; openssl closes every connection (HTTP/1.0): its figure is its per-connection rate"
             figures.append(
                 Figure(
                     f"ocsp.responses_per_s.{mode}",

@@ -146,3 +146,45 @@ def slowdrip(
     from devid.bench import slowdrip as bench
 
     report(bench.run(connections, addresses, n, server_workers, interval, hold), as_json)
+
+
+@app.command("revocation")
+def revocation(
+    only: Annotated[
+        str, typer.Option("--only", help="comma-separated sections: ocsp,filter,crl,mass,gateway")
+    ] = "ocsp,filter,crl,mass,gateway",
+    quick: Annotated[bool, typer.Option("--quick", help="small sizes: a smoke run in seconds")] = False,
+    crl_revoked: Annotated[
+        str | None,
+        typer.Option("--crl-revoked", help="revoked counts of the full CRLs (default 10000,1000000)"),
+    ] = None,
+    mass: Annotated[
+        int | None, typer.Option("--mass", min=1, help="devices of the lot revoked at once (default 100000)")
+    ] = None,
+    gateway_revoked: Annotated[
+        int | None,
+        typer.Option(
+            "--gateway-revoked", min=1, help="revocations the gateway's filter holds (default 300000)"
+        ),
+    ] = None,
+    db: Annotated[
+        str | None,
+        typer.Option("--db", help="an empty database URL (PostgreSQL) to measure the mass revocation on too"),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """OCSP responses/s, filter size, full CRL build time and size, mass revocation to every status
+    channel, gateway admission rate, revocation cut and memory; each beside a same-run baseline."""
+    from dataclasses import replace
+
+    from devid.bench import revocation as bench
+
+    sizes = bench.QUICK if quick else bench.Sizes()
+    if crl_revoked is not None:
+        sizes = replace(sizes, crl_revoked=tuple(int(n) for n in crl_revoked.split(",")))
+    if mass is not None:
+        sizes = replace(sizes, mass_devices=mass)
+    if gateway_revoked is not None:
+        sizes = replace(sizes, gateway_revoked=gateway_revoked, gateway_issued=10 * gateway_revoked)
+    for figures in bench.run(bench.parse_sections(only), sizes, db):
+        report(figures, as_json)
