@@ -148,6 +148,7 @@ class Authority:
             name: PROFILES[name].with_validity(validity) for name, validity in (lifetimes or {}).items()
         }
         self._audit_key: ec.EllipticCurvePrivateKey | None = None
+        self._indices = IndexAllocator(engine)
         self._owned: dict[type, Any] = {}
         self._owned_lock = threading.RLock()
         self._closed = False
@@ -471,7 +472,7 @@ class Authority:
                 ]
             )
             text = subject_text(subject)
-        index = self.owned(IndexAllocator, lambda: IndexAllocator(self.engine)).take(ca.id)[0]
+        index = self._indices.take(ca.id)[0]
         serial = indexed_serial(index)
         # Short-lived and session certificates never enter a CRL: expiry is their revocation.
         shard = None if req.short_lived or req.profile is ProfileName.SESSION else index % ca.crl_shards

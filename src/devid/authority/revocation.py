@@ -235,17 +235,20 @@ def _revoke_devices(
 ) -> RevocationResult:
     hold = request.reason is Reason.CERTIFICATE_HOLD
     final = (DeviceState.REVOKED, DeviceState.SUSPENDED) if hold else (DeviceState.REVOKED,)
-    selected = conn.execute(
-        select(devices.c.id, devices.c.serial, devices.c.state, devices.c.version).where(match)
-    ).all()
-    stale = [row for row in selected if request.expected_version not in (None, row.version)]
-    if stale:
-        raise ConflictError(
-            "stale-version",
-            f"device {stale[0].serial!r} changed since version {request.expected_version} "
-            f"(now {stale[0].version})",
-        )
-    targets = [row for row in selected if row.state not in final]
+    # Counted and changed in SQL, never fetched: a lot of 100,000 devices is a few statements.
+    live = and_(match, devices.c.state.not_in(final))
+    selected, targets = conn.execute(
+        select(func.count(), func.count(case((devices.c.state.not_in(final), 1)))).where(match)
+    ).one()
+    if request.expected_version is not None:
+        versions = conn.execute(select(devices.c.serial, devices.c.version).where(match)).all()
+        stale = [row for row in versions if row.version != request.expected_version]
+        if stale:
+            raise ConflictError(
+                "stale-version",
+                f"device {stale[0].serial!r} changed since version {request.expected_version} "
+                f"(now {stale[0].version})",
+            )
     if not selected:
         raise NotFoundError(
             "revocation-no-match", f"no device matches {request.selector} {request.value!r}: nothing revoked"
@@ -256,27 +259,17 @@ def _revoke_devices(
             f"every device selected by {request.selector} {request.value!r} is already "
             f"{' or '.join(final)}: nothing changed",
         )
-    target_ids = select(devices.c.id).where(match, devices.c.state.not_in(final))
-    certs = and_(certificates.c.device_id.in_(target_ids), _revocable(request.reason))
+    certs = and_(certificates.c.device_id.in_(select(devices.c.id).where(live)), _revocable(request.reason))
     count = conn.execute(select(func.count()).where(certs)).scalar_one()
     if request.dry_run:
-        return RevocationResult(count, len(targets), True)
+        return RevocationResult(count, targets, True)
     issuers = [row[0] for row in conn.execute(select(certificates.c.issuer_id).where(certs).distinct())]
-    revocation_id = _record(conn, request, now, actor, count, len(targets))
+    revocation_id = _record(conn, request, now, actor, count, targets)
     names = _mark_revoked(conn, certs, request.reason, revocation_id, now, issuers)
     state = DeviceState.SUSPENDED if hold else DeviceState.REVOKED
-    _set_devices(conn, [row.id for row in targets], state, now)
-    outbox.emit_many(
-        conn,
-        now,
-        [
-            (
-                "device.revoked",
-                row.serial,
-                {"reason": request.reason.rfc_name, "revocation": revocation_id, "state": str(state)},
-            )
-            for row in targets
-        ],
+    _announce_devices(conn, live, state, request.reason, revocation_id, now)
+    conn.execute(
+        update(devices).where(live).values(state=state, updated_at=now, version=devices.c.version + 1)
     )
     _announce_certificates(conn, revocation_id, request.reason, now)
     audit.append(
@@ -288,14 +281,14 @@ def _revoke_devices(
                 request.value,
                 actor,
                 count,
-                len(targets),
+                targets,
                 request,
                 revocation_id,
             )
         ],
         now,
     )
-    return RevocationResult(count, len(targets), False, revocation_id, names)
+    return RevocationResult(count, targets, False, revocation_id, names)
 
 
 def _revoke_certificate(
@@ -396,6 +389,31 @@ def _set_devices(conn: Connection, ids: Sequence[int], state: DeviceState, now: 
             .where(devices.c.id.in_(ids[start : start + 500]))
             .values(state=state, updated_at=now, version=devices.c.version + 1)
         )
+
+
+def _announce_devices(
+    conn: Connection,
+    live: ColumnElement[bool],
+    state: DeviceState,
+    reason: Reason,
+    revocation_id: int,
+    now: datetime,
+) -> None:
+    """One `device.revoked` event per device about to change, built in SQL like the certificates'."""
+    payload = (
+        literal(
+            f'{{"at": "{now.isoformat()}", "reason": "{reason.rfc_name}", "revocation": {revocation_id}, '
+        )
+        + literal(f'"state": "{state}", "subject": "')
+        + devices.c.serial
+        + literal('", "type": "device.revoked"}')
+    )
+    query = (
+        select(literal(now, type_=events.c.at.type), literal("device.revoked"), devices.c.serial, payload)
+        .where(live)
+        .order_by(devices.c.id)
+    )
+    outbox.emit_from(conn, query)
 
 
 def _announce_certificates(conn: Connection, revocation_id: int, reason: Reason, now: datetime) -> None:

@@ -28,6 +28,7 @@ from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import ocsp as x509_ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from devid.clock import Clock
@@ -40,6 +41,17 @@ log = logging.getLogger("devid.revocation.ocsp")
 #: The CertID hash algorithms answered (asn1crypto's and hashlib's names): RFC 5019 clients use
 #: SHA-1, others SHA-256.
 _CERT_ID_HASHES = ("sha1", "sha256", "sha384", "sha512")
+_HASHES: dict[str, hashes.HashAlgorithm] = {
+    "sha1": hashes.SHA1(),
+    "sha256": hashes.SHA256(),
+    "sha384": hashes.SHA384(),
+    "sha512": hashes.SHA512(),
+}
+_STATUS = {
+    CertStatus.GOOD: x509_ocsp.OCSPCertStatus.GOOD,
+    CertStatus.REVOKED: x509_ocsp.OCSPCertStatus.REVOKED,
+    CertStatus.UNKNOWN: x509_ocsp.OCSPCertStatus.UNKNOWN,
+}
 #: RFC 8954 2.1: a nonce is 1 to 32 octets.
 MAX_NONCE = 32
 
@@ -93,6 +105,8 @@ class _Signer:
 
     ca_name: str
     key: ec.EllipticCurvePrivateKey
+    #: The delegated responder's certificate, sent with every response.
+    cert: x509.Certificate
     hash: hashes.HashAlgorithm
     signature_algorithm: asn1_ocsp.SignedDigestAlgorithm
     responder_id: asn1_ocsp.ResponderId
@@ -107,6 +121,7 @@ class _Signer:
         return cls(
             ca_name=issuer.ca_name,
             key=issuer.signer_key,
+            cert=issuer.signer_cert,
             hash={"sha256": hashes.SHA256(), "sha384": hashes.SHA384(), "sha512": hashes.SHA512()}[hash_name],
             signature_algorithm=asn1_ocsp.SignedDigestAlgorithm({"algorithm": f"{hash_name}_ecdsa"}),
             responder_id=asn1_ocsp.ResponderId(name="by_key", value=key_hash),
@@ -330,6 +345,46 @@ class OcspResponder:
     def _sign(self, query: _Query, now: datetime) -> OcspAnswer:
         this_update = now.replace(microsecond=0)
         next_update = this_update + self._validity
+        if len(query.cert_ids) == 1:
+            der = self._sign_one(query, this_update, next_update)
+        else:
+            der = self._sign_many(query, this_update, next_update)
+        self.signed += 1
+        if query.nonce is not None:
+            return OcspAnswer(der, this_update, next_update)
+        etag = '"' + hashlib.sha256(der).hexdigest()[:32] + '"'
+        return OcspAnswer(der, this_update, next_update, next_update - self._refresh_margin, etag)
+
+    def _sign_one(self, query: _Query, this_update: datetime, next_update: datetime) -> bytes:
+        """One CertID, the common case (RFC 5019 clients ask one at a time), built and signed by
+        cryptography's OCSP builder: ~60 µs, against ~5 ms through asn1crypto."""
+        cert_id, (entry,) = query.cert_ids[0], self._statuses(query)
+        signer = self._signers[query.signers[0]]
+        builder = x509_ocsp.OCSPResponseBuilder().add_response_by_hash(
+            issuer_name_hash=cert_id["issuer_name_hash"].native,
+            issuer_key_hash=cert_id["issuer_key_hash"].native,
+            serial_number=entry.serial,
+            algorithm=_HASHES[cert_id["hash_algorithm"]["algorithm"].native],
+            cert_status=_STATUS[entry.status],
+            this_update=this_update,
+            next_update=next_update,
+            revocation_time=entry.revoked_at.replace(microsecond=0) if entry.revoked_at else None,
+            revocation_reason=(
+                entry.reason.flag
+                if entry.status is CertStatus.REVOKED and entry.reason not in (None, Reason.UNSPECIFIED)
+                else None
+            ),
+        )
+        builder = builder.responder_id(x509_ocsp.OCSPResponderEncoding.HASH, signer.cert).certificates(
+            [signer.cert]
+        )
+        if query.nonce is not None:
+            builder = builder.add_extension(x509.OCSPNonce(query.nonce["extn_value"].parsed.native), False)
+        response = builder.sign(signer.key, signer.hash)
+        return response.public_bytes(serialization.Encoding.DER)
+
+    def _sign_many(self, query: _Query, this_update: datetime, next_update: datetime) -> bytes:
+        """Several CertIDs in one response: cryptography's builder makes one, so asn1crypto."""
         responses = [
             asn1_ocsp.SingleResponse(
                 {
@@ -352,12 +407,7 @@ class OcspResponder:
                 "response_extensions": [query.nonce] if query.nonce is not None else None,
             }
         )
-        der = signer.sign(data)
-        self.signed += 1
-        if query.nonce is not None:
-            return OcspAnswer(der, this_update, next_update)
-        etag = '"' + hashlib.sha256(der).hexdigest()[:32] + '"'
-        return OcspAnswer(der, this_update, next_update, next_update - self._refresh_margin, etag)
+        return signer.sign(data)
 
     def _presign(self, key: tuple[bytes, ...], query: _Query, now: datetime) -> _Cached:
         answer = self._sign(query, now)

@@ -158,6 +158,8 @@ certificates = Table(
     Index("ix_certificates_issuer_idx", "issuer_id", "idx", unique=True),
     # CRLs, deltas and caches read what changed under one issuer, in generation order.
     Index("ix_certificates_issuer_gen", "issuer_id", "status_gen"),
+    # A revocation announces its certificates (and a listing shows them) without a scan.
+    Index("ix_certificates_revocation", "revocation_id"),
 )
 
 

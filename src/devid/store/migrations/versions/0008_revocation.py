@@ -64,9 +64,11 @@ def upgrade() -> None:
     op.add_column("certificates", sa.Column("status_gen", sa.BigInteger(), nullable=True))
     op.create_index("ix_certificates_issuer_idx", "certificates", ["issuer_id", "idx"], unique=True)
     op.create_index("ix_certificates_issuer_gen", "certificates", ["issuer_id", "status_gen"])
+    op.create_index("ix_certificates_revocation", "certificates", ["revocation_id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_certificates_revocation", table_name="certificates")
     op.drop_index("ix_certificates_issuer_gen", table_name="certificates")
     op.drop_index("ix_certificates_issuer_idx", table_name="certificates")
     for column in ("status_gen", "held_status", "revocation_id", "reason", "revoked_at", "shard", "idx"):
