@@ -28,14 +28,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from devid.authority.core import ISSUER_OF, Authority
 from devid.authority.requests import IssueRequest
-from devid.errors import ConfigError, DevidError, KeyAccessError
+from devid.errors import ConfigError, DevidError
 from devid.fsutil import atomic_write, read_file
 from devid.keys.software import decrypt_private_key, encrypt_private_key
 from devid.pki.encoding import cert_der, cert_pem, fingerprint, load_certificates
 from devid.pki.profiles import ProfileName, server_names
+from devid.web.tls import X509_V_FLAG_NO_CHECK_TIME as X509_V_FLAG_NO_CHECK_TIME
+from devid.web.tls import client_checking_context
 
-#: OpenSSL X509_V_FLAG_NO_CHECK_TIME: verify the chain but not the validity times.
-X509_V_FLAG_NO_CHECK_TIME = 0x200000
 SERVER_CERT_FILE = "server.pem"
 SERVER_KEY_FILE = "server.key.pem"
 #: Reuse the server certificate while more than this fraction of its lifetime is left.
@@ -69,28 +69,7 @@ def server_context(
     password: bytes | None = None,
 ) -> ssl.SSLContext:
     """TLS 1.2+ server context asking for (optional) client certificates chaining to `trust`."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        ctx.load_cert_chain(str(cert_file), str(key_file), password=(lambda: password or b""))
-    except ssl.SSLError as exc:
-        raise KeyAccessError(
-            "tls-key", f"cannot load TLS certificate {cert_file} with key {key_file}: {exc.reason or exc}"
-        ) from None
-    except OSError as exc:
-        raise ConfigError("tls-files", f"cannot read TLS certificate or key: {exc}") from None
-    # No TLS 1.3 session tickets: devices connect rarely (the agent daily) and start a fresh
-    # handshake each time, so tickets would only cost the server work on every connection
-    # (OpenSSL serializes the session, client chain included, into each of the two it sends).
-    ctx.num_tickets = 0
-    ctx.verify_mode = ssl.CERT_OPTIONAL
-    ctx.load_verify_locations(cadata="".join(cert_pem(c).decode() for c in trust))
-    ctx.verify_flags |= X509_V_FLAG_NO_CHECK_TIME
-    # A registered manufacturer CA may be an intermediate whose root devid never sees.
-    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-    if not ctx.verify_flags & X509_V_FLAG_NO_CHECK_TIME:  # pragma: no cover - OpenSSL without the flag
-        raise ConfigError("tls-flags", "this OpenSSL does not accept X509_V_FLAG_NO_CHECK_TIME")
-    return ctx
+    return client_checking_context(cert_file, key_file, trust, require_client=False, password=password)
 
 
 def _is_ip(text: str) -> bool:
