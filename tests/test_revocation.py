@@ -102,7 +102,16 @@ def test_revoking_a_lot_revokes_its_devices_and_all_their_certificates(auth: Aut
     assert len(revoked) == 12 and {r["reason"] for r in revoked} == {"keyCompromise"}
     assert {r["serial"] for r in revoked} == {serial_hex(c.serial) for pair in fleet for c in pair}
     assert revoked[0]["device"].startswith("LOT-A-") and revoked[0]["revocation"] == done.id
-    assert sum(t == "device.revoked" for t, _, _ in announced) == 6
+    devices_revoked = [json.loads(p) for t, _, p in announced if t == "device.revoked"]
+    assert len(devices_revoked) == 6
+    assert devices_revoked[0] | {"at": None, "subject": None} == {
+        "at": None,
+        "reason": "keyCompromise",
+        "revocation": done.id,
+        "state": "REVOKED",
+        "subject": None,
+        "type": "device.revoked",
+    }
     assert json.loads(trail.detail)["note"] == "stolen batch" and trail.actor == "op"
 
     # A revoked LDevID no longer authenticates anyone.
@@ -182,6 +191,17 @@ def test_hold_suspends_and_unrevoke_restores(auth: Authority) -> None:
 
     lifted = unrevoke(auth, Selector.DEVICE, "LOT-H-0", "t")
     assert (lifted.certificates, lifted.devices) == (2, 1)
+    with reading(auth.engine) as conn:
+        announced = conn.execute(
+            select(events.c.type, events.c.payload).where(events.c.type.like("%unrevoked"))
+        ).all()
+    payloads = sorted((t, json.loads(p)["subject"]) for t, p in announced)
+    assert payloads == sorted(
+        [
+            ("device.unrevoked", "LOT-H-0"),
+            *(("certificate.unrevoked", serial_hex(c.serial)) for c in (idevid, ldevid)),
+        ]
+    )
     assert _state(auth, "LOT-H-0") == DeviceState.ACTIVE
     row = _status(auth, ldevid)
     assert row.status == CertificateStatus.VALID and row.reason == Reason.REMOVE_FROM_CRL

@@ -15,6 +15,7 @@ too: a key that leaked from a device says nothing good about the device.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -131,10 +132,11 @@ def unrevoke(
             audit.append(conn, [_audit("revocation.lift", selector, value, actor, 1, 0)], now)
             return RevocationResult(1, 0, False, cas=names)
         match = _device_match(conn, RevokeRequest(selector, value, Reason.CERTIFICATE_HOLD))
-        held = conn.execute(
-            select(devices.c.id, devices.c.serial).where(match, devices.c.state == DeviceState.SUSPENDED)
-        ).all()
-        if not held and conn.execute(select(devices.c.id).where(match).limit(1)).first() is None:
+        suspended = and_(match, devices.c.state == DeviceState.SUSPENDED)
+        matched, held = conn.execute(
+            select(func.count(), func.count(case((devices.c.state == DeviceState.SUSPENDED, 1)))).where(match)
+        ).one()
+        if not matched:
             raise NotFoundError(
                 "revocation-no-match", f"no device matches {selector} {value!r}: nothing lifted"
             )
@@ -142,27 +144,26 @@ def unrevoke(
             raise PolicyError(
                 "not-on-hold", f"no device selected by {selector} {value!r} is on hold (certificateHold)"
             )
-        ids = [row.id for row in held]
         held_certs = and_(
-            certificates.c.device_id.in_(
-                select(devices.c.id).where(match, devices.c.state == DeviceState.SUSPENDED)
-            ),
+            certificates.c.device_id.in_(select(devices.c.id).where(suspended)),
             certificates.c.status == CertificateStatus.REVOKED,
             certificates.c.reason == Reason.CERTIFICATE_HOLD,
         )
         count = conn.execute(select(func.count()).where(held_certs)).scalar_one()
         if dry_run:
-            return RevocationResult(count, len(ids), True)
+            return RevocationResult(count, held, True)
         issuers = [
             row[0] for row in conn.execute(select(certificates.c.issuer_id).where(held_certs).distinct())
         ]
         names = _lift(conn, held_certs, now, issuers)
-        _set_devices(conn, ids, DeviceState.ACTIVE, now)
-        outbox.emit_many(
-            conn, now, [("device.unrevoked", row.serial, {"state": str(DeviceState.ACTIVE)}) for row in held]
+        _announce_devices(conn, suspended, "device.unrevoked", {"state": str(DeviceState.ACTIVE)}, now)
+        conn.execute(
+            update(devices)
+            .where(suspended)
+            .values(state=DeviceState.ACTIVE, updated_at=now, version=devices.c.version + 1)
         )
-        audit.append(conn, [_audit("revocation.lift", selector, value, actor, count, len(ids))], now)
-        return RevocationResult(count, len(ids), False, cas=names)
+        audit.append(conn, [_audit("revocation.lift", selector, value, actor, count, held)], now)
+        return RevocationResult(count, held, False, cas=names)
 
 
 # --- selection ----------------------------------------------------------------------------------
@@ -267,7 +268,12 @@ def _revoke_devices(
     revocation_id = _record(conn, request, now, actor, count, targets)
     names = _mark_revoked(conn, certs, request.reason, revocation_id, now, issuers)
     state = DeviceState.SUSPENDED if hold else DeviceState.REVOKED
-    _announce_devices(conn, live, state, request.reason, revocation_id, now)
+    fields: dict[str, str | int] = {
+        "reason": request.reason.rfc_name,
+        "revocation": revocation_id,
+        "state": str(state),
+    }
+    _announce_devices(conn, live, "device.revoked", fields, now)
     conn.execute(
         update(devices).where(live).values(state=state, updated_at=now, version=devices.c.version + 1)
     )
@@ -357,10 +363,32 @@ def _lift(
     conn: Connection, where: ColumnElement[bool], now: datetime, issuer_ids: Sequence[int]
 ) -> tuple[str, ...]:
     names = _bump(conn, issuer_ids)
-    ids = [row[0] for row in conn.execute(select(certificates.c.id).where(where))]
+    # Announced first: `where` selects the certificates by the status the update changes.
+    payload = (
+        literal(f'{{"at": "{now.isoformat()}", "issuer": "')
+        + cas.c.name
+        + literal('", "serial": "')
+        + certificates.c.serial
+        + literal('", "subject": "')
+        + certificates.c.serial
+        + literal('", "type": "certificate.unrevoked"}')
+    )
+    outbox.emit_from(
+        conn,
+        select(
+            literal(now, type_=events.c.at.type),
+            literal("certificate.unrevoked"),
+            certificates.c.serial,
+            payload,
+        )
+        .select_from(certificates)
+        .join(cas, cas.c.id == certificates.c.issuer_id)
+        .where(where)
+        .order_by(certificates.c.id),
+    )
     conn.execute(
         update(certificates)
-        .where(certificates.c.id.in_(ids))
+        .where(where)
         .values(
             status=func.coalesce(certificates.c.held_status, CertificateStatus.VALID),
             held_status=None,
@@ -369,48 +397,23 @@ def _lift(
             status_gen=_ISSUER_GEN,
         )
     )
-    rows = conn.execute(
-        select(certificates.c.serial, cas.c.name)
-        .join(cas, cas.c.id == certificates.c.issuer_id)
-        .where(certificates.c.id.in_(ids))
-    ).all()
-    outbox.emit_many(
-        conn,
-        now,
-        [("certificate.unrevoked", serial, {"issuer": issuer, "serial": serial}) for serial, issuer in rows],
-    )
     return names
 
 
-def _set_devices(conn: Connection, ids: Sequence[int], state: DeviceState, now: datetime) -> None:
-    for start in range(0, len(ids), 500):
-        conn.execute(
-            update(devices)
-            .where(devices.c.id.in_(ids[start : start + 500]))
-            .values(state=state, updated_at=now, version=devices.c.version + 1)
-        )
-
-
 def _announce_devices(
-    conn: Connection,
-    live: ColumnElement[bool],
-    state: DeviceState,
-    reason: Reason,
-    revocation_id: int,
-    now: datetime,
+    conn: Connection, which: ColumnElement[bool], type_: str, fields: dict[str, str | int], now: datetime
 ) -> None:
-    """One `device.revoked` event per device about to change, built in SQL like the certificates'."""
+    """One `type_` event per device `which` selects, built in SQL like the certificates'. `fields`
+    are constants whose names sort between "at" and "subject" (the JSON is in sorted-key order)."""
+    constant = "".join(f'"{name}": {json.dumps(value)}, ' for name, value in sorted(fields.items()))
     payload = (
-        literal(
-            f'{{"at": "{now.isoformat()}", "reason": "{reason.rfc_name}", "revocation": {revocation_id}, '
-        )
-        + literal(f'"state": "{state}", "subject": "')
+        literal(f'{{"at": "{now.isoformat()}", {constant}"subject": "')
         + devices.c.serial
-        + literal('", "type": "device.revoked"}')
+        + literal(f'", "type": "{type_}"}}')
     )
     query = (
-        select(literal(now, type_=events.c.at.type), literal("device.revoked"), devices.c.serial, payload)
-        .where(live)
+        select(literal(now, type_=events.c.at.type), literal(type_), devices.c.serial, payload)
+        .where(which)
         .order_by(devices.c.id)
     )
     outbox.emit_from(conn, query)
