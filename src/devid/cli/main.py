@@ -53,6 +53,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "revocation": ("devid.cli.revocation_cmd", "app", "Revocation at IoT scale: status data sizes per link."),
     "unrevoke": ("devid.cli.revoke_cmd", "unrevoke_command", "Lift a certificateHold."),
     "api-token": ("devid.cli.api_token_cmd", "app", "Admin API tokens: create (shown once), list, revoke."),
+    "health": ("devid.cli.health_cmd", "health", "Fleet health checks: expiry, renewal, shared keys."),
     "gateway": ("devid.cli.gateway_cmd", "gateway", "mTLS gateway to an MQTT broker: revoked devices cut."),
 }
 

@@ -112,6 +112,8 @@ devices = Table(
     Index("ix_devices_state_id", "state", "id"),
     Index("ix_devices_hub_id", "hub_id", "id"),
     Index("ix_devices_manufacturer_id", "manufacturer_id", "id"),
+    # `devid health`: enrollments held for approval too long (NULL for the rest, never read).
+    Index("ix_devices_approval_requested", "approval_requested_at"),
 )
 
 
@@ -154,7 +156,10 @@ certificates = Table(
     Index("ix_certificates_device_status", "device_id", "status"),
     Index("ix_certificates_not_after", "not_after"),
     Index("ix_certificates_profile_id", "profile", "id"),
-    Index("ix_certificates_public_key", "public_key_fingerprint"),
+    # One key, one device: issuance looks a key up; `devid health` counts devices per key from it alone.
+    Index("ix_certificates_public_key_device", "public_key_fingerprint", "device_id"),
+    # `devid health`: expiring or expired-unrenewed certificates of a profile (renewed: superseded).
+    Index("ix_certificates_profile_status_expiry", "profile", "status", "not_after"),
     Index("ix_certificates_issuer_idx", "issuer_id", "idx", unique=True),
     # CRLs, deltas and caches read what changed under one issuer, in generation order.
     Index("ix_certificates_issuer_gen", "issuer_id", "status_gen"),

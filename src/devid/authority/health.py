@@ -1,0 +1,319 @@
+"""Fleet health checks in the spirit of AWS IoT Device Defender's audit: what is about to expire,
+what failed to renew, what is shared, what waits on an operator.
+
+Every check is one or two SQL statements bounded by an index (the expiry, the (profile, status,
+expiry) and the approval indexes of migration 0009, a device's certificates by device): a fleet of
+a million devices is never read row by row, and a check reads roughly as many rows as it finds.
+Each finding carries its total and the first `limit` names, so the answer stays small however
+many devices it concerns. `run_checks` takes a connection and the time: the CLI and the
+dashboard call the same function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import Connection, Select, exists, func, or_, select
+
+from devid.authority.status_signing import OCSP_SIGNER_ROLE
+from devid.pki.profiles import ProfileName
+from devid.store.models import cas, certificates, devices, manufacturers
+from devid.store.states import CertificateStatus, DeviceState, ManufacturerState
+
+#: How many devices (or CAs, keys) a finding names; its count is always the total.
+EXAMPLES = 20
+
+
+class Severity(StrEnum):
+    CRITICAL = "critical"
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+    #: Nothing is known to be wrong, but the check could not look: its data source is missing.
+    INFO = "info"
+
+
+#: Findings of these severities make `devid health` exit non-zero.
+FAILING = frozenset({Severity.CRITICAL, Severity.HIGH})
+
+
+@dataclass(frozen=True)
+class Windows:
+    """How far ahead (or back) each check looks, in days."""
+
+    ca_days: int = 365
+    expiry_days: int = 30
+    fallback_days: int = 7
+    approval_days: int = 3
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One check's result; a check that found nothing has count 0 (and its usual severity)."""
+
+    check: str
+    severity: Severity
+    count: int
+    examples: tuple[str, ...]
+    #: What the check looked at, in one sentence (and, for `info`, what it could not see).
+    note: str
+
+    @property
+    def failing(self) -> bool:
+        return self.count > 0 and self.severity in FAILING
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "check": self.check,
+            "severity": self.severity.value,
+            "count": self.count,
+            "examples": list(self.examples),
+            "note": self.note,
+        }
+
+
+_DEVICE_PROFILES = (ProfileName.IDEVID, ProfileName.LDEVID)
+#: The certificates a device works with in the field; without one it falls back to its IDevID.
+_OPERATIONAL = (ProfileName.LDEVID, ProfileName.SESSION)
+
+
+def _day(at: datetime) -> str:
+    return at.date().isoformat()
+
+
+def _total_and_first(conn: Connection, query: Select[Any], limit: int) -> tuple[int, list[Any]]:
+    """The total of a query's rows and its first `limit` rows (in the query's order)."""
+    total = conn.execute(select(func.count()).select_from(query.order_by(None).subquery())).scalar_one()
+    return int(total), list(conn.execute(query.limit(limit)).all()) if total else []
+
+
+def ca_expiring(conn: Connection, now: datetime, windows: Windows, limit: int) -> Finding:
+    """devid's CAs and the ACTIVE registered manufacturer CAs expiring within the window (both
+    tables hold a handful of rows); an expired one is critical. The OCSP signers (90 days, in the
+    `cas` table) are left out: they always expire within a year, and are re-issued as they do."""
+    horizon = now + timedelta(days=windows.ca_days)
+    rows = [
+        (f"ca:{r.name}", r.not_after)
+        for r in conn.execute(
+            select(cas.c.name, cas.c.not_after).where(
+                cas.c.not_after < horizon, cas.c.role != OCSP_SIGNER_ROLE
+            )
+        )
+    ] + [
+        (f"manufacturer:{r.name}", r.not_after)
+        for r in conn.execute(
+            select(manufacturers.c.name, manufacturers.c.not_after).where(
+                manufacturers.c.not_after < horizon, manufacturers.c.state == ManufacturerState.ACTIVE
+            )
+        )
+    ]
+    rows.sort(key=lambda r: r[1])
+    expired = any(at <= now for _, at in rows)
+    return Finding(
+        "ca-expiring",
+        Severity.CRITICAL if expired else Severity.MEDIUM,
+        len(rows),
+        tuple(f"{name} ({'expired' if at <= now else 'expires'} {_day(at)})" for name, at in rows[:limit]),
+        f"CA and manufacturer CA certificates expiring within {windows.ca_days} days; expired: critical",
+    )
+
+
+def device_cert_expiring(conn: Connection, now: datetime, windows: Windows, limit: int) -> Finding:
+    """Valid IDevIDs and LDevIDs ending within the window whose device holds no valid certificate
+    of the same profile ending later: nothing will take over when they expire."""
+    cert = certificates.alias("cert")
+    other = certificates.alias("other")
+    renewed = exists().where(
+        other.c.device_id == cert.c.device_id,
+        other.c.status == CertificateStatus.VALID,
+        other.c.profile == cert.c.profile,
+        other.c.not_after > cert.c.not_after,
+    )
+    query = (
+        select(devices.c.serial, cert.c.profile, cert.c.not_after)
+        .select_from(cert.join(devices, devices.c.id == cert.c.device_id))
+        .where(
+            cert.c.profile.in_(_DEVICE_PROFILES),
+            cert.c.status == CertificateStatus.VALID,
+            cert.c.not_after > now,
+            cert.c.not_after <= now + timedelta(days=windows.expiry_days),
+            ~renewed,
+        )
+        .order_by(cert.c.not_after, cert.c.id)
+    )
+    total, rows = _total_and_first(conn, query, limit)
+    return Finding(
+        "device-cert-expiring-no-renewal",
+        Severity.MEDIUM,
+        total,
+        tuple(f"{r.serial} ({r.profile} expires {_day(r.not_after)})" for r in rows),
+        f"valid device certificates expiring within {windows.expiry_days} days with no newer one",
+    )
+
+
+def revoked_still_connected(conn: Connection, now: datetime, windows: Windows, limit: int) -> Finding:
+    """Not computable from the store, and said so rather than guessed.
+
+    The connections that matter are a device's sessions at the MQTT broker or gateway, which
+    report nothing to the store. The store's own evidence of authentication (EST enrollments and
+    token issuance, in the audit log) cannot show a revoked certificate at work: both check the
+    certificate's standing at each request and refuse a revoked one (audited as refused), so a
+    query over it would always answer 0 and read as a clean bill of health it is not.
+    """
+    return Finding(
+        "revoked-still-connected",
+        Severity.INFO,
+        0,
+        (),
+        "data source missing: gateways do not report connections to the store "
+        "(devid's EST and token endpoints refuse revoked certificates themselves)",
+    )
+
+
+def shared_public_key(conn: Connection, now: datetime, windows: Windows, limit: int) -> Finding:
+    """One public key certified for several devices: a cloned or leaked key (critical). Read from
+    the (public key, device) index alone, in its order."""
+    query = (
+        select(
+            certificates.c.public_key_fingerprint.label("key"),
+            func.count(func.distinct(certificates.c.device_id)).label("devices"),
+        )
+        .where(certificates.c.public_key_fingerprint.is_not(None), certificates.c.device_id.is_not(None))
+        .group_by(certificates.c.public_key_fingerprint)
+        .having(func.count(func.distinct(certificates.c.device_id)) > 1)
+        .order_by(certificates.c.public_key_fingerprint)
+    )
+    total, rows = _total_and_first(conn, query, limit)
+    named: list[str] = []
+    for row in rows:
+        serials = conn.execute(
+            select(devices.c.serial)
+            .distinct()
+            .select_from(certificates.join(devices, devices.c.id == certificates.c.device_id))
+            .where(certificates.c.public_key_fingerprint == row.key)
+            .order_by(devices.c.serial)
+            .limit(limit)
+        ).scalars()
+        named.append(f"key {row.key[:16]}: {', '.join(serials)}")
+    return Finding(
+        "shared-public-key",
+        Severity.CRITICAL,
+        total,
+        tuple(named),
+        "public keys certified for more than one device (count: keys)",
+    )
+
+
+def idevid_fallback_stuck(conn: Connection, now: datetime, windows: Windows, limit: int) -> Finding:
+    """ACTIVE devices whose LDevID expired more than `fallback_days` ago unrenewed and that hold no
+    valid LDevID or session certificate since: they work, if at all, on their IDevID alone.
+
+    A renewed LDevID is marked superseded, so an expired LDevID still `valid` is one that was never
+    replaced: the (profile, status, expiry) index finds exactly those, never the renewed history;
+    the device's (device_id, status) index then tells whether anything valid came since.
+    """
+    cert, other = certificates.alias("cert"), certificates.alias("other")
+    query = (
+        select(devices.c.serial, func.max(cert.c.not_after).label("expired"))
+        .select_from(cert.join(devices, devices.c.id == cert.c.device_id))
+        .where(
+            cert.c.profile == ProfileName.LDEVID,
+            cert.c.status == CertificateStatus.VALID,
+            cert.c.not_after <= now - timedelta(days=windows.fallback_days),
+            devices.c.state == DeviceState.ACTIVE,
+            ~exists().where(
+                other.c.device_id == cert.c.device_id,
+                other.c.status == CertificateStatus.VALID,
+                other.c.profile.in_(_OPERATIONAL),
+                other.c.not_after > now,
+            ),
+        )
+        .group_by(devices.c.serial)
+        .order_by(func.max(cert.c.not_after), devices.c.serial)
+    )
+    total, rows = _total_and_first(conn, query, limit)
+    return Finding(
+        "idevid-fallback-stuck",
+        Severity.HIGH,
+        total,
+        tuple(f"{r.serial} (LDevID expired {_day(r.expired)})" for r in rows),
+        f"active devices without a valid LDevID or session certificate for over {windows.fallback_days} days",
+    )
+
+
+def approval_pending(conn: Connection, now: datetime, windows: Windows, limit: int) -> Finding:
+    """Enrollments held for an operator's approval for longer than `approval_days`."""
+    query = (
+        select(devices.c.serial, devices.c.approval_requested_at)
+        .where(
+            devices.c.approval_requested_at <= now - timedelta(days=windows.approval_days),
+            devices.c.approved_at.is_(None),
+            or_(devices.c.state == DeviceState.ACTIVE, devices.c.state == DeviceState.PENDING_ACTIVATION),
+        )
+        .order_by(devices.c.approval_requested_at, devices.c.id)
+    )
+    total, rows = _total_and_first(conn, query, limit)
+    return Finding(
+        "approval-pending-too-long",
+        Severity.MEDIUM,
+        total,
+        tuple(f"{r.serial} (requested {_day(r.approval_requested_at)})" for r in rows),
+        f"enrollments awaiting approval for over {windows.approval_days} days",
+    )
+
+
+def _is_p256(der: bytes) -> bool:
+    key = x509.load_der_x509_certificate(der).public_key()
+    return isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)
+
+
+def weak_key(conn: Connection, now: datetime, windows: Windows, limit: int) -> Finding:
+    """CA and registered manufacturer CA certificates whose key is not P-256 (a handful of rows).
+
+    Device certificates are not parsed: devid issues only for P-256 keys, and the store records no
+    key type to query a million of them by, so reading each would be the scan this module avoids.
+    """
+    named = [f"ca:{r.name}" for r in conn.execute(select(cas.c.name, cas.c.der)) if not _is_p256(r.der)]
+    named += [
+        f"manufacturer:{r.name}"
+        for r in conn.execute(
+            select(manufacturers.c.name, manufacturers.c.der).where(
+                manufacturers.c.state == ManufacturerState.ACTIVE
+            )
+        )
+        if not _is_p256(r.der)
+    ]
+    return Finding(
+        "weak-key",
+        Severity.LOW,
+        len(named),
+        tuple(named[:limit]),
+        "CA and manufacturer CA keys other than P-256 (device keys are P-256 by issuance policy)",
+    )
+
+
+Check = Callable[[Connection, datetime, Windows, int], Finding]
+
+#: Every check, in the order they are reported.
+CHECKS: tuple[Check, ...] = (
+    ca_expiring,
+    device_cert_expiring,
+    revoked_still_connected,
+    shared_public_key,
+    idevid_fallback_stuck,
+    approval_pending,
+    weak_key,
+)
+
+
+def run_checks(
+    conn: Connection, now: datetime, windows: Windows = Windows(), limit: int = EXAMPLES
+) -> list[Finding]:
+    """Every check's finding, found or not, in `CHECKS` order."""
+    return [check(conn, now, windows, limit) for check in CHECKS]
