@@ -22,7 +22,9 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509 import ocsp
 from est_helpers import EstServer, csr_b64, https, pem, provision, running_server
 from event_peers import free_port
+from manufacturer import Manufacturer
 from prometheus_client.parser import text_string_to_metric_families
+from test_onboarding import _sync, curl_enroll, register
 from test_serve import PASSPHRASE, _enroll_over_tls, rest_of_output, start_serve
 
 from devid.authority.core import Authority
@@ -106,6 +108,22 @@ def test_counters_move_with_enrollment_ocsp_and_expiry(
     assert value(after, "devid_outbox_backlog") == 0
 
 
+@pytest.fixture
+def acme(tmp_path: Path, clock: FixedClock) -> Manufacturer:
+    made = Manufacturer(tmp_path / "acme")
+    clock.advance(timedelta(minutes=1))  # openssl's notBefore is "now": step past it
+    return made
+
+
+def test_jitr_registrations_counted(server: EstServer, acme: Manufacturer) -> None:
+    register(server.authority, acme, auto_register=True, auto_activate=True)
+    _sync(server, acme)
+    made = [acme.device(serial) for serial in ("ACME-M1", "ACME-M2")]
+    for _cert, key, chain in [*made, made[0]]:  # the first device twice: registered once
+        assert curl_enroll(server, chain, key)[0] == 200
+    assert value(scrape(server), "devid_jitr_registrations_total") == 2
+
+
 def test_request_ids_echoed_or_made(pub: Authority, tmp_path: Path) -> None:
     with running_server(pub, tmp_path / "srv") as server:
         sane = "client-req.42_A"
@@ -133,7 +151,7 @@ def test_workers_sum_and_log_json(tmp_path: Path) -> None:
     auth = open_authority(home, PASSPHRASE)
     try:
         (tmp_path / "root.pem").write_bytes(pem(auth.root))
-        devices = [provision(auth, f"SN-MW-{i}", tmp_path / "devices") for i in range(8)]
+        devices = [provision(auth, f"SN-MW-{i}", tmp_path / "devices") for i in range(16)]
     finally:
         auth.close()
     root_pem = tmp_path / "root.pem"
@@ -151,12 +169,12 @@ def test_workers_sum_and_log_json(tmp_path: Path) -> None:
         # Each scrape is answered by whichever worker the kernel picks: every one sees the sum.
         for _ in range(4):
             found = samples(_get_tls(served.port, root_pem))
-            assert value(found, "devid_est_requests_total", operation="simpleenroll", status="200") == 8
-            assert value(found, "devid_certificates_issued_total", profile="ldevid") == 8
-            assert value(found, "devid_issuance_seconds_count", profile="ldevid") == 8
+            assert value(found, "devid_est_requests_total", operation="simpleenroll", status="200") == 16
+            assert value(found, "devid_certificates_issued_total", profile="ldevid") == 16
+            assert value(found, "devid_issuance_seconds_count", profile="ldevid") == 16
         with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as plain:
             found = samples(plain.read().decode())
-        assert value(found, "devid_certificates_issued_total", profile="ldevid") == 8
+        assert value(found, "devid_certificates_issued_total", profile="ldevid") == 16
         assert value(found, "devid_status_published_bytes", kind="crl", scope="operational") > 0
         assert value(found, "devid_status_rebuilds_total", kind="crl") >= 1
         assert served.stop() == 0
@@ -168,7 +186,9 @@ def test_workers_sum_and_log_json(tmp_path: Path) -> None:
     assert served.proc.stderr is not None
     logged = [json.loads(line) for line in served.proc.stderr.read().splitlines() if line.startswith("{")]
     enrolls = [line for line in logged if line.get("path") == "/.well-known/est/simpleenroll"]
-    assert len(enrolls) == 8
+    assert len(enrolls) == 16
+    # Both workers served enrollments (the kernel spreads 16 connections: all on one has odds 2^-15).
+    assert len({line["pid"] for line in enrolls}) == 2
     assert {line["device"] for line in enrolls} == {d.serial for d in devices}
     for line in enrolls:
         assert line["status"] == 200 and line["method"] == "POST" and line["peer"] == "127.0.0.1"

@@ -352,13 +352,14 @@ def _device_of(request: web.Request) -> str | None:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per log record: time, level, logger, message, and a request's fields."""
+    """One JSON object per log record: time, level, logger, pid, message, and a request's fields."""
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, object] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
+            "pid": record.process,  # which worker, with `--workers N`
             "message": record.getMessage(),
         }
         fields = getattr(record, "request", None)
