@@ -74,7 +74,7 @@ _EST_OPERATIONS = frozenset(
 #: Issuance is signing plus one commit (group-committed under load): milliseconds to seconds.
 _ISSUANCE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-access_log = logging.getLogger("devid.request")
+request_log = logging.getLogger("devid.request")
 
 
 def request_id(sent: str | None) -> str:
@@ -301,8 +301,8 @@ class Metrics:
             operation = est_operation(request.path)
             if operation is not None:
                 self.est_requests.labels(operation, str(status)).inc()
-            if access_log.isEnabledFor(logging.INFO):
-                access_log.info(
+            if request_log.isEnabledFor(logging.INFO):
+                request_log.info(
                     "%s %s %d",
                     request.method,
                     request.path,

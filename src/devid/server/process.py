@@ -23,7 +23,7 @@ from devid.registry.delivery import Dispatcher
 from devid.revocation.publisher import Publisher
 from devid.server.app import AUTHORITY, METRICS, STATUS, RunningServer, start_server
 from devid.server.listener import ConnectionLimits
-from devid.server.metrics import Metrics, log_json
+from devid.server.metrics import Metrics, log_json, request_log
 
 log = logging.getLogger("devid.serve")
 
@@ -62,6 +62,7 @@ async def serve(
         log_json()
     elif options.access_log:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
+        request_log.setLevel(logging.WARNING)  # aiohttp's access log has the request lines already
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in stop_signals:
