@@ -61,6 +61,14 @@ def serve(
         float, typer.Option(help="seconds in-flight requests get to finish after SIGTERM")
     ] = 30.0,
     access_log: Annotated[bool, typer.Option("--access-log", help="log each request to stderr")] = False,
+    log_json: Annotated[
+        bool,
+        typer.Option(
+            "--log-json",
+            help="log as JSON lines on stderr, one per request (time, request id, method, path, "
+            "status, duration, peer, device)",
+        ),
+    ] = False,
     deliver_events: Annotated[
         bool,
         typer.Option(
@@ -162,6 +170,7 @@ def serve(
         ),
         publish_status=publish,
         http_port=http_port,
+        log_json=log_json,
     )
     if workers > 1:
         authority.close()

@@ -4,6 +4,7 @@ files, as aiohttp routes for the TLS server and as one handler for the plain-HTT
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -27,10 +28,12 @@ class StatusService:
     def routes(self) -> list[web.RouteDef]:
         return [*status_routes(self.files), *self.ocsp.routes()]
 
-    def handler(self) -> Handler:
-        """The plain-HTTP port's one handler: OCSP, CRLs, filters, allowlists."""
+    def handler(self, extra: Mapping[str, Handler] | None = None) -> Handler:
+        """The plain-HTTP port's one handler: OCSP, CRLs, filters, allowlists, and the `extra`
+        routes by path prefix (the server's /metrics)."""
         files = self.files.handle
-        return dispatch({"/ocsp": self.ocsp.handle, "/crl": files, "/filter": files, "/allowlist": files})
+        routes = {"/ocsp": self.ocsp.handle, "/crl": files, "/filter": files, "/allowlist": files}
+        return dispatch({**routes, **(extra or {})})
 
 
 def status_service(authority: Authority) -> StatusService:

@@ -241,16 +241,21 @@ class OcspResponder:
         self._next_check = time.monotonic() + generation_check_interval
         #: Responses signed so far (pre-signed and on demand): what tests and benchmarks count.
         self.signed = 0
+        #: Requests answered, and of those, answered from a pre-signed answer (the server's metrics).
+        self.requests = 0
+        self.hits = 0
 
     def respond(self, request_der: bytes) -> OcspAnswer:
         """The answer to one DER OCSPRequest; never raises."""
         if time.monotonic() >= self._next_check:
             self.refresh()
+        self.requests += 1
         now = self._clock.now()
         key = self._request_keys.get(request_der)
         if key is not None:
             cached = self._cache.get(key)
             if cached is not None and now < cached.refresh_at:
+                self.hits += 1
                 return cached.answer
         try:
             query = self._parse(request_der)
@@ -260,6 +265,8 @@ class OcspResponder:
             cached = self._cache.get(key)
             if cached is None or now >= cached.refresh_at:
                 cached = self._presign(key, query, now)
+            else:
+                self.hits += 1  # the same CertIDs asked in other bytes
             if request_der not in self._request_keys and len(self._request_keys) >= self._max_cached:
                 del self._request_keys[next(iter(self._request_keys))]
             self._request_keys[request_der] = key

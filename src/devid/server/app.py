@@ -24,6 +24,7 @@ from devid.est.server import MAX_BODY, EstServer
 from devid.publish.service import StatusService, status_service
 from devid.registry.onboarding import Registry
 from devid.server.listener import ConnectionLimits, GuardedSite, request_phases
+from devid.server.metrics import CountingRegistry, Metrics
 from devid.server.trust import TrustSync
 from devid.tokens.routes import token_routes
 from devid.web.errors import error_middleware
@@ -75,6 +76,7 @@ class InFlight:
 
 IN_FLIGHT = web.AppKey("devid.in_flight", InFlight)
 STATUS = web.AppKey("devid.status", StatusService)
+METRICS = web.AppKey("devid.metrics", Metrics)
 
 
 def make_app(
@@ -92,12 +94,17 @@ def make_app(
     `api_anonymous_rate`: admin-API calls per minute a peer address may make without a valid token.
     """
     in_flight = InFlight()
+    # OCSP and status data over HTTPS too; `devid serve --http-port` serves the same over plain
+    # HTTP, for relying parties that cannot do TLS before they can check revocation.
+    status = status_service(authority)
+    metrics = Metrics(authority, status.responder)
     app = web.Application(
         client_max_size=client_max_size,
-        middlewares=[request_phases, in_flight.middleware, error_middleware],
+        middlewares=[request_phases, in_flight.middleware, metrics.middleware, error_middleware],
     )
-    registry = Registry(authority)
+    registry = CountingRegistry(authority, metrics)
     app[AUTHORITY] = authority
+    app[METRICS] = metrics
     app[REGISTRY] = registry
     app[IN_FLIGHT] = in_flight
     app[TRUSTED_PROXIES] = TrustedProxies.parse(trusted_proxies)
@@ -110,12 +117,11 @@ def make_app(
     app.add_subapp(API_PREFIX, api_application(authority, anonymous_rate=api_anonymous_rate))
     # The token service reads the client certificate the same way EST does (trusted proxies).
     app.add_routes(token_routes(authority, peer_certificate=peer_certificate))
-    # OCSP and status data over HTTPS too; `devid serve --http-port` serves the same over plain
-    # HTTP, for relying parties that cannot do TLS before they can check revocation.
-    status = status_service(authority)
     app[STATUS] = status
     app.add_routes(status.routes())
     app.cleanup_ctx.append(functools.partial(_refresh_ocsp, status))
+    app.router.add_get("/metrics", metrics.handle, allow_head=False)
+    app.cleanup_ctx.append(metrics.serving)
     return app
 
 

@@ -21,8 +21,9 @@ from devid.errors import ConfigError, DevidError
 from devid.publish.plain_http import PlainHttpServer
 from devid.registry.delivery import Dispatcher
 from devid.revocation.publisher import Publisher
-from devid.server.app import AUTHORITY, STATUS, RunningServer, start_server
+from devid.server.app import AUTHORITY, METRICS, STATUS, RunningServer, start_server
 from devid.server.listener import ConnectionLimits
+from devid.server.metrics import Metrics, log_json, request_log
 
 log = logging.getLogger("devid.serve")
 
@@ -41,6 +42,8 @@ class ServeOptions:
     publish_status: bool = True
     #: Also serve OCSP, CRLs and filters over plain HTTP on this port (None: not at all).
     http_port: int | None = None
+    #: Log as JSON lines on stderr, one per request among them (`devid.server.metrics`).
+    log_json: bool = False
 
 
 async def serve(
@@ -55,8 +58,11 @@ async def serve(
 ) -> None:
     """Serve `app` until one of `stop_signals`, then let requests in flight finish and return.
     `listening` is called once the socket accepts, `stopping` when a stop signal arrives."""
-    if options.access_log:
+    if options.log_json:
+        log_json()
+    elif options.access_log:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
+        request_log.setLevel(logging.WARNING)  # aiohttp's access log has the request lines already
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in stop_signals:
@@ -73,7 +79,7 @@ async def serve(
     )
     plain = None
     if options.http_port is not None:
-        plain = PlainHttpServer(app[STATUS].handler())
+        plain = PlainHttpServer(app[STATUS].handler({"/metrics": app[METRICS].plain}))
         try:
             await plain.start(options.host, options.http_port, reuse_port=reuse_port)
         except OSError as exc:
@@ -88,7 +94,11 @@ async def serve(
         Dispatcher(app[AUTHORITY].engine, key=app[AUTHORITY].credentials) if options.deliver_events else None
     )
     delivering = asyncio.create_task(dispatcher.run()) if dispatcher is not None else None
-    publishing = asyncio.create_task(_publish(Publisher(app[AUTHORITY]))) if options.publish_status else None
+    publishing = (
+        asyncio.create_task(_publish(Publisher(app[AUTHORITY]), app[METRICS]))
+        if options.publish_status
+        else None
+    )
     await stop.wait()
     stopping()
     if publishing is not None:
@@ -105,12 +115,13 @@ async def serve(
 PUBLISH_EVERY = 0.25
 
 
-async def _publish(publisher: Publisher) -> None:
+async def _publish(publisher: Publisher, metrics: Metrics) -> None:
     """Keep status data current while serving (`Publisher.tick`, off the event loop)."""
     while True:
         try:
             built = await asyncio.to_thread(publisher.tick)
             if built:
+                metrics.published(built)
                 log.info("published %s", ", ".join(built))
         except DevidError as exc:
             log.warning("status data not published: %s [%s]", exc.message, exc.code)

@@ -14,6 +14,9 @@ start: at the first start of the server any failure stops everything with the wo
 later the supervisor gives up after `give_up_after` failed starts in a row, instead of spinning.
 SIGTERM or SIGINT reaches every worker as SIGTERM: each finishes its requests in flight, then exits;
 on Linux the kernel sends it the same SIGTERM if the supervisor itself dies, even of SIGKILL.
+
+The workers' metrics are summed at each scrape through prometheus-client's multiprocess mode: the
+supervisor gives them a fresh private PROMETHEUS_MULTIPROC_DIR per run and removes it at the end.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ import contextlib
 import ctypes
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -34,10 +39,13 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
 
+from prometheus_client import multiprocess
+
 from devid.authority.setup import open_authority
 from devid.config import Home
 from devid.errors import ConfigError, DevidError
 from devid.server.app import make_app
+from devid.server.metrics import MULTIPROC_ENV
 from devid.server.process import ServeOptions, serve
 from devid.server.tls import client_trust, server_context
 
@@ -170,6 +178,7 @@ class Supervisor:
         self._mp = multiprocessing.get_context("spawn")
         self._stop = False
         self._wake_r, self._wake_w = -1, -1
+        self._metrics_dir = ""
 
     def run(self, listening: Callable[[int, list[int]], None], stopping: Callable[[], None]) -> None:
         """Start the workers, call `listening(port, pids)` once all listen, keep them running
@@ -196,6 +205,11 @@ class Supervisor:
         ]
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
+        # Metrics of all workers (see `devid.server.metrics`): a fresh private directory per run, in
+        # the environment the workers are spawned with (prometheus-client reads it at its import).
+        self._metrics_dir = tempfile.mkdtemp(prefix="devid-metrics-")
+        previous_dir = os.environ.get(MULTIPROC_ENV)
+        os.environ[MULTIPROC_ENV] = self._metrics_dir
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             for slot in slots:
@@ -211,6 +225,11 @@ class Supervisor:
             os.close(self._wake_r)
             os.close(self._wake_w)
             reserved.close()
+            if previous_dir is None:
+                os.environ.pop(MULTIPROC_ENV, None)
+            else:
+                os.environ[MULTIPROC_ENV] = previous_dir
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
         if not clean:
             raise ConfigError("serve-workers", "a worker process did not stop cleanly")
 
@@ -284,6 +303,7 @@ class Supervisor:
     def _exited(self, slot: _Slot, *, fatal: bool) -> None:
         assert slot.proc is not None
         slot.proc.join()
+        self._dead(slot.proc)
         if slot.report is not None:
             while slot.report is not None and slot.report.poll():
                 self._read_report(slot)  # an error it reported just before exiting
@@ -310,6 +330,11 @@ class Supervisor:
         detail = f" ({slot.error})" if slot.error and not slot.ready else ""
         self.say(f"worker {slot.index} (pid {slot.proc.pid}) {how}{detail}; restarting in {slot.delay:g} s")
 
+    def _dead(self, proc: BaseProcess) -> None:
+        """Drop the exited worker's live-gauge metric files (its counters keep counting in the sums)."""
+        if proc.pid is not None:
+            multiprocess.mark_process_dead(proc.pid, self._metrics_dir)  # type: ignore[no-untyped-call]
+
     def _stop_all(self, slots: list[_Slot]) -> bool:
         """SIGTERM to every running worker, SIGKILL to any still there after the shutdown
         timeout; True if all that were serving exited cleanly."""
@@ -322,6 +347,7 @@ class Supervisor:
             if proc.exitcode is None:
                 proc.kill()
                 proc.join()
+            self._dead(proc)
         for slot in slots:
             if slot.report is not None:
                 slot.report.close()
