@@ -50,7 +50,8 @@ def _key() -> ec.EllipticCurvePublicKey:
 
 
 def fill(authority: Authority, lots: dict[str, int]) -> None:
-    """Devices with an IDevID and an LDevID each, in the named lots."""
+    """Devices with an IDevID and an LDevID each, in the named lots; the LDevIDs' lifetimes are
+    spread over the year (the first within 30 days), so the expiry chart has bars."""
     for lot, n in lots.items():
         serials = [f"{lot}-{i:03d}" for i in range(n)]
         authority.issue_many(
@@ -59,7 +60,14 @@ def fill(authority: Authority, lots: dict[str, int]) -> None:
                 for s in serials
             ]
         )
-        authority.issue_many([IssueRequest(ProfileName.LDEVID, _key(), device_serial=s) for s in serials])
+        authority.issue_many(
+            [
+                IssueRequest(
+                    ProfileName.LDEVID, _key(), device_serial=s, lifetime=timedelta(days=20 + 45 * i)
+                )
+                for i, s in enumerate(serials)
+            ]
+        )
 
 
 @pytest.fixture
@@ -114,6 +122,11 @@ def test_login_sets_a_strict_cookie_and_shows_the_overview(served: Served) -> No
             page = await login(client, served.tokens["operator"])
             assert "<svg" in page and "certificates expiring per week" in page and "week starting" in page
             assert re.search(r"<td>ACTIVE</td><td class=\"n\">7</td>", page)
+            # LDevIDs: two within 30 days (one per lot), five later; IDevIDs all valid for years.
+            assert re.search(r"<td>ldevid</td><td class=\"n\">5</td><td class=\"n\">2</td>", page)
+            # Lifetimes of 20, 65, 110 (two each) and 155 days: four weekly bars, one legend entry.
+            assert page.count("<rect x=") == 4 + 1
+            assert page.count("<title>ldevid: 2 expiring in the week of") == 3
             assert "Content-Security-Policy" in (await client.get("/ui")).headers
             # Log out (with the CSRF token): the session is gone.
             token, _ = await csrf_of(client, "/ui")
