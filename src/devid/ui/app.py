@@ -20,6 +20,7 @@ from devid.authority.roles import Permission, allows
 from devid.errors import AuthenticationRequired, DevidError
 from devid.pki.reasons import Reason
 from devid.store.engine import reading
+from devid.store.states import DeviceState
 from devid.ui import pages, queries
 from devid.ui.chart import expiry_chart
 from devid.ui.html import Markup, h
@@ -119,7 +120,8 @@ class Dashboard:
         found = await asyncio.to_thread(read)
         if found is None:
             return _html(pages.page(session, "Not found", h("<p>No device {}.</p>", serial)), 404)
-        may_revoke = allows(session.role, Permission.DEVICES_WRITE)
+        revoked = found.device.state == DeviceState.REVOKED
+        may_revoke = allows(session.role, Permission.DEVICES_WRITE) and not revoked
         return _html(pages.device(session, found, may_revoke, request.query.get("done", "")))
 
     async def revoke(self, request: web.Request) -> web.Response:
