@@ -25,10 +25,10 @@ from openapi_spec_validator import validate
 from devid.api import tokens
 from devid.api.app import ANONYMOUS_RATE
 from devid.api.endpoints import ROUTES
-from devid.api.roles import Permission, Role, allows
 from devid.api.routes import PREFIX
 from devid.authority.core import Authority
 from devid.authority.credential_key import Purpose
+from devid.authority.roles import Permission, Role, allows
 from devid.authority.setup import open_authority
 from devid.clock import FixedClock
 from devid.config import Home

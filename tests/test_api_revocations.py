@@ -15,8 +15,8 @@ from sqlalchemy import select
 from test_api import Api
 
 from devid.api import tokens
-from devid.api.roles import Role
 from devid.authority.requests import IssueRequest, NewDevice
+from devid.authority.roles import Role
 from devid.authority.setup import open_authority
 from devid.clock import FixedClock
 from devid.config import Home

@@ -35,6 +35,7 @@ LAYERS = {
     # Status publication over HTTP (OCSP, CRL, filter, allowlist) and the enforcing edge gateway.
     "publish": 7,
     "gateway": 7,
+    "ui": 7,
     "device": 8,
     # Where the application is assembled and run.
     "server": 8,

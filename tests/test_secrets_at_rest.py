@@ -32,6 +32,7 @@ from softhsm import SoftToken
 from sqlalchemy import insert, select
 
 from devid.api import tokens as api_tokens
+from devid.authority import api_tokens as token_check
 from devid.authority.core import Authority
 from devid.authority.credential_key import CredentialKey, Purpose
 from devid.authority.devices import create_enrollment_secret
@@ -380,9 +381,9 @@ def test_a_pkcs11_home_keeps_its_credential_key_in_the_token(
     try:
         made, _ = api_tokens.create(authority, "hsm", "admin", authority.clock.now())
         with authority.engine.connect() as conn:
-            assert api_tokens.verify(conn, authority.credentials, made, authority.clock.now()).name == "hsm"
+            assert token_check.verify(conn, authority.credentials, made, authority.clock.now()).name == "hsm"
             with pytest.raises(AuthenticationRequired):
-                api_tokens.verify(conn, WRONG_KEY, made, authority.clock.now())
+                token_check.verify(conn, WRONG_KEY, made, authority.clock.now())
     finally:
         authority.engine.dispose()
 
@@ -407,7 +408,7 @@ def test_a_home_made_before_the_credential_key_gets_one_on_first_use(sqlite_home
     again = open_authority(sqlite_home, PASSPHRASE)  # another process: the same key
     try:
         with again.engine.connect() as conn:
-            assert api_tokens.verify(conn, again.credentials, made, again.clock.now()).name == "first"
+            assert token_check.verify(conn, again.credentials, made, again.clock.now()).name == "first"
     finally:
         again.engine.dispose()
 

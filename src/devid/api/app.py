@@ -24,14 +24,14 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from jsonschema import Draft202012Validator
 
-from devid.api import tokens
 from devid.api.limited import LimitedCalls
 from devid.api.openapi import document
 from devid.api.ratelimit import RateLimited, RateLimiter
-from devid.api.roles import allows
 from devid.api.routes import PREFIX, Call, Reply, Route, Schema
-from devid.api.tokens import TokenInfo
+from devid.authority import api_tokens
+from devid.authority.api_tokens import TokenInfo
 from devid.authority.core import Authority
+from devid.authority.roles import allows
 from devid.errors import AuthenticationRequired, ConflictError, DevidError, PolicyError
 from devid.store import audit
 from devid.store.engine import reading, writing
@@ -183,7 +183,9 @@ class ApiServer:
         if found is None:
             raise AuthenticationRequired("api-token-invalid", "Authorization must be `Bearer <token>`")
         with reading(self.authority.engine) as conn:
-            return tokens.verify(conn, self.authority.credentials, found.group(1), self.authority.clock.now())
+            return api_tokens.verify(
+                conn, self.authority.credentials, found.group(1), self.authority.clock.now()
+            )
 
     def _parse(self, route: Route, incoming: Incoming, token: TokenInfo) -> Call:
         path = _check(self._path_validators[route], _typed(route.path_params, incoming.match.items()), "path")

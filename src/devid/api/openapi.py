@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from devid import __version__
-from devid.api.roles import roles_with
 from devid.api.routes import PREFIX, Route, Schema
+from devid.authority.roles import roles_with
 
 ERROR: Schema = {
     "type": "object",

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from devid.api.roles import Permission
-from devid.api.tokens import TokenInfo
+from devid.authority.api_tokens import TokenInfo
 from devid.authority.core import Authority
+from devid.authority.roles import Permission
 
 Schema = dict[str, Any]
 PREFIX = "/api/v1"

@@ -2,29 +2,23 @@
 
 The MAC is HMAC-SHA256 under the authority's credential key (devid.authority.credentials): a token
 can be made, and a stored one checked, only with the CA secret unlocked, so a row written into the
-database by someone without it is never honoured. A token is 256 bits from the CSPRNG, so one fast
-MAC is enough: there is nothing to brute-force. Looking a token up by its MAC uses the unique index;
-the stored MAC is then compared in constant time, so the answer's timing says nothing about how
-much of a guess matched.
-Expiry and revocation are checked against the store on every call, so revoking a token takes
-effect at once in every server process sharing the store.
+database by someone without it is never honoured. Checking a token (`devid.authority.api_tokens`)
+sits below the API and the dashboard, which both do it.
 """
 
 from __future__ import annotations
 
-import hmac
 import re
 import secrets
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 
-from devid.api.roles import Role
+from devid.authority.api_tokens import TokenInfo, token_info
 from devid.authority.core import Authority
-from devid.authority.credential_key import CredentialKey, Purpose, legacy_digest
-from devid.errors import AuthenticationRequired, ConflictError, NotFoundError, PolicyError
+from devid.authority.credential_key import Purpose
+from devid.authority.roles import Role
+from devid.errors import ConflictError, NotFoundError, PolicyError
 from devid.store import audit
 from devid.store.engine import writing
 from devid.store.models import api_tokens as tokens
@@ -34,35 +28,6 @@ DEFAULT_RATE_PER_MINUTE = 600
 MAX_RATE_PER_MINUTE = 1_000_000
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _NAME = re.compile(NAME_PATTERN)
-_BY_MAC = select(tokens).where(tokens.c.token_hash == bindparam("h"))
-
-
-@dataclass(frozen=True)
-class TokenInfo:
-    """What the store knows about a token (never the token itself)."""
-
-    name: str
-    role: Role
-    rate_per_minute: int
-    created_at: datetime
-    expires_at: datetime | None
-    revoked_at: datetime | None
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "role": self.role.value,
-            "rate_per_minute": self.rate_per_minute,
-            "created_at": self.created_at.isoformat(),
-            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
-            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
-        }
-
-
-def _info(row: Any) -> TokenInfo:
-    return TokenInfo(
-        row.name, Role(row.role), row.rate_per_minute, row.created_at, row.expires_at, row.revoked_at
-    )
 
 
 def check_new(name: str, role: str, rate_per_minute: int) -> Role:
@@ -117,7 +82,7 @@ def create(
         )
         detail = {"role": parsed.value, "rate_per_minute": rate_per_minute, "expires_at": expires_at}
         audit.append(conn, [audit.Event("api-token.create", name, actor, "ok", detail)], now)
-        info = _info(conn.execute(select(tokens).where(tokens.c.name == name)).one())
+        info = token_info(conn.execute(select(tokens).where(tokens.c.name == name)).one())
     return token, info
 
 
@@ -131,37 +96,17 @@ def revoke(engine: Engine, name: str, now: datetime, *, actor: str = "cli") -> T
             raise ConflictError("token-revoked", f"API token {name!r} was already revoked")
         conn.execute(update(tokens).where(tokens.c.id == row.id).values(revoked_at=now))
         audit.append(conn, [audit.Event("api-token.revoke", name, actor, "ok", {"role": row.role})], now)
-        return _info(conn.execute(select(tokens).where(tokens.c.id == row.id)).one())
+        return token_info(conn.execute(select(tokens).where(tokens.c.id == row.id)).one())
 
 
 def get(conn: Connection, name: str) -> TokenInfo:
     row = conn.execute(select(tokens).where(tokens.c.name == name)).first()
     if row is None:
         raise NotFoundError("unknown-token", f"no API token named {name!r}")
-    return _info(row)
+    return token_info(row)
 
 
 def list_all(conn: Connection, *, after: str = "", limit: int = 1000) -> list[TokenInfo]:
     """Tokens in name order (keyset paging on the unique name)."""
     query = select(tokens).where(tokens.c.name > after).order_by(tokens.c.name).limit(limit)
-    return [_info(row) for row in conn.execute(query)]
-
-
-def verify(conn: Connection, key: CredentialKey, token: str, now: datetime) -> TokenInfo:
-    """The token's record if it is known, unexpired and unrevoked; else AuthenticationRequired."""
-    mac = key.mac(Purpose.API_TOKEN, token)
-    row = conn.execute(_BY_MAC, {"h": mac}).first()
-    if row is None or not hmac.compare_digest(row.token_hash, mac):
-        legacy = conn.execute(_BY_MAC, {"h": legacy_digest(token)}).first()
-        if legacy is not None:
-            raise AuthenticationRequired(
-                "api-token-legacy",
-                f"API token {legacy.name!r} was stored as a plain hash by an older devid and is no "
-                "longer accepted: an admin must revoke it and create a new one",
-            )
-        raise AuthenticationRequired("api-token-invalid", "the API token is not valid")
-    if row.revoked_at is not None:
-        raise AuthenticationRequired("api-token-revoked", f"API token {row.name!r} has been revoked")
-    if row.expires_at is not None and row.expires_at <= now:
-        raise AuthenticationRequired("api-token-expired", f"API token {row.name!r} has expired")
-    return _info(row)
+    return [token_info(row) for row in conn.execute(query)]

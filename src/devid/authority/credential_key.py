@@ -42,6 +42,7 @@ class Purpose(StrEnum):
     ENROLLMENT_SECRET = "enrollment-secret"
     REGISTRATION_CODE = "registration-code"
     SINK_SECRET = "sink-secret"
+    UI_SESSION = "ui-session"
 
 
 def legacy_digest(value: str) -> str:

@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 
 from devid.api import tokens
-from devid.api.roles import Role
+from devid.authority.roles import Role
 from devid.cli.common import (
     HomeOpt,
     JsonOpt,

@@ -27,6 +27,7 @@ from devid.server.listener import ConnectionLimits, GuardedSite, request_phases
 from devid.server.metrics import CountingRegistry, Metrics
 from devid.server.trust import TrustSync
 from devid.tokens.routes import token_routes
+from devid.ui.app import ui_routes
 from devid.web.errors import error_middleware
 from devid.web.peer import TRUSTED_PROXIES, TrustedProxies, peer_certificate
 
@@ -117,6 +118,8 @@ def make_app(
     app.add_subapp(API_PREFIX, api_application(authority, anonymous_rate=api_anonymous_rate))
     # The token service reads the client certificate the same way EST does (trusted proxies).
     app.add_routes(token_routes(authority, peer_certificate=peer_certificate))
+    # The operator dashboard (HTML, signed-cookie sessions) under /ui.
+    app.add_routes(ui_routes(authority))
     app[STATUS] = status
     app.add_routes(status.routes())
     app.cleanup_ctx.append(functools.partial(_refresh_ocsp, status))

@@ -9,8 +9,9 @@ from datetime import timedelta
 from typing import Any
 
 from devid.api import tokens
-from devid.api.roles import Permission, Role
 from devid.api.routes import LIMIT, MAYBE_TIME, TIME, Call, Param, Reply, Route, obj, page, page_of
+from devid.authority.api_tokens import TokenInfo
+from devid.authority.roles import Permission, Role
 from devid.store.engine import reading
 
 ROLE: dict[str, Any] = {"type": "string", "enum": [r.value for r in Role]}
@@ -43,7 +44,7 @@ def list_tokens(call: Call) -> dict[str, Any]:
     limit = call.query["limit"]
     with reading(call.authority.engine) as conn:
         infos = tokens.list_all(conn, after=call.query.get("after", ""), limit=limit)
-    return page(infos, tokens.TokenInfo.as_json, limit, lambda info: info.name)
+    return page(infos, TokenInfo.as_json, limit, lambda info: info.name)
 
 
 def create_token(call: Call) -> Reply:

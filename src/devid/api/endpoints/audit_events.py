@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from devid.api.roles import Permission
 from devid.api.routes import AFTER, LIMIT, STRING, TIME, Call, Param, Route, obj, page, page_of
+from devid.authority.roles import Permission
 from devid.store import audit
 from devid.store.engine import reading
 

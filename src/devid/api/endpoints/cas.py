@@ -10,8 +10,8 @@ from typing import Any
 
 from cryptography import x509
 
-from devid.api.roles import Permission
 from devid.api.routes import MAYBE_STRING, NAME_PARAM_SCHEMA, STRING, TIME, Call, Param, Route, obj, page_of
+from devid.authority.roles import Permission
 from devid.errors import NotFoundError
 from devid.pki.encoding import cert_pem, fingerprint
 from devid.store import repo

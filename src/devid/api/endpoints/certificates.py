@@ -10,7 +10,6 @@ from typing import Any
 
 from cryptography import x509
 
-from devid.api.roles import Permission
 from devid.api.routes import (
     AFTER,
     LIMIT,
@@ -26,6 +25,7 @@ from devid.api.routes import (
     page,
     page_of,
 )
+from devid.authority.roles import Permission
 from devid.errors import ConflictError, NotFoundError
 from devid.pki.encoding import cert_pem
 from devid.pki.profiles import ProfileName

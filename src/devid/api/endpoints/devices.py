@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from devid.api.roles import Permission
 from devid.api.routes import (
     AFTER,
     LIMIT,
@@ -29,6 +28,7 @@ from devid.api.routes import (
     versioned,
 )
 from devid.authority.devices import set_state
+from devid.authority.roles import Permission
 from devid.errors import NotFoundError
 from devid.store import repo
 from devid.store.engine import reading

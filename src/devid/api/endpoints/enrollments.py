@@ -12,7 +12,6 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-from devid.api.roles import Permission
 from devid.api.routes import (
     LIMIT,
     MAYBE_STRING,
@@ -30,6 +29,7 @@ from devid.api.routes import (
     versioned,
 )
 from devid.authority.policy import RenewalPolicy
+from devid.authority.roles import Permission
 from devid.registry import enrollments
 from devid.registry.allocation import Allocation
 from devid.registry.enrollments import Kind, Reprovision, Settings

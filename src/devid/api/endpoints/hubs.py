@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from devid.api.roles import Permission
 from devid.api.routes import (
     LIMIT,
     NAME_AFTER,
@@ -20,6 +19,7 @@ from devid.api.routes import (
     page_of,
     versioned,
 )
+from devid.authority.roles import Permission
 from devid.registry import hubs
 from devid.store.engine import reading
 

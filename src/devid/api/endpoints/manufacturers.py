@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from devid.api.roles import Permission
 from devid.api.routes import (
     LIMIT,
     NAME_AFTER,
@@ -25,6 +24,7 @@ from devid.api.routes import (
     page_of,
     versioned,
 )
+from devid.authority.roles import Permission
 from devid.registry import manufacturers
 from devid.registry.hubs import NAME as NAME_RE
 from devid.store.engine import reading

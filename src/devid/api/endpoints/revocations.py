@@ -13,7 +13,6 @@ from typing import Any
 
 from sqlalchemy import select
 
-from devid.api.roles import Permission
 from devid.api.routes import (
     AFTER,
     LIMIT,
@@ -30,6 +29,7 @@ from devid.api.routes import (
     page_of,
 )
 from devid.authority.revocation import MAX_NOTE, RevocationResult, RevokeRequest, Selector, revoke, unrevoke
+from devid.authority.roles import Permission
 from devid.errors import NotFoundError, PolicyError
 from devid.pki.reasons import Reason
 from devid.pki.serials import parse_serial

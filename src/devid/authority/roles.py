@@ -1,4 +1,4 @@
-"""Who may do what through the admin API: four roles over a handful of permissions.
+"""Who may do what through the admin API and the dashboard: four roles over a handful of permissions.
 
 Each route names one permission; each role is a set of permissions. Keeping the matrix here, as
 data, makes it the single place to read (and test) what a token of a given role can reach.

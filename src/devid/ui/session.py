@@ -1,0 +1,93 @@
+"""Dashboard sessions: a cookie signed under the authority's credential key, and CSRF tokens.
+
+Logging in checks an API token once (`devid.authority.api_tokens.verify`); the browser then holds
+only a signed cookie naming the token, an expiry and a random session id, never the token. The
+cookie is HMAC-SHA256 under the credential key's own `ui-session` purpose, so it is checked the
+same way by every server process sharing the store, with no session table. On every request the
+token's row is read again: revoking or expiring the token ends its sessions at once, and the role
+is always the token's current one. The CSRF token of a form is a MAC of the session id (a
+different message under the same key): it is per session, and a page of another session or a
+guess never matches it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+
+from devid.authority.api_tokens import token_info, verify
+from devid.authority.core import Authority
+from devid.authority.credential_key import Purpose
+from devid.authority.roles import Role
+from devid.errors import AuthenticationRequired
+from devid.store.engine import reading
+from devid.store.models import api_tokens
+
+COOKIE = "devid_ui"
+#: How long a login lasts (never past the token's own expiry).
+LIFETIME = timedelta(hours=8)
+
+
+@dataclass(frozen=True)
+class Session:
+    token_name: str
+    role: Role
+    csrf: str
+    expires_at: datetime
+
+
+class Sessions:
+    """Opens and checks dashboard sessions for `authority`."""
+
+    def __init__(self, authority: Authority) -> None:
+        self.authority = authority
+
+    def _mac(self, message: str) -> str:
+        return self.authority.credentials.mac(Purpose.UI_SESSION, message)
+
+    def login(self, token: str) -> tuple[str, Session]:
+        """The cookie value and session for a valid API `token`; else AuthenticationRequired."""
+        now = self.authority.clock.now()
+        with reading(self.authority.engine) as conn:
+            info = verify(conn, self.authority.credentials, token.strip(), now)
+        expires = now + LIFETIME
+        if info.expires_at is not None:
+            expires = min(expires, info.expires_at)
+        name = base64.urlsafe_b64encode(info.name.encode()).decode().rstrip("=")
+        body = f"{name}.{int(expires.timestamp())}.{secrets.token_urlsafe(18)}"
+        cookie = f"{body}.{self._mac(body)}"
+        return cookie, self.open(cookie)
+
+    def open(self, cookie: str | None) -> Session:
+        """The session `cookie` carries if its MAC is right, it has not expired and its token is
+        still valid; else AuthenticationRequired."""
+        parts = (cookie or "").split(".")
+        if len(parts) != 4:
+            raise AuthenticationRequired("ui-session-missing", "please log in")
+        body = ".".join(parts[:3])
+        if not hmac.compare_digest(parts[3], self._mac(body)):
+            raise AuthenticationRequired("ui-session-invalid", "the session is not valid; please log in")
+        name = base64.urlsafe_b64decode(parts[0] + "=" * (-len(parts[0]) % 4)).decode()
+        expires_at = datetime.fromtimestamp(int(parts[1]), UTC)
+        now = self.authority.clock.now()
+        if expires_at <= now:
+            raise AuthenticationRequired("ui-session-expired", "the session has expired; please log in")
+        with reading(self.authority.engine) as conn:
+            row = conn.execute(select(api_tokens).where(api_tokens.c.name == name)).first()
+        if (
+            row is None
+            or row.revoked_at is not None
+            or (row.expires_at is not None and row.expires_at <= now)
+        ):
+            raise AuthenticationRequired("ui-session-token", "the session's API token is no longer valid")
+        info = token_info(row)
+        return Session(info.name, info.role, self._mac(f"csrf.{parts[2]}"), expires_at)
+
+    @staticmethod
+    def csrf_ok(session: Session, presented: str | None) -> bool:
+        return presented is not None and hmac.compare_digest(session.csrf, presented)
