@@ -10,9 +10,11 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # Debian packages: SoftHSM2 (PKCS#11 tests), OpenSSL and curl (interop peers), PostgreSQL,
 # OpenSSL's pkcs11-provider (TLS client authentication with a key in a token), and Mosquitto (the
-# MQTT broker event delivery publishes to; the tests start one if none listens on 1883).
+# MQTT broker event delivery publishes to and the gateway stands in front of), Chromium (the
+# dashboard's browser tests drive it through Playwright, which never downloads a browser) and wrk
+# (the load generator of `devid bench revocation`'s OCSP figures).
 missing=()
-for pkg in softhsm2 openssl curl postgresql pkcs11-provider mosquitto; do
+for pkg in softhsm2 openssl curl postgresql pkcs11-provider mosquitto chromium wrk; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 # Debian's own python3 makes a venv with pip only with python3-venv installed.
