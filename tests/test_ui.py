@@ -226,3 +226,24 @@ def test_csrf_and_roles_guard_revocation(served: Served) -> None:
 def test_values_are_escaped_in_templates() -> None:
     assert h("<td>{}</td>", '<script>"x"&') == "<td>&lt;script&gt;&quot;x&quot;&amp;</td>"
     assert h("<p>{}</p>", Markup("<b>ok</b>")) == "<p><b>ok</b></p>"
+
+
+def test_health_page_lists_every_check(served: Served, clock: FixedClock) -> None:
+    """The dashboard's health page runs `devid health`'s checks: an LDevID expiring within 30 days
+    with no renewal is named, linked to its device."""
+
+    async def run() -> None:
+        async with session(served) as client:
+            await login(client, served.tokens["auditor"])
+            async with client.get("/ui/health") as answer:
+                assert answer.status == 200
+                page = await answer.text()
+        for check in ("ca-expiring", "device-cert-expiring-no-renewal", "shared-public-key", "weak-key"):
+            assert f"<td>{check}</td>" in page
+        row = re.search(
+            r"<td>device-cert-expiring-no-renewal</td><td[^>]*>medium</td><td class=\"n\">(\d+)</td>", page
+        )
+        assert row is not None and int(row.group(1)) == 2
+        assert '<a href="/ui/devices/LOT-A-000">LOT-A-000 (ldevid expires' in page
+
+    asyncio.run(run())

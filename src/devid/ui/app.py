@@ -15,6 +15,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from devid.authority.core import Authority
+from devid.authority.health import run_checks
 from devid.authority.revocation import RevokeRequest, Selector, revoke
 from devid.authority.roles import Permission, allows
 from devid.errors import AuthenticationRequired, DevidError
@@ -99,6 +100,15 @@ class Dashboard:
 
         return _html(await asyncio.to_thread(read))
 
+    async def health(self, request: web.Request) -> web.Response:
+        session = await self._session(request)
+
+        def read() -> Markup:
+            with reading(self.authority.engine) as conn:
+                return pages.health(session, run_checks(conn, self.authority.clock.now()))
+
+        return _html(await asyncio.to_thread(read))
+
     async def search(self, request: web.Request) -> web.Response:
         session = await self._session(request)
         prefix = request.query.get("q", "")[:128]
@@ -151,6 +161,7 @@ def ui_routes(authority: Authority) -> list[web.RouteDef]:
         web.get(f"{PREFIX}/login", ui.login_form),
         web.post(f"{PREFIX}/login", ui.login),
         web.post(f"{PREFIX}/logout", ui.logout),
+        web.get(f"{PREFIX}/health", ui.health),
         web.get(f"{PREFIX}/devices", ui.search),
         web.get(f"{PREFIX}/devices/{{serial}}", ui.device),
         web.post(f"{PREFIX}/devices/{{serial}}/revoke", ui.revoke),

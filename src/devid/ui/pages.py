@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import quote
 
+from devid.authority.health import Finding, Severity
 from devid.pki.reasons import Reason
 from devid.ui.html import Markup, h, join
 from devid.ui.queries import Bucket, DevicePage, Overview
@@ -42,7 +43,7 @@ def csrf_field(session: Session) -> Markup:
 
 def page(session: Session, title: str, body: Markup) -> Markup:
     header = h(
-        '<header><strong>devid</strong><a href="/ui">Overview</a>'
+        '<header><strong>devid</strong><a href="/ui">Overview</a><a href="/ui/health">Health</a>'
         '<form action="/ui/devices" method="get"><input name="q" placeholder="serial prefix" '
         'aria-label="device serial prefix"> <button>Search</button></form>'
         '<span>{} ({})</span><form action="/ui/logout" method="post" style="margin:0">{}'
@@ -185,3 +186,39 @@ def device(session: Session, found: DevicePage, may_revoke: bool, done: str) -> 
         "{}<section>{}</section><section><h2>Certificates</h2>{}</section>{}", notice, facts, certs, action
     )
     return page(session, f"Device {d.serial}", body)
+
+
+def health(session: Session, findings: Sequence[Finding]) -> Markup:
+    """The fleet health checks (`devid health`): what each found, worst first, with examples."""
+    order = list(Severity)
+    rows = sorted(findings, key=lambda f: (f.count == 0, order.index(f.severity)))
+    body = join(
+        h(
+            '<tr><td>{}</td><td class="{}">{}</td><td class="n">{}</td><td>{}</td><td>{}</td></tr>',
+            f.check,
+            "err" if f.failing else "",
+            f.severity.value,
+            f"{f.count:,}",
+            join(_example(e) if f.check not in _NOT_DEVICES else h("{} ", e) for e in f.examples[:5]),
+            f.note,
+        )
+        for f in rows
+    )
+    table = h(
+        "<table><thead><tr><th>check</th><th>severity</th><th>count</th><th>examples</th><th>what it looks at"
+        "</th></tr></thead><tbody>{}</tbody></table>",
+        body,
+    )
+    failing = sum(f.failing for f in findings)
+    summary = h("<p>{} finding(s) at critical or high severity.</p>", failing)
+    return page(session, "Fleet health", h("<section>{}{}</section>", summary, table))
+
+
+def _example(text: str) -> Markup:
+    """A device example (`SERIAL (detail)`), linked to its device page."""
+    serial = text.split(" (", 1)[0]
+    return h('<a href="/ui/devices/{}">{}</a> ', quote(serial, safe=""), text)
+
+
+#: Checks whose examples are not device serials (CAs, keys).
+_NOT_DEVICES = frozenset({"ca-expiring", "weak-key", "revoked-still-connected", "shared-public-key"})
