@@ -91,9 +91,15 @@ def session(served: Served) -> aiohttp.ClientSession:
     )
 
 
+async def login_form(client: aiohttp.ClientSession, token: str) -> dict[str, str]:
+    """The login form's fields for `token`: its CSRF token comes with the form (and its cookie)."""
+    csrf, _ = await csrf_of(client, "/ui/login")
+    return {"token": token, "csrf": csrf}
+
+
 async def login(client: aiohttp.ClientSession, token: str) -> str:
     """Log in; returns the overview page's HTML."""
-    async with client.post("/ui/login", data={"token": token}) as answer:
+    async with client.post("/ui/login", data=await login_form(client, token)) as answer:
         assert answer.status == 200 and answer.url.path == "/ui", answer.status
         return await answer.text()
 
@@ -112,11 +118,19 @@ def test_login_sets_a_strict_cookie_and_shows_the_overview(served: Served) -> No
         async with session(served) as client:
             async with client.get("/ui", allow_redirects=False) as answer:
                 assert answer.status == 303 and answer.headers["Location"] == "/ui/login"
+            # A login without the form's CSRF token (a cross-site login) is refused.
             async with client.post(
                 "/ui/login", data={"token": served.tokens["operator"]}, allow_redirects=False
             ) as answer:
+                assert answer.status == 403
+            fields = await login_form(client, served.tokens["operator"])
+            async with client.post(
+                "/ui/login", data=fields | {"csrf": fields["csrf"][:-2] + "AA"}, allow_redirects=False
+            ) as answer:
+                assert answer.status == 403
+            async with client.post("/ui/login", data=fields, allow_redirects=False) as answer:
                 assert answer.status == 303 and answer.headers["Location"] == "/ui"
-                cookie = answer.headers["Set-Cookie"]
+                cookie = answer.headers.getall("Set-Cookie")[-1]
             assert "HttpOnly" in cookie and "Secure" in cookie and "SameSite=Strict" in cookie
             assert "Path=/ui" in cookie and served.tokens["operator"] not in cookie
             page = await login(client, served.tokens["operator"])
@@ -153,9 +167,11 @@ def test_bad_tokens_are_refused_inline(served: Served, clock: FixedClock, which:
     async def run() -> None:
         async with session(served) as client:
             async with client.post(
-                "/ui/login", data={"token": token[which]}, allow_redirects=False
+                "/ui/login", data=await login_form(client, token[which]), allow_redirects=False
             ) as answer:
-                assert answer.status == 401 and "Set-Cookie" not in answer.headers
+                # No session: only a fresh login form (and its CSRF cookie) comes back.
+                set_cookies = " ".join(answer.headers.getall("Set-Cookie", []))
+                assert answer.status == 401 and "devid_ui=" not in set_cookies
                 text = await answer.text()
             assert 'role="alert"' in text and ("not valid" in text or which in text)
 

@@ -25,7 +25,7 @@ from devid.store.states import DeviceState
 from devid.ui import pages, queries
 from devid.ui.chart import expiry_chart
 from devid.ui.html import Markup, h
-from devid.ui.session import COOKIE, Session, Sessions
+from devid.ui.session import COOKIE, LOGIN_COOKIE, Session, Sessions
 
 PREFIX = "/ui"
 
@@ -68,17 +68,29 @@ class Dashboard:
             raise web.HTTPForbidden(text="the form's CSRF token is missing or wrong; reload the page")
         return session, form
 
+    def _login_page(self, error: str | None, status: int = 200) -> web.Response:
+        """The login form with a fresh CSRF token and the cookie it is bound to."""
+        nonce, csrf = self.sessions.login_nonce()
+        response = _html(pages.login(error, csrf), status)
+        response.set_cookie(LOGIN_COOKIE, nonce, path=PREFIX, secure=True, httponly=True, samesite="Strict")
+        return response
+
     async def login_form(self, request: web.Request) -> web.Response:
-        return _html(pages.login(None))
+        return self._login_page(None)
 
     async def login(self, request: web.Request) -> web.Response:
         form = await request.post()
-        token = form.get("token")
+        token, csrf = form.get("token"), form.get("csrf")
+        if not self.sessions.login_csrf_ok(
+            request.cookies.get(LOGIN_COOKIE), csrf if isinstance(csrf, str) else None
+        ):
+            raise web.HTTPForbidden(text="the login form's CSRF token is missing or wrong; reload the page")
         try:
             cookie, _ = await asyncio.to_thread(self.sessions.login, token if isinstance(token, str) else "")
         except AuthenticationRequired as exc:
-            return _html(pages.login(exc.message), 401)
+            return self._login_page(exc.message, 401)
         response = web.HTTPSeeOther(PREFIX)
+        response.del_cookie(LOGIN_COOKIE, path=PREFIX, secure=True, httponly=True, samesite="Strict")
         response.set_cookie(COOKIE, cookie, path=PREFIX, secure=True, httponly=True, samesite="Strict")
         raise response
 

@@ -55,14 +55,16 @@ def page(session: Session, title: str, body: Markup) -> Markup:
     return _doc(title, header, body)
 
 
-def login(error: str | None) -> Markup:
+def login(error: str | None, csrf: str) -> Markup:
     message = h('<p class="err" role="alert">{}</p>', error) if error else Markup("")
     body = h(
-        '<section><form action="/ui/login" method="post">{}<label>API token<br>'
+        '<section><form action="/ui/login" method="post">{}<input type="hidden" name="csrf" value="{}">'
+        "<label>API token<br>"
         '<input type="password" name="token" size="60" autocomplete="off" required autofocus></label>'
         "<p><button>Log in</button></p></form><p>Make one with <code>devid api-token create NAME "
         "--role operator</code>.</p></section>",
         message,
+        csrf,
     )
     return _doc("Log in", Markup("<header><strong>devid</strong></header>"), body)
 

@@ -29,6 +29,9 @@ from devid.store.engine import reading
 from devid.store.models import api_tokens
 
 COOKIE = "devid_ui"
+#: Before a session exists: a random nonce the login form's CSRF token is the MAC of (a forged
+#: cross-site login would need both the cookie, which only this site sets, and its MAC).
+LOGIN_COOKIE = "devid_ui_login"
 #: How long a login lasts (never past the token's own expiry).
 LIFETIME = timedelta(hours=8)
 
@@ -87,6 +90,18 @@ class Sessions:
             raise AuthenticationRequired("ui-session-token", "the session's API token is no longer valid")
         info = token_info(row)
         return Session(info.name, info.role, self._mac(f"csrf.{parts[2]}"), expires_at)
+
+    def login_nonce(self) -> tuple[str, str]:
+        """A fresh login cookie value and the CSRF token its form carries."""
+        nonce = secrets.token_urlsafe(18)
+        return nonce, self._mac(f"login.{nonce}")
+
+    def login_csrf_ok(self, nonce: str | None, presented: str | None) -> bool:
+        return (
+            bool(nonce)
+            and presented is not None
+            and hmac.compare_digest(self._mac(f"login.{nonce}"), presented)
+        )
 
     @staticmethod
     def csrf_ok(session: Session, presented: str | None) -> bool:
