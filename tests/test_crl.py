@@ -187,3 +187,22 @@ def test_publisher_rebuilds_what_changed_once(pub: Authority, clock: FixedClock)
     # Half-way to nextUpdate, everything is rebuilt even with no change.
     clock.advance(crl.CRL_LIFETIME / 2)
     assert "crl operational" in publisher.publish()
+
+
+def test_crl_build_cli(pub: Authority, tmp_path: Path) -> None:
+    """`devid crl build` writes a signed CRL for publishing elsewhere; bad requests are clear errors."""
+    from e2e import devid, ok
+
+    home = tmp_path / "home"
+    gone = _device(pub, "CLI-1")
+    revoke(pub, RevokeRequest(Selector.SERIAL, serial_hex(gone.serial), Reason.KEY_COMPROMISE), "t")
+    out = tmp_path / "op.crl"
+    done = ok(devid("crl", "build", "--ca", "operational", "--out", out, "--home", home))
+    assert "1 entries" in done.stdout
+    assert [e.serial_number for e in x509.load_der_x509_crl(out.read_bytes())] == [gone.serial]
+    unknown = devid("crl", "build", "--ca", "nope", "--home", home)
+    assert unknown.returncode == 2 and "[unknown-ca]" in unknown.stderr
+    no_base = devid("crl", "build", "--ca", "manufacturing", "--delta", "--home", home)
+    assert no_base.returncode == 2 and "[no-base-crl]" in no_base.stderr
+    shard = devid("crl", "build", "--ca", "operational", "--shard", "99", "--home", home)
+    assert shard.returncode == 2 and "[unknown-shard]" in shard.stderr

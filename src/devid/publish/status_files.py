@@ -120,7 +120,7 @@ class StatusFiles:
         data = (
             x509.load_der_x509_crl(found.data).public_bytes(serialization.Encoding.PEM) if pem else found.data
         )
-        return _cached(found, data, _PEM_TYPE if pem else "application/pkix-crl", headers)
+        return _cached(found, data, _PEM_TYPE if pem else "application/pkix-crl", headers, self._now())
 
     # --- filters and allowlists -----------------------------------------------------------------
 
@@ -136,10 +136,10 @@ class StatusFiles:
         if found is None:
             return _text(404, f"no {kind} published for {scope!r}")
         if since is None:
-            return _cached(found, found.data, "application/octet-stream", headers)
+            return _cached(found, found.data, "application/octet-stream", headers, self._now())
         held = int(since)
         if held == found.number:
-            return 304, _validators(found, found.data), b""
+            return 304, _validators(found, found.data, self._now()), b""
         key = (kind, scope, held, found.number)
         data = self._deltas.get(key)
         if data is None:
@@ -148,7 +148,7 @@ class StatusFiles:
             if old is None or held > found.number:
                 return _text(404, f"version {held} of the {kind} of {scope!r} is not kept: fetch the whole")
             data = self._deltas[key] = delta(scope, old.data, found.data)
-        return _cached(found, data, "application/octet-stream", headers)
+        return _cached(found, data, "application/octet-stream", headers, self._now())
 
     def _filter_delta(self, ca: str, old: bytes, new: bytes) -> bytes:
         return diff_filters(old, new, sign=blob_signer(self.authority, ca))
@@ -211,6 +211,10 @@ class StatusFiles:
         )
         self._latest.pop((ALLOWLIST, name), None)
 
+    def _now(self) -> datetime:
+        """The authority's clock (injected), for how long an answer may be cached."""
+        return self.authority.clock.now().astimezone(UTC)
+
     # --- the cache ------------------------------------------------------------------------------
 
     def _refresh(self) -> None:
@@ -234,8 +238,8 @@ class StatusFiles:
         return self._latest[key]
 
 
-def _validators(found: records.Published, data: bytes) -> list[tuple[str, str]]:
-    age = max(0, min(MAX_AGE, int((found.next_update - datetime.now(UTC)).total_seconds())))
+def _validators(found: records.Published, data: bytes, now: datetime) -> list[tuple[str, str]]:
+    age = max(0, min(MAX_AGE, int((found.next_update - now).total_seconds())))
     return [
         ("ETag", f'"{hashlib.sha256(data).hexdigest()[:32]}"'),
         ("Last-Modified", format_datetime(found.this_update.astimezone(UTC), usegmt=True)),
@@ -244,8 +248,10 @@ def _validators(found: records.Published, data: bytes) -> list[tuple[str, str]]:
     ]
 
 
-def _cached(found: records.Published, data: bytes, content_type: str, headers: Mapping[str, str]) -> Reply:
-    validators = _validators(found, data)
+def _cached(
+    found: records.Published, data: bytes, content_type: str, headers: Mapping[str, str], now: datetime
+) -> Reply:
+    validators = _validators(found, data, now)
     etag = validators[0][1]
     if etag in [t.strip() for t in headers.get("if-none-match", "").split(",")]:
         return 304, validators, b""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, select
@@ -43,7 +43,6 @@ class Publisher:
     filter_growth: int = 1024
     #: Seconds between full checks (half-life rebuilds, filter growth) when nothing moved.
     check_every: float = 30.0
-    _built: list[str] = field(default_factory=list)
     _marker: object = None
     _checked: float = float("-inf")
 
@@ -62,33 +61,34 @@ class Publisher:
 
     def publish(self) -> list[str]:
         """Rebuild what is out of date; the scopes built (e.g. `crl operational`, `filter root`)."""
-        self._built = []
         now = self.authority.clock.now().astimezone(UTC)
         with reading(self.authority.engine) as conn:
             states = {name: records.ca_state(conn, name) for name in status_cas(self.authority)}
+        built: list[str] = []
         for name, state in states.items():
-            self._crls(name, state, now)
-            self._filter(name, state, now)
-        return self._built
+            built += self._crls(name, state, now)
+            built += self._filter(name, state, now)
+        return built
 
     def _stale(
         self, found: records.Published | None, generation: int, now: datetime, lifetime: timedelta
     ) -> bool:
         return found is None or found.generation != generation or now >= found.next_update - lifetime / 2
 
-    def _crls(self, name: str, state: records.CaState, now: datetime) -> None:
+    def _crls(self, name: str, state: records.CaState, now: datetime) -> list[str]:
         with reading(self.authority.engine) as conn:
             base = records.latest(conn, crl.FULL, name)
             delta = records.latest(conn, crl.DELTA, name)
             shards = self._changed_shards(conn, state, now)
         half = crl.CRL_LIFETIME / 2
+        built = []
         if (
             base is None
             or now >= base.next_update - half
             or (base.generation != state.revocation_gen and now - base.this_update >= self.base_every)
         ):
             crl.build(self.authority, name)
-            self._built.append(f"crl {name}")
+            built.append(f"crl {name}")
             delta = None  # a new base: the delta starts over against it
             with reading(self.authority.engine) as conn:
                 base = records.latest(conn, crl.FULL, name)
@@ -98,10 +98,11 @@ class Publisher:
             or self._stale(delta, state.revocation_gen, now, crl.CRL_LIFETIME)
         ):
             crl.build(self.authority, name, delta=True)
-            self._built.append(f"delta-crl {name}")
+            built.append(f"delta-crl {name}")
         for shard in shards:
             crl.build(self.authority, name, shard=shard)
-            self._built.append(f"crl {name}/{shard}")
+            built.append(f"crl {name}/{shard}")
+        return built
 
     def _changed_shards(self, conn: Connection, state: records.CaState, now: datetime) -> list[int]:
         """Shards whose CRL is missing, half-way to its next update, or older than a change in it."""
@@ -126,15 +127,15 @@ class Publisher:
                     due.append(shard)
         return due
 
-    def _filter(self, name: str, state: records.CaState, now: datetime) -> None:
+    def _filter(self, name: str, state: records.CaState, now: datetime) -> list[str]:
         with reading(self.authority.engine) as conn:
             found = records.latest(conn, FILTER, name)
             grown = found is not None and state.next_index - _universe_of(found) >= self.filter_growth
             if not (grown or self._stale(found, state.revocation_gen, now, FILTER_LIFETIME)):
-                return
+                return []
             revoked = records.revoked_indices(conn, state, now)
         build_filter_version(self.authority, state, revoked, (found.number + 1) if found else 1, now)
-        self._built.append(f"filter {name}")
+        return [f"filter {name}"]
 
 
 def status_cas(authority: Authority) -> list[str]:
