@@ -32,7 +32,8 @@ from devid.authority.setup import init_home, open_authority
 from devid.clock import FixedClock
 from devid.config import Home
 from devid.device import agent as agent_module
-from devid.device.agent import BACKOFF_BASE, BACKOFF_CAP, LDEVID_FILE, SESSION_FILE, STATE_FILE, DeviceAgent
+from devid.device.agent import LDEVID_FILE, SESSION_FILE, STATE_FILE, DeviceAgent
+from devid.device.decisions import BACKOFF_BASE, BACKOFF_CAP
 from devid.errors import ConfigError
 from devid.factory.secure_elements import SecureElementMaker, SecureElementSpec
 from devid.factory.station import LineInfo, Station

@@ -82,7 +82,9 @@ def enroll(
 def run(
     device: DeviceOpt,
     once: Annotated[bool, typer.Option("--once", help="one check-in, then exit")] = False,
-    interval: Annotated[float, typer.Option(help="seconds between check-ins")] = 60.0,
+    interval: Annotated[
+        float, typer.Option(help="most seconds between check-ins (sooner when something falls due)")
+    ] = 60.0,
     se_pin_file: SePinOpt = None,
 ) -> None:
     """Check in: renew when due, back off while unreachable, fall back to the IDevID when needed."""
@@ -98,7 +100,9 @@ def run(
                 if outcome.startswith("error"):
                     raise typer.Exit(1)  # a supervisor or cron job must see a failed check-in
                 return
-            await asyncio.sleep(interval)
+            # Wake when the next renewal, expiry or retry falls due, or after `interval` at most.
+            wait = (agent.next_due() - agent.clock.now()).total_seconds()
+            await asyncio.sleep(min(interval, max(wait, 1.0)))
 
     asyncio.run(loop())
 

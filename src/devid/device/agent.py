@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import random
 import ssl
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -29,8 +29,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from devid.clock import Clock, SystemClock
 from devid.config import Pkcs11Settings
-from devid.errors import ConfigError, DevidError
-from devid.est.client import Enrolled, EstClient, EstError, tls_context
+from devid.device import decisions
+from devid.device.decisions import AgentState, Issued
+from devid.errors import ConfigError
+from devid.est.client import Enrolled, EstClient, tls_context
 from devid.fsutil import atomic_write
 from devid.keys.base import SecureElement
 from devid.keys.p11tls import ProviderKey, TokenTls
@@ -40,10 +42,6 @@ from devid.pki.encoding import load_certificates
 STATE_FILE = "agent.json"
 LDEVID_FILE = "ldevid.pem"
 SESSION_FILE = "session.pem"
-BACKOFF_BASE = timedelta(minutes=1)
-BACKOFF_CAP = timedelta(hours=6)
-#: Statuses after which the current LDevID cannot renew itself and the IDevID must step in.
-FALLBACK_STATUSES = {401, 403}
 #: Where `devid agent` finds the PIN file of a PKCS#11 device's token when --se-pin-file is not given.
 SE_PIN_FILE_ENV = "DEVID_SE_PIN_FILE"
 TlsKey = ec.EllipticCurvePrivateKey | ProviderKey
@@ -71,30 +69,6 @@ def token_tls(directory: Path, se_pin_file: Path | None) -> TokenTls | None:
             f"(--se-pin-file or ${SE_PIN_FILE_ENV})",
         )
     return TokenTls(directory.resolve(), ref["module"], ref["uri"], se_pin_file)
-
-
-@dataclass
-class AgentState:
-    server: str
-    label: str
-    trust_pem: str
-    policy: str | None = None
-    ldevid_fingerprint: str | None = None
-    ldevid_not_after: str | None = None
-    renew_at: str | None = None
-    session_not_after: str | None = None
-    failures: int = 0
-    next_attempt: str | None = None
-    last_success: str | None = None
-    last_error: str | None = None
-    events: list[str] = field(default_factory=list)
-
-    def note(self, now: datetime, text: str) -> None:
-        self.events = [*self.events[-19:], f"{now.isoformat()} {text}"]
-
-
-def _when(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None
 
 
 class DeviceAgent:
@@ -173,14 +147,22 @@ class DeviceAgent:
             durable=self.durable,
         )
 
-    def _install(self, enrolled: Enrolled, file: str, slot: str) -> None:
-        """Certificate first (slot and file, each atomic), state after: a crash in between leaves
-        the new certificate in place and the agent re-reads it on the next start."""
-        pem = b"".join(
-            c.public_bytes(serialization.Encoding.PEM) for c in [enrolled.certificate, *enrolled.chain]
+    def _install(self, enrolled: Enrolled) -> Issued:
+        """Certificate first (slot and file, each atomic), state after (the caller saves it): a crash
+        in between leaves the new certificate in place and the agent re-reads it on the next start."""
+        session = enrolled.policy == decisions.SESSION_POLICY
+        cert = enrolled.certificate
+        pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in [cert, *enrolled.chain])
+        self.se.write_slot("session" if session else "ldevid", cert.public_bytes(serialization.Encoding.DER))
+        atomic_write(self.directory / (SESSION_FILE if session else LDEVID_FILE), pem, durable=self.durable)
+        return Issued(
+            cert.serial_number,
+            cert.fingerprint(hashes.SHA256()).hex(),
+            cert.not_valid_before_utc,
+            cert.not_valid_after_utc,
+            enrolled.policy,
+            enrolled.renew_at,
         )
-        self.se.write_slot(slot, enrolled.certificate.public_bytes(serialization.Encoding.DER))
-        atomic_write(self.directory / file, pem, durable=self.durable)
 
     def _adopt_installed(self) -> None:
         """A crash between installing a certificate and saving the state leaves the certificate file
@@ -252,95 +234,54 @@ class DeviceAgent:
     async def enroll(self, server: str, trust_pem: bytes, label: str = "") -> Enrolled:
         """First enrollment with the IDevID."""
         self.state = AgentState(server=server, label=label, trust_pem=trust_pem.decode())
-        return await self._idevid_enroll(self.clock.now(), "enroll")
-
-    async def _idevid_enroll(self, now: datetime, why: str) -> Enrolled:
-        assert self.state is not None
-        async with self._client(self.idevid_chain) as est:
-            enrolled = await est.simpleenroll(self._csr(None))
-        self._accept(enrolled, now, f"{why} with IDevID")
+        now = self.clock.now()
+        enrolled = await self._idevid_enrollment()
+        decisions.accept(self.state, self._install(enrolled), now, "enroll with IDevID")
+        self._save_state()
         return enrolled
 
-    def _accept(self, enrolled: Enrolled, now: datetime, what: str) -> None:
-        assert self.state is not None
-        session = enrolled.policy == "session"
-        self._install(enrolled, SESSION_FILE if session else LDEVID_FILE, "session" if session else "ldevid")
-        cert = enrolled.certificate
-        s = self.state
-        s.policy = enrolled.policy
-        if session:
-            s.session_not_after = cert.not_valid_after_utc.isoformat()
-        else:
-            s.ldevid_fingerprint = cert.fingerprint(hashes.SHA256()).hex()
-            s.ldevid_not_after = cert.not_valid_after_utc.isoformat()
-        s.renew_at = enrolled.renew_at.isoformat() if enrolled.renew_at else None
-        s.failures, s.next_attempt, s.last_error = 0, None, None
-        s.last_success = now.isoformat()
-        s.note(
-            now, f"{what}: serial {cert.serial_number:x}, valid to {cert.not_valid_after_utc:%Y-%m-%d %H:%M}"
-        )
-        self._save_state()
+    async def _idevid_enrollment(self) -> Enrolled:
+        async with self._client(self.idevid_chain) as est:
+            return await est.simpleenroll(self._csr(None))
 
-    def due(self, now: datetime) -> str | None:
-        """What this check-in must do: enroll, fallback, renew, session, or nothing (None)."""
-        s = self.state
-        if s is None:
+    # The agent is its own transport (decisions.Transport): EST over mTLS with the element's key.
+
+    async def enroll_with_idevid(self) -> Issued:
+        return self._install(await self._idevid_enrollment())
+
+    async def renew_with_ldevid(self) -> Issued:
+        chain = self.ldevid()
+        assert chain is not None
+        async with self._client(chain) as est:
+            return self._install(await est.simplereenroll(self._csr(chain[0])))
+
+    def _ldevid_end(self) -> datetime | None:
+        chain = self.ldevid()
+        return None if chain is None else chain[0].not_valid_after_utc
+
+    def _enrolled_state(self) -> AgentState:
+        if self.state is None:
             raise ConfigError(
                 "agent-not-enrolled", f"{self.directory} is not enrolled: run `devid agent enroll`"
             )
-        if s.next_attempt and now < datetime.fromisoformat(s.next_attempt):
-            return None
-        if s.policy == "session":
-            end = _when(s.session_not_after)
-            return "session" if end is None or now >= end - timedelta(minutes=5) else None
-        chain = self.ldevid()
-        if chain is None:
-            return "enroll"
-        if now >= chain[0].not_valid_after_utc:
-            return "fallback"
-        renew = _when(s.renew_at)
-        return "renew" if renew is not None and now >= renew else None
+        return self.state
+
+    def due(self, now: datetime) -> str | None:
+        """What this check-in must do: enroll, fallback, renew, session, or nothing (None)."""
+        action = decisions.due(self._enrolled_state(), self._ldevid_end(), now)
+        return None if action is None else action.value
+
+    def next_due(self) -> datetime:
+        """When a check-in next has something to do (now, if it has)."""
+        return decisions.next_due(self._enrolled_state(), self._ldevid_end(), self.clock.now())
 
     async def check_in(self) -> str:
         """One connection's worth of work; returns what happened (for logs and the simulator)."""
-        now = self.clock.now()
-        action = self.due(now)
-        if action is None:
-            return "idle"
-        try:
-            if action in ("enroll", "fallback", "session"):
-                await self._idevid_enroll(now, action)
-                return action
-            try:
-                chain = self.ldevid()
-                assert chain is not None
-                async with self._client(chain) as est:
-                    self._accept(await est.simplereenroll(self._csr(chain[0])), now, "renewed with LDevID")
-                return "renew"
-            except EstError as exc:
-                if exc.status not in FALLBACK_STATUSES:
-                    raise
-                await self._idevid_enroll(now, f"fallback after {exc.status} {exc.message}")
-                return "fallback"
-        except DevidError as exc:
-            self._back_off(now, exc)
-            return f"error: {exc.message} [{exc.code}]"
-
-    def _back_off(self, now: datetime, exc: DevidError) -> None:
-        assert self.state is not None
-        s = self.state
-        s.failures += 1
-        if isinstance(exc, EstError) and exc.retry_after:
-            delay = timedelta(seconds=exc.retry_after)
-        else:
-            # Exponential, capped, then jittered within [1/2, 1] of that: never past BACKOFF_CAP, and
-            # a fleet that lost the server at the same moment does not come back in one wave.
-            ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(s.failures - 1, 20))
-            delay = ceiling * (0.5 + 0.5 * self.rng.random())
-        s.next_attempt = (now + delay).isoformat()
-        s.last_error = exc.message
-        s.note(now, f"failed ({exc.message}); next attempt {s.next_attempt}")
-        self._save_state()
+        state = self._enrolled_state()
+        outcome = await decisions.check_in(state, self._ldevid_end(), self, self.clock.now(), self.rng)
+        if outcome != "idle":
+            self._save_state()
+        return outcome
 
     def status(self) -> dict[str, Any]:
         chain = self.ldevid()
