@@ -98,9 +98,10 @@ def store_status(auth: Authority, cert: x509.Certificate) -> tuple[str, str]:
     return row.status, row.profile
 
 
-def when(text: str | None) -> datetime:
-    assert text is not None
-    return datetime.fromisoformat(text)
+def when(value: str | datetime | None) -> datetime:
+    """A moment of the agent's state (a datetime) or of its status (ISO text)."""
+    assert value is not None
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
 
 
 def current_for(auth: Authority, cert: x509.Certificate, now: datetime) -> None:
@@ -239,7 +240,7 @@ def test_check_in_idle_until_renew_at_then_renews(
     verify_operational(auth, server.root_pem, new, tmp_path)
     assert agent.state.ldevid_fingerprint == fingerprint(new)
     assert when(agent.state.renew_at) > clock.now()
-    assert "renewed with LDevID" in agent.state.events[-1]
+    assert "renewed with LDevID" in agent.status()["events"][-1]
     assert go(agent.check_in()) == "idle"
     # What the next process start reads back.
     assert open_agent(agent.directory, clock).status() == agent.status()
@@ -371,7 +372,7 @@ def test_lost_renewal_answer_recovers_with_the_idevid(
     assert go(agent.check_in()) == "fallback"  # simplereenroll refused (403), IDevID accepted
     recovered = leaf(agent)
     current_for(auth, recovered, clock.now())
-    assert "fallback after 403" in agent.state.events[-1]
+    assert "fallback after 403" in agent.status()["events"][-1]
     assert agent.state.failures == 0
     assert go(agent.check_in()) == "idle"
 

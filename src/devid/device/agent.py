@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import random
 import ssl
-from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
@@ -118,7 +117,7 @@ class DeviceAgent:
         A PKCS#11 device needs `se_pin_file` (its token's PIN file, mode 0600) and, unless `tls` is
         False (status only), a process started with the OpenSSL configuration `token_tls()` names."""
         state_file = directory / STATE_FILE
-        state = AgentState(**json.loads(state_file.read_text())) if state_file.exists() else None
+        state = AgentState.from_json(json.loads(state_file.read_text())) if state_file.exists() else None
         p11 = token_tls(directory, se_pin_file)
         if p11 is not None:
             if tls:
@@ -143,7 +142,7 @@ class DeviceAgent:
         assert self.state is not None
         atomic_write(
             self.directory / STATE_FILE,
-            json.dumps(asdict(self.state), indent=1).encode(),
+            json.dumps(self.state.to_json(), indent=1).encode(),
             durable=self.durable,
         )
 
@@ -176,7 +175,7 @@ class DeviceAgent:
         if not path.exists():
             return
         cert = load_certificates(path.read_bytes())[0]
-        not_after = cert.not_valid_after_utc.isoformat()
+        not_after = cert.not_valid_after_utc
         if session:
             if s.session_not_after == not_after:
                 return
@@ -289,5 +288,5 @@ class DeviceAgent:
             "serial": self.serial,
             "idevid_serial": format(self.idevid_chain[0].serial_number, "x"),
             "ldevid_serial": format(chain[0].serial_number, "x") if chain else None,
-            **(asdict(self.state) if self.state else {"enrolled": False}),
+            **(self.state.to_json() if self.state else {"enrolled": False}),
         }

@@ -9,11 +9,11 @@ LDevID), each returning what was issued or raising `EstError` with the server's 
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from devid.errors import DevidError
 from devid.est.client import EstError
@@ -49,6 +49,12 @@ class Issued:
     renew_at: datetime | None
 
 
+class Jitter(Protocol):
+    """Where the back-off's jitter comes from (a `random.Random`, or the simulator's per-device stream)."""
+
+    def random(self) -> float: ...
+
+
 class Transport(Protocol):
     """The device's two requests; a refusal raises `EstError` (status 0: no answer)."""
 
@@ -57,43 +63,75 @@ class Transport(Protocol):
     async def renew_with_ldevid(self) -> Issued: ...
 
 
+#: The agent keeps its last events for `devid agent status`.
+EVENTS_KEPT = 20
+_TIMES = ("ldevid_not_after", "renew_at", "session_not_after", "next_attempt", "last_success")
+
+
 @dataclass
 class AgentState:
+    """What the agent knows between check-ins (saved as JSON in the device folder)."""
+
     server: str
     label: str
     trust_pem: str
     policy: str | None = None
     ldevid_fingerprint: str | None = None
-    ldevid_not_after: str | None = None
-    renew_at: str | None = None
-    session_not_after: str | None = None
+    ldevid_not_after: datetime | None = None
+    renew_at: datetime | None = None
+    session_not_after: datetime | None = None
     failures: int = 0
-    next_attempt: str | None = None
-    last_success: str | None = None
+    next_attempt: datetime | None = None
+    last_success: datetime | None = None
     last_error: str | None = None
-    events: list[str] = field(default_factory=list)
+    #: (when, what, what was issued): rendered only when saved or shown, since the simulator
+    #: notes millions.
+    events: deque[tuple[datetime, str, Issued | None]] = field(
+        default_factory=lambda: deque(maxlen=EVENTS_KEPT)
+    )
 
-    def note(self, now: datetime, text: str) -> None:
-        self.events = [*self.events[-19:], f"{now.isoformat()} {text}"]
+    def note(self, now: datetime, text: str, issued: Issued | None = None) -> None:
+        self.events.append((now, text, issued))
 
+    def event_lines(self) -> list[str]:
+        return [
+            f"{at.isoformat()} {text}"
+            + (f": serial {i.serial:x}, valid to {i.not_after:%Y-%m-%d %H:%M}" if i else "")
+            for at, text, i in self.events
+        ]
 
-def _when(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        for name in _TIMES:
+            data[name] = data[name].isoformat() if data[name] else None
+        data["events"] = self.event_lines()
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AgentState:
+        values = dict(data)
+        for name in _TIMES:
+            values[name] = datetime.fromisoformat(values[name]) if values.get(name) else None
+        events: deque[tuple[datetime, str, Issued | None]] = deque(maxlen=EVENTS_KEPT)
+        for line in values.pop("events", []):
+            at, _, text = line.partition(" ")
+            events.append((datetime.fromisoformat(at), text, None))
+        return cls(**values, events=events)
 
 
 def due(state: AgentState, ldevid_not_after: datetime | None, now: datetime) -> Action | None:
     """What this check-in must do (None: nothing). `ldevid_not_after` is the installed LDevID's end
     (None: no LDevID installed)."""
-    if state.next_attempt and now < datetime.fromisoformat(state.next_attempt):
+    if state.next_attempt and now < state.next_attempt:
         return None
     if state.policy == SESSION_POLICY:
-        end = _when(state.session_not_after)
+        end = state.session_not_after
         return Action.SESSION if end is None or now >= end - SESSION_MARGIN else None
     if ldevid_not_after is None:
         return Action.ENROLL
     if now >= ldevid_not_after:
         return Action.FALLBACK
-    renew = _when(state.renew_at)
+    renew = state.renew_at
     return Action.RENEW if renew is not None and now >= renew else None
 
 
@@ -101,14 +139,14 @@ def next_due(state: AgentState, ldevid_not_after: datetime | None, now: datetime
     """The earliest moment from `now` on at which `due` answers something: a device may sleep until
     then, and the simulator skips the check-ins before it."""
     if state.policy == SESSION_POLICY:
-        end = _when(state.session_not_after)
+        end = state.session_not_after
         at = now if end is None else end - SESSION_MARGIN
     elif ldevid_not_after is None:
         at = now
     else:
-        renew = _when(state.renew_at)
+        renew = state.renew_at
         at = ldevid_not_after if renew is None else min(renew, ldevid_not_after)
-    return max(at, _when(state.next_attempt) or now, now)
+    return max(at, state.next_attempt or now, now)
 
 
 def accept(state: AgentState, issued: Issued, now: datetime, what: str) -> None:
@@ -116,17 +154,17 @@ def accept(state: AgentState, issued: Issued, now: datetime, what: str) -> None:
     session = issued.policy == SESSION_POLICY
     state.policy = issued.policy
     if session:
-        state.session_not_after = issued.not_after.isoformat()
+        state.session_not_after = issued.not_after
     else:
         state.ldevid_fingerprint = issued.fingerprint
-        state.ldevid_not_after = issued.not_after.isoformat()
-    state.renew_at = issued.renew_at.isoformat() if issued.renew_at else None
+        state.ldevid_not_after = issued.not_after
+    state.renew_at = issued.renew_at
     state.failures, state.next_attempt, state.last_error = 0, None, None
-    state.last_success = now.isoformat()
-    state.note(now, f"{what}: serial {issued.serial:x}, valid to {issued.not_after:%Y-%m-%d %H:%M}")
+    state.last_success = now
+    state.note(now, what, issued)
 
 
-def back_off(state: AgentState, now: datetime, exc: DevidError, rng: random.Random) -> None:
+def back_off(state: AgentState, now: datetime, exc: DevidError, rng: Jitter) -> None:
     """Wait before the next attempt: the server's Retry-After, else exponential, capped, then
     jittered within [1/2, 1] of that, so a fleet that lost the server at the same moment does not
     come back in one wave."""
@@ -136,9 +174,9 @@ def back_off(state: AgentState, now: datetime, exc: DevidError, rng: random.Rand
     else:
         ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(state.failures - 1, 20))
         delay = ceiling * (0.5 + 0.5 * rng.random())
-    state.next_attempt = (now + delay).isoformat()
+    state.next_attempt = now + delay
     state.last_error = exc.message
-    state.note(now, f"failed ({exc.message}); next attempt {state.next_attempt}")
+    state.note(now, f"failed ({exc.message}); next attempt {state.next_attempt.isoformat()}")
 
 
 async def check_in(
@@ -146,7 +184,7 @@ async def check_in(
     ldevid_not_after: datetime | None,
     transport: Transport,
     now: datetime,
-    rng: random.Random,
+    rng: Jitter,
 ) -> str:
     """One connection's worth of work; returns what happened: idle, enroll, fallback, renew,
     session or `error: <message> [<code>]`. The state changes in memory only: the caller saves it."""

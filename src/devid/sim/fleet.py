@@ -19,8 +19,9 @@ from pathlib import Path
 
 from devid.authority.setup import init_home, open_authority
 from devid.clock import FixedClock
+from devid.config import Home
 from devid.device.agent import DeviceAgent
-from devid.factory.line import RunSpec, next_serials, run_line
+from devid.factory.line import SERIAL_DIGITS, RunSpec, run_line
 from devid.factory.secure_elements import SecureElementSpec
 from devid.factory.station import LineInfo
 from devid.pki.encoding import cert_pem
@@ -52,7 +53,7 @@ def has_identity(agent: DeviceAgent, now: datetime) -> bool:
     """Whether the device holds an operational certificate valid at `now` (LDevID or session)."""
     if agent.state is not None and agent.state.policy == "session":
         end = agent.state.session_not_after
-        return end is not None and now < datetime.fromisoformat(end)
+        return end is not None and now < end
     chain = agent.ldevid()
     return chain is not None and chain[0].not_valid_before_utc <= now < chain[0].not_valid_after_utc
 
@@ -125,7 +126,7 @@ DEVICE_FOOTPRINT = 64 * 1024
 SHARED_MEMORY = "/dev/shm"
 
 
-def _memory_dir(devices: int) -> str | None:
+def memory_dir(devices: int) -> str | None:
     """Where the throw-away home and device folders go: in memory (tmpfs) where the machine has one
     with room for `devices` (a container's is often 64 MB), since thousands of small atomic writes
     cost several times more CPU on a journaling filesystem; else the default temporary directory."""
@@ -135,6 +136,30 @@ def _memory_dir(devices: int) -> str | None:
         return None
     roomy = fs.f_bavail * fs.f_frsize >= devices * DEVICE_FOOTPRINT
     return SHARED_MEMORY if roomy and os.access(SHARED_MEMORY, os.W_OK | os.X_OK) else None
+
+
+def sim_serial(index: int) -> str:
+    """The serial of the simulator's device `index` (from 0): as the factory line numbers them."""
+    return f"SIM{index + 1:0{SERIAL_DIGITS}d}"
+
+
+def provision(base: Path, serials: Sequence[str]) -> Home:
+    """A throw-away home in `base` and its devices off the real factory line, in `base/devices`."""
+    home = init_home(base / "home", org="devid sim", passphrase=PASSPHRASE)
+    spec = RunSpec(
+        home.path.resolve(),
+        PASSPHRASE,
+        LineInfo("sim", "sim-device", "sim-lot"),
+        SecureElementSpec("software"),
+        base / "devices",
+    )
+    # One station, in this process: provisioning is ~1 ms a device against ~30 ms to simulate it,
+    # and worker processes (start, imports, keys opened) cost more than they save below
+    # thousands of devices.
+    summary = run_line(spec, list(serials), 1, base / "devices" / "manifest.jsonl")
+    if summary.failures:
+        raise RuntimeError(f"{summary.failures} devices failed on the line")
+    return home
 
 
 async def run_fleet(
@@ -149,23 +174,10 @@ async def run_fleet(
     """Provision `devices` per label in a throw-away home, serve EST on loopback, simulate each label.
     `progress(label, day)` reports each simulated day (see `simulate`)."""
     total = devices * len(labels)
-    with tempfile.TemporaryDirectory(prefix="devid-sim-", dir=_memory_dir(total)) as tmp:
+    with tempfile.TemporaryDirectory(prefix="devid-sim-", dir=memory_dir(total)) as tmp:
         base = workdir or Path(tmp)
-        home = init_home(base / "home", org="devid sim", passphrase=PASSPHRASE)
-        serials = next_serials(home, "SIM", total, 1)
-        spec = RunSpec(
-            home.path.resolve(),
-            PASSPHRASE,
-            LineInfo("sim", "sim-device", "sim-lot"),
-            SecureElementSpec("software"),
-            base / "devices",
-        )
-        # One station, in this process: provisioning is ~1 ms a device against ~30 ms to simulate it,
-        # and worker processes (start, imports, keys opened) cost more than they save below
-        # thousands of devices.
-        summary = run_line(spec, serials, 1, base / "devices" / "manifest.jsonl")
-        if summary.failures:
-            raise RuntimeError(f"{summary.failures} devices failed on the line")
+        serials = [sim_serial(i) for i in range(total)]
+        home = provision(base, serials)
         clock = FixedClock(datetime.now(UTC))
         authority = open_authority(home, PASSPHRASE, clock=clock)
         ctx, _ = own_server_context(authority, home.path / "tls", PASSPHRASE)

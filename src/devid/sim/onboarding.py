@@ -64,7 +64,7 @@ async def onboard(
         await asyncio.gather(*(enroll(a) for a in agents))
         report.enrolled = len(agents)
         slice_ = agents[: max(1, int(len(agents) * renew_share))]
-        latest = max(datetime.fromisoformat(a.state.renew_at) for a in slice_ if a.state and a.state.renew_at)
+        latest = max(a.state.renew_at for a in slice_ if a.state and a.state.renew_at)
         clock.advance(latest - clock.now() + timedelta(hours=1))
 
         async def check_in(agent: DeviceAgent) -> str:
