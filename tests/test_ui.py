@@ -27,6 +27,7 @@ from devid.clock import FixedClock
 from devid.errors import PolicyError
 from devid.pki.profiles import ProfileName
 from devid.pki.reasons import Reason
+from devid.revocation.publisher import Publisher
 from devid.store.engine import reading
 from devid.store.models import audit_events, devices
 from devid.ui.html import Markup, h
@@ -358,6 +359,7 @@ def test_revocations_page_by_reason_and_selector_with_a_filter(served: Served) -
     auth = served.authority
     revoke(auth, RevokeRequest(Selector.LOT, "LOT-B", Reason.KEY_COMPROMISE, note="depot"), "cli")
     revoke(auth, RevokeRequest(Selector.DEVICE, "LOT-A-003", Reason.SUPERSEDED), "cli")
+    Publisher(auth).publish()
 
     async def run() -> None:
         async with session(served) as client:
@@ -368,6 +370,9 @@ def test_revocations_page_by_reason_and_selector_with_a_filter(served: Served) -
                 r"<td>lot</td><td class=\"n\">1</td><td class=\"n\">6</td><td class=\"n\">3</td>", page
             )
             assert '<a href="/ui/devices/LOT-A-003">' in page and "<td>depot</td>" in page
+            assert re.search(
+                r"<td>crl</td><td>operational</td><td class=\"n\">\d+</td><td class=\"n\">[\d,]+</td>", page
+            )
             _, only = await csrf_of(client, f"/ui/revocations?reason={Reason.SUPERSEDED.value}&selector=")
             listed = only.split("Revocations, newest first")[1]
             assert "LOT-A-003" in listed and "depot" not in listed

@@ -26,6 +26,7 @@ STYLE = Markup(
     "h2{font-size:16px;margin:4px 0 8px}.grid{display:flex;gap:16px;flex-wrap:wrap}"
     "button.danger{background:#b6443b;color:#fff;border:0;padding:6px 14px;border-radius:4px}"
     ".wrap{display:inline-block;max-width:460px;overflow-wrap:anywhere;font-size:12px}form.inline{display:inline}"
+    ".nw{white-space:nowrap}"
 )
 
 
@@ -303,7 +304,7 @@ def audit_table(rows: Iterable[Any]) -> Markup:
         (
             (
                 r.seq,
-                _when(r.at, "%Y-%m-%d %H:%M:%S"),
+                h('<span class="nw">{}</span>', _when(r.at, "%Y-%m-%d %H:%M:%S")),
                 r.actor,
                 r.action,
                 h('<span class="{}">{}</span>', "err" if r.outcome != "ok" else "", r.outcome),
