@@ -23,13 +23,7 @@ from aiohttp import web
 from devid.authority.core import Authority
 from devid.authority.devices import approve, set_state
 from devid.authority.enroll import Operation
-from devid.authority.health import (
-    Windows,
-    approval_pending,
-    device_cert_expiring,
-    idevid_fallback_stuck,
-    run_checks,
-)
+from devid.authority.health import Windows, expiring_unrenewed, fallen_back, held_for_approval, run_checks
 from devid.authority.revocation import RevokeRequest, Selector, revoke
 from devid.authority.roles import Permission, allows
 from devid.errors import AuthenticationRequired, DevidError
@@ -258,36 +252,48 @@ class Dashboard:
             now = self.authority.clock.now()
             windows = Windows(approval_days=0)
             with reading(self.authority.engine) as conn:
-                due = device_cert_expiring(conn, now, windows, queries.LIST_LIMIT)
+                due = queries.listed(conn, expiring_unrenewed(now, windows))
                 late = queries.overdue(conn, now, timedelta(days=windows.fallback_days))
                 failed = queries.refusals(conn, f"est.{Operation.REENROLL.value}", now - FAILED_WITHIN)
-                fallback = idevid_fallback_stuck(conn, now, windows, queries.LIST_LIMIT)
-                held = approval_pending(conn, now, windows, queries.LIST_LIMIT)
+                fallback = queries.listed(conn, fallen_back(now, windows))
+                held = queries.listed(conn, held_for_approval(now, windows))
             tallies = [
-                pages.Tally("Due", due.note, due.count, False, pages.finding_links(due)),
+                pages.Tally(
+                    "Due",
+                    f"valid device certificates expiring within {windows.expiry_days} days with no newer one",
+                    due,
+                    pages.device_links(
+                        (r.serial, f"{r.profile} expires {r.not_after:%Y-%m-%d}") for r in due.rows
+                    ),
+                ),
                 pages.Tally(
                     "Overdue",
                     f"active devices whose LDevID expired unrenewed within {windows.fallback_days} days",
-                    late.count,
-                    late.capped,
+                    late,
                     pages.device_links((r.serial, f"expired {r.not_after:%Y-%m-%d}") for r in late.rows),
                 ),
                 pages.Tally(
                     "Failed",
                     f"renewals (EST simplereenroll) refused in the last {FAILED_WITHIN.days} days",
-                    failed.count,
-                    failed.capped,
+                    failed,
                     pages.device_links((r.subject, _refusal_reason(r.detail)) for r in failed.rows),
                 ),
                 pages.Tally(
-                    "Fell back to IDevID", fallback.note, fallback.count, False, pages.finding_links(fallback)
+                    "Fell back to IDevID",
+                    f"active devices without a valid LDevID or session certificate for over "
+                    f"{windows.fallback_days} days",
+                    fallback,
+                    pages.device_links(
+                        (r.serial, f"LDevID expired {r.expired:%Y-%m-%d}") for r in fallback.rows
+                    ),
                 ),
                 pages.Tally(
                     "Pending approval",
                     "enrollments held for an operator's approval",
-                    held.count,
-                    False,
-                    pages.finding_links(held),
+                    held,
+                    pages.device_links(
+                        (r.serial, f"requested {r.approval_requested_at:%Y-%m-%d}") for r in held.rows
+                    ),
                 ),
             ]
             return pages.renewals(session, tallies)

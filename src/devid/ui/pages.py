@@ -13,7 +13,7 @@ from devid.authority.health import Finding, Severity
 from devid.pki.reasons import Reason
 from devid.store.audit import Checkpoint, Verification
 from devid.ui.html import Markup, h, join
-from devid.ui.queries import Bucket, DevicePage, Overview, Trail
+from devid.ui.queries import Bucket, DevicePage, Listed, Overview, Trail
 from devid.ui.session import Session
 
 STYLE = Markup(
@@ -355,12 +355,11 @@ _NOT_DEVICES = frozenset({"ca-expiring", "weak-key", "revoked-still-connected", 
 
 @dataclass(frozen=True)
 class Tally:
-    """One line of the renewals page: what it counts, how many (`capped`: at least), whom."""
+    """One line of the renewals page: what it counts, how many, and the first devices linked."""
 
     title: str
     note: str
-    count: int
-    capped: bool
+    found: Listed
     devices: tuple[Markup, ...]
 
 
@@ -371,7 +370,7 @@ def renewals(session: Session, tallies: Sequence[Tally]) -> Markup:
             '<tr><td><strong>{}</strong><br><small>{}</small></td><td class="n">{}</td><td>{}</td></tr>',
             t.title,
             t.note,
-            f"{t.count:,}{'+' if t.capped else ''}",
+            f"{t.found.count:,}{'+' if t.found.capped else ''}",
             join(t.devices) if t.devices else "—",
         )
         for t in tallies
@@ -387,10 +386,6 @@ def renewals(session: Session, tallies: Sequence[Tally]) -> Markup:
 def device_links(items: Iterable[tuple[str, str]]) -> tuple[Markup, ...]:
     """(serial, detail) pairs as links to their device pages."""
     return tuple(h('<a href="/ui/devices/{}">{}</a> ({}) ', quote(s, safe=""), s, d) for s, d in items)
-
-
-def finding_links(finding: Finding) -> tuple[Markup, ...]:
-    return tuple(_example(e) for e in finding.examples)
 
 
 @dataclass(frozen=True)

@@ -132,8 +132,8 @@ def device(conn: Connection, serial: str) -> DevicePage | None:
 
 #: How many rows a list names (the counts are totals, up to `COUNT_CAP`).
 LIST_LIMIT = 20
-#: Counts stop here ("10,000+"): a count reads as many index entries as it counts, so it is capped.
-COUNT_CAP = 10_000
+#: Counts stop here ("1,000+"): a count reads as many index entries as it counts, so it is capped.
+COUNT_CAP = 1_000
 #: How far back (events) a device page looks in the audit log and the outbox, neither of which
 #: has an index by subject: the newest window is read by primary key, never the whole table.
 TRAIL_WINDOW = 20_000
@@ -149,7 +149,8 @@ class Listed:
     rows: list[Any]
 
 
-def _listed(conn: Connection, query: Any, limit: int = LIST_LIMIT) -> Listed:
+def listed(conn: Connection, query: Any, limit: int = LIST_LIMIT) -> Listed:
+    """The capped count of `query`'s rows and its first `limit` rows."""
     n = conn.execute(select(func.count()).select_from(query.order_by(None).limit(COUNT_CAP + 1).subquery()))
     count = int(n.scalar_one())
     return Listed(
@@ -174,7 +175,7 @@ def overdue(conn: Connection, now: datetime, since: timedelta) -> Listed:
         )
         .order_by(c.not_after, c.id)
     )
-    return _listed(conn, query)
+    return listed(conn, query)
 
 
 def refusals(conn: Connection, action: str, since: datetime) -> Listed:
@@ -188,7 +189,7 @@ def refusals(conn: Connection, action: str, since: datetime) -> Listed:
         .where(a.action == action, a.outcome == "refused", a.seq >= (first or 0))
         .order_by(a.seq.desc())
     )
-    return _listed(conn, query)
+    return listed(conn, query)
 
 
 @dataclass(frozen=True)
