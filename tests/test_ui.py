@@ -21,6 +21,7 @@ from sqlalchemy import select
 from devid.api import tokens
 from devid.authority import devices as devices_mod
 from devid.authority.core import Authority
+from devid.authority.health import Windows, expiring_unrenewed, fallen_back, held_for_approval
 from devid.authority.requests import IssueRequest, NewDevice
 from devid.authority.revocation import RevokeRequest, Selector, revoke
 from devid.clock import FixedClock
@@ -28,8 +29,10 @@ from devid.errors import PolicyError
 from devid.pki.profiles import ProfileName
 from devid.pki.reasons import Reason
 from devid.revocation.publisher import Publisher
+from devid.store import models
 from devid.store.engine import reading
 from devid.store.models import audit_events, devices
+from devid.ui import queries
 from devid.ui.html import Markup, h
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -471,3 +474,37 @@ def test_disable_activate_approve_confirmed_and_audited(served: Served) -> None:
         ("device.state", "ui:operator"),
         ("device.approve", "ui:operator"),
     ]
+
+
+def test_dashboard_queries_on_sqlite_and_postgresql(authority: Authority) -> None:
+    """The renewals, revocations, audit and device-trail queries on both stores (row-value
+    comparisons, `|| ''` and capped counts are dialect-sensitive)."""
+    fill(authority, {"LOT-Q": 2})
+    devices_mod.approval_pending(authority, "LOT-Q-001")
+    revoke(authority, RevokeRequest(Selector.LOT, "LOT-Q", Reason.SUPERSEDED), "cli")
+    fill(authority, {"LOT-R": 2})
+    authority.record_refusal(PolicyError("x", "refused"), "est.simplereenroll", "LOT-R-001", "est:peer")
+    now = authority.clock.now()
+    windows = Windows(approval_days=0)
+    with reading(authority.engine) as conn:
+        due = queries.listed(conn, expiring_unrenewed(now, windows))
+        assert (due.count, [r.serial for r in due.rows]) == (1, ["LOT-R-000"])
+        assert queries.listed(conn, held_for_approval(now, windows)).count == 0  # revoked since
+        later = now + timedelta(days=22)
+        assert [r.serial for r in queries.overdue(conn, later, timedelta(days=7)).rows] == ["LOT-R-000"]
+        assert queries.listed(conn, fallen_back(later, windows)).count == 0
+        fallen = queries.listed(conn, fallen_back(now + timedelta(days=30), windows))
+        assert [r.serial for r in fallen.rows] == ["LOT-R-000"]
+        failed = queries.refusals(conn, "est.simplereenroll", now - timedelta(days=1))
+        assert [r.subject for r in failed.rows] == ["LOT-R-001"]
+        listed = queries.revocation_list(conn, queries.RevocationFilter(Reason.SUPERSEDED.value, "lot"))
+        assert [(r.value, r.certificates) for r in listed] == [("LOT-Q", 4)]
+        by_reason = queries.revocation_totals(conn, models.revocations.c.reason)
+        assert [(r.key, r.actions, r.certificates) for r in by_reason] == [(Reason.SUPERSEDED.value, 1, 4)]
+        assert [r.action for r in queries.audit_page(conn, "revocation", None)] == ["revocation"]
+        found = queries.device(conn, "LOT-Q-001")
+        assert found is not None
+        trail = queries.trail(conn, "LOT-Q-001", [c.serial for c in found.certificates])
+        actions = [r.action for r in trail.audit]
+        assert actions == ["device.approval-requested", "certificate.issue", "certificate.issue"]
+        assert "device.revoked" in {r.type for r in trail.events}
