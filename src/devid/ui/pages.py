@@ -13,7 +13,7 @@ from devid.authority.health import Finding, Severity
 from devid.pki.reasons import Reason
 from devid.store.audit import Checkpoint, Verification
 from devid.ui.html import Markup, h, join
-from devid.ui.queries import Bucket, DevicePage, Listed, Overview, Trail
+from devid.ui.queries import TRAIL_WINDOW, Bucket, DevicePage, Listed, Overview, Trail
 from devid.ui.session import Session
 
 STYLE = Markup(
@@ -277,7 +277,11 @@ def device(session: Session, view: DeviceView) -> Markup:
         numeric_from=99,
     )
     audit_trail = (
-        h("<section><h2>Audit trail (newest first)</h2>{}</section>", audit_table(view.trail.audit))
+        h(
+            "<section><h2>Audit trail (newest first, among the log's latest {} events)</h2>{}</section>",
+            f"{TRAIL_WINDOW:,}",
+            audit_table(view.trail.audit),
+        )
         if view.show_audit
         else h(
             "<section><h2>Audit trail</h2><p>Role {} may not read the audit log.</p></section>",
@@ -286,12 +290,13 @@ def device(session: Session, view: DeviceView) -> Markup:
     )
     body = h(
         "{}<section>{}</section><section><h2>Certificates</h2>{}</section>{}{}"
-        "<section><h2>Events (newest first)</h2>{}</section>{}",
+        "<section><h2>Events (newest first, among the latest {} events)</h2>{}</section>{}",
         notice,
         facts,
         certs,
         state,
         action,
+        f"{TRAIL_WINDOW:,}",
         events,
         audit_trail,
     )
