@@ -19,13 +19,20 @@ from est_helpers import EstServer, client_context, running_server
 from sqlalchemy import select
 
 from devid.api import tokens
+from devid.authority import devices as devices_mod
 from devid.authority.core import Authority
+from devid.authority.health import Windows, expiring_unrenewed, fallen_back, held_for_approval
 from devid.authority.requests import IssueRequest, NewDevice
+from devid.authority.revocation import RevokeRequest, Selector, revoke
 from devid.clock import FixedClock
+from devid.errors import PolicyError
 from devid.pki.profiles import ProfileName
 from devid.pki.reasons import Reason
+from devid.revocation.publisher import Publisher
+from devid.store import models
 from devid.store.engine import reading
 from devid.store.models import audit_events, devices
+from devid.ui import queries
 from devid.ui.html import Markup, h
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -263,3 +270,241 @@ def test_health_page_lists_every_check(served: Served, clock: FixedClock) -> Non
         assert '<a href="/ui/devices/LOT-A-000">LOT-A-000 (ldevid expires' in page
 
     asyncio.run(run())
+
+
+def _cookie(client: aiohttp.ClientSession) -> str:
+    return next(c.value for c in client.cookie_jar if c.key == "devid_ui")
+
+
+def test_logout_ends_the_session_on_the_server(served: Served) -> None:
+    """The logged-out cookie, presented again (as a copy kept by an attacker would be), is refused."""
+
+    async def run() -> None:
+        async with session(served) as client, session(served) as thief:
+            await login(client, served.tokens["operator"])
+            kept = _cookie(client)
+            token, _ = await csrf_of(client, "/ui")
+            async with client.post("/ui/logout", data={"csrf": token}) as answer:
+                assert answer.url.path == "/ui/login"
+            thief.cookie_jar.update_cookies({"devid_ui": kept})
+            async with thief.get("/ui/renewals", allow_redirects=False) as answer:
+                assert answer.status == 303 and answer.headers["Location"] == "/ui/login"
+            # Another session of the same token is untouched.
+            await login(client, served.tokens["operator"])
+            async with client.get("/ui/renewals") as answer:
+                assert answer.status == 200
+
+    asyncio.run(run())
+    with reading(served.authority.engine) as conn:
+        actions = conn.execute(select(audit_events.c.action, audit_events.c.actor)).all()
+    assert ("ui.logout", "ui:operator") in actions and ("ui.login", "ui:operator") in actions
+
+
+def test_every_page_links_to_every_other(served: Served) -> None:
+    pages_ = ("/ui", "/ui/renewals", "/ui/revocations", "/ui/audit", "/ui/health", "/ui/devices/LOT-A-000")
+
+    async def run() -> None:
+        async with session(served) as client:
+            await login(client, served.tokens["admin"])
+            for path in pages_:
+                _, text = await csrf_of(client, path)
+                for target in pages_[:5]:
+                    assert f'href="{target}"' in text, (path, target)
+
+    asyncio.run(run())
+
+
+def test_renewals_page_counts_and_names_devices(served: Served, clock: FixedClock) -> None:
+    """Due (expiring within 30 days), overdue (expired unrenewed within 7 days), failed (refused
+    renewals), fell back to the IDevID (expired over 7 days ago) and pending approval, each with
+    its devices linked."""
+    auth = served.authority
+    clock.advance(timedelta(days=21))  # the 20-day LDevIDs of LOT-A-000 and LOT-B-000 expired
+    devices_mod.approval_pending(auth, "LOT-A-002")
+    auth.record_refusal(
+        PolicyError("device-inactive", "device is INACTIVE"),
+        "est.simplereenroll",
+        "LOT-B-001",
+        "est:127.0.0.1",
+    )
+
+    def tally(page: str, title: str) -> tuple[int, str]:
+        row = re.search(rf"<strong>{title}</strong>.*?<td class=\"n\">([\d,]+)</td><td>(.*?)</td></tr>", page)
+        assert row is not None, title
+        return int(row.group(1)), row.group(2)
+
+    async def run() -> tuple[str, str]:
+        async with session(served) as client:
+            await login(client, served.tokens["auditor"])
+            _, first = await csrf_of(client, "/ui/renewals")
+            clock.advance(timedelta(days=15))
+            await login(client, served.tokens["auditor"])  # the session lasted 8 hours
+            _, later = await csrf_of(client, "/ui/renewals")
+        return first, later
+
+    first, later = asyncio.run(run())
+    count, names = tally(first, "Overdue")
+    assert count == 2 and 'href="/ui/devices/LOT-A-000"' in names and 'href="/ui/devices/LOT-B-000"' in names
+    assert tally(first, "Fell back to IDevID")[0] == 0
+    count, names = tally(first, "Failed")
+    assert count == 1 and 'href="/ui/devices/LOT-B-001"' in names and "device-inactive" in names
+    count, names = tally(first, "Pending approval")
+    assert count == 1 and 'href="/ui/devices/LOT-A-002"' in names
+    assert tally(first, "Due")[0] == 0  # the next LDevIDs end at 65 days: 44 days away
+    # 15 days on, the two have been without a valid LDevID for over a week; the 65-day ones are due.
+    assert tally(later, "Overdue")[0] == 0
+    count, names = tally(later, "Fell back to IDevID")
+    assert count == 2 and 'href="/ui/devices/LOT-A-000"' in names
+    assert tally(later, "Due")[0] == 2
+
+
+def test_revocations_page_by_reason_and_selector_with_a_filter(served: Served) -> None:
+    auth = served.authority
+    revoke(auth, RevokeRequest(Selector.LOT, "LOT-B", Reason.KEY_COMPROMISE, note="depot"), "cli")
+    revoke(auth, RevokeRequest(Selector.DEVICE, "LOT-A-003", Reason.SUPERSEDED), "cli")
+    Publisher(auth).publish()
+
+    async def run() -> None:
+        async with session(served) as client:
+            await login(client, served.tokens["auditor"])
+            _, page = await csrf_of(client, "/ui/revocations")
+            assert re.search(r"<td>keyCompromise</td><td class=\"n\">1</td><td class=\"n\">6</td>", page)
+            assert re.search(
+                r"<td>lot</td><td class=\"n\">1</td><td class=\"n\">6</td><td class=\"n\">3</td>", page
+            )
+            assert '<a href="/ui/devices/LOT-A-003">' in page and "<td>depot</td>" in page
+            assert re.search(
+                r"<td>crl</td><td>operational</td><td class=\"n\">\d+</td><td class=\"n\">[\d,]+</td>", page
+            )
+            _, only = await csrf_of(client, f"/ui/revocations?reason={Reason.SUPERSEDED.value}&selector=")
+            listed = only.split("Revocations, newest first")[1]
+            assert "LOT-A-003" in listed and "depot" not in listed
+            async with client.get("/ui/revocations?reason=x") as answer:
+                assert answer.status == 400
+
+    asyncio.run(run())
+
+
+def test_audit_page_verifies_and_is_for_auditors(served: Served) -> None:
+    served.authority.checkpoint_audit()
+
+    async def run() -> None:
+        async with session(served) as auditor, session(served) as operator:
+            await login(auditor, served.tokens["auditor"])
+            await login(operator, served.tokens["operator"])
+            async with operator.get("/ui/audit") as answer:
+                assert answer.status == 403
+            good, page = await csrf_of(auditor, "/ui/audit")
+            assert "signature and hash match the chain" in page and "<td>certificate.issue</td>" in page
+            _, older = await csrf_of(auditor, "/ui/audit?before=3")
+            assert re.findall(r"<tr><td>(\d+)</td>", older) == ["2", "1"]
+            _, filtered = await csrf_of(auditor, "/ui/audit?action=ui.login")
+            assert filtered.count("<td>ui.login</td>") == 2 and "<td>certificate.issue</td>" not in filtered
+            async with auditor.post("/ui/audit/verify", data={}) as answer:
+                assert answer.status == 403
+            async with auditor.post("/ui/audit/verify", data={"csrf": good}) as answer:
+                assert answer.status == 200
+                assert "Whole chain verified" in await answer.text()
+            theirs, _ = await csrf_of(operator, "/ui/devices/LOT-A-000")
+            async with operator.post("/ui/audit/verify", data={"csrf": theirs}) as answer:
+                assert answer.status == 403
+
+    asyncio.run(run())
+
+
+def _actions(served: Served, serial: str) -> list[tuple[str, str]]:
+    with reading(served.authority.engine) as conn:
+        rows = conn.execute(
+            select(audit_events.c.action, audit_events.c.actor).where(audit_events.c.subject == serial)
+        ).all()
+    return [(r.action, r.actor) for r in rows]
+
+
+def test_disable_activate_approve_confirmed_and_audited(served: Served) -> None:
+    serial, path = "LOT-A-002", "/ui/devices/LOT-A-002"
+    devices_mod.approval_pending(served.authority, serial)
+
+    async def run() -> None:
+        async with session(served) as operator, session(served) as auditor:
+            await login(operator, served.tokens["operator"])
+            await login(auditor, served.tokens["auditor"])
+            good, page = await csrf_of(operator, path)
+            assert 'value="disable"' in page and 'value="approve"' in page and 'value="activate"' not in page
+            assert "may not read the audit log" in page and "<td>device.registered</td>" in page  # events
+            theirs, page = await csrf_of(auditor, path)
+            assert "/state" not in page and "<td>certificate.issue</td>" in page  # trail, no forms
+            form = {"action": "disable", "confirm": "yes"}
+            for who, fields in ((operator, {}), (operator, {"csrf": theirs}), (auditor, {"csrf": theirs})):
+                async with who.post(f"{path}/state", data={**form, **fields}) as answer:
+                    assert answer.status == 403
+            # Inline errors, nothing changed: no confirmation, no such action, no reason to revoke.
+            async with operator.post(f"{path}/state", data={"action": "disable", "csrf": good}) as answer:
+                assert answer.status == 400 and "tick the confirmation box" in await answer.text()
+            async with operator.post(
+                f"{path}/state", data={**form, "action": "delete", "csrf": good}
+            ) as answer:
+                assert answer.status == 400 and 'role="alert"' in await answer.text()
+            async with operator.post(f"{path}/revoke", data={"confirm": "yes", "csrf": good}) as answer:
+                assert answer.status == 400 and "choose a reason" in await answer.text()
+            async with operator.post("/ui/devices/NOPE/state", data={**form, "csrf": good}) as answer:
+                assert answer.status == 404
+            # Activating an ACTIVE device (a form the page does not offer): the operation refuses.
+            async with operator.post(
+                f"{path}/state", data={**form, "action": "activate", "csrf": good}
+            ) as answer:
+                assert answer.status in (400, 403, 409) and "[device-state" in await answer.text()
+            assert served.state(serial) == "ACTIVE"
+            async with operator.post(f"{path}/state", data={**form, "csrf": good}) as answer:
+                assert answer.status == 200 and "Done: disable." in await answer.text()
+            assert served.state(serial) == "INACTIVE"
+            async with operator.post(
+                f"{path}/state", data={**form, "action": "activate", "csrf": good}
+            ) as answer:
+                assert "Done: activate." in await answer.text()
+            async with operator.post(
+                f"{path}/state", data={**form, "action": "approve", "csrf": good}
+            ) as answer:
+                page = await answer.text()
+            assert "Done: approve." in page and "approved 20" in page and 'value="approve"' not in page
+
+    asyncio.run(run())
+    assert served.state(serial) == "ACTIVE"
+    assert [a for a in _actions(served, serial) if a[1] == "ui:operator"] == [
+        ("device.state", "ui:operator"),
+        ("device.state", "ui:operator"),
+        ("device.approve", "ui:operator"),
+    ]
+
+
+def test_dashboard_queries_on_sqlite_and_postgresql(authority: Authority) -> None:
+    """The renewals, revocations, audit and device-trail queries on both stores (row-value
+    comparisons, `|| ''` and capped counts are dialect-sensitive)."""
+    fill(authority, {"LOT-Q": 2})
+    devices_mod.approval_pending(authority, "LOT-Q-001")
+    revoke(authority, RevokeRequest(Selector.LOT, "LOT-Q", Reason.SUPERSEDED), "cli")
+    fill(authority, {"LOT-R": 2})
+    authority.record_refusal(PolicyError("x", "refused"), "est.simplereenroll", "LOT-R-001", "est:peer")
+    now = authority.clock.now()
+    windows = Windows(approval_days=0)
+    with reading(authority.engine) as conn:
+        due = queries.listed(conn, expiring_unrenewed(now, windows))
+        assert (due.count, [r.serial for r in due.rows]) == (1, ["LOT-R-000"])
+        assert queries.listed(conn, held_for_approval(now, windows)).count == 0  # revoked since
+        later = now + timedelta(days=22)
+        assert [r.serial for r in queries.overdue(conn, later, timedelta(days=7)).rows] == ["LOT-R-000"]
+        assert queries.listed(conn, fallen_back(later, windows)).count == 0
+        fallen = queries.listed(conn, fallen_back(now + timedelta(days=30), windows))
+        assert [r.serial for r in fallen.rows] == ["LOT-R-000"]
+        failed = queries.refusals(conn, "est.simplereenroll", now - timedelta(days=1))
+        assert [r.subject for r in failed.rows] == ["LOT-R-001"]
+        listed = queries.revocation_list(conn, queries.RevocationFilter(Reason.SUPERSEDED.value, "lot"))
+        assert [(r.value, r.certificates) for r in listed] == [("LOT-Q", 4)]
+        by_reason = queries.revocation_totals(conn, models.revocations.c.reason)
+        assert [(r.key, r.actions, r.certificates) for r in by_reason] == [(Reason.SUPERSEDED.value, 1, 4)]
+        assert [r.action for r in queries.audit_page(conn, "revocation", None)] == ["revocation"]
+        found = queries.device(conn, "LOT-Q-001")
+        assert found is not None
+        trail = queries.trail(conn, "LOT-Q-001", [c.serial for c in found.certificates])
+        actions = [r.action for r in trail.audit]
+        assert actions == ["device.approval-requested", "certificate.issue", "certificate.issue"]
+        assert "device.revoked" in {r.type for r in trail.events}

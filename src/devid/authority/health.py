@@ -19,7 +19,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from sqlalchemy import ColumnElement, Connection, Select, exists, func, literal, select
+from sqlalchemy import ColumnElement, Connection, Select, exists, func, literal, select, tuple_
 
 from devid.authority.status_signing import OCSP_SIGNER_ROLE
 from devid.pki.profiles import ProfileName
@@ -132,9 +132,9 @@ def ca_expiring(conn: Connection, now: datetime, windows: Windows, limit: int) -
     )
 
 
-def device_cert_expiring(conn: Connection, now: datetime, windows: Windows, limit: int) -> Finding:
+def expiring_unrenewed(now: datetime, windows: Windows) -> Select[Any]:
     """Valid IDevIDs and LDevIDs ending within the window whose device holds no valid certificate
-    of the same profile ending later: nothing will take over when they expire."""
+    of the same profile ending later (serial, profile, not_after), soonest first."""
     cert = certificates.alias("cert")
     other = certificates.alias("other")
     renewed = exists().where(
@@ -143,7 +143,7 @@ def device_cert_expiring(conn: Connection, now: datetime, windows: Windows, limi
         _unindexed(other.c.profile) == cert.c.profile,
         other.c.not_after > cert.c.not_after,
     )
-    query = (
+    return (
         select(devices.c.serial, cert.c.profile, cert.c.not_after)
         .select_from(cert.join(devices, devices.c.id == cert.c.device_id))
         .where(
@@ -155,7 +155,11 @@ def device_cert_expiring(conn: Connection, now: datetime, windows: Windows, limi
         )
         .order_by(cert.c.not_after, cert.c.id)
     )
-    total, rows = _total_and_first(conn, query, limit)
+
+
+def device_cert_expiring(conn: Connection, now: datetime, windows: Windows, limit: int) -> Finding:
+    """Valid device certificates expiring soon that nothing will take over when they expire."""
+    total, rows = _total_and_first(conn, expiring_unrenewed(now, windows), limit)
     return Finding(
         "device-cert-expiring-no-renewal",
         Severity.MEDIUM,
@@ -218,34 +222,47 @@ def shared_public_key(conn: Connection, now: datetime, windows: Windows, limit: 
     )
 
 
-def idevid_fallback_stuck(conn: Connection, now: datetime, windows: Windows, limit: int) -> Finding:
+def fallen_back(now: datetime, windows: Windows) -> Select[Any]:
     """ACTIVE devices whose LDevID expired more than `fallback_days` ago unrenewed and that hold no
     valid LDevID or session certificate since: they work, if at all, on their IDevID alone.
 
     A renewed LDevID is marked superseded, so an expired LDevID still `valid` is one that was never
-    replaced: the (profile, status, expiry) index finds exactly those, never the renewed history;
-    the device's (device_id, status) index then tells whether anything valid came since.
+    replaced: the (profile, status, expiry) index finds exactly those, never the renewed history,
+    in expiry order; the device's (device_id, status) index then tells whether anything valid came
+    since, and whether a later expired one names the device instead (each device once, with no
+    grouping: the first rows come without reading the rest).
     """
-    cert, other = certificates.alias("cert"), certificates.alias("other")
-    query = (
-        select(devices.c.serial, func.max(cert.c.not_after).label("expired"))
+    cert, other, later = certificates.alias("cert"), certificates.alias("other"), certificates.alias("later")
+    expired = now - timedelta(days=windows.fallback_days)
+    return (
+        select(devices.c.serial, cert.c.not_after.label("expired"))
         .select_from(cert.join(devices, devices.c.id == cert.c.device_id))
         .where(
             cert.c.profile == ProfileName.LDEVID,
             cert.c.status == CertificateStatus.VALID,
-            cert.c.not_after <= now - timedelta(days=windows.fallback_days),
-            devices.c.state == DeviceState.ACTIVE,
+            cert.c.not_after <= expired,
+            _unindexed(devices.c.state) == DeviceState.ACTIVE,
             ~exists().where(
                 other.c.device_id == cert.c.device_id,
                 other.c.status == CertificateStatus.VALID,
                 _unindexed(other.c.profile).in_(_OPERATIONAL),
                 other.c.not_after > now,
             ),
+            ~exists().where(
+                later.c.device_id == cert.c.device_id,
+                later.c.status == CertificateStatus.VALID,
+                _unindexed(later.c.profile) == ProfileName.LDEVID,
+                later.c.not_after <= expired,
+                tuple_(later.c.not_after, later.c.id) > tuple_(cert.c.not_after, cert.c.id),
+            ),
         )
-        .group_by(devices.c.serial)
-        .order_by(func.max(cert.c.not_after), devices.c.serial)
+        .order_by(cert.c.not_after, cert.c.id)
     )
-    total, rows = _total_and_first(conn, query, limit)
+
+
+def idevid_fallback_stuck(conn: Connection, now: datetime, windows: Windows, limit: int) -> Finding:
+    """Active devices working on their IDevID alone for over `fallback_days` (`fallen_back`)."""
+    total, rows = _total_and_first(conn, fallen_back(now, windows), limit)
     return Finding(
         "idevid-fallback-stuck",
         Severity.HIGH,
@@ -255,9 +272,9 @@ def idevid_fallback_stuck(conn: Connection, now: datetime, windows: Windows, lim
     )
 
 
-def approval_pending(conn: Connection, now: datetime, windows: Windows, limit: int) -> Finding:
-    """Enrollments held for an operator's approval for longer than `approval_days`."""
-    query = (
+def held_for_approval(now: datetime, windows: Windows) -> Select[Any]:
+    """Enrollments held for an operator's approval for longer than `approval_days`, oldest first."""
+    return (
         select(devices.c.serial, devices.c.approval_requested_at)
         .where(
             devices.c.approval_requested_at <= now - timedelta(days=windows.approval_days),
@@ -266,7 +283,11 @@ def approval_pending(conn: Connection, now: datetime, windows: Windows, limit: i
         )
         .order_by(devices.c.approval_requested_at, devices.c.id)
     )
-    total, rows = _total_and_first(conn, query, limit)
+
+
+def approval_pending(conn: Connection, now: datetime, windows: Windows, limit: int) -> Finding:
+    """Enrollments held for an operator's approval for longer than `approval_days`."""
+    total, rows = _total_and_first(conn, held_for_approval(now, windows), limit)
     return Finding(
         "approval-pending-too-long",
         Severity.MEDIUM,

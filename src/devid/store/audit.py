@@ -138,6 +138,14 @@ def _signed(key: ec.EllipticCurvePublicKey, row: Any) -> bool:
     return True
 
 
+def checkpoint_holds(conn: Connection, audit_key: ec.EllipticCurvePublicKey, checkpoint: Checkpoint) -> bool:
+    """Whether `checkpoint` is signed by the audit key and names the hash the chain has at its seq:
+    one signature and one event read, showing the chain was not rewritten whole up to it (an edit
+    of one event that leaves its stored hash shows only to `verify`, which rehashes every event)."""
+    stored = conn.execute(select(_events.c.hash).where(_events.c.seq == checkpoint.seq)).scalar()
+    return stored == checkpoint.hash and _signed(audit_key, checkpoint)
+
+
 def verify(
     conn: Connection, audit_key: ec.EllipticCurvePublicKey | None = None, batch: int = 5000
 ) -> Verification:

@@ -5,7 +5,10 @@ only a signed cookie naming the token, an expiry and a random session id, never 
 cookie is HMAC-SHA256 under the credential key's own `ui-session` purpose, so it is checked the
 same way by every server process sharing the store, with no session table. On every request the
 token's row is read again: revoking or expiring the token ends its sessions at once, and the role
-is always the token's current one. The CSRF token of a form is a MAC of the session id (a
+is always the token's current one. Logging in and out are audited (`ui.login`, `ui.logout`, the
+session id as subject); the cookie carries its login event's seq, so `open` finds a logout of
+its session with one step into the (action, seq) index from there: a logged-out cookie no
+longer works, in any process. The CSRF token of a form is a MAC of the session id (a
 different message under the same key): it is per session, and a page of another session or a
 guess never matches it.
 """
@@ -25,8 +28,9 @@ from devid.authority.core import Authority
 from devid.authority.credential_key import Purpose
 from devid.authority.roles import Role
 from devid.errors import AuthenticationRequired
-from devid.store.engine import reading
-from devid.store.models import api_tokens
+from devid.store import audit
+from devid.store.engine import reading, writing
+from devid.store.models import api_tokens, audit_events
 
 COOKIE = "devid_ui"
 #: Before a session exists: a random nonce the login form's CSRF token is the MAC of (a forged
@@ -42,6 +46,12 @@ class Session:
     role: Role
     csrf: str
     expires_at: datetime
+    #: The random session id (the subject of its `ui.login` and `ui.logout` audit events).
+    sid: str
+
+
+def _subject(sid: str) -> str:
+    return f"ui-session:{sid}"
 
 
 class Sessions:
@@ -62,7 +72,11 @@ class Sessions:
         if info.expires_at is not None:
             expires = min(expires, info.expires_at)
         name = base64.urlsafe_b64encode(info.name.encode()).decode().rstrip("=")
-        body = f"{name}.{int(expires.timestamp())}.{secrets.token_urlsafe(18)}"
+        sid = secrets.token_urlsafe(18)
+        with writing(self.authority.engine) as conn:
+            audit.append(conn, [audit.Event("ui.login", _subject(sid), f"ui:{info.name}")], now)
+            seq, _ = audit.head(conn)
+        body = f"{name}.{int(expires.timestamp())}.{sid}.{seq}"
         cookie = f"{body}.{self._mac(body)}"
         return cookie, self.open(cookie)
 
@@ -70,18 +84,26 @@ class Sessions:
         """The session `cookie` carries if its MAC is right, it has not expired and its token is
         still valid; else AuthenticationRequired."""
         parts = (cookie or "").split(".")
-        if len(parts) != 4:
+        if len(parts) != 5:
             raise AuthenticationRequired("ui-session-missing", "please log in")
-        body = ".".join(parts[:3])
-        if not hmac.compare_digest(parts[3], self._mac(body)):
+        body = ".".join(parts[:4])
+        if not hmac.compare_digest(parts[4], self._mac(body)):
             raise AuthenticationRequired("ui-session-invalid", "the session is not valid; please log in")
         name = base64.urlsafe_b64decode(parts[0] + "=" * (-len(parts[0]) % 4)).decode()
         expires_at = datetime.fromtimestamp(int(parts[1]), UTC)
         now = self.authority.clock.now()
         if expires_at <= now:
             raise AuthenticationRequired("ui-session-expired", "the session has expired; please log in")
+        a = audit_events.c
         with reading(self.authority.engine) as conn:
             row = conn.execute(select(api_tokens).where(api_tokens.c.name == name)).first()
+            ended = conn.execute(
+                select(a.seq)
+                .where(a.action == "ui.logout", a.seq > int(parts[3]), a.subject == _subject(parts[2]))
+                .limit(1)
+            ).first()
+        if ended is not None:
+            raise AuthenticationRequired("ui-session-ended", "the session was logged out; please log in")
         if (
             row is None
             or row.revoked_at is not None
@@ -89,7 +111,13 @@ class Sessions:
         ):
             raise AuthenticationRequired("ui-session-token", "the session's API token is no longer valid")
         info = token_info(row)
-        return Session(info.name, info.role, self._mac(f"csrf.{parts[2]}"), expires_at)
+        return Session(info.name, info.role, self._mac(f"csrf.{parts[2]}"), expires_at, parts[2])
+
+    def logout(self, session: Session) -> None:
+        """End `session` for good: its cookie is refused from now on, wherever it is presented."""
+        with writing(self.authority.engine) as conn:
+            event = audit.Event("ui.logout", _subject(session.sid), f"ui:{session.token_name}")
+            audit.append(conn, [event], self.authority.clock.now())
 
     def login_nonce(self) -> tuple[str, str]:
         """A fresh login cookie value and the CSRF token its form carries."""
