@@ -97,7 +97,7 @@ def demo(
     short_share: Annotated[
         float,
         typer.Option("--short-share", min=0.0, max=0.9, help="share of the fleet on the short-lived policy"),
-    ] = 0.2,
+    ] = 0.1,
     fresh: Annotated[
         bool, typer.Option("--fresh", help="delete the home of an earlier demo run first")
     ] = False,
@@ -186,9 +186,9 @@ def demo(
         steps.say(
             "onboarding (short-lived policy)",
             f"{spell.enrolled} devices enrolled on EST label {spell.label!r} ({spell.lifetime_days:g}-day "
-            f"LDevIDs); at their renewal time {spell.renewed} renewed with their LDevIDs, while "
-            f"{spell.offline} were offline past expiry and came back with their IDevIDs: {spell.fallback} "
-            f"re-enrolled (simulated clock, {spell.seconds:.1f} s)",
+            f"LDevIDs); at their renewal time {spell.renewed} renewed with their LDevIDs; offline past "
+            f"their LDevID's expiry: {spell.offline}, of which {spell.fallback} came back and re-enrolled "
+            f"with their IDevID (simulated clock, {spell.seconds:.1f} s)",
         )
         if spell.errors or spell.renewed + spell.fallback != spell.enrolled:
             raise DemoFailed("demo-failed", f"short-lived renewals incomplete: {list(spell.errors)}")
