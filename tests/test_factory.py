@@ -583,7 +583,7 @@ def check_report(demo_home: Path, output: str, revoked_certificates: int) -> Non
     ):
         row = rf"<tr><td>{profile}</td><td>{status}</td><td class=n>[\d,]+</td><td class=n>{n:,}</td></tr>"
         assert re.search(row, html), (profile, status, n)
-    assert "The chain of" in html and "verifies" in html
+    assert "The chain of" in html and "verifies" in html and "<strong>What it means:</strong>" in html
 
 
 def test_demo_fresh_deletes_only_a_demo_home(tmp_path: Path) -> None:

@@ -82,8 +82,12 @@ class Steps:
     def __init__(self) -> None:
         self.done: list[Step] = []
 
-    def say(self, title: str, text: str) -> None:
+    def record(self, title: str, text: str) -> None:
+        """A step that printed its own lines (the factory's progress and summary)."""
         self.done.append(Step(title, text))
+
+    def say(self, title: str, text: str) -> None:
+        self.record(title, text)
         console.print(f"[bold]{len(self.done)}. {escape(title)}[/]: {escape(text)}", highlight=False)
 
 
@@ -153,13 +157,11 @@ def demo(
     manifest = out_dir / "manifest.jsonl"
     summary = run_with_progress(spec, serials, workers, manifest, "factory")
     print_summary(summary, manifest)
-    steps.done.append(
-        Step(
-            "factory",
-            f"{summary.devices} devices ({serials[0]} .. {serials[-1]}) provisioned in lot {DEMO_LOT} with "
-            f"{workers} station processes: key in the secure element, IDevID from the manufacturing CA, "
-            f"{summary.failures} failures, line rate {summary.rate:,.0f} devices/s",
-        )
+    steps.record(
+        "factory",
+        f"{summary.devices} devices ({serials[0]} .. {serials[-1]}) provisioned in lot {DEMO_LOT} with "
+        f"{workers} station processes: key in the secure element, IDevID from the manufacturing CA, "
+        f"{summary.failures} failures, line rate {summary.rate:,.0f} devices/s",
     )
     ok_serials = [s for s in serials if s not in {f.serial for f in summary.failed}]
     verified = verify_idevids(path, out_dir, ok_serials)

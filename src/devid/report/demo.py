@@ -131,8 +131,11 @@ def render(record: DemoRecord) -> Markup:
     return h(
         '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>devid demo report</title>'
         '<meta name="viewport" content="width=device-width,initial-scale=1"><style>{}</style></head>'
-        "<body><main><h1>devid demo report</h1><p class=note>Home {} · written {}</p>{}</main></body></html>",
+        "<body><main><h1>devid demo report</h1><p class=note>Home {} · written {} · the live view: "
+        "<code>devid serve --home {}</code> (or <code>devid demo --serve</code>), then /ui</p>{}"
+        "</main></body></html>",
         STYLE,
+        str(record.home),
         str(record.home),
         f"{record.after.taken_at:%Y-%m-%d %H:%M} UTC",
         join(sections),
@@ -186,20 +189,22 @@ def _fleet(before: FleetSnapshot, after: FleetSnapshot) -> Markup:
 def _revocation(revocation: LotRevocation) -> Markup:
     sizes = {row.name: row for row in revocation.sizes}
     kinds = ("full CRL", "largest shard CRL", "filter", "one OCSP response")
-    bars: list[tuple[str, int, int]] = []
-    rows: list[Row] = []
+    per_ca: dict[str, tuple[Row | None, ...]] = {}
     for ca in revocation.cas:
         shards = [r for name, r in sizes.items() if name.startswith(f"crl {ca}/")]
-        found = (
+        per_ca[ca] = (
             sizes.get(f"crl {ca}"),
             max(shards, key=lambda r: r.bytes, default=None),
             sizes.get(f"filter {ca}"),
             sizes.get(f"ocsp {ca}"),
         )
-        for colour, (kind, row) in enumerate(zip(kinds, found, strict=True)):
-            if row is not None:
-                bars.append((f"{ca}: {kind}", row.bytes, colour))
-                rows.append(row)
+    bars = [
+        (f"{ca}: {kind}", row.bytes, colour)
+        for ca, found in per_ca.items()
+        for colour, (kind, row) in enumerate(zip(kinds, found, strict=True))
+        if row is not None
+    ]
+    rows = [row for found in per_ca.values() for row in found if row is not None]
     saved = [row for row in revocation.sizes if row.name.startswith("crl-saved ")]
     table = join(
         h(
@@ -222,7 +227,7 @@ def _revocation(revocation: LotRevocation) -> Markup:
         "revoked certificate; a shard CRL only those of its partition (the one a certificate names); the "
         "filter answers 'revoked?' for the whole CA in a few hundred bytes; an OCSP response covers one "
         "certificate.</figcaption></figure>"
-        "<table><tr><th>item</th><th class=n>bytes</th><th class=n>NB-IoT s</th><th class=n>LoRaWAN frames"
+        "{}<table><tr><th>item</th><th class=n>bytes</th><th class=n>NB-IoT s</th><th class=n>LoRaWAN frames"
         "</th><th class=n>LoRaWAN h</th><th>detail</th></tr>{}</table>"
         "<p class=note>Link assumptions: NB-IoT downlink {} kbit/s at the application layer; LoRaWAN EU868 "
         "SF12 (DR0): {} payload bytes per frame, {} s on air each, {}% duty cycle, so about {} frames "
@@ -233,12 +238,38 @@ def _revocation(revocation: LotRevocation) -> Markup:
         f"{revocation.devices:,}",
         f"{revocation.certificates:,}",
         bar_chart(bars, "bytes", "sizes of status data per issuing CA"),
+        _takeaway(per_ca),
         table,
         f"{NBIOT_BITS_PER_S / 1000:g}",
         LORAWAN_PAYLOAD,
         f"{FRAME_AIRTIME_S:.2f}",
         f"{LORAWAN_DUTY_CYCLE * 100:g}",
         int(3600 * LORAWAN_DUTY_CYCLE / FRAME_AIRTIME_S),
+    )
+
+
+def _takeaway(per_ca: Mapping[str, tuple[Row | None, ...]]) -> Markup:
+    """The figures above in one sentence, for the CA with the largest full CRL."""
+    complete = [
+        (full, shard, filter_, ca)
+        for ca, (full, shard, filter_, _) in per_ca.items()
+        if full is not None and shard is not None and filter_ is not None
+    ]
+    if not complete:
+        return Markup("")
+    full, shard, filter_, ca = max(complete, key=lambda found: found[0].bytes)
+    return h(
+        "<p><strong>What it means:</strong> over LoRaWAN, one device needs {} h to receive the {} CA's full "
+        "CRL ({} frames), {} h for the shard its certificate names and {} h for the filter, {} times smaller "
+        "than the CRL; over NB-IoT the full CRL is {} s of airtime per device. Short-lived and session "
+        "certificates never enter a CRL (the crl-saved rows): expiry revokes them.</p>",
+        f"{full.lorawan_hours:.1f}",
+        ca,
+        f"{full.lorawan_frames:,}",
+        f"{shard.lorawan_hours:.1f}",
+        f"{filter_.lorawan_hours:.1f}",
+        f"{full.bytes // max(filter_.bytes, 1):,}",
+        f"{full.nbiot_s:.1f}",
     )
 
 
