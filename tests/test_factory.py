@@ -520,9 +520,16 @@ def test_demo_twice(tmp_path: Path) -> None:
     assert "20 of its devices registered just in time" in first, first
     assert "a new device is refused (403): True" in first
     assert "DEMO00000001 .. DEMO00000050" in first
-    # Step 7: the lot is revoked (50 IDevIDs, 50 LDevIDs, the renewed ones' older LDevIDs) and published.
+    # Two renewal policies: 45 devices on `renew`, 5 on `short`, of which 1 was offline past expiry.
+    assert "45 devices enrolled LDevIDs (one year)" in first, first
+    assert (
+        "5 devices enrolled on EST label 'short' (30-day LDevIDs); at their renewal time 4 renewed" in first
+    )
+    assert "offline past their LDevID's expiry: 1, of which 1 came back and re-enrolled" in first, first
+    # The lot is revoked (IDevIDs, LDevIDs, the renewed ones' older LDevIDs) and published.
     revoked = re.search(r"lot 'lot-demo' revoked for keyCompromise: 50 devices and (\d+) certificates", first)
     assert revoked is not None and int(revoked.group(1)) > 100, first
+    check_report(demo_home, first, int(revoked.group(1)))
     for ca in ("manufacturing", "operational"):
         sizes = re.search(
             rf"{ca}: full CRL ([\d,]+) B, largest shard CRL ([\d,]+) B, filter ([\d,]+) B, "
@@ -549,6 +556,34 @@ def test_demo_twice(tmp_path: Path) -> None:
     assert len(rows) == 50 and {r["status"] for r in rows} == {"ok"}
     root, manufacturing = trust_files(demo_home, demo_home, demo_home / "devices" / "DEMO00000050")
     openssl_verify(root, demo_home / "devices" / "DEMO00000050" / "idevid.pem", untrusted=manufacturing)
+
+
+def check_report(demo_home: Path, output: str, revoked_certificates: int) -> None:
+    """The report the demo printed the path of: every section, its charts inline, nothing fetched from
+    elsewhere, and the fleet's figures as the store has them."""
+    path = demo_home / "report" / "index.html"
+    assert f"report: {path}" in output, output
+    html = path.read_text()
+    for section in ("steps", "fleet", "revocation", "audit", "strategies"):
+        assert f'<section id="{section}">' in html
+    assert html.count("<svg") == 2 and "<script" not in html and "src=" not in html and "href=" not in html
+    assert (
+        "<strong>lot revocation</strong>" in html
+        and f"50 devices and {revoked_certificates:,} certificates" in html
+    )
+    # Devices by state after the revocation: the lot's 50 REVOKED, the 20 contract devices ACTIVE.
+    states = dict(query(demo_home, "SELECT state, count(*) FROM devices GROUP BY state"))
+    assert states == {"REVOKED": 50, "ACTIVE": 20}
+    for state, n in states.items():
+        assert re.search(rf"<tr><td>{state}</td><td class=n>[\d,]+</td><td class=n>{n}</td></tr>", html), (
+            state
+        )
+    for profile, status, n in query(
+        demo_home, "SELECT profile, status, count(*) FROM certificates WHERE status != 'valid' GROUP BY 1, 2"
+    ):
+        row = rf"<tr><td>{profile}</td><td>{status}</td><td class=n>[\d,]+</td><td class=n>{n:,}</td></tr>"
+        assert re.search(row, html), (profile, status, n)
+    assert "The chain of" in html and "verifies" in html and "<strong>What it means:</strong>" in html
 
 
 def test_demo_fresh_deletes_only_a_demo_home(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import queue
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -318,7 +319,8 @@ def test_bad_clients_are_refused_without_disturbing_live_sessions(
         tmp_path / "ocsp", operational, pki.ocsp_signer, [a.cert, b.cert, expired.cert]
     ) as responder:
         view = OcspStatus(responder.url, SystemClock())
-        with running_gateway(options(broker, handshake_timeout=0.5), pki.server, pki.anchors, view) as gw:
+        opts = options(broker, handshake_timeout=0.5, metrics_port=0)
+        with running_gateway(opts, pki.server, pki.anchors, view) as gw:
             sub, pub = Client(gw.port, pki, a, "dev-a"), Client(gw.port, pki, b, "dev-b")
             sub.subscribe("fleet/#")
             refused = gw.gateway.counters.refused
@@ -346,6 +348,13 @@ def test_bad_clients_are_refused_without_disturbing_live_sessions(
             assert mqtt_connack(gw.port, client_context(pki.root_file, b), "dev-b-2") == CONNACK_OK
             for c in (sub, pub):
                 c.close()
+            # The gateway's own /metrics says the same: admissions, and refusals by reason.
+            wait_for(lambda: gw.gateway.counters.admitted == 3)
+            with urllib.request.urlopen(f"http://127.0.0.1:{gw.gateway.metrics_port}/metrics") as answer:
+                scraped = answer.read().decode()
+            assert "devid_gateway_admissions_total 3.0" in scraped, scraped
+            assert 'devid_gateway_refusals_total{reason="tls-handshake"} 4.0' in scraped
+            assert 'devid_gateway_refusals_total{reason="client-cert-expired"} 1.0' in scraped
 
 
 # --- snapshot modes: the machinery with a stand-in signed format ---------------------------------

@@ -5,9 +5,11 @@ allowlist from `devid serve --http-port` → the live MQTT session of the revoke
 from __future__ import annotations
 
 import queue
+import re
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,6 +45,7 @@ class Gateway:
         line = lines.get(timeout=60)
         assert "devid gateway on" in line, line + (self.proc.stderr.read() if self.proc.stderr else "")
         self.port = int(line.split()[3].rsplit(":", 1)[1])
+        self.metrics = lines.get(timeout=10).split()[-1] if "--metrics-port" in map(str, args) else None
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -126,6 +129,8 @@ def test_revoke_cuts_live_sessions_through_the_real_path(
             *which,
             "--refresh",
             "60s",
+            "--metrics-port",
+            "0",
         )
         for mode, which in MODES.items()
     }
@@ -150,6 +155,15 @@ def test_revoke_cuts_live_sessions_through_the_real_path(
                 Client(gateways[mode].port, pki, creds["GW-2"], f"{mode}-2-again")
             first.close()
             third.close()
+            # Its metrics: GW-1, GW-2, GW-3 admitted; GW-2 refused once revoked, for that reason.
+            assert gateways[mode].metrics is not None
+            with urllib.request.urlopen(gateways[mode].metrics) as answer:
+                scraped = answer.read().decode()
+            assert (
+                "devid_gateway_admissions_total 3.0" in scraped
+                and "devid_gateway_sessions_cut_total 1.0" in scraped
+            )
+            assert re.search(r'devid_gateway_refusals_total\{reason="[a-z-]+"\} 1\.0', scraped), scraped
     finally:
         for gateway in gateways.values():
             gateway.stop()

@@ -41,6 +41,8 @@ LAYERS = {
     "server": 8,
     "sim": 9,
     "bench": 10,
+    # The demo's HTML report (reads the store through the dashboard's queries and charts).
+    "report": 10,
     "cli": 11,
 }
 SRC = Path(devid.__file__).parent

@@ -8,6 +8,7 @@ import json
 import re
 import socket
 import ssl
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_onboarding import _sync, curl_enroll, register
 from test_serve import PASSPHRASE, _enroll_over_tls, rest_of_output, start_serve
 
+from devid.api import tokens
 from devid.authority.core import Authority
 from devid.authority.setup import init_home, open_authority
 from devid.clock import FixedClock
@@ -146,6 +148,25 @@ def test_request_ids_echoed_or_made(pub: Authority, tmp_path: Path) -> None:
     assert request_id("a" * 64) == "a" * 64 and request_id("a" * 65) != "a" * 65
 
 
+def test_api_requests_counted_by_operation_and_status(pub: Authority, tmp_path: Path) -> None:
+    token, _ = tokens.create(pub, "ops", "admin", pub.clock.now())
+    bearer = {"Authorization": f"Bearer {token}"}
+    with running_server(pub, tmp_path / "srv") as server:
+        for headers in (bearer, bearer, {}):
+            https(server, "GET", "/api/v1/devices", headers=headers)
+        assert https(server, "GET", "/api/v1/devices/SN-NONE", headers=bearer).status == 404
+        assert https(server, "GET", "/api/v1/nowhere", headers=bearer).status == 404
+        assert https(server, "GET", "/api/v1/openapi.json").status == 200
+        found = scrape(server)
+    assert value(found, "devid_api_requests_total", operation="get_devices", status="200") == 2
+    assert value(found, "devid_api_requests_total", operation="get_devices", status="401") == 1
+    assert value(found, "devid_api_requests_total", operation="get_devices_serial", status="404") == 1
+    assert value(found, "devid_api_requests_total", operation="other", status="404") == 1
+    assert value(found, "devid_api_requests_total", operation="openapi", status="200") == 1
+    # EST requests are not API requests, and the other way round.
+    assert not any(name == "devid_api_requests_total" and "est" in str(labels) for name, labels in found)
+
+
 def test_workers_sum_and_log_json(tmp_path: Path) -> None:
     home = init_home(tmp_path / "H", org="Acme", passphrase=PASSPHRASE)
     auth = open_authority(home, PASSPHRASE)
@@ -172,8 +193,18 @@ def test_workers_sum_and_log_json(tmp_path: Path) -> None:
             assert value(found, "devid_est_requests_total", operation="simpleenroll", status="200") == 16
             assert value(found, "devid_certificates_issued_total", profile="ldevid") == 16
             assert value(found, "devid_issuance_seconds_count", profile="ldevid") == 16
-        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as plain:
+        # The plain-HTTP status port names its requests too: the client's id echoed, or a new one.
+        sent = urllib.request.Request(
+            f"http://127.0.0.1:{http_port}/metrics", headers={"X-Request-Id": "scrape-7"}
+        )
+        with urllib.request.urlopen(sent, timeout=10) as plain:
+            assert plain.headers["X-Request-Id"] == "scrape-7"
             found = samples(plain.read().decode())
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(f"http://127.0.0.1:{http_port}/nowhere", timeout=10)
+        assert missing.value.code == 404 and re.fullmatch(
+            r"[0-9a-f]{16}", missing.value.headers["X-Request-Id"]
+        )
         assert value(found, "devid_certificates_issued_total", profile="ldevid") == 16
         assert value(found, "devid_status_published_bytes", kind="crl", scope="operational") > 0
         assert value(found, "devid_status_rebuilds_total", kind="crl") >= 1
@@ -185,6 +216,8 @@ def test_workers_sum_and_log_json(tmp_path: Path) -> None:
     rest_of_output(served)
     assert served.proc.stderr is not None
     logged = [json.loads(line) for line in served.proc.stderr.read().splitlines() if line.startswith("{")]
+    scraped = [line for line in logged if line.get("request_id") == "scrape-7"]
+    assert [(x["method"], x["path"], x["status"]) for x in scraped] == [("GET", "/metrics", 200)], scraped
     enrolls = [line for line in logged if line.get("path") == "/.well-known/est/simpleenroll"]
     assert len(enrolls) == 16
     # Both workers served enrollments (the kernel spreads 16 connections: all on one has odds 2^-15).

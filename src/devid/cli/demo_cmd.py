@@ -18,6 +18,8 @@ from devid.authority.core import Authority
 from devid.authority.revocation import RevokeRequest, Selector, revoke
 from devid.authority.setup import init_home, open_authority
 from devid.cli.common import HomeOpt, console
+from devid.cli.demo_field import short_lived_field
+from devid.cli.demo_serve import serve_dashboard
 from devid.cli.factory_cmd import print_summary, run_with_progress
 from devid.cli.revocation_cmd import report_rows
 from devid.config import CONFIG_FILE, Home, default_home, refuse_non_directory, resolve_passphrase
@@ -27,6 +29,7 @@ from devid.factory.secure_elements import SecureElementSpec
 from devid.factory.station import IDEVID_FILE, LineInfo
 from devid.pki.encoding import load_certificates
 from devid.pki.reasons import Reason
+from devid.report.demo import DemoRecord, LotRevocation, Step, snapshot, write_report
 from devid.revocation.publisher import Publisher
 from devid.sim.onboarding import onboard, onboard_contract_fleet
 
@@ -73,6 +76,21 @@ def verify_idevids(home_path: Path, out_dir: Path, serials: list[str]) -> int:
     return verified
 
 
+class Steps:
+    """The demo's steps as it prints them, kept for the report."""
+
+    def __init__(self) -> None:
+        self.done: list[Step] = []
+
+    def record(self, title: str, text: str) -> None:
+        """A step that printed its own lines (the factory's progress and summary)."""
+        self.done.append(Step(title, text))
+
+    def say(self, title: str, text: str) -> None:
+        self.record(title, text)
+        console.print(f"[bold]{len(self.done)}. {escape(title)}[/]: {escape(text)}", highlight=False)
+
+
 def demo(
     home: HomeOpt = None,
     devices: Annotated[int, typer.Option("--devices", min=1, help="devices to provision")] = 1000,
@@ -80,11 +98,21 @@ def demo(
     contract_devices: Annotated[
         int, typer.Option("--contract-devices", min=1, help="devices of the contract manufacturer")
     ] = 200,
+    short_share: Annotated[
+        float,
+        typer.Option("--short-share", min=0.0, max=0.9, help="share of the fleet on the short-lived policy"),
+    ] = 0.1,
     fresh: Annotated[
         bool, typer.Option("--fresh", help="delete the home of an earlier demo run first")
     ] = False,
+    serve: Annotated[
+        bool, typer.Option("--serve", help="then serve the home with its dashboard until Ctrl-C")
+    ] = False,
+    port: Annotated[int, typer.Option("--port", help="with --serve: TCP port (0: any free port)")] = 8443,
 ) -> None:
-    """Make a new home, run the factory, verify every IDevID, enroll over EST, print a summary.
+    """Make a new home, run the factory, verify every IDevID, enroll over EST under two renewal
+    policies, onboard a contract manufacturer's fleet, check the audit chain, revoke the lot, and
+    write an HTML report; with --serve, then serve the dashboard.
 
     The demo always starts from a new home: it refuses a home that exists (its figures would mix
     with the earlier run's devices) unless --fresh, which deletes an earlier demo's home first.
@@ -105,10 +133,12 @@ def demo(
         shutil.rmtree(path)
         console.print(f"[bold]0. fresh[/]: deleted the earlier demo home {escape(str(path))}")
     passphrase = _passphrase(path)
+    steps = Steps()
     init_home(path, org=DEMO_ORG, passphrase=passphrase, public_url=DEMO_PUBLIC_URL)
-    console.print(
-        f"[bold]1. init[/]: new home {escape(str(path))} with root, manufacturing, operational CAs and "
-        "OCSP signers (P-256, encrypted at rest, SQLite store)"
+    steps.say(
+        "init",
+        f"new home {path} with root, manufacturing, operational CAs and OCSP signers (P-256, encrypted at "
+        "rest, SQLite store)",
     )
     home_obj = Home.load(path)
     out_dir = path / "devices"
@@ -127,31 +157,52 @@ def demo(
     manifest = out_dir / "manifest.jsonl"
     summary = run_with_progress(spec, serials, workers, manifest, "factory")
     print_summary(summary, manifest)
+    steps.record(
+        "factory",
+        f"{summary.devices} devices ({serials[0]} .. {serials[-1]}) provisioned in lot {DEMO_LOT} with "
+        f"{workers} station processes: key in the secure element, IDevID from the manufacturing CA, "
+        f"{summary.failures} failures, line rate {summary.rate:,.0f} devices/s",
+    )
     ok_serials = [s for s in serials if s not in {f.serial for f in summary.failed}]
     verified = verify_idevids(path, out_dir, ok_serials)
-    console.print(
-        f"[bold]3. verify[/]: {verified}/{len(ok_serials)} IDevIDs path-validate to the root "
-        "(RFC 5280, cryptography's verifier)"
+    steps.say(
+        "verify",
+        f"{verified}/{len(ok_serials)} IDevIDs path-validate to the root (RFC 5280, cryptography's verifier)",
     )
     if summary.failures or verified != devices:
         raise DemoFailed("demo-failed", f"{summary.failures} devices failed on the line")
-    field = asyncio.run(onboard(home_obj, passphrase, [out_dir / s for s in ok_serials]))
-    console.print(
-        f"[bold]4. onboarding[/]: EST server at {field.url}; {field.enrolled} devices enrolled LDevIDs "
-        f"over mTLS with their IDevIDs, then {field.renewed} of them renewed with their LDevIDs at their "
-        f"renewal time (simulated clock) in {field.seconds:.1f} s; {field.verified} LDevIDs path-validate "
-        "through the operational CA"
+    short_count = int(len(ok_serials) * short_share)
+    renewing, short = ok_serials[short_count:], ok_serials[:short_count]
+    field = asyncio.run(onboard(home_obj, passphrase, [out_dir / s for s in renewing]))
+    steps.say(
+        "onboarding (renew policy)",
+        f"EST server at {field.url}; {field.enrolled} devices enrolled LDevIDs (one year) over mTLS with "
+        f"their IDevIDs, then {field.renewed} of them renewed with their LDevIDs at their renewal time "
+        f"(simulated clock) in {field.seconds:.1f} s; {field.verified} LDevIDs path-validate through the "
+        "operational CA",
     )
-    if field.enrolled != len(ok_serials) or field.verified != len(ok_serials) or field.errors:
+    if field.enrolled != len(renewing) or field.verified != len(renewing) or field.errors:
         raise DemoFailed("demo-failed", f"onboarding incomplete: {field.errors}")
+    if short:
+        spell = asyncio.run(short_lived_field(home_obj, passphrase, [out_dir / s for s in short]))
+        steps.say(
+            "onboarding (short-lived policy)",
+            f"{spell.enrolled} devices enrolled on EST label {spell.label!r} ({spell.lifetime_days:g}-day "
+            f"LDevIDs); at their renewal time {spell.renewed} renewed with their LDevIDs; offline past "
+            f"their LDevID's expiry: {spell.offline}, of which {spell.fallback} came back and re-enrolled "
+            f"with their IDevID (simulated clock, {spell.seconds:.1f} s)",
+        )
+        if spell.errors or spell.renewed + spell.fallback != spell.enrolled:
+            raise DemoFailed("demo-failed", f"short-lived renewals incomplete: {list(spell.errors)}")
     contract = asyncio.run(onboard_contract_fleet(home_obj, passphrase, contract_devices))
-    console.print(
-        f"[bold]5. fleet onboarding[/]: contract manufacturer CA {contract.manufacturer!r} (made outside "
-        f"devid) registered with proof of possession; {contract.registered} of its devices registered just "
-        f"in time over EST and were allocated by group {contract.group!r} (hashed): "
+    steps.say(
+        "fleet onboarding",
+        f"contract manufacturer CA {contract.manufacturer!r} (made outside devid) registered with proof of "
+        f"possession; {contract.registered} of its devices registered just in time over EST and were "
+        f"allocated by group {contract.group!r} (hashed): "
         + ", ".join(f"{hub} {count}" for hub, count in (contract.per_hub or {}).items())
         + f"; with the group disabled a new device is refused (403): {contract.blocked_when_disabled}"
-        f" ({contract.seconds:.1f} s)"
+        f" ({contract.seconds:.1f} s)",
     )
     if contract.registered != contract_devices or not contract.blocked_when_disabled:
         raise DemoFailed("demo-failed", "fleet onboarding of the contract manufacturer did not complete")
@@ -160,31 +211,40 @@ def demo(
         chain = anchoring.verify_audit()
     if not chain.ok or chain.unanchored:
         raise DemoFailed("demo-failed", f"the audit chain does not verify: {chain.reason}")
-    console.print(
-        f"[bold]6. audit[/]: the chain's {chain.events} events verify and are anchored by "
-        f"{chain.checkpoints} checkpoints signed with the home's audit key"
+    steps.say(
+        "audit",
+        f"the chain's {chain.events} events verify and are anchored by {chain.checkpoints} checkpoints "
+        "signed with the home's audit key",
     )
     with open_authority(home_obj, passphrase) as revoking:
-        _revoke_lot(revoking)
+        before = snapshot(revoking)
+        lot = _revoke_lot(revoking, steps)
         revoking.checkpoint_audit()
+        after = snapshot(revoking)
+    report = write_report(DemoRecord(path, tuple(steps.done), before, after, lot, chain))
     console.print(
         f"[bold green]demo complete[/]: {devices} devices provisioned at {summary.rate:,.0f} devices/s "
         "(line rate), "
-        f"enrolled and partly renewed over EST, {contract_devices} contract devices onboarded; "
+        f"enrolled and renewed over EST under two policies, {contract_devices} contract devices onboarded; "
         f"try `devid cert list --home {escape(str(path))} --limit 5` or "
         f"`devid audit verify --home {escape(str(path))}{_passphrase_hint(path)}`"
     )
+    console.print(f"[bold]report[/]: {escape(str(report))}", highlight=False)
+    if serve:
+        serve_dashboard(home_obj, passphrase, port)
 
 
-def _revoke_lot(authority: Authority) -> None:
-    """Step 7: revoke the production lot (keyCompromise), publish, and say what it costs to tell devices."""
+def _revoke_lot(authority: Authority, steps: Steps) -> LotRevocation:
+    """Step 8: revoke the production lot (keyCompromise), publish, and say what it costs to tell devices."""
     request = RevokeRequest(Selector.LOT, DEMO_LOT, Reason.KEY_COMPROMISE, "demo: a compromised lot")
     result = revoke(authority, request, "demo")
     Publisher(authority).publish()
-    sizes = {row.name: row.bytes for row in report_rows(authority)}
-    console.print(
-        f"[bold]7. lot revocation[/]: lot {DEMO_LOT!r} revoked for keyCompromise: {result.devices} devices "
-        f"and {result.certificates} certificates; published at once:"
+    rows = report_rows(authority)
+    sizes = {row.name: row.bytes for row in rows}
+    steps.say(
+        "lot revocation",
+        f"lot {DEMO_LOT!r} revoked for keyCompromise: {result.devices} devices and {result.certificates} "
+        "certificates; CRLs, filters and OCSP answers published at once",
     )
     for ca in result.cas:
         shard = max((b for name, b in sizes.items() if name.startswith(f"crl {ca}/")), default=0)
@@ -193,6 +253,9 @@ def _revoke_lot(authority: Authority) -> None:
             f"filter {sizes.get(f'filter {ca}', 0):,} B, one OCSP response {sizes.get(f'ocsp {ca}', 0):,} B",
             highlight=False,
         )
+    return LotRevocation(
+        DEMO_LOT, request.reason.rfc_name, result.devices, result.certificates, tuple(result.cas), tuple(rows)
+    )
 
 
 def _passphrase_hint(path: Path) -> str:

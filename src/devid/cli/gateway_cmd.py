@@ -100,6 +100,16 @@ def gateway(
     passphrase_file: Annotated[
         Path | None, typer.Option("--passphrase-file", help="passphrase of an encrypted --key")
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=0,
+            max=65535,
+            help="serve Prometheus metrics (admissions, refusals by reason, cuts) at "
+            "http://LISTEN_HOST:PORT/metrics",
+        ),
+    ] = None,
 ) -> None:
     """Proxy device mTLS connections to an MQTT broker, admitting only certificates that chain to
     --ca-bundle, are valid now and whose signed status is good; cut live sessions that turn bad.
@@ -136,11 +146,14 @@ def gateway(
         handshake_timeout=handshake_timeout,
         status_file=status_file,
         tick=min(1.0, every.total_seconds()),
+        metrics_port=metrics_port,
     )
     gw = Gateway(options, context, anchors, view, clock, mode=status.value)
 
     def listening(port: int) -> None:
         typer.echo(f"devid gateway on {listen_host}:{port} -> {up_host}:{up_port} (status {status.value})")
+        if gw.metrics_port is not None:
+            typer.echo(f"metrics at http://{listen_host}:{gw.metrics_port}/metrics")
         sys.stdout.flush()
 
     asyncio.run(serve(gw, (up_host, up_port, events_topic) if events else None, listening))

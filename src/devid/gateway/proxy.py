@@ -22,20 +22,22 @@ import json
 import logging
 import signal
 import ssl
-from collections import Counter
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from cryptography import x509
+from prometheus_client import CollectorRegistry
 
 from devid.clock import Clock
-from devid.errors import CredentialRefused
+from devid.errors import ConfigError, CredentialRefused
 from devid.fsutil import atomic_write
 from devid.gateway.events import listen
+from devid.gateway.metrics import Counters, GatewayCollector, start_metrics
 from devid.gateway.status import CertRef, Hint, Known, StatusUnavailable, StatusView, Verdict
 from devid.pki.client_chain import check_client_chain
 
@@ -65,6 +67,8 @@ class GatewayOptions:
     #: How often sessions are judged again and the schedule is looked at.
     tick: float = 1.0
     status_file: Path | None = None
+    #: Serve Prometheus metrics at http://LISTEN_HOST:PORT/metrics (0: a free port; None: not at all).
+    metrics_port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -109,15 +113,6 @@ class Session:
             writer.transport.abort()
 
 
-@dataclass
-class Counters:
-    admitted: int = 0
-    cut: int = 0
-    refused: Counter[str] = field(default_factory=Counter)
-    refreshes: int = 0
-    refresh_failures: int = 0
-
-
 def _peer(writer: asyncio.StreamWriter) -> str:
     info = writer.get_extra_info("peername")
     return f"{info[0]}:{info[1]}" if isinstance(info, tuple) and len(info) >= 2 else str(info)
@@ -148,6 +143,10 @@ class Gateway:
         self.mode = mode
         self.sessions: dict[int, Session] = {}
         self.counters = Counters()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(GatewayCollector(self.counters, lambda: len(self.sessions)))
+        self.metrics_port: int | None = None
+        self._metrics: web.AppRunner | None = None
         self.last_refresh: datetime | None = None
         self.last_error: str | None = None
         self.started_at = clock.now()
@@ -170,6 +169,14 @@ class Gateway:
             self._handle, self.options.listen_host, self.options.listen_port, limit=CHUNK
         )
         port: int = self._server.sockets[0].getsockname()[1]
+        if self.options.metrics_port is not None:
+            try:
+                self._metrics, self.metrics_port = await start_metrics(
+                    self.registry, self.options.listen_host, self.options.metrics_port
+                )
+            except ConfigError:
+                await self.stop()
+                raise
         log.info(
             "listening on %s:%d, upstream %s:%d, status %s, fail %s after %s",
             self.options.listen_host,
@@ -198,6 +205,9 @@ class Gateway:
         if self._server is not None:
             self._server.close()
             self._server = None
+        if self._metrics is not None:
+            await self._metrics.cleanup()
+            self._metrics = None
         for session in list(self.sessions.values()):
             session.cut("gateway stopping")
         pending = [*self._tasks, *self._handlers]

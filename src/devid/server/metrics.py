@@ -40,12 +40,14 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
+from devid.api.routes import PREFIX as API_PREFIX
 from devid.authority.core import Authority
 from devid.authority.credentials import Identity
 from devid.authority.enroll import Admission
 from devid.authority.requests import Issued
 from devid.errors import DevidError
 from devid.est.server import basic_credential
+from devid.publish.plain_http import Handler as PlainHandler
 from devid.publish.plain_http import Reply
 from devid.registry.onboarding import Registry, device_serial_of
 from devid.revocation.ocsp import OcspResponder
@@ -68,6 +70,7 @@ EXPIRING_WITHIN = {"7d": timedelta(days=7), "30d": timedelta(days=30)}
 
 _SANE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _EST_PREFIX = "/.well-known/est/"
+_API_PREFIX = API_PREFIX + "/"
 _EST_OPERATIONS = frozenset(
     ("cacerts", "csrattrs", "policy", "simpleenroll", "simplereenroll", "serverkeygen")
 )
@@ -192,6 +195,12 @@ class Metrics:
         self.est_requests = Counter(
             "devid_est_requests", "EST requests answered", ["operation", "status"], registry=registry
         )
+        self.api_requests = Counter(
+            "devid_api_requests",
+            "Admin API requests answered, by operation id (`other`: no such route)",
+            ["operation", "status"],
+            registry=registry,
+        )
         self.jitr = Counter(
             "devid_jitr_registrations", "Devices registered just in time at enrollment", registry=registry
         )
@@ -279,8 +288,8 @@ class Metrics:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Give the request its id (echoed in `X-Request-Id`), count EST requests by operation and
-        status, and log the request (`devid.request`, INFO: the JSON lines of `--log-json`)."""
+        """Give the request its id (echoed in `X-Request-Id`), count EST and admin API requests by
+        operation and status, and log the request (`devid.request`, INFO: the JSON lines of `--log-json`)."""
         started = time.perf_counter()
         rid = request[REQUEST_ID] = request_id(request.headers.get(REQUEST_ID_HEADER))
         status = 500
@@ -301,24 +310,56 @@ class Metrics:
             operation = est_operation(request.path)
             if operation is not None:
                 self.est_requests.labels(operation, str(status)).inc()
-            if request_log.isEnabledFor(logging.INFO):
-                request_log.info(
-                    "%s %s %d",
+            elif request.path.startswith(_API_PREFIX):
+                self.api_requests.labels(request.match_info.route.name or "other", str(status)).inc()
+            if request_log.isEnabledFor(logging.INFO):  # reading the client certificate costs
+                _log_request(
+                    rid,
                     request.method,
                     request.path,
                     status,
-                    extra={
-                        "request": {
-                            "request_id": rid,
-                            "method": request.method,
-                            "path": request.path,
-                            "status": status,
-                            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                            "peer": peer_address(request),
-                            "device": _device_of(request),
-                        }
-                    },
+                    started,
+                    peer_address(request),
+                    _device_of(request),
                 )
+
+    def plain_requests(self, inner: PlainHandler) -> PlainHandler:
+        """The plain-HTTP status port's handler with what `middleware` gives every TLS request: an
+        id (echoed in `X-Request-Id`) and its log line. No peer or device there: OCSP and CRLs are
+        fetched anonymously."""
+
+        def handle(method: str, target: str, headers: Mapping[str, str], body: bytes) -> Reply:
+            started = time.perf_counter()
+            rid = request_id(headers.get("x-request-id"))
+            status, out, payload = inner(method, target, headers, body)
+            if request_log.isEnabledFor(logging.INFO):
+                _log_request(rid, method, target.partition("?")[0], status, started, None, None)
+            return status, (*out, (REQUEST_ID_HEADER, rid)), payload
+
+        return handle
+
+
+def _log_request(
+    rid: str, method: str, path: str, status: int, started: float, peer: str | None, device: str | None
+) -> None:
+    """One request's line on `devid.request` (INFO): the JSON lines of `--log-json`."""
+    request_log.info(
+        "%s %s %d",
+        method,
+        path,
+        status,
+        extra={
+            "request": {
+                "request_id": rid,
+                "method": method,
+                "path": path,
+                "status": status,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                "peer": peer,
+                "device": device,
+            }
+        },
+    )
 
 
 class CountingRegistry(Registry):

@@ -79,7 +79,8 @@ async def serve(
     )
     plain = None
     if options.http_port is not None:
-        plain = PlainHttpServer(app[STATUS].handler({"/metrics": app[METRICS].plain}))
+        metrics = app[METRICS]
+        plain = PlainHttpServer(metrics.plain_requests(app[STATUS].handler({"/metrics": metrics.plain})))
         try:
             await plain.start(options.host, options.http_port, reuse_port=reuse_port)
         except OSError as exc:
