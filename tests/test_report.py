@@ -1,36 +1,32 @@
-"""The demo report's simulator section, given the rows and plots the simulator hands over."""
+"""The demo report's simulator section, from a real (small) comparison."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from devid.report.demo import simulation_section
-
-ROWS = [
-    {"strategy": "long-lived", "est_requests": 1000, "crl_bytes": 53321, "exposure_days": 1825.0},
-    {"strategy": "session", "est_requests": 8760000, "crl_bytes": 0, "exposure_days": 0.0417},
-    {"strategy": "short-lived <b>", "est_requests": 12167, "crl_bytes": None, "exposure_days": 30.0},
-]
+from devid.sim.compare import FIGURES, compare
+from devid.sim.plots import write_plots
 
 
-def test_simulation_section_tables_the_rows_and_inlines_the_svg_plots(tmp_path: Path) -> None:
-    svg = tmp_path / "est_load.svg"
-    svg.write_text(
-        '<?xml version="1.0" encoding="utf-8" standalone="no"?>\n'
-        '<!DOCTYPE svg PUBLIC "-//W3C//DTD SVG 1.1//EN" "http://www.w3.org/Graphics/SVG/1.1/DTD/svg11.dtd">\n'
-        '<svg xmlns="http://www.w3.org/2000/svg" width="460pt"><rect id="plot-body"/></svg>\n'
-    )
-    png = tmp_path / "est_load.png"
-    png.write_bytes(b"\x89PNG")
-    html = simulation_section(ROWS, [svg, png])
-    assert "<th>strategy</th><th>est_requests</th><th>crl_bytes</th><th>exposure_days</th>" in html
-    assert (
-        "<tr><td>long-lived</td><td class=n>1,000</td><td class=n>53,321</td><td class=n>1,825</td></tr>"
-        in html
-    )
-    assert "<td class=n>8,760,000</td>" in html and "<td class=n>0.0417</td>" in html
-    assert "<td>short-lived &lt;b&gt;</td>" in html and "<td></td>" in html  # escaped; None is empty
-    # The SVG is inline, without its XML prologue (invalid inside HTML); the PNG twin is not embedded.
-    assert html.count("<svg") == 1 and '<rect id="plot-body"/>' in html
-    assert "<?xml" not in html and "DOCTYPE" not in html and "PNG" not in html
-    assert "<figcaption>est load</figcaption>" in html
+def test_simulation_section_tables_the_strategies_and_inlines_the_svg_plots(tmp_path: Path) -> None:
+    comparison = compare(60, 2.0, 3, workers=1)
+    plots = write_plots(comparison, tmp_path)
+    rows = comparison.rows()
+    html = simulation_section(rows, plots)
+    assert "<tr><th></th><th>long-lived</th><th>renew</th><th>short-lived</th><th>session</th></tr>" in html
+    # A line per figure, a cell per strategy, numbers grouped as the CLI prints them.
+    assert html.count("<tr><td>") == len(FIGURES)
+    renewals = "".join(f"<td class=n>{r['renewals']:,}</td>" for r in rows)
+    assert f"<tr><td>renewals with the LDevID</td>{renewals}</tr>" in html
+    assert "60 devices over 2.0 years on a daily link" in html
+    # The SVGs are inline, without their XML prologue (invalid inside HTML); the PNG twins are not.
+    assert html.count("<svg") == 2 and "<?xml" not in html and "DOCTYPE" not in html
+    assert "<figcaption>ca load</figcaption>" in html and ".png" not in html
+
+
+def test_values_are_escaped() -> None:
+    row = {key: None for key, _ in FIGURES} | {"strategy": "short-lived <b>", "renewals": 5}
+    html = simulation_section([row], [])
+    assert "<th>short-lived &lt;b&gt;</th>" in html and "<b>" not in html
+    assert "<td></td>" in html  # None is empty

@@ -188,3 +188,19 @@ def revocation(
         sizes = replace(sizes, gateway_revoked=gateway_revoked, gateway_issued=10 * gateway_revoked)
     for figures in bench.run(bench.parse_sections(only), sizes, db):
         report(figures, as_json)
+
+
+@app.command("sim")
+def sim(
+    devices: Annotated[int, typer.Option("--devices", min=1, help="simulated devices")] = 100_000,
+    years: Annotated[float, typer.Option("--years", help="simulated years")] = 10.0,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="processes (default: cores)")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Wall time of `devid sim compare` (modelled issuance, all four strategies) and the simulator's
+    rate beside the same simulator with real issuance."""
+    from devid.bench.sim import sim_figures
+
+    report(sim_figures(devices, years, workers), as_json)

@@ -15,10 +15,10 @@ from cryptography.x509 import verification
 from rich.markup import escape
 
 from devid.authority.core import Authority
+from devid.authority.policy import DEFAULT_LABELS
 from devid.authority.revocation import RevokeRequest, Selector, revoke
 from devid.authority.setup import init_home, open_authority
 from devid.cli.common import HomeOpt, console
-from devid.cli.demo_field import short_lived_field
 from devid.cli.demo_serve import serve_dashboard
 from devid.cli.factory_cmd import print_summary, run_with_progress
 from devid.cli.revocation_cmd import report_rows
@@ -29,9 +29,20 @@ from devid.factory.secure_elements import SecureElementSpec
 from devid.factory.station import IDEVID_FILE, LineInfo
 from devid.pki.encoding import load_certificates
 from devid.pki.reasons import Reason
-from devid.report.demo import DemoRecord, LotRevocation, Step, snapshot, write_report
+from devid.report.demo import (
+    REPORT_DIR,
+    DemoRecord,
+    LotRevocation,
+    Step,
+    simulation_section,
+    snapshot,
+    write_report,
+)
 from devid.revocation.publisher import Publisher
-from devid.sim.onboarding import onboard, onboard_contract_fleet
+from devid.sim.compare import compare
+from devid.sim.onboarding import onboard, onboard_contract_fleet, short_lived_field
+from devid.sim.plots import write_plots
+from devid.ui.html import Markup
 
 DEMO_PASSPHRASE_FILE = "demo-passphrase"
 #: The organisation of a demo home: `--fresh` deletes a home only if it is one.
@@ -109,6 +120,10 @@ def demo(
         bool, typer.Option("--serve", help="then serve the home with its dashboard until Ctrl-C")
     ] = False,
     port: Annotated[int, typer.Option("--port", help="with --serve: TCP port (0: any free port)")] = 8443,
+    sim_devices: Annotated[
+        int, typer.Option("--sim-devices", min=1, help="devices in the simulated strategy comparison")
+    ] = 2_000,
+    sim_years: Annotated[float, typer.Option("--sim-years", help="years of the simulated comparison")] = 10.0,
 ) -> None:
     """Make a new home, run the factory, verify every IDevID, enroll over EST under two renewal
     policies, onboard a contract manufacturer's fleet, check the audit chain, revoke the lot, and
@@ -221,7 +236,8 @@ def demo(
         lot = _revoke_lot(revoking, steps)
         revoking.checkpoint_audit()
         after = snapshot(revoking)
-    report = write_report(DemoRecord(path, tuple(steps.done), before, after, lot, chain))
+    simulation = _compare_strategies(steps, sim_devices, sim_years, path / REPORT_DIR)
+    report = write_report(DemoRecord(path, tuple(steps.done), before, after, lot, chain, simulation))
     console.print(
         f"[bold green]demo complete[/]: {devices} devices provisioned at {summary.rate:,.0f} devices/s "
         "(line rate), "
@@ -232,6 +248,25 @@ def demo(
     console.print(f"[bold]report[/]: {escape(str(report))}", highlight=False)
     if serve:
         serve_dashboard(home_obj, passphrase, port)
+
+
+def _compare_strategies(steps: Steps, devices: int, years: float, out: Path) -> Markup:
+    """Step 9: the four renewal strategies on a simulated fleet (modelled issuance), for the report."""
+    comparison = compare(devices, years, seed=1)
+    plots = write_plots(comparison, out / "simulation")
+    rows = {r["strategy"]: r for r in comparison.rows()}
+    long, short, session = rows["long-lived"], rows["short-lived"], rows["session"]
+    steps.say(
+        "strategies",
+        f"{devices:,} simulated devices over {years:g} years on a daily link, once per renewal strategy "
+        f"({comparison.seconds:.1f} s): long-lived lost {long['lost_device_days']:,.0f} device-days of "
+        f"identity once its {DEFAULT_LABELS['long'].lifetime.days // 365}-year certificates expired; renew, "
+        f"short-lived and session lost none; short-lived costs {short['cert_kb_per_device_year']:g} KB a "
+        f"device-year but no CRL, session {session['cert_kb_per_device_year']:,.0f} KB and a CA "
+        f"{session['ca_mean_per_hour'] / max(rows['renew']['ca_mean_per_hour'], 0.1):,.0f} times busier "
+        "than renew; details and plots in the report (`devid sim compare` for your own fleet)",
+    )
+    return simulation_section(comparison.rows(), plots)
 
 
 def _revoke_lot(authority: Authority, steps: Steps) -> LotRevocation:

@@ -20,6 +20,7 @@ from devid.revocation.report import (
     NBIOT_BITS_PER_S,
     Row,
 )
+from devid.sim.compare import FIGURES
 from devid.store.audit import Verification
 from devid.store.engine import reading
 from devid.ui import queries
@@ -308,18 +309,25 @@ def _strategies(simulation: Markup | None) -> Markup:
 
 
 def simulation_section(rows: Sequence[Mapping[str, Any]], plots: Sequence[Path]) -> Markup:
-    """The simulator's comparison: one table row per strategy (its columns are the rows' keys) and
-    the SVG plots inlined (an SVG file's XML prologue dropped; PNG twins are left out)."""
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    head = join(h("<th>{}</th>", column) for column in columns)
-    body = join(h("<tr>{}</tr>", join(_cell(row.get(column)) for column in columns)) for row in rows)
+    """The simulator's comparison: a column per strategy, a line per figure (`FIGURES`, as `devid
+    sim compare` prints them), and the SVG plots inlined (the XML prologue dropped; PNG twins left out)."""
+    head = join(h("<th>{}</th>", row["strategy"]) for row in rows)
+    body = join(
+        h("<tr><td>{}</td>{}</tr>", what, join(_cell(row.get(key)) for row in rows)) for key, what in FIGURES
+    )
     figures = join(
-        h("<figure>{}<figcaption>{}</figcaption></figure>", _inline_svg(plot), plot.stem.replace("_", " "))
+        h("<figure>{}<figcaption>{}</figcaption></figure>", _inline_svg(plot), plot.stem.replace("-", " "))
         for plot in plots
         if plot.suffix == ".svg"
     )
+    first = rows[0] if rows else {}
     return h(
-        '<div id="simulation"><h3>Simulated comparison</h3><table><tr>{}</tr>{}</table>{}</div>',
+        '<div id="simulation"><h3>Simulated comparison</h3><p>{} devices over {} years on a {} link, '
+        "the same fleet and seed under each strategy, modelled issuance (<code>devid sim compare</code>).</p>"
+        "<table><tr><th></th>{}</tr>{}</table>{}</div>",
+        f"{first.get('devices', 0):,}",
+        first.get("years", ""),
+        first.get("connectivity", ""),
         head,
         body,
         figures,

@@ -16,6 +16,28 @@ from devid.sim.links import Connectivity
 #: The comparison's default share of the fleet whose key is compromised (and revoked) each year.
 DEFAULT_REVOKE_RATE = 0.01
 
+#: The lines of the strategy table: (row key, what it says).
+FIGURES = (
+    ("lost_devices", "devices that lost their identity while online"),
+    ("lost_device_days", "device-days without identity"),
+    ("lost_max_days", "longest loss of one device (days)"),
+    ("lost_for_good", "devices that lost it for good"),
+    ("enrollments", "first enrollments"),
+    ("renewals", "renewals with the LDevID"),
+    ("re_enrollments", "re-enrollments with the IDevID"),
+    ("sessions", "session certificates"),
+    ("refusals", "refused requests"),
+    ("ca_peak_per_hour", "CA requests, peak hour"),
+    ("ca_steady_peak_per_hour", "CA requests, peak hour after month 1"),
+    ("ca_mean_per_hour", "CA requests an hour, mean"),
+    ("cert_kb_per_device_year", "certificate KB per device-year on the link"),
+    ("revocation_kb_per_device_year", "revocation KB per device-year on the link"),
+    ("link_seconds_per_device_year", "link seconds per device-year"),
+    ("revoked", "devices revoked (key compromise)"),
+    ("exposure_mean_hours", "exposure after revocation, mean (h)"),
+    ("exposure_max_hours", "exposure after revocation, longest (h)"),
+)
+
 
 @dataclass(frozen=True)
 class Comparison:

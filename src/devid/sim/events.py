@@ -286,12 +286,14 @@ class _Link:
         self.run = run
         self.device: _Device
         self.now: datetime
+        self.t = 0.0
         self.delivery = 0.0
         self.exchanges = 0
 
     async def _request(self, *, with_idevid: bool) -> Issued:
         run = self.run
-        run.count_request(self.now)
+        run.result.requests += 1
+        run.hours[int(self.t // HOUR)] += 1
         self.delivery += run.exchange_time
         self.exchanges += 1
         issued = await run.ca.issue(self.device.serial, self.now, with_idevid=with_idevid)
@@ -348,10 +350,6 @@ class _Run:
     def seconds(self, moment: datetime) -> float:
         return (moment - self.start).total_seconds()
 
-    def count_request(self, now: datetime) -> None:
-        self.result.requests += 1
-        self.hours[int((now - self.start).total_seconds() // HOUR)] += 1
-
     async def run(self) -> StrategyResult:
         began = time.perf_counter()
         horizon = self.spec.horizon
@@ -397,7 +395,7 @@ class _Run:
     async def _check_in(self, device: _Device, t: float) -> None:
         now = self.at(t)
         link = self.transport
-        link.device, link.now, link.delivery, link.exchanges = device, now, 0.0, 0
+        link.device, link.now, link.t, link.delivery, link.exchanges = device, now, t, 0.0, 0
         outcome = await check_in(device.state, device.ldevid_end, link, now, device.rng)
         kind = outcome.split(":", 1)[0]
         self.result.outcomes[kind] += 1

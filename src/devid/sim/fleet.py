@@ -12,11 +12,13 @@ import os
 import random
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from devid.authority.core import Authority
 from devid.authority.setup import init_home, open_authority
 from devid.clock import FixedClock
 from devid.config import Home
@@ -162,6 +164,31 @@ def provision(base: Path, serials: Sequence[str]) -> Home:
     return home
 
 
+@dataclass(frozen=True)
+class LoopbackEst:
+    """devid's server on loopback for a home, its authority on a clock the caller moves."""
+
+    authority: Authority
+    clock: FixedClock
+    url: str
+    trust: bytes
+
+
+@asynccontextmanager
+async def loopback_est(home: Home, passphrase: bytes) -> AsyncIterator[LoopbackEst]:
+    clock = FixedClock(datetime.now(UTC))
+    authority = open_authority(home, passphrase, clock=clock)
+    try:
+        ctx, _ = own_server_context(authority, home.path / "tls", passphrase)
+        server = await start_server(make_app(authority), ctx, host="127.0.0.1", port=0)
+        try:
+            yield LoopbackEst(authority, clock, server.url, cert_pem(authority.root))
+        finally:
+            await server.stop()
+    finally:
+        authority.close()
+
+
 async def run_fleet(
     devices: int,
     labels: Sequence[str],
@@ -178,32 +205,26 @@ async def run_fleet(
         base = workdir or Path(tmp)
         serials = [sim_serial(i) for i in range(total)]
         home = provision(base, serials)
-        clock = FixedClock(datetime.now(UTC))
-        authority = open_authority(home, PASSPHRASE, clock=clock)
-        ctx, _ = own_server_context(authority, home.path / "tls", PASSPHRASE)
-        server = await start_server(make_app(authority), ctx, host="127.0.0.1", port=0)
-        trust = cert_pem(authority.root)
         reports = []
-        try:
+        async with loopback_est(home, PASSPHRASE) as est:
             for i, label in enumerate(labels):
                 chunk = serials[i * devices : (i + 1) * devices]
                 agents = [
-                    DeviceAgent.open(base / "devices" / s, clock=clock, rng=random.Random(s), durable=False)
+                    DeviceAgent.open(
+                        base / "devices" / s, clock=est.clock, rng=random.Random(s), durable=False
+                    )
                     for s in chunk
                 ]
                 reports.append(
                     await simulate(
                         agents,
-                        clock,
-                        server.url,
-                        trust,
+                        est.clock,
+                        est.url,
+                        est.trust,
                         label=label,
                         days=days,
                         offline=offline,
                         progress=progress,
                     )
                 )
-        finally:
-            await server.stop()
-            authority.close()
         return reports
