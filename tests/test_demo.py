@@ -28,7 +28,20 @@ def _lines(stream: object, out: queue.Queue[str]) -> None:
 
 def test_demo_serve_opens_the_dashboard(tmp_path: Path) -> None:
     home = tmp_path / "demo"
-    args = ("demo", "--home", home, "--devices", "4", "--contract-devices", "2", "--serve", "--port", "0")
+    args = (
+        "demo",
+        "--home",
+        home,
+        "--devices",
+        "4",
+        "--contract-devices",
+        "2",
+        "--sim-devices",
+        "20",
+        "--serve",
+        "--port",
+        "0",
+    )
     proc = subprocess.Popen(
         [*DEVID, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=devid_env()
     )

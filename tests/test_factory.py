@@ -514,7 +514,19 @@ def test_demo_twice(tmp_path: Path) -> None:
     """A second demo on the same home is refused (its figures would mix with the first run's
     devices) and changes nothing; --fresh deletes the earlier demo home and starts again."""
     demo_home = tmp_path / "demo"
-    args = ("demo", "--home", demo_home, "--devices", "50", "--contract-devices", "20")
+    args = (
+        "demo",
+        "--home",
+        demo_home,
+        "--devices",
+        "50",
+        "--contract-devices",
+        "20",
+        "--sim-devices",
+        "40",
+        "--sim-years",
+        "6",
+    )
     first = flat(ok(devid(*args)).stdout)
     assert "50/50 IDevIDs path-validate to the root" in first, first
     assert "20 of its devices registered just in time" in first, first
@@ -526,6 +538,12 @@ def test_demo_twice(tmp_path: Path) -> None:
         "5 devices enrolled on EST label 'short' (30-day LDevIDs); at their renewal time 4 renewed" in first
     )
     assert "offline past their LDevID's expiry: 1, of which 1 came back and re-enrolled" in first, first
+    # Step 9: six simulated years outlive the 5-year long-lived certificates, not the renewing ones.
+    strategies = re.search(
+        r"9\. strategies: 40 simulated devices over 6 years .*long-lived lost ([\d,]+) device-days", first
+    )
+    assert strategies is not None and int(strategies.group(1).replace(",", "")) > 0, first
+    assert "renew, short-lived and session lost none" in first
     # The lot is revoked (IDevIDs, LDevIDs, the renewed ones' older LDevIDs) and published.
     revoked = re.search(r"lot 'lot-demo' revoked for keyCompromise: 50 devices and (\d+) certificates", first)
     assert revoked is not None and int(revoked.group(1)) > 100, first
@@ -566,7 +584,10 @@ def check_report(demo_home: Path, output: str, revoked_certificates: int) -> Non
     html = path.read_text()
     for section in ("steps", "fleet", "revocation", "audit", "strategies"):
         assert f'<section id="{section}">' in html
-    assert html.count("<svg") == 2 and "<script" not in html and "src=" not in html and "href=" not in html
+    # The expiry timeline and the sizes chart, then the simulator's two plots (step 9).
+    assert html.count("<svg") == 4 and "<script" not in html and "src=" not in html and "href=" not in html
+    assert '<div id="simulation">' in html and "40 devices over 6.0 years on a daily link" in html
+    assert "<th>long-lived</th><th>renew</th><th>short-lived</th><th>session</th>" in html
     assert (
         "<strong>lot revocation</strong>" in html
         and f"50 devices and {revoked_certificates:,} certificates" in html

@@ -68,7 +68,7 @@ def test_a_fleet_split_over_processes_is_simulated_alike() -> None:
     rows = outcomes(one.row(1000.0)), outcomes(two.row(1000.0))
     rows[0].pop("link_seconds_per_device_year"), rows[1].pop("link_seconds_per_device_year")
     assert rows[0] == rows[1]
-    assert one.weekly_requests() == two.weekly_requests()
+    assert one.monthly_requests() == two.monthly_requests()
 
 
 def test_the_strategies_trade_offs_show() -> None:

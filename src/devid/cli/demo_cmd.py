@@ -122,7 +122,7 @@ def demo(
     port: Annotated[int, typer.Option("--port", help="with --serve: TCP port (0: any free port)")] = 8443,
     sim_devices: Annotated[
         int, typer.Option("--sim-devices", min=1, help="devices in the simulated strategy comparison")
-    ] = 2_000,
+    ] = 1_000,
     sim_years: Annotated[float, typer.Option("--sim-years", help="years of the simulated comparison")] = 10.0,
 ) -> None:
     """Make a new home, run the factory, verify every IDevID, enroll over EST under two renewal

@@ -53,9 +53,9 @@ from devid.sim.links import DAY, LINKS, Connectivity, Link, Schedule, unit
 
 T = TypeVar("T")
 HOUR = 3_600.0
-WEEK_HOURS = 7 * 24
-#: The first month: the fleet's first enrollments, alike under every strategy.
-WAVE_HOURS = 30 * 24
+#: A month of the CA-load curve; the first one holds the fleet's first enrollments, alike under
+#: every strategy.
+MONTH_HOURS = WAVE_HOURS = 30 * 24
 YEAR = 365.25 * 86_400.0
 #: Bytes of one EST exchange on the device link: TLS 1.3 with client authentication (hellos, the
 #: device's chain up, the server's down), HTTP headers, the CSR up and the PKCS#7 answer down.
@@ -181,10 +181,11 @@ class StrategyResult:
         """The busiest hour after the first month (the fleet's first enrollment wave)."""
         return int(self.hours[WAVE_HOURS:].max(initial=0))
 
-    def weekly_requests(self) -> list[int]:
-        """Requests per week over the run (the plot's CA-load curve)."""
-        whole = len(self.hours) - len(self.hours) % WEEK_HOURS
-        return [int(n) for n in self.hours[:whole].reshape(-1, WEEK_HOURS).sum(axis=1)]
+    def monthly_requests(self) -> list[int]:
+        """Requests per 30 days over the run (the plot's CA-load curve: long enough to hold a
+        short-lived fleet's renewal wave, every ~20 days, in each point)."""
+        whole = len(self.hours) - len(self.hours) % MONTH_HOURS
+        return [int(n) for n in self.hours[:whole].reshape(-1, MONTH_HOURS).sum(axis=1)]
 
     @property
     def mean_per_hour(self) -> float:

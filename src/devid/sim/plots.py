@@ -79,15 +79,15 @@ def _tradeoffs(comparison: Comparison) -> Figure:
 def _ca_load(comparison: Comparison) -> Figure:
     figure, axes = plt.subplots(figsize=(11, 4.5), layout="constrained")
     for result in comparison.results:
-        weekly = result.weekly_requests()
+        monthly = result.monthly_requests()
         title = result.spec.strategy.display
         axes.step(
-            [w * 7 / 365.25 for w in range(len(weekly))], [max(n, 0.5) for n in weekly],
+            [m * 30 / 365.25 for m in range(len(monthly))], [max(n, 0.5) for n in monthly],
             label=title, color=COLOURS.get(title), linewidth=1.2, where="post",
         )  # fmt: skip
     axes.set_yscale("log")
     axes.set_xlabel("years since deployment")
-    axes.set_ylabel("CA requests per week (log)")
+    axes.set_ylabel("CA requests per 30 days (log)")
     axes.set_title("CA load over the run: the first enrollment wave, then each strategy's rhythm")
     axes.legend()
     axes.grid(alpha=0.3)
