@@ -154,3 +154,13 @@ def test_the_cli_refuses_impossible_parameters(args: list[str], wanted: str) -> 
     done = devid(*args)
     assert done.returncode == 2
     assert wanted in done.stderr
+
+
+def test_bench_sim_prints_its_figures_beside_the_real_issuance_baseline() -> None:
+    done = devid("bench", "sim", "--devices", "40", "--years", "1", "--json", timeout=300)
+    assert done.returncode == 0, done.stderr
+    figures = {f["name"]: f for f in map(json.loads, done.stdout.splitlines())}
+    assert figures["sim compare, 40 devices x 1 years, 4 strategies"]["unit"] == "s"
+    rate = figures["sim device-years/s, modelled"]
+    assert rate["baseline_name"].startswith("real issuance") and rate["value"] > 0 and rate["baseline"] > 0
+    assert rate["ratio"] == pytest.approx(rate["value"] / rate["baseline"], rel=1e-3)
