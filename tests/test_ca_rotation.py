@@ -19,18 +19,21 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 from e2e import devid, flat, ok, openssl
 from est_helpers import EstServer, certs_from_b64_pkcs7, running_server
+from pkcs11 import ObjectClass
+from softhsm import SoftToken
 from sqlalchemy import select
 
 from devid.authority.core import Authority, CaState
 from devid.authority.rotation import outstanding, retire, rotate
 from devid.authority.setup import init_home, open_authority
 from devid.clock import FixedClock
-from devid.config import Home
+from devid.config import Home, Pkcs11Settings
 from devid.device.agent import DeviceAgent
 from devid.errors import ConflictError, PolicyError
 from devid.est.client import EstError
 from devid.factory.secure_elements import SecureElementMaker, SecureElementSpec
 from devid.factory.station import LineInfo, Station
+from devid.keys.pkcs11 import open_token
 from devid.pki.profiles import ProfileName
 from devid.revocation.publisher import Publisher
 from devid.store.models import audit_events
@@ -242,3 +245,35 @@ def test_rotation_refusals(home: Home, authority: Authority) -> None:
         with pytest.raises(ConflictError) as retired:
             retire(reopened, "manufacturing", force=True, actor="test")
         assert retired.value.code == "ca-retired"
+
+
+def test_manufacturing_rotation_in_an_hsm_home(
+    tokens: dict[str, SoftToken], tmp_path: Path, clock: FixedClock
+) -> None:
+    """The successor's key is made in the home's token; the factory then issues IDevIDs under it,
+    and devices of both generations enroll over EST during the overlap."""
+    token = tokens["ca"]
+    settings = Pkcs11Settings(token.module, token.label, str(token.pin_file))
+    home = init_home(
+        tmp_path / "home", org="HSM Org", passphrase=PASSPHRASE, key_backend="pkcs11", pkcs11=settings
+    )
+    maker = SecureElementMaker(SecureElementSpec("software"))
+    with open_authority(home, PASSPHRASE, clock=clock) as first:
+        [older] = Station(first, maker, tmp_path / "dev", LineInfo("l", "sensor", "1")).provision(["SN-OLD"])
+        done = rotate(first, "manufacturing", timedelta(days=30), "test")
+        old = first.cas["manufacturing"].certificate
+    assert done.new == "manufacturing-2"
+    key = open_token(token.module, token.label, token.pin).get_key(
+        object_class=ObjectClass.PRIVATE_KEY, label=home.config.key_prefix + "manufacturing-2"
+    )
+    assert key is not None  # generated in the token, never outside it
+    with open_authority(home, PASSPHRASE, clock=clock) as second:
+        new = second.cas["manufacturing-2"].certificate
+        [newer] = Station(second, maker, tmp_path / "dev", LineInfo("l", "sensor", "2")).provision(["SN-NEW"])
+        with running_server(second, tmp_path / "s") as server:
+            for made, issuer in ((older, old), (newer, new)):
+                agent = DeviceAgent.open(Path(made.directory), clock=clock, rng=random.Random(0))
+                agent.idevid_chain[0].verify_directly_issued_by(issuer)
+                enrolled = asyncio.run(agent.enroll(server.url, server.root_pem.read_bytes()))
+                enrolled.certificate.verify_directly_issued_by(second.cas["operational"].certificate)
+        assert outstanding(second, "manufacturing").by_profile == {"idevid": 1}
