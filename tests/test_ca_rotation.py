@@ -205,9 +205,13 @@ def test_operational_ca_rotation_with_overlap_and_retirement(
         clock.set(late.next_due())
         assert asyncio.run(late.check_in()) == "fallback"
         _leaf(late).verify_directly_issued_by(new)
-        # Its CRL and OCSP go on being served for what it issued.
+        # Its CRL and OCSP go on being served for what it issued, beside the successor's.
         Publisher(third).publish()
         assert x509.load_der_x509_crl(_curl(server, "/crl/operational.crl")).issuer == old.subject
+        assert x509.load_der_x509_crl(_curl(server, "/crl/operational-2.crl")).issuer == new.subject
+        fresh = _ocsp(server, _leaf(a), new, tmp_path)
+        assert fresh.certificate_status is ocsp.OCSPCertStatus.GOOD
+        assert fresh.certificates[0].issuer == new.subject
         answer = _ocsp(server, old_leaf["SN-A"], old, tmp_path)
         assert answer.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL
         assert answer.certificate_status is not ocsp.OCSPCertStatus.UNKNOWN
