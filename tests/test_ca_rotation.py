@@ -181,6 +181,9 @@ def test_operational_ca_rotation_with_overlap_and_retirement(
     # Forced past the one stranded device; the audit log records both steps.
     retired = ok(devid("ca", "retire", "--ca", "operational", "--force", "--home", rhome.path))
     assert "1 certificate(s) not renewed (1 ldevid) are no longer accepted" in flat(retired.stdout)
+    # Until the last certificate it issued expires: the LDevIDs, and the first server's TLS certificate.
+    until = flat(retired.stdout).rpartition("its status is served for certificates valid until ")[2]
+    assert until >= f"{max(cert.not_valid_after_utc for cert in old_leaf.values()):%Y-%m-%d}"
     second.close()
 
     # Back to the start for the restart: curl and the agents check the server certificate it

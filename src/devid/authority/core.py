@@ -90,14 +90,13 @@ def ca_states(records: Iterable[_CaRecord]) -> dict[str, CaState]:
     """The state of each CA (stored rows or `IssuingCA`s), by name."""
     ordered = sorted(records, key=lambda ca: ca.id)
     newest = {ca.role: ca.name for ca in ordered if ca.role in ISSUING_ROLES}
-    return {
-        ca.name: CaState.RETIRED
-        if ca.role == RETIRED_ROLE
-        else CaState.RETIRING
-        if newest.get(ca.role, ca.name) != ca.name
-        else CaState.ACTIVE
-        for ca in ordered
-    }
+
+    def state(ca: _CaRecord) -> CaState:
+        if ca.role == RETIRED_ROLE:
+            return CaState.RETIRED
+        return CaState.ACTIVE if newest.get(ca.role, ca.name) == ca.name else CaState.RETIRING
+
+    return {ca.name: state(ca) for ca in ordered}
 
 
 _DER = serialization.Encoding.DER

@@ -144,8 +144,11 @@ def outstanding(authority: Authority, name: str) -> Outstanding:
             )
             .group_by(certificates.c.profile)
         ).all()
+        # Its own OCSP responders' certificates aside: they are renewed as long as status is served.
         last = conn.execute(
-            select(func.max(certificates.c.not_after)).where(certificates.c.issuer_id == ca.id)
+            select(func.max(certificates.c.not_after)).where(
+                certificates.c.issuer_id == ca.id, certificates.c.profile != ProfileName.OCSP_SIGNER.value
+            )
         ).scalar_one()
     return Outstanding({profile: int(n) for profile, n in counts}, last)
 
