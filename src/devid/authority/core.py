@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar, cast
+from enum import StrEnum
+from typing import Any, Protocol, TypeVar, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -51,13 +52,53 @@ from devid.store import audit, repo
 from devid.store.engine import writing
 from devid.store.states import CertificateStatus, DeviceState
 
-#: Which CA signs which profile.
+#: Which CA role signs which profile: the role's newest CA (`devid init` names the first one after
+#: its role; `devid ca rotate` adds successors).
 ISSUER_OF: dict[ProfileName, str] = {
     ProfileName.IDEVID: "manufacturing",
     ProfileName.LDEVID: "operational",
     ProfileName.SESSION: "operational",
     ProfileName.SERVER: "operational",
 }
+#: The roles whose CAs issue end-entity certificates, and so roll over.
+ISSUING_ROLES = frozenset(ISSUER_OF.values())
+#: The role a rolled-over CA takes when `devid ca retire` ends its overlap: it issues nothing and
+#: authenticates no client; the CRLs and OCSP answers for what it issued go on being served.
+RETIRED_ROLE = "retired"
+
+
+class CaState(StrEnum):
+    """Where a CA stands in a rotation, derived from the roles (no column of its own): the newest CA
+    of an issuing role is ACTIVE, older ones of that role are RETIRING (still trusted for client
+    authentication during the overlap), and a retired one has the role `retired`."""
+
+    ACTIVE = "active"
+    RETIRING = "retiring"
+    RETIRED = "retired"
+
+
+class _CaRecord(Protocol):
+    @property
+    def id(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def role(self) -> str: ...
+
+
+def ca_states(records: Iterable[_CaRecord]) -> dict[str, CaState]:
+    """The state of each CA (stored rows or `IssuingCA`s), by name."""
+    ordered = sorted(records, key=lambda ca: ca.id)
+    newest = {ca.role: ca.name for ca in ordered if ca.role in ISSUING_ROLES}
+
+    def state(ca: _CaRecord) -> CaState:
+        if ca.role == RETIRED_ROLE:
+            return CaState.RETIRED
+        return CaState.ACTIVE if newest.get(ca.role, ca.name) == ca.name else CaState.RETIRING
+
+    return {ca.name: state(ca) for ca in ordered}
+
+
 _DER = serialization.Encoding.DER
 #: The key that signs audit checkpoints, labelled `<key prefix>audit` beside the CA keys.
 AUDIT_KEY_NAME = "audit"
@@ -99,6 +140,11 @@ class IssuingCA:
     public_url: str | None = None
     _key: ec.EllipticCurvePrivateKey | None = None
     _templates: dict[tuple[ProfileName, timedelta | None], Template] = field(default_factory=dict)
+
+    @property
+    def issues_devices(self) -> bool:
+        """Whether this CA issues or issued end-entity certificates (retired or not)."""
+        return self.role in ISSUING_ROLES or self.role == RETIRED_ROLE
 
     @property
     def key(self) -> ec.EllipticCurvePrivateKey:
@@ -147,6 +193,13 @@ class Authority:
         self.labels = labels or dict(DEFAULT_LABELS)
         self.profiles = {
             name: PROFILES[name].with_validity(validity) for name, validity in (lifetimes or {}).items()
+        }
+        self._states = ca_states(cas.values())
+        #: Each issuing role's ACTIVE CA: the newest of that role.
+        self._active = {
+            ca.role: ca
+            for ca in cas.values()
+            if ca.role in ISSUING_ROLES and self._states[ca.name] is CaState.ACTIVE
         }
         self._audit_key: ec.EllipticCurvePrivateKey | None = None
         self._indices = IndexAllocator(engine)
@@ -206,12 +259,26 @@ class Authority:
         return self.profiles.get(name) or PROFILES[name]
 
     def issuer_for(self, name: ProfileName) -> IssuingCA:
+        """The ACTIVE CA of the role that signs profile `name`."""
         try:
-            return self.cas[ISSUER_OF[name]]
+            return self._active[ISSUER_OF[name]]
         except KeyError:
             raise PolicyError(
                 "profile-not-issuable", f"devid does not issue {name.value} certificates on request"
             ) from None
+
+    def issuers_of(self, role: str) -> list[IssuingCA]:
+        """The CAs of `role` a client certificate may come from: the ACTIVE one, then the RETIRING
+        ones, newest first (a retired CA has left its role)."""
+        return sorted((ca for ca in self.cas.values() if ca.role == role), key=lambda ca: -ca.id)
+
+    def device_issuers(self) -> list[IssuingCA]:
+        """Every CA that issues or issued end-entity certificates, retired ones included: those whose
+        revocation status devid serves."""
+        return [ca for ca in self.cas.values() if ca.issues_devices]
+
+    def ca_state(self, name: str) -> CaState:
+        return self._states[name]
 
     def chain(self, ca_name: str) -> list[x509.Certificate]:
         """The CA certificates from `ca_name` up to (not including) the root."""
@@ -510,10 +577,15 @@ class Authority:
     # --- audit ----------------------------------------------------------------------------------
 
     @property
+    def key_prefix(self) -> str:
+        """The home's key prefix: the CA keys are labelled `<prefix><CA name>`."""
+        root = self.cas["root"]
+        return (root.key_label or "devid-").removesuffix(root.name)
+
+    @property
     def audit_key_label(self) -> str:
         """The audit key sits beside the CA keys, under the home's key prefix: `<prefix>audit`."""
-        root = self.cas["root"]
-        return (root.key_label or "devid-").removesuffix(root.name) + AUDIT_KEY_NAME
+        return self.key_prefix + AUDIT_KEY_NAME
 
     def audit_key(self) -> ec.EllipticCurvePrivateKey:
         """The P-256 key that signs audit checkpoints, in the CA keys' keystore (passphrase-sealed

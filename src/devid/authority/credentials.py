@@ -136,8 +136,9 @@ def identify(
 def _own(authority: Authority, credential: CertificateCredential, accept: frozenset[ProfileName]) -> Identity:
     """The identity of a certificate issued by one of devid's CAs trusted for `accept`: the pure
     chain check (`devid.pki.client_chain.client_path`, the gateway's too), then its record."""
-    names = [n for n in dict.fromkeys(ISSUER_OF[p] for p in sorted(accept)) if n in authority.cas]
-    issuing = [authority.cas[n] for n in names]
+    roles = dict.fromkeys(ISSUER_OF[p] for p in sorted(accept))
+    issuing = [ca for role in roles for ca in authority.issuers_of(role)]
+    names = [ca.name for ca in issuing]
     try:
         checked = client_path(
             credential.der,

@@ -30,7 +30,7 @@ from devid.config import (
 from devid.errors import ConfigError, ConflictError, NotFoundError
 from devid.keys.base import KeyStore, SecretKey
 from devid.keys.software import SoftwareKeyStore
-from devid.pki.profiles import PROFILES, ProfileName, Template, ca_subject, self_signed_template
+from devid.pki.profiles import PROFILES, Profile, ProfileName, Template, ca_subject, self_signed_template
 from devid.pki.serials import random_serial, serial_hex
 from devid.store import audit, repo
 from devid.store.engine import make_engine, reading, writing
@@ -52,6 +52,12 @@ HIERARCHY = (
 )
 #: CA lifetimes: the root and manufacturing CA outlive the IDevIDs they anchor (RFC 5280 9999 date).
 OPERATIONAL_CA_LIFETIME = timedelta(days=20 * 365)
+
+
+def ca_profile(role: str, profile_name: ProfileName) -> Profile:
+    """The certificate profile of a CA of `role`: its own profile's, but 20 years for an operational CA."""
+    profile = PROFILES[profile_name]
+    return profile.with_validity(OPERATIONAL_CA_LIFETIME) if role == "operational" else profile
 
 
 def keystore_for(home: Home, passphrase: bytes) -> KeyStore:
@@ -150,9 +156,7 @@ def _create_hierarchy(engine: Engine, keystore: KeyStore, home: Home, clock: Clo
         label = home.config.key_prefix + name
         key = keystore.generate(label)
         subject = ca_subject(org, f"{org} {cn}")
-        profile = PROFILES[profile_name]
-        if name == "operational":
-            profile = profile.with_validity(OPERATIONAL_CA_LIFETIME)
+        profile = ca_profile(role, profile_name)
         if parent is None:
             template, signer = self_signed_template(profile, subject), key
         else:

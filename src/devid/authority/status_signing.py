@@ -82,7 +82,7 @@ class Responders:
         label = (
             made.key_label
             if made is not None and made.key_label
-            else f"{self._authority.audit_key_label.removesuffix('audit')}ocsp-{ca_name}"
+            else f"{self._authority.key_prefix}ocsp-{ca_name}"
         )
         keystore = ca.keystore
         with reading(self._authority.engine) as conn:

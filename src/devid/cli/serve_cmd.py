@@ -13,7 +13,6 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from devid.authority.core import ISSUER_OF
 from devid.authority.setup import open_authority
 from devid.cli.common import HomeOpt, PassphraseOpt, console, err_console, load_home
 from devid.config import check_public_url, resolve_passphrase
@@ -144,9 +143,8 @@ def serve(
         devid_home.save()
         console.print(f"public URL {escape(devid_home.config.public_url)} saved in the home's devid.toml")
     authority = open_authority(devid_home, passphrase)
-    for ca_name in dict.fromkeys(ISSUER_OF.values()):
-        if ca_name in authority.cas:
-            _ = authority.cas[ca_name].key  # a wrong passphrase stops here, not at the first request
+    for ca in authority.device_issuers():
+        _ = ca.key  # a wrong passphrase (or a lost key) stops here, not at the first request
     server: ServerCertificate
     if tls_cert is not None and tls_key is not None:
         server = given_server_certificate(tls_cert, tls_key)

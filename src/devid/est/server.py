@@ -157,12 +157,15 @@ class EstServer:
     # --- unauthenticated ---------------------------------------------------------------------
 
     async def cacerts(self, request: web.Request) -> web.Response:
-        """The CA certificates a device needs for this label: the issuing CA and the root."""
+        """The CA certificates a device needs for this label: the issuing CA and the root; during a
+        CA rotation's overlap, the issuing CA being retired too (after the new one), so a device
+        still holding a certificate of it finds its chain (RFC 7030 4.1.3)."""
         policy = self._policy(request)
         body = self._cacerts.get(policy.label)
         if body is None:
             issuer = self.authority.issuer_for(policy.profile)
-            chain = [*self.authority.chain(issuer.name), self.authority.root]
+            issuers = self.authority.issuers_of(issuer.role)
+            chain = [*(c for ca in issuers for c in self.authority.chain(ca.name)), self.authority.root]
             body = self._cacerts[policy.label] = b64_lines(certs_only(chain))
         return web.Response(body=body, headers={"Content-Type": PKCS7, "Content-Transfer-Encoding": "base64"})
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from devid.authority.core import ISSUER_OF, Authority
+from devid.authority.core import Authority
 from devid.authority.status_signing import responder
 from devid.publish.ocsp import OcspHttp
 from devid.publish.plain_http import Handler, dispatch
@@ -37,13 +37,11 @@ class StatusService:
 
 
 def status_service(authority: Authority) -> StatusService:
-    """The status service of `authority`: OCSP for every CA that issues device certificates."""
+    """The status service of `authority`: OCSP for every CA that issues or issued device
+    certificates (a retired CA's too, for the certificates it issued)."""
     issuers = []
-    for name in dict.fromkeys(ISSUER_OF.values()):
-        if name in authority.cas:
-            delegated = responder(authority, name)
-            issuers.append(
-                OcspIssuer(name, authority.cas[name].certificate, delegated.certificate, delegated.key)
-            )
+    for ca in authority.device_issuers():
+        delegated = responder(authority, ca.name)
+        issuers.append(OcspIssuer(ca.name, ca.certificate, delegated.certificate, delegated.key))
     ocsp_responder = OcspResponder(issuers, StoreStatus(authority.engine), authority.clock)
     return StatusService(StatusFiles(authority), ocsp_responder, OcspHttp(ocsp_responder, authority.clock))

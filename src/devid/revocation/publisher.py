@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, select
 
-from devid.authority.core import ISSUER_OF, Authority
+from devid.authority.core import Authority
 from devid.authority.status_signing import OCSP_SIGNER_ROLE, blob_signer
 from devid.revocation import crl, records
 from devid.revocation.filter import build_filter
@@ -106,7 +106,8 @@ class Publisher:
 
     def _changed_shards(self, conn: Connection, state: records.CaState, now: datetime) -> list[int]:
         """Shards whose CRL is missing, half-way to its next update, or older than a change in it."""
-        if self.authority.cas[state.name].public_url is None or state.name not in ISSUER_OF.values():
+        ca = self.authority.cas[state.name]
+        if ca.public_url is None or not ca.issues_devices:
             return []
         due = []
         for shard in range(state.crl_shards):

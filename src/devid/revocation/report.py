@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 from sqlalchemy import Connection, func, select
 
-from devid.authority.core import ISSUER_OF, Authority
+from devid.authority.core import Authority
 from devid.authority.status_signing import blob_signer
 from devid.revocation import crl, records
 from devid.revocation.filter import diff_filters
@@ -98,7 +98,7 @@ class StatusSigners:
 
 def size_report(authority: Authority, signers: StatusSigners) -> list[Row]:
     """The rows of the report for the store as it is now (publishing first if nothing was)."""
-    names = [name for name in dict.fromkeys(ISSUER_OF.values()) if name in authority.cas]
+    names = [ca.name for ca in authority.device_issuers()]
     with reading(authority.engine) as conn:
         missing = any(records.latest(conn, crl.FULL, name) is None for name in names)
     if missing:

@@ -56,9 +56,10 @@ class ServerCertificate:
 
 
 def client_trust(authority: Authority) -> list[x509.Certificate]:
-    """The root and the CAs that issue client certificates, so a client may send its leaf alone."""
-    names = ["root", *dict.fromkeys(ISSUER_OF.values())]
-    return [authority.cas[n].certificate for n in names if n in authority.cas]
+    """The root and the CAs that issue client certificates (the RETIRING ones too, during a CA
+    rotation's overlap), so a client may send its leaf alone."""
+    issuing = [ca for role in dict.fromkeys(ISSUER_OF.values()) for ca in authority.issuers_of(role)]
+    return [authority.root, *(ca.certificate for ca in issuing)]
 
 
 def server_context(
