@@ -4,6 +4,7 @@ into a new home that verifies, chains and issues on (never over a home that issu
 
 from __future__ import annotations
 
+import dataclasses
 import stat
 import tarfile
 import threading
@@ -11,26 +12,32 @@ import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from conftest import PASSPHRASE
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
-from e2e import devid, ok
+from e2e import devid, devid_many, ok
 from sqlalchemy import func, select
 
 from devid.authority.core import Authority
 from devid.authority.requests import IssueRequest, NewDevice
 from devid.authority.revocation import RevokeRequest, Selector, revoke
 from devid.authority.setup import open_authority
+from devid.cli.backup_cmd import restore
+from devid.cli.db_cmd import migrate_store
 from devid.config import Home
+from devid.errors import ConfigError, ConflictError, DevidError
 from devid.pki.profiles import ProfileName
 from devid.pki.reasons import Reason
 from devid.pki.serials import serial_hex
 from devid.registry import manufacturers
 from devid.revocation import crl
-from devid.store.engine import make_engine, reading
+from devid.store import outbox
+from devid.store.engine import make_engine, reading, writing
 from devid.store.models import certificates, events, metadata
+from devid.store.schema import migrate
 from devid.store.transfer import table_digest
 
 
@@ -102,10 +109,6 @@ def _digests(url: str) -> dict[str, tuple[int, str]]:
     return found
 
 
-def refused(result: object, code: str) -> None:
-    assert result.returncode == 2 and f"[{code}]" in result.stderr, (result.stdout, result.stderr)  # type: ignore[attr-defined]
-
-
 def test_migrate_moves_everything_and_the_cli_works_on_postgresql(sqlite_home: Home, pg_url: str) -> None:
     serials = _populate(sqlite_home)
     sqlite_url = sqlite_home.config.db_url
@@ -120,8 +123,14 @@ def test_migrate_moves_everything_and_the_cli_works_on_postgresql(sqlite_home: H
     database = Path(sqlite_url.removeprefix("sqlite:///"))
     assert stat.S_IMODE(database.stat().st_mode) == 0o400
     assert _digests(pg_url) == before  # every table, row for row
-    assert "audit chain intact" in ok(devid("audit", "verify", "--home", sqlite_home.path)).stdout
-    listing = ok(devid("cert", "list", "--home", sqlite_home.path, "--json")).stdout
+    verified, listed = devid_many(
+        [
+            ("audit", "verify", "--home", str(sqlite_home.path)),
+            ("cert", "list", "--home", str(sqlite_home.path), "--json"),
+        ]
+    )
+    assert "audit chain intact" in ok(verified).stdout
+    listing = ok(listed).stdout
     assert all(serial in listing for serial in serials)
 
     authority = open_authority(Home.load(sqlite_home.path), PASSPHRASE)
@@ -139,25 +148,34 @@ def test_migrate_moves_everything_and_the_cli_works_on_postgresql(sqlite_home: H
 
 def test_migrate_refusals_change_nothing(sqlite_home: Home, pg_url: str) -> None:
     config = (sqlite_home.path / "devid.toml").read_bytes()
-    unreachable = "postgresql+psycopg://postgres@127.0.0.1:1/devid"
-    refused(devid("store", "migrate", "--to", unreachable, "--home", sqlite_home.path), "db-unreachable")
-    refused(
-        devid("store", "migrate", "--to", "sqlite:////tmp/x.db", "--home", sqlite_home.path),
-        "target-not-postgresql",
-    )
+    database = Path(sqlite_home.config.db_url.removeprefix("sqlite:///"))
+    # A target holding devid data already: refused, naming the table.
+    target = make_engine(pg_url)
+    migrate(target)
+    with writing(target) as conn:
+        outbox.emit(conn, datetime.now(UTC), "test.event", "x", {})
+    before = _digests(pg_url)
+    cases = {
+        "db-unreachable": "postgresql+psycopg://postgres@127.0.0.1:1/devid",
+        "target-not-postgresql": f"sqlite:///{sqlite_home.path / 'copy.db'}",
+        "target-not-empty": pg_url,
+    }
+    for code, url in cases.items():
+        with pytest.raises(DevidError) as caught:
+            migrate_store(to=url, home=sqlite_home.path)
+        assert caught.value.code == code, caught.value.message
+    assert "events (1 rows)" in caught.value.message
     assert (sqlite_home.path / "devid.toml").read_bytes() == config
-
-    # A target holding a devid store already (the home's own, once moved) is refused, by table.
-    ok(devid("db", "migrate", "--to", pg_url, "--home", sqlite_home.path))
-    other = Home.load(sqlite_home.path)
-    other.path = sqlite_home.path.parent / "other"
-    other.path.mkdir()
-    other.config.db_url = f"sqlite:///{other.path / 'devid.db'}"
-    other.save()
-    ok(devid("db", "upgrade", "--home", other.path))
-    refused(devid("store", "migrate", "--to", pg_url, "--home", other.path), "target-not-empty")
+    assert stat.S_IMODE(database.stat().st_mode) == 0o600
+    assert _digests(pg_url) == before
     # A home already on PostgreSQL has nothing to move.
-    refused(devid("store", "migrate", "--to", pg_url, "--home", sqlite_home.path), "store-not-sqlite")
+    on_pg = sqlite_home.path.parent / "on-pg"
+    on_pg.mkdir()
+    Home(on_pg, dataclasses.replace(sqlite_home.config, db_url=pg_url)).save()
+    with pytest.raises(ConfigError) as already:
+        migrate_store(to=pg_url, home=on_pg)
+    assert already.value.code == "store-not-sqlite"
+    target.dispose()
 
 
 def _chains(
@@ -200,9 +218,9 @@ def test_backup_under_issuance_restores_a_working_ca(home: Home, tmp_path: Path)
 
     new = tmp_path / "restored"
     ok(devid("restore", archive, "--home", new))
-    assert "audit chain intact" in ok(devid("audit", "verify", "--home", new)).stdout
     restored = open_authority(Home.load(new), PASSPHRASE)
     try:
+        assert restored.verify_audit().ok  # as `devid audit verify` does, with the audit key
         with reading(restored.engine) as conn:
             ders = conn.execute(select(certificates.c.der)).scalars().all()
         assert len(ders) >= 8
@@ -217,6 +235,6 @@ def test_backup_under_issuance_restores_a_working_ca(home: Home, tmp_path: Path)
         restored.close()
 
     # The original went on issuing after the backup: restoring the backup over it is refused.
-    over = devid("restore", archive, "--home", home.path)
-    refused(over, "restore-would-repeat")
-    assert "audit event" in over.stderr
+    with pytest.raises(ConflictError) as over:
+        restore(archive, home.path)
+    assert over.value.code == "restore-would-repeat" and "audit event" in over.value.message
