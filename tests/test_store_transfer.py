@@ -238,3 +238,8 @@ def test_backup_under_issuance_restores_a_working_ca(home: Home, tmp_path: Path)
     with pytest.raises(ConflictError) as over:
         restore(archive, home.path)
     assert over.value.code == "restore-would-repeat" and "audit event" in over.value.message
+    junk = tmp_path / "junk.tar.gz"
+    junk.write_bytes(b"not an archive")
+    with pytest.raises(ConfigError) as invalid:
+        restore(junk, tmp_path / "from-junk")
+    assert invalid.value.code == "backup-invalid" and not (tmp_path / "from-junk").exists()
