@@ -24,13 +24,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, make_url, select
+from sqlalchemy import Engine, func, make_url, select
 
 from devid.config import CONFIG_FILE, Home
 from devid.errors import ConfigError, ConflictError, NotFoundError
 from devid.store import audit, transfer
 from devid.store.engine import make_engine, reading
-from devid.store.models import cas
+from devid.store.models import cas, certificates
 from devid.store.schema import check_schema, migrate
 
 FORMAT = 1
@@ -51,7 +51,9 @@ class SnapshotMethod(StrEnum):
 class CaMark:
     name: str
     serial: str
+    #: The next index to reserve (indices go out in blocks) and one past the highest issued.
     next_index: int
+    issued: int
     crl_number: int
 
 
@@ -69,8 +71,10 @@ class Marks:
         mine = {(ca.name, ca.serial): ca for ca in self.cas}
         for old in older.cas:
             now = mine.get((old.name, old.serial))
+            if now is not None and now.issued > old.issued:
+                ahead.append(f"CA {old.name} certificate index {old.issued} -> {now.issued}")
             if now is not None and now.next_index > old.next_index:
-                ahead.append(f"CA {old.name} next certificate index {old.next_index} -> {now.next_index}")
+                ahead.append(f"CA {old.name} next index block {old.next_index} -> {now.next_index}")
             if now is not None and now.crl_number > old.crl_number:
                 ahead.append(f"CA {old.name} CRL number {old.crl_number} -> {now.crl_number}")
         if self.audit_seq > older.audit_seq:
@@ -79,12 +83,17 @@ class Marks:
 
 
 def read_marks(engine: Engine) -> Marks:
+    issued = (
+        select(func.coalesce(func.max(certificates.c.idx) + 1, 0))
+        .where(certificates.c.issuer_id == cas.c.id)
+        .scalar_subquery()
+    )
     with reading(engine) as conn, conn.begin():
         rows = conn.execute(
-            select(cas.c.name, cas.c.serial, cas.c.next_index, cas.c.crl_number).order_by(cas.c.id)
+            select(cas.c.name, cas.c.serial, cas.c.next_index, issued, cas.c.crl_number).order_by(cas.c.id)
         ).all()
         seq, digest = audit.head(conn)
-    return Marks(tuple(CaMark(r.name, r.serial, r.next_index, r.crl_number) for r in rows), seq, digest)
+    return Marks(tuple(CaMark(*row) for row in rows), seq, digest)
 
 
 @dataclass(frozen=True)
