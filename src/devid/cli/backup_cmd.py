@@ -23,7 +23,7 @@ def backup(
     are (sealed under the passphrase), the config, and the marks a restore must never go behind."""
     started = time.perf_counter()
     manifest = write_backup(load_home(home), out, SystemClock().now())
-    marks = ", ".join(f"{ca.name}: {ca.issued} issued, CRL {ca.crl_number}" for ca in manifest.marks.cas)
+    marks = ", ".join(f"{ca.name} index {ca.issued} CRL {ca.crl_number}" for ca in manifest.marks.cas)
     console.print(
         f"backup {out} written in {time.perf_counter() - started:.1f} s ({manifest.snapshot}); "
         f"audit event {manifest.marks.audit_seq}; {marks}",

@@ -55,11 +55,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "unrevoke": ("devid.cli.revoke_cmd", "unrevoke_command", "Lift a certificateHold."),
     "api-token": ("devid.cli.api_token_cmd", "app", "Admin API tokens: create (shown once), list, revoke."),
     "health": ("devid.cli.health_cmd", "health", "Fleet health checks: expiry, renewal, shared keys."),
-    "backup": (
-        "devid.cli.backup_cmd",
-        "backup",
-        "Back up a home while it serves: store, sealed keys, config.",
-    ),
+    "backup": ("devid.cli.backup_cmd", "backup", "Back up a home as it serves: store, sealed keys, config."),
     "restore": ("devid.cli.backup_cmd", "restore", "Make a new home from a backup (never over a newer one)."),
     "gateway": ("devid.cli.gateway_cmd", "gateway", "mTLS gateway to an MQTT broker: revoked devices cut."),
 }

@@ -21,6 +21,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from enum import StrEnum
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,8 @@ def read_marks(engine: Engine) -> Marks:
 @dataclass(frozen=True)
 class Manifest:
     version: int
+    #: The devid that wrote it (the store's schema revision is in the snapshot itself).
+    devid_version: str
     created_at: str
     snapshot: SnapshotMethod
     key_backend: str
@@ -176,7 +179,9 @@ def write_backup(home: Home, out: Path, now: datetime) -> Manifest:
         engine = make_engine(sqlite_url(db))
         marks = read_marks(engine)
         engine.dispose()
-        manifest = Manifest(FORMAT, now.isoformat(), method, home.config.key_backend, marks)
+        manifest = Manifest(
+            FORMAT, package_version("devid"), now.isoformat(), method, home.config.key_backend, marks
+        )
         partial = Path(tmp) / "backup.tar.gz"
         _private_file(partial)
         skipped = _store_files(home)
