@@ -120,6 +120,9 @@ def test_migrate_moves_everything_and_the_cli_works_on_postgresql(sqlite_home: H
 
     config = tomllib.loads((sqlite_home.path / "devid.toml").read_text())
     assert config["db_url"] == pg_url
+    assert (
+        stat.S_IMODE((sqlite_home.path / "devid.toml").stat().st_mode) == 0o600
+    )  # the URL may hold a password
     database = Path(sqlite_url.removeprefix("sqlite:///"))
     assert stat.S_IMODE(database.stat().st_mode) == 0o400
     assert _digests(pg_url) == before  # every table, row for row
