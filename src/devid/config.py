@@ -11,7 +11,7 @@ from typing import Any
 import tomli_w
 
 from devid.errors import ConfigError, ConflictError, KeyAccessError, NotFoundError, PolicyError
-from devid.fsutil import read_file
+from devid.fsutil import atomic_write, read_file
 
 CONFIG_FILE = "devid.toml"
 #: Default hwType for hardwareModuleName: an OID under the UUID arc (2.25, ITU-T X.667), which
@@ -110,12 +110,9 @@ class Home:
         return cls(path, Config.from_toml(text, file))
 
     def save(self) -> None:
-        """Write the configuration back (atomically: a new file renamed over the old)."""
-        file = self.path / CONFIG_FILE
-        partial = file.with_suffix(".toml.new")
-        with open(partial, "wb") as fh:
-            fh.write(self.config.to_toml())
-        os.replace(partial, file)
+        """Write the configuration back (atomically: a new file renamed over the old), readable by
+        its owner only: its db_url may carry the database password."""
+        atomic_write(self.path / CONFIG_FILE, self.config.to_toml(), mode=0o600)
 
     @classmethod
     def create(cls, path: Path, config: Config) -> Home:

@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "device": ("devid.cli.device_cmd", "app", "Manage devices: enrollment secrets, approval, state."),
     "agent": ("devid.cli.agent_cmd", "app", "The device agent: enroll, renew, fall back, report."),
     "db": ("devid.cli.db_cmd", "app", "The store: schema migrations."),
+    "store": ("devid.cli.db_cmd", "app", "The store: schema migrations, moving it to PostgreSQL."),
     "sim": ("devid.cli.sim_cmd", "app", "Simulate a fleet of device agents (real TLS, simulated time)."),
     "events": ("devid.cli.events_cmd", "app", "Registry events: list, deliver, manage their sinks."),
     "manufacturer": ("devid.cli.manufacturer_cmd", "app", "Manufacturer CAs: register, activate, list."),
@@ -54,6 +55,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "unrevoke": ("devid.cli.revoke_cmd", "unrevoke_command", "Lift a certificateHold."),
     "api-token": ("devid.cli.api_token_cmd", "app", "Admin API tokens: create (shown once), list, revoke."),
     "health": ("devid.cli.health_cmd", "health", "Fleet health checks: expiry, renewal, shared keys."),
+    "backup": ("devid.cli.backup_cmd", "backup", "Back up a home as it serves: store, sealed keys, config."),
+    "restore": ("devid.cli.backup_cmd", "restore", "Make a new home from a backup (never over a newer one)."),
     "gateway": ("devid.cli.gateway_cmd", "gateway", "mTLS gateway to an MQTT broker: revoked devices cut."),
 }
 
