@@ -184,9 +184,11 @@ def _published_crl_number(http_port: int) -> int:
     return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
 
 
-def test_kill_9_the_whole_server_under_load_loses_nothing(tmp_path: Path) -> None:
+def test_kill_9_the_whole_server_under_load_loses_nothing(tmp_path: Path, db_url: str | None) -> None:
     # A public URL: certificates name CRL partitions, so revocations publish CRLs.
-    home = init_home(tmp_path / "H", org="Acme", passphrase=PASSPHRASE, public_url="http://127.0.0.1:1")
+    home = init_home(
+        tmp_path / "H", org="Acme", passphrase=PASSPHRASE, db_url=db_url, public_url="http://127.0.0.1:1"
+    )
     auth = open_authority(home, PASSPHRASE)
     try:
         root_pem = tmp_path / "root.pem"
@@ -216,6 +218,7 @@ def test_kill_9_the_whole_server_under_load_loses_nothing(tmp_path: Path) -> Non
     db_crl_seen = [_crl_numbers(home)]
     kills = 0
     cut: list[int] = []  # requests in flight at each kill
+    restarts: list[float] = []
     try:
         for after in KILL_AFTER:
             while len(load.received) < after and any(t.is_alive() for t in threads):
@@ -227,7 +230,9 @@ def test_kill_9_the_whole_server_under_load_loses_nothing(tmp_path: Path) -> Non
             _kill_group(served)
             kills += 1
             db_crl_seen.append(_crl_numbers(home))
+            restart = time.monotonic()
             served = _serve(home, port, http_port)
+            restarts.append(time.monotonic() - restart)
             crl_seen.append(_published_crl_number(http_port))
         for t in threads:
             t.join(timeout=RETRY_FOR * 2)
@@ -273,6 +278,6 @@ def test_kill_9_the_whole_server_under_load_loses_nothing(tmp_path: Path) -> Non
     assert "audit chain intact" in ok(devid("audit", "verify", "--home", home.path)).stdout
     print(
         f"kills: {kills}, in flight at each: {cut}, retries: {load.retries}, 5xx: {load.failed_answers},"
-        f" renewals that fell back to the IDevID: {load.fallbacks},"
+        f" IDevID fallbacks: {load.fallbacks}, restarts: {[round(r, 1) for r in restarts]} s,"
         f" certificates received: {len(load.received)}, revocations: {load.revoked}, lost: 0"
     )
