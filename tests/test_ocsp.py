@@ -303,6 +303,32 @@ def test_presigned_cache_and_a_revocation_resigns_only_that_serial(pki: Pki) -> 
     assert renewed.der != first_other.der and renewed.this_update == clock.now().replace(microsecond=0)
 
 
+def test_an_unavailable_source_serves_the_last_answer_until_its_next_update(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FixedClock(datetime.now(UTC))
+    source = pki.source()
+    responder = OcspResponder([pki.issuer], source, clock)
+    good = request_der(pki, pki.good)
+    first = responder.respond(good)
+    assert first.cache_until is not None and first.next_update is not None
+
+    def away(*_: object) -> None:
+        raise OSError("the database is away")
+
+    monkeypatch.setattr(source, "statuses", away)
+    # Due for re-signing, the store away: the answer signed before is still true, and served.
+    clock.advance(first.cache_until - clock.now())
+    assert responder.respond(good) == first
+    # Past its nextUpdate it is not, and nothing else is known: internalError.
+    clock.advance(first.next_update - clock.now())
+    failed = ocsp.load_der_ocsp_response(responder.respond(good).der)
+    assert failed.response_status is ocsp.OCSPResponseStatus.INTERNAL_ERROR
+    # A request never answered before has nothing to fall back on either.
+    never = ocsp.load_der_ocsp_response(responder.respond(request_der(pki, pki.revoked)).der)
+    assert never.response_status is ocsp.OCSPResponseStatus.INTERNAL_ERROR
+
+
 def test_responses_verify_with_cryptography(pki: Pki) -> None:
     clock = FixedClock(datetime.now(UTC))
     responder = OcspResponder([pki.issuer], pki.source(), clock)

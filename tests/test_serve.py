@@ -59,14 +59,16 @@ def _reader(stream: object, out: queue.Queue[str]) -> None:
     out.put("")
 
 
-def start_serve(home: Path, *args: str | Path) -> Served:
-    """`devid serve --port 0 ...`; waits for the two start lines (URL, certificate fingerprint)."""
+def start_serve(home: Path, *args: str | Path, session: bool = False) -> Served:
+    """`devid serve --port 0 ...`; waits for the two start lines (URL, certificate fingerprint).
+    `session`: in a process group of its own, which a test may kill whole (`os.killpg`)."""
     proc = subprocess.Popen(
         [*DEVID, "serve", "--home", str(home), "--port", "0", *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=devid_env(),
+        start_new_session=session,
     )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=_reader, args=(proc.stdout, lines), daemon=True).start()

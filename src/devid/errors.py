@@ -60,6 +60,18 @@ class RateLimited(DevidError):
         self.retry_after = retry_after
 
 
+class StoreUnavailable(DevidError):
+    """The database cannot be reached now (stopped, restarting, failing over, every pooled
+    connection busy): HTTP 503 with Retry-After. The transaction did not commit, so the request may
+    be sent again as it is."""
+
+    def __init__(self, detail: str, retry_after: int = 2) -> None:
+        super().__init__(
+            "store-unavailable", f"the store is unavailable ({detail}); retry in {retry_after} s"
+        )
+        self.retry_after = retry_after
+
+
 class ConfigError(DevidError):
     """The devid home or its configuration is missing, incomplete or inconsistent."""
 

@@ -34,7 +34,7 @@ from devid.authority.core import Authority
 from devid.authority.roles import allows
 from devid.errors import AuthenticationRequired, ConflictError, DevidError, PolicyError
 from devid.store import audit
-from devid.store.engine import reading, writing
+from devid.store.engine import reading, unavailable, writing
 from devid.web.errors import refusal_headers, status_for
 from devid.web.peer import peer_address
 
@@ -54,7 +54,7 @@ def error_reply(error: DevidError, presented_token: bool) -> Reply:
     """The JSON refusal of an API call; its status is `status_for`'s, with an unknown id a plain 404
     (an API client names objects it may see)."""
     status = status_for(error, reveal_missing=True)
-    if status >= 500:
+    if status == 500:
         log.error("internal error answering an API call: %s [%s]", error.message, error.code)
         return Reply(error_body("internal", "the server cannot complete this request now"), 500)
     # RFC 6750 section 3: name the error only when a token was presented.
@@ -164,9 +164,14 @@ class ApiServer:
                 reply = error_reply(limited, incoming.authorization is not None)
         except DevidError as exc:
             reply = error_reply(exc, incoming.authorization is not None)
-        except Exception:
-            log.exception("API call %s %s failed", route.method, incoming.path)
-            reply = Reply(error_body("internal", "the server cannot complete this request now"), 500)
+        except Exception as exc:
+            down = unavailable(exc)
+            if down is None:
+                log.exception("API call %s %s failed", route.method, incoming.path)
+                reply = Reply(error_body("internal", "the server cannot complete this request now"), 500)
+            else:
+                # Nothing to audit into a store that is away: answer 503 with Retry-After now.
+                return error_reply(down, incoming.authorization is not None)
         status, detail = reply.status or route.status, {}
         if status == 429:  # audited once per caller and window (devid.api.limited)
             caller = actor if token is not None else f"peer:{incoming.peer}"

@@ -43,7 +43,7 @@ class SecureElementMaker:
 
     def create(self, directory: Path, device_serial: str) -> SecureElement:
         if self.spec.backend == "software":
-            return SoftwareSecureElement.create(directory, durable=False, persist=False)
+            return SoftwareSecureElement.create(directory, durable=False)
         from devid.keys.pkcs11 import Pkcs11SecureElement
 
         assert self.spec.pkcs11 is not None

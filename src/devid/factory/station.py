@@ -19,6 +19,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import select
 
 from devid.authority import device_records
 from devid.authority.core import Authority
@@ -27,17 +28,21 @@ from devid.errors import ConflictError, DevidError
 from devid.factory.secure_elements import SecureElementMaker
 from devid.fsutil import write_new
 from devid.keys.base import SecureElement
+from devid.keys.software import DEVICE_KEY_FILE, SE_STATE_FILE
 from devid.pki.csr import load_and_check_csr
 from devid.pki.keypolicy import require_p256
 from devid.pki.profiles import ProfileName, device_subject
 from devid.pki.serials import serial_hex
 from devid.store import audit, repo
 from devid.store.engine import reading, writing
+from devid.store.models import cas, certificates, devices
 from devid.store.states import DeviceState
 
 DEVICE_FILE = "device.json"
 IDEVID_FILE = "idevid.pem"
 CHAIN_FILE = "chain.pem"
+#: Every file the line writes into a device folder (device.json last).
+_LINE_FILES = {SE_STATE_FILE, DEVICE_KEY_FILE, IDEVID_FILE, CHAIN_FILE, DEVICE_FILE}
 _SIGN = ec.ECDSA(hashes.SHA256())
 
 
@@ -133,7 +138,7 @@ class Station:
         for item, cert in issued:
             start = time.perf_counter()
             try:
-                self._install_and_test(item, cert)
+                self._install_and_test(item.directory, item.se, item.serial, cert)
                 results.append(
                     DeviceResult(
                         item.serial,
@@ -166,9 +171,15 @@ class Station:
         token key made for a refused device would stay there) or their folder is touched."""
         with reading(self.authority.engine) as conn:
             known = set(repo.device_ids(conn, serials))
-        if not known:
+        interrupted = [
+            s
+            for s in serials
+            if s in known and (self.out_dir / s).is_dir() and not (self.out_dir / s / DEVICE_FILE).exists()
+        ]
+        self._finish(interrupted, results)
+        refused = [s for s in serials if s in known and s not in interrupted]
+        if not refused:
             return known
-        refused = [s for s in serials if s in known]
         error = ConflictError("duplicate-device", "device already exists: not issued twice")
         detail = {"code": error.code, "reason": error.message, "profile": ProfileName.IDEVID.value}
         for serial in refused:
@@ -181,9 +192,51 @@ class Station:
             )
         return known
 
+    def _finish(self, serials: list[str], results: list[DeviceResult]) -> None:
+        """Write back and test the IDevIDs a killed line committed but did not install: the
+        element, saved before the issue, still holds the key (a rerun of the line resumes)."""
+        if not serials:
+            return
+        with reading(self.authority.engine) as conn:
+            rows = conn.execute(
+                select(devices.c.serial, certificates.c.der, certificates.c.fingerprint, cas.c.name)
+                .join(certificates, certificates.c.device_id == devices.c.id)
+                .join(cas, cas.c.id == certificates.c.issuer_id)
+                .where(devices.c.serial.in_(serials), certificates.c.profile == ProfileName.IDEVID)
+            ).all()
+        failed: list[str] = []
+        for serial, der, fp, issuer in rows:
+            start, directory = time.perf_counter(), self.out_dir / serial
+            cert = x509.load_der_x509_certificate(der)
+            issued = Issued(cert, der, cert.serial_number, fp, ProfileName.IDEVID, issuer, serial)
+            error = None
+            try:
+                for partial in (IDEVID_FILE, CHAIN_FILE):
+                    (directory / partial).unlink(missing_ok=True)
+                self._install_and_test(directory, self.maker.open(directory, serial), serial, issued)
+            except Exception as exc:
+                failed.append(serial)
+                error = _reason(exc)
+            seconds = time.perf_counter() - start
+            results.append(
+                DeviceResult(
+                    serial, error is None, str(directory), seconds, serial_hex(cert.serial_number), fp, error
+                )
+            )
+        if failed:
+            self._mark_failed(failed, {r.serial: r.error for r in results if not r.ok})
+
     def _prepare(self, serial: str, directory: Path, start: float) -> _Pending:
         check_device_serial(serial)
-        directory.mkdir(parents=True)
+        try:
+            directory.mkdir(parents=True)
+        except FileExistsError:
+            # Only what the line writes, for a device the store does not know: a line killed before
+            # its IDevID committed left it (nothing was issued to that key). Start it again.
+            if not {p.name for p in directory.iterdir()} <= _LINE_FILES - {DEVICE_FILE}:
+                raise
+            shutil.rmtree(directory)
+            directory.mkdir()
         se: SecureElement | None = None
         try:
             se = self.maker.create(directory, serial)
@@ -223,16 +276,15 @@ class Station:
                 issued.append((p, outcome))
         return issued
 
-    def _install_and_test(self, item: _Pending, issued: Issued) -> None:
-        se = item.se
+    def _install_and_test(self, directory: Path, se: SecureElement, serial: str, issued: Issued) -> None:
         se.write_slot("idevid", issued.der)
-        write_new(item.directory / IDEVID_FILE, issued.pem)
-        write_new(item.directory / CHAIN_FILE, self._chain_pem)
+        write_new(directory / IDEVID_FILE, issued.pem)
+        write_new(directory / CHAIN_FILE, self._chain_pem)
         write_new(
-            item.directory / DEVICE_FILE,
+            directory / DEVICE_FILE,
             json.dumps(
                 {
-                    "serial": item.serial,
+                    "serial": serial,
                     "model": self.info.model,
                     "lot": self.info.lot,
                     "line": self.info.line,

@@ -210,18 +210,14 @@ class SoftwareSecureElement:
         self._saved = (directory / SE_STATE_FILE).exists()
 
     @classmethod
-    def create(cls, directory: Path, *, durable: bool = True, persist: bool = True) -> SoftwareSecureElement:
+    def create(cls, directory: Path, *, durable: bool = True) -> SoftwareSecureElement:
         """Generate a key and a device-local sealing key inside a new element; the folder must not
-        already hold one.
-
-        `persist=False` defers the first write to the first slot write: a production line writes
-        the element's state once, with the IDevID in its slot, instead of twice.
-        """
+        already hold one. The element is written at once: a line killed after the IDevID committed
+        finds the key again and finishes the device (`devid.factory.station`)."""
         if (directory / SE_STATE_FILE).exists():
             raise ConflictError("se-exists", f"{directory} already holds a secure element")
         se = cls(directory, Sealer.new(), ec.generate_private_key(ec.SECP256R1()), {}, durable)
-        if persist:
-            se._save()
+        se._save()
         return se
 
     @classmethod

@@ -16,6 +16,7 @@ change with every issuance as well as every revocation.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import threading
 import time
@@ -38,7 +39,7 @@ from devid.revocation import crl, records
 from devid.revocation.allowlist import build_allowlist, diff_allowlists
 from devid.revocation.filter import diff_filters
 from devid.revocation.publisher import FILTER, status_cas
-from devid.store.engine import reading
+from devid.store.engine import reading, unavailable
 from devid.store.models import certificates, devices, enrollments, hubs, published
 
 #: (status, headers, body): the shape of `devid.publish.plain_http`'s replies.
@@ -54,6 +55,7 @@ MAX_AGE = 10
 _CRL = re.compile(r"/crl/(?P<ca>[A-Za-z0-9._-]+?)(?:/(?P<shard>\d{1,4}))?(?P<delta>-delta)?\.crl")
 _NAMED = re.compile(r"/(?P<kind>filter|allowlist)/(?P<name>[A-Za-z0-9._:-]{1,128})")
 _PEM_TYPE = "application/x-pem-file"
+log = logging.getLogger("devid.publish")
 
 
 def _text(status: int, message: str) -> Reply:
@@ -87,6 +89,12 @@ class StatusFiles:
             reply = self._answer(parts.path, query, headers)
         except DevidError as exc:
             reply = _text(404 if exc.code.startswith("unknown") else 400, f"{exc.message} [{exc.code}]")
+        except Exception as exc:
+            down = unavailable(exc)
+            if down is None:
+                raise
+            status, fields, text = _text(503, f"{down.message} [{down.code}]")
+            reply = status, (*fields, ("Retry-After", str(down.retry_after))), text
         if method == "HEAD":
             return reply[0], reply[1], b""
         return reply
@@ -223,8 +231,15 @@ class StatusFiles:
             return
         with self._lock:
             self._checked = now
-            with reading(self.authority.engine) as conn:
-                marker = conn.execute(select(func.max(published.c.id), func.count())).one()
+            try:
+                with reading(self.authority.engine) as conn:
+                    marker = conn.execute(select(func.max(published.c.id), func.count())).one()
+            except Exception as exc:
+                if unavailable(exc) is None:
+                    raise
+                # The store is away: what was read stays valid until its nextUpdate; serve it.
+                log.warning("status data served from cache, the store is unavailable: %s", exc)
+                return
             if marker != self._marker:
                 self._marker = (marker[0] or 0, marker[1])
                 self._latest.clear()

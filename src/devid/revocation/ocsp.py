@@ -277,7 +277,13 @@ class OcspResponder:
         except _Unauthorized:
             return OcspAnswer(UNAUTHORIZED)
         except Exception:
-            # The status source (a database) failed: RFC 6960 internalError, and the cause in the log.
+            # The status source (a database) failed while re-signing: an answer signed before it
+            # stays true until its nextUpdate (nothing can be revoked meanwhile), so serve that.
+            stale = self._cache.get(key) if key is not None else None
+            if stale is not None and stale.answer.next_update is not None and now < stale.answer.next_update:
+                log.warning("OCSP status source failed: serving the answer valid until its nextUpdate")
+                return stale.answer
+            # None to serve: RFC 6960 internalError, and the cause in the log.
             log.exception("OCSP response failed")
             return OcspAnswer(INTERNAL_ERROR)
 

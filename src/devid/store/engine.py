@@ -12,9 +12,16 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from devid.errors import ConfigError
+from devid.errors import ConfigError, StoreUnavailable
+
+#: Seconds a request waits for a pooled connection, and for a new one to connect (libpq's least:
+#: it reads 1 as 2), before it is refused with StoreUnavailable: an outage answers 503 at once
+#: instead of holding every request until the client gives up.
+POOL_TIMEOUT = 1
+CONNECT_TIMEOUT = 2
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -130,7 +137,33 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     if parsed.get_backend_name() == "postgresql":
-        return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        connect = {} if "connect_timeout" in parsed.query else {"connect_timeout": CONNECT_TIMEOUT}
+        return create_engine(
+            parsed,
+            pool_pre_ping=True,
+            pool_size=10,
+            max_overflow=20,
+            pool_timeout=POOL_TIMEOUT,
+            connect_args=connect,
+        )
     raise ConfigError(
         "db-url", f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql"
     )
+
+
+def unavailable(exc: BaseException) -> StoreUnavailable | None:
+    """The StoreUnavailable that `exc` (or an exception it was raised from) stands for, None when
+    it is no outage: the driver's OperationalError (refused, lost or shut-down connection, lock
+    timeout), a connection the driver invalidated, or the pool's timeout."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, StoreUnavailable):
+            return seen
+        if isinstance(seen, PoolTimeout):
+            return StoreUnavailable("no free database connection")
+        if isinstance(seen, OperationalError) or (
+            isinstance(seen, DBAPIError) and seen.connection_invalidated
+        ):
+            return StoreUnavailable(f"{type(seen.orig).__name__} from the database")
+        seen = seen.__cause__ or seen.__context__
+    return None

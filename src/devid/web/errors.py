@@ -25,8 +25,10 @@ from devid.errors import (
     PolicyError,
     RateLimited,
     RequestInvalid,
+    StoreUnavailable,
 )
 from devid.registry.allocation import AllocationFailed
+from devid.store.engine import unavailable
 
 log = logging.getLogger("devid.web")
 
@@ -61,6 +63,8 @@ def status_for(error: DevidError, *, reveal_missing: bool = False) -> int:
         return 429
     if isinstance(error, BodyTooLarge):
         return 413
+    if isinstance(error, StoreUnavailable):
+        return 503
     if isinstance(error, RequestInvalid):
         return 400
     if isinstance(error, AllocationFailed):
@@ -81,11 +85,11 @@ def status_for(error: DevidError, *, reveal_missing: bool = False) -> int:
 
 def refusal_headers(error: DevidError, status: int, challenge: str) -> dict[str, str]:
     """Headers every refusal carries, whatever its body: never cached, the challenge of a 401,
-    when to retry a 429."""
+    when to retry a 429 or a 503 of the store."""
     headers = {"Cache-Control": "no-store"}
     if status == 401:
         headers["WWW-Authenticate"] = challenge
-    if isinstance(error, RateLimited):
+    if isinstance(error, RateLimited | StoreUnavailable):
         headers["Retry-After"] = str(error.retry_after)
     return headers
 
@@ -105,8 +109,15 @@ def error_response(error: DevidError, *, challenge: str = BASIC_CHALLENGE) -> we
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn DevidErrors raised by any handler into their HTTP refusal."""
+    """Turn DevidErrors raised by any handler into their HTTP refusal, and a database outage (the
+    driver's errors, whichever handler met them) into 503 with Retry-After."""
     try:
         return await handler(request)
     except DevidError as exc:
         return error_response(exc)
+    except Exception as exc:
+        down = unavailable(exc)
+        if down is None:
+            raise
+        log.warning("store unavailable answering %s %s: %s", request.method, request.path, exc)
+        return error_response(down)
