@@ -38,6 +38,7 @@ from devid.store.models import certificates, event_sinks, events, published
 
 PASSPHRASE = b"correct horse battery staple"
 DEVICES = 16
+ENROLLMENTS = 48
 RATE = 6
 
 
@@ -111,11 +112,18 @@ def test_two_servers_on_one_postgresql(pg_url: str, tmp_path: Path, receiver: Re
     try:
         with serving(first.path, second) as servers:
             ports = [s.port for s in servers]
-            csrs = make_csrs(DEVICES)
+            csrs = make_csrs(ENROLLMENTS)
+            started = time.monotonic()
             with ThreadPoolExecutor(8) as pool:
-                received = list(pool.map(lambda i: enroll(ports[i % 2], devices[i], csrs[i]), range(DEVICES)))
+                received = list(
+                    pool.map(
+                        lambda i: enroll(ports[i % 2], devices[i % DEVICES], csrs[i]), range(ENROLLMENTS)
+                    )
+                )
+            rate = ENROLLMENTS / (time.monotonic() - started)
+            print(f"scale-out: {rate:.1f} enrollments/s on two servers with two workers each")
             serials = [format(c.serial_number, "x") for c in received]
-            assert len(set(serials)) == DEVICES
+            assert len(set(serials)) == ENROLLMENTS
             with engine.connect() as conn:
                 stored = conn.execute(
                     select(certificates.c.serial, func.count())
