@@ -14,11 +14,13 @@ memory can each take their share of a deployment-wide limit.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -96,11 +98,11 @@ class Lease:
         """Give the lease up (closing the session or file that holds it)."""
         if self._conn is not None:
             conn, self._conn = self._conn, None
-            try:
-                conn.invalidate()  # never back to the pool still holding the lock
+            with contextlib.suppress(DBAPIError):  # a lost session holds nothing any more
+                conn.execute(text("SELECT pg_advisory_unlock_all()"))  # at once, not at the backend's exit
+            with contextlib.suppress(DBAPIError):
+                conn.invalidate()  # never back to the pool: a fresh session for the next user
                 conn.close()
-            except DBAPIError:
-                pass
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -123,6 +125,7 @@ class Presence:
         self._counted = (float("-inf"), 1)
         path = _sqlite_file(engine)
         self._dir = Path(f"{path}-devid-{self.NAME}") if path is not None else None
+        self._file = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._lease = Lease(engine, self.NAME, shared=True) if self._dir is None else None
         self._fd: int | None = None
 
@@ -133,8 +136,8 @@ class Presence:
         if self._dir is None or self._fd is not None:
             return True
         self._dir.mkdir(mode=0o700, exist_ok=True)
-        self._fd = os.open(self._dir / f"{os.getpid()}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        self._fd = os.open(self._dir / self._file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else holds it
         return True
 
     def share(self) -> int:
@@ -171,7 +174,10 @@ class Presence:
             return 1
         live = 0
         for entry in self._dir.iterdir():
-            fd = os.open(entry, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                fd = os.open(entry, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:  # its process left meanwhile
+                continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -186,6 +192,6 @@ class Presence:
         if self._lease is not None:
             self._lease.release()
         if self._fd is not None and self._dir is not None:
-            (self._dir / f"{os.getpid()}").unlink(missing_ok=True)
+            (self._dir / self._file).unlink(missing_ok=True)
             os.close(self._fd)
             self._fd = None
