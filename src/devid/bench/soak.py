@@ -342,9 +342,9 @@ def _deployment(work: Path, clients: int, workers: int) -> Iterator[tuple[_Targe
                     enrolling = tls_context(root_pem, identity.chain, identity.key)
                     target.devices.append(_Device(enrolling, cred, target.tls(cred)))
                     target.serials.append(cred.cert.serial_number)
-                processes = {"serve supervisor": proc.pid, "gateway": gateway.pid}
+                processes = {"serve_supervisor": proc.pid, "gateway": gateway.pid}
                 for i, pid in enumerate(worker_pids(proc.pid)):
-                    processes[f"serve worker {i}"] = pid
+                    processes[f"serve_worker_{i}"] = pid
                 yield target, processes
             finally:
                 gateway.terminate()
@@ -372,11 +372,11 @@ def run(
     setup = f"{clients} clients, devid serve --workers {workers}, devid gateway (OCSP), {minutes:g} min"
     figures = [
         Figure(
-            "soak throughput", soak.rate, "requests/s", capacity.rate, "unpaced calibration (capacity)", setup
+            "soak.throughput", soak.rate, "requests/s", capacity.rate, "unpaced calibration (capacity)", setup
         ),
-        Figure("soak p99 latency", soak.p99_ms(), "ms", capacity.p99_ms(), "unpaced calibration p99"),
+        Figure("soak.p99", soak.p99_ms(), "ms", capacity.p99_ms(), "unpaced calibration p99"),
         Figure(
-            "soak errors",
+            "soak.errors",
             sum(soak.errors.values()),
             "requests",
             note=f"of {len(soak.latencies)}: {_listed(soak.errors)}",
@@ -393,7 +393,14 @@ def run(
             f"{first.rss_mb:.1f} -> {last.rss_mb:.1f} MB, {first.fds} -> {last.fds} fds, {len(mine)} samples"
         )
         figures.append(
-            Figure(f"rss slope {name}", slope_per_hour([(s.at, s.rss_mb) for s in steady]), "MB/h", note=span)
+            Figure(
+                f"soak.rss_slope.{name}",
+                slope_per_hour([(s.at, s.rss_mb) for s in steady]),
+                "MB/h",
+                note=span,
+            )
         )
-        figures.append(Figure(f"fd slope {name}", slope_per_hour([(s.at, s.fds) for s in steady]), "fds/h"))
+        figures.append(
+            Figure(f"soak.fd_slope.{name}", slope_per_hour([(s.at, s.fds) for s in steady]), "fds/h")
+        )
     return figures
