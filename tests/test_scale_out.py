@@ -1,7 +1,7 @@
 """Scale-out: two `devid serve --workers 2` (two homes standing in for two machines) on one
 PostgreSQL database issue concurrently with no duplicate serial and every certificate a client
 received recorded once, publish CRLs from one number sequence, deliver each event once (the duties'
-lease), and hold an API token's rate limit across all four processes."""
+lease), hold an API token's rate limit across all four processes, and see each other's changes."""
 
 from __future__ import annotations
 
@@ -186,5 +186,10 @@ def test_two_servers_on_one_postgresql(pg_url: str, tmp_path: Path, receiver: Re
                     pool.map(lambda i: api(ports[i % 2], trust, limited, "GET", "/cas"), range(4 * RATE))
                 )
             assert answers.count(200) <= RATE + 1 and set(answers) <= {200, 429}, answers
+
+            # A change made through one machine holds on the other at once: a token revoked on the
+            # first is refused by the second.
+            assert api(ports[0], trust, admin, "DELETE", "/api-tokens/script") == 200
+            assert api(ports[1], trust, limited, "GET", "/cas") == 401
     finally:
         engine.dispose()
