@@ -16,7 +16,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,12 +96,16 @@ class ApiServer:
     """Dispatches the route table; one per application (it owns the rate buckets)."""
 
     def __init__(
-        self, authority: Authority, routes: Sequence[Route], anonymous_rate: int = ANONYMOUS_RATE
+        self,
+        authority: Authority,
+        routes: Sequence[Route],
+        anonymous_rate: int = ANONYMOUS_RATE,
+        share: Callable[[], int] | None = None,
     ) -> None:
         self.authority = authority
         self.anonymous_rate = anonymous_rate
         self.routes = list(routes)
-        self.limiter = RateLimiter()
+        self.limiter = RateLimiter(share=share) if share is not None else RateLimiter()
         self.limited = LimitedCalls()
         self.document = document(self.routes)
         self._query_validators = {r: _validator(_params_schema(r.query)) for r in self.routes}
@@ -350,15 +354,19 @@ def _version(if_match: str | None, body: Any) -> int:
 
 
 def api_application(
-    authority: Authority, routes: Sequence[Route] | None = None, anonymous_rate: int = ANONYMOUS_RATE
+    authority: Authority,
+    routes: Sequence[Route] | None = None,
+    anonymous_rate: int = ANONYMOUS_RATE,
+    share: Callable[[], int] | None = None,
 ) -> web.Application:
     """The sub-application to mount at /api/v1 (`web.Application.add_subapp`); `anonymous_rate`:
-    calls per minute and peer address without a valid token."""
+    calls per minute and peer address without a valid token; `share`: the processes every rate
+    limit is shared by (`devid.api.ratelimit`)."""
     if routes is None:
         from devid.api.endpoints import ROUTES
 
         routes = ROUTES
-    return ApiServer(authority, routes, anonymous_rate).application()
+    return ApiServer(authority, routes, anonymous_rate, share).application()
 
 
 __all__ = ["PREFIX", "ApiServer", "api_application"]

@@ -10,15 +10,16 @@ one `est.auth-failures` event once the window has closed (noticed at the next re
 service closes). Attempts from an address over its limit are counted as one, whatever identity each
 claims, so the events a window costs stay bounded by the limits, not by the attempts.
 
-The counters live in this process (one per `devid serve` worker): with N workers a client may fail
-up to N times the limit before every worker refuses it. That still bounds guessing and audit
-growth, without a write per failure to a shared store.
+The counters live in this process (one per `devid serve` worker), without a write per failure to
+a shared store; the limits hold across every server process on the store because each allows its
+share of them: the limit divided by the processes counted (`share`; at least one failure each).
 """
 
 from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -63,7 +64,9 @@ class FailedAuthentications:
         per_peer: int = PER_PEER,
         per_identity: int = PER_IDENTITY,
         max_tracked: int = MAX_TRACKED,
+        share: Callable[[], int] | None = None,
     ) -> None:
+        self._share = share
         self.window = window
         self.per_peer = per_peer
         self.per_identity = per_identity
@@ -79,9 +82,11 @@ class FailedAuthentications:
     def check(self, peer: str | None, identity: str, now: datetime) -> None:
         """Raise RateLimited if `peer` (None: unknown, not limited) or `identity` has used up its
         failures in the current window; the refused attempt is counted for the aggregate audit."""
+        share = self._share() if self._share is not None else 1
+        per_peer, per_identity = max(1, self.per_peer // share), max(1, self.per_identity // share)
         with self._lock:
-            peer_wait = self._wait(self._peers, peer, self.per_peer, now)
-            wait = max(peer_wait, self._wait(self._identities, identity, self.per_identity, now))
+            peer_wait = self._wait(self._peers, peer, per_peer, now)
+            wait = max(peer_wait, self._wait(self._identities, identity, per_identity, now))
             if wait <= 0:
                 return
             # An address over its limit is tallied as one, whatever identities it tries next.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, update
 
 from devid.store.engine import writing
 from devid.store.models import cas
@@ -44,7 +44,9 @@ class IndexAllocator:
         return taken
 
     def _reserve(self, ca_id: int, size: int) -> tuple[int, int]:
+        """One atomic increment in the store: processes and replicas sharing it (on PostgreSQL,
+        concurrently: the row lock orders them) each get a block of their own."""
         with writing(self._engine) as conn:
-            conn.execute(update(cas).where(cas.c.id == ca_id).values(next_index=cas.c.next_index + size))
-            end = conn.execute(select(cas.c.next_index).where(cas.c.id == ca_id)).scalar_one()
+            bump = update(cas).where(cas.c.id == ca_id).values(next_index=cas.c.next_index + size)
+            end = int(conn.execute(bump.returning(cas.c.next_index)).scalar_one())
         return end - size, end

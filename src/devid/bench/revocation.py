@@ -319,7 +319,7 @@ def crl_figures(revoked_counts: Sequence[int]) -> list[Figure]:
 # --- mass revocation -------------------------------------------------------------------------------
 
 
-def _ocsp_request(issuer: x509.Certificate, serial: int) -> bytes:
+def ocsp_request(issuer: x509.Certificate, serial: int) -> bytes:
     """An RFC 5019 request (SHA-1 CertID, no nonce) for `serial` under `issuer`."""
     public = issuer.public_key()
     assert isinstance(public, ec.EllipticCurvePublicKey)
@@ -347,7 +347,7 @@ def mass_figures(count: int, others: int, sample: int, db: str | None = None) ->
         responder = status_service(authority).responder
         issuer = authority.cas[CA].certificate
         rng = random.Random(2)
-        requests = [_ocsp_request(issuer, s) for s in rng.sample(lot.serials, min(sample, count))]
+        requests = [ocsp_request(issuer, s) for s in rng.sample(lot.serials, min(sample, count))]
         if _statuses([responder.respond(r).der for r in requests]) != {ocsp.OCSPCertStatus.GOOD}:
             raise RuntimeError("OCSP does not answer good before the revocation")
         gc.collect()

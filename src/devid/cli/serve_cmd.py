@@ -72,7 +72,7 @@ def serve(
         bool,
         typer.Option(
             "--deliver-events/--no-deliver-events",
-            help="deliver registry events to their sinks from this process (one replica is enough)",
+            help="deliver registry events to their sinks (one server of the store at a time: a lease)",
         ),
     ] = True,
     workers: Annotated[
@@ -127,7 +127,7 @@ def serve(
         bool,
         typer.Option(
             "--publish/--no-publish",
-            help="keep CRLs and filters current from this process (one replica is enough)",
+            help="keep CRLs and filters current (one server of the store at a time: a lease)",
         ),
     ] = True,
     passphrase_file: PassphraseOpt = None,

@@ -20,11 +20,13 @@ import asyncio
 import base64
 import binascii
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
+from devid.authority.auth_failures import FailedAuthentications
 from devid.authority.core import Authority
 from devid.authority.credentials import CertificateCredential
 from devid.authority.enroll import Credential, EnrollResult, Onboarding, Operation, SecretCredential
@@ -128,9 +130,16 @@ def basic_credential(header: str | None) -> SecretCredential | None:
 class EstServer:
     """The EST endpoints of one authority; `close()` it with the application."""
 
-    def __init__(self, authority: Authority, onboarding: Onboarding | None = None) -> None:
+    def __init__(
+        self,
+        authority: Authority,
+        onboarding: Onboarding | None = None,
+        *,
+        share: Callable[[], int] | None = None,
+    ) -> None:
+        """`share`: the server processes the failed-authentication limits are shared by."""
         self.authority = authority
-        self.service = EnrollmentService(authority, onboarding)
+        self.service = EnrollmentService(authority, onboarding, failures=FailedAuthentications(share=share))
         self._cacerts: dict[str, bytes] = {}
         self._csrattrs = b64_lines(csr_attributes())
 

@@ -9,8 +9,9 @@ worker, so a slow or broken one never holds the others back.
 
 Workers poll the outbox (every `poll_interval`) and are woken at once when a transaction of this
 process that emitted an event commits (`watch_commits`). Several dispatchers on one store stay
-correct (the cursor only moves forward) but may each send an event: run one where duplicates
-matter (`devid serve --no-deliver-events` on the other replicas).
+correct (the cursor only moves forward) but may each send an event: `devid serve` runs its
+dispatcher only while it holds the store's duties lease (`devid.server.process`), so one server of
+a deployment delivers.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from devid.authority.core import Authority
 from devid.authority.status_signing import sign_crl
@@ -168,7 +168,8 @@ def _revoked(entry: records.Entry) -> x509.RevokedCertificate:
 
 
 def _next_number(authority: Authority, ca_id: int) -> int:
-    """The CA's next cRLNumber: one sequence in the store for every process and replica."""
+    """The CA's next cRLNumber: one sequence in the store for every process and replica (one
+    atomic increment: the row lock orders concurrent builders, each gets its own number)."""
     with writing(authority.engine) as conn:
-        conn.execute(update(cas).where(cas.c.id == ca_id).values(crl_number=cas.c.crl_number + 1))
-        return int(conn.execute(select(cas.c.crl_number).where(cas.c.id == ca_id)).scalar_one())
+        bump = update(cas).where(cas.c.id == ca_id).values(crl_number=cas.c.crl_number + 1)
+        return int(conn.execute(bump.returning(cas.c.crl_number)).scalar_one())

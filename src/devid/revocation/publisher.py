@@ -3,8 +3,9 @@
 `publish()` compares each CA's revocation generation with what was last published and rebuilds
 only what changed, once per call however many revocations came in between (a mass revocation of
 100,000 devices rebuilds once). It also rebuilds anything past half its lifetime, so nothing
-served goes stale while devid runs. The server calls it a few times a second in one process (one
-worker of a `devid serve`); `devid crl build` and `devid filter build` use the same builders.
+served goes stale while devid runs. The server calls it a few times a second in one process (the
+one holding the store's duties lease); `devid crl build` and `devid filter build` use the same
+builders. CRL numbers come from one sequence in the store whoever builds (`crl._next_number`).
 
 What is rebuilt on a change: the delta CRL against the latest full CRL (the full one only when it
 is older than `base_every`, since every full CRL makes the deltas start over), every shard CRL

@@ -26,6 +26,7 @@ from devid.registry.onboarding import Registry
 from devid.server.listener import ConnectionLimits, GuardedSite, request_phases
 from devid.server.metrics import CountingRegistry, Metrics
 from devid.server.trust import TrustSync
+from devid.store.lease import Presence
 from devid.tokens.routes import token_routes
 from devid.ui.app import ui_routes
 from devid.web.errors import error_middleware
@@ -80,6 +81,13 @@ STATUS = web.AppKey("devid.status", StatusService)
 METRICS = web.AppKey("devid.metrics", Metrics)
 
 
+async def _present(presence: Presence, app: web.Application) -> AsyncIterator[None]:
+    """Count this process among the store's servers while the application runs."""
+    await asyncio.to_thread(presence.present)
+    yield
+    await asyncio.to_thread(presence.leave)
+
+
 def make_app(
     authority: Authority,
     *,
@@ -109,13 +117,18 @@ def make_app(
     app[REGISTRY] = registry
     app[IN_FLIGHT] = in_flight
     app[TRUSTED_PROXIES] = TrustedProxies.parse(trusted_proxies)
-    est = EstServer(authority, registry)
+    # Rate limits kept in memory hold across every server process on the store: each takes its share.
+    presence = Presence(authority.engine)
+    app.cleanup_ctx.append(functools.partial(_present, presence))
+    est = EstServer(authority, registry, share=presence.share)
     app.add_routes(est.routes())
     app.on_cleanup.append(est.close)
     app.cleanup_ctx.append(functools.partial(_anchor_audit, authority))
     # The admin API is a sub-application: its JSON errors, bearer tokens and audit apply under
     # /api/v1 only, and EST's answers stay exactly as they were.
-    app.add_subapp(API_PREFIX, api_application(authority, anonymous_rate=api_anonymous_rate))
+    app.add_subapp(
+        API_PREFIX, api_application(authority, anonymous_rate=api_anonymous_rate, share=presence.share)
+    )
     # The token service reads the client certificate the same way EST does (trusted proxies).
     app.add_routes(token_routes(authority, peer_certificate=peer_certificate))
     # The operator dashboard (HTML, signed-cookie sessions) under /ui.

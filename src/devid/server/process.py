@@ -1,13 +1,18 @@
 """One `devid serve` process: listen, deliver registry events in the background, stop gracefully.
 
-The registry-event dispatcher (webhooks, MQTT; `devid.registry.delivery`) starts after the server
-listens and stops after it has drained: events emitted by the last requests still wake it, and
-whatever is left waits in the outbox for the next start.
+The background duties, registry-event delivery (webhooks, MQTT; `devid.registry.delivery`) and
+status publishing (`devid.revocation.publisher`), are done by one process of the whole deployment:
+the one holding the store's lease (`devid.store.lease`). Every server that may do them tries to
+take it every `LEASE_EVERY` seconds, so when its holder stops or dies another takes over; events
+are then delivered once, not once per replica. The dispatcher starts after the server listens
+and stops after it has drained: events emitted by the last requests still wake it, and whatever
+is left waits in the outbox for the next holder.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
@@ -24,6 +29,7 @@ from devid.revocation.publisher import Publisher
 from devid.server.app import AUTHORITY, METRICS, STATUS, RunningServer, start_server
 from devid.server.listener import ConnectionLimits
 from devid.server.metrics import Metrics, log_json, request_log
+from devid.store.lease import Lease
 
 log = logging.getLogger("devid.serve")
 
@@ -91,25 +97,81 @@ async def serve(
     # What start-up made lives as long as the process: the collector need not walk it again.
     gc.freeze()
     listening(running)
-    dispatcher = (
-        Dispatcher(app[AUTHORITY].engine, key=app[AUTHORITY].credentials) if options.deliver_events else None
-    )
-    delivering = asyncio.create_task(dispatcher.run()) if dispatcher is not None else None
-    publishing = (
-        asyncio.create_task(_publish(Publisher(app[AUTHORITY]), app[METRICS]))
-        if options.publish_status
-        else None
-    )
+    duties = _Duties(app, options)
+    background = asyncio.create_task(duties.run())
     await stop.wait()
     stopping()
-    if publishing is not None:
-        publishing.cancel()
+    duties.stop_publishing()
     if plain is not None:
         await plain.close()
     await running.stop()
-    if dispatcher is not None and delivering is not None:
-        dispatcher.stop()
-        await delivering
+    duties.stop()
+    await background
+
+
+#: Seconds between a server's tries to take the duties' lease (and checks that it still holds it):
+#: how long delivery and publishing pause when their holder dies.
+LEASE_EVERY = 1.0
+#: The lease of the background duties (one holder per store).
+DUTIES_LEASE = "duties"
+
+
+class _Duties:
+    """Event delivery and status publishing, run while this process holds the duties' lease."""
+
+    def __init__(self, app: web.Application, options: ServeOptions) -> None:
+        authority = app[AUTHORITY]
+        self._lease = Lease(authority.engine, DUTIES_LEASE)
+        self._wanted = options.deliver_events or options.publish_status
+        self._dispatcher = (
+            Dispatcher(authority.engine, key=authority.credentials) if options.deliver_events else None
+        )
+        self._publisher = Publisher(authority) if options.publish_status else None
+        self._metrics = app[METRICS]
+        self._delivering: asyncio.Task[None] | None = None
+        self._publishing: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    def stop_publishing(self) -> None:
+        """At shutdown: no more status data from this process (delivery goes on until `stop`)."""
+        self._publisher = None
+        if self._publishing is not None:
+            self._publishing.cancel()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        if not self._wanted:
+            return
+        try:
+            while not self._stop.is_set():
+                if await asyncio.to_thread(self._lease.held):
+                    self._start()
+                else:
+                    await self._halt()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), LEASE_EVERY)
+        finally:
+            await self._halt()
+            await asyncio.to_thread(self._lease.release)
+
+    def _start(self) -> None:
+        if self._dispatcher is not None and self._delivering is None:
+            self._delivering = asyncio.create_task(self._dispatcher.run())
+        if self._publisher is not None and self._publishing is None:
+            self._publishing = asyncio.create_task(_publish(self._publisher, self._metrics))
+
+    async def _halt(self) -> None:
+        if self._publishing is not None:
+            self._publishing.cancel()
+            await asyncio.gather(self._publishing, return_exceptions=True)
+            self._publishing = None
+        if self._dispatcher is not None and self._delivering is not None:
+            self._dispatcher.stop()
+            await self._delivering
+            self._delivering = None
+            self._dispatcher = Dispatcher(self._dispatcher.engine, key=self._dispatcher.key)
 
 
 #: Seconds between the publisher's checks: a revocation reaches CRLs and filters this fast.

@@ -189,7 +189,7 @@ class Supervisor:
         port = int(reserved.getsockname()[1])
         spec = replace(self.spec, options=replace(options, port=port))
         slots = [
-            # One dispatcher for the whole server: the first worker's.
+            # Only the first worker competes for the background duties' lease (one per store).
             _Slot(
                 i,
                 replace(
