@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import queue
 import signal
 import socket
@@ -78,7 +79,8 @@ def start_serve(home: Path, *args: str | Path, session: bool = False) -> Served:
         try:
             line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
         except queue.Empty:
-            proc.kill()
+            # The whole group when it has one: its workers must not outlive a failed start.
+            os.killpg(proc.pid, signal.SIGKILL) if session else proc.kill()
             pytest.fail(f"devid serve did not start: {got} {proc.stderr.read() if proc.stderr else ''}")
         if line == "":
             pytest.fail(
