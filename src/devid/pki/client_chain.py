@@ -176,10 +176,11 @@ def client_path(
     leaf = load_client_certificate(cert) if isinstance(cert, bytes) else cert
     try:
         return _checked(leaf, presented, anchors, signature_checked)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         if isinstance(exc, CredentialRefused):
             raise
-        # cryptography parses names when first read: a malformed one on the path surfaces here.
+        # cryptography parses names when first read: a malformed one on the path surfaces here
+        # (TypeError for an attribute of a type its OID does not allow).
         raise CredentialRefused(
             "client-cert-malformed", f"a certificate on the client's path cannot be parsed: {exc}"
         ) from None

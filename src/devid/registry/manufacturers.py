@@ -127,7 +127,7 @@ def _proof(ca_data: bytes, verification_data: bytes, now: datetime) -> tuple[x50
         verification = _single(verification_data, "verification certificate")
         check_ca_certificate(ca, now)
         cns = verification.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         if isinstance(exc, PolicyError):
             raise
         # cryptography parses names and extensions when first read, so a bad one surfaces here.
