@@ -55,7 +55,7 @@ class CheckedChain:
 def load_client_certificate(der: bytes) -> x509.Certificate:
     try:
         return x509.load_der_x509_certificate(der)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise CredentialRefused(
             "client-cert-malformed", f"client certificate cannot be parsed: {exc}"
         ) from None
@@ -174,6 +174,24 @@ def client_path(
     clientAuth, and the device serial (the authority checks times after it knows the device, so
     an expired certificate's refusal is recorded under its device)."""
     leaf = load_client_certificate(cert) if isinstance(cert, bytes) else cert
+    try:
+        return _checked(leaf, presented, anchors, signature_checked)
+    except (ValueError, TypeError) as exc:
+        if isinstance(exc, CredentialRefused):
+            raise
+        # cryptography parses names when first read: a malformed one on the path surfaces here
+        # (TypeError for an attribute of a type its OID does not allow).
+        raise CredentialRefused(
+            "client-cert-malformed", f"a certificate on the client's path cannot be parsed: {exc}"
+        ) from None
+
+
+def _checked(
+    leaf: x509.Certificate,
+    presented: Sequence[x509.Certificate],
+    anchors: Sequence[x509.Certificate],
+    signature_checked: bool,
+) -> CheckedChain:
     cas = _path(leaf, presented, anchors, signature_checked)
     eku = _extension(leaf, x509.ExtendedKeyUsage)
     constraints = _extension(leaf, x509.BasicConstraints)

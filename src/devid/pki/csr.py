@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from devid.errors import PolicyError
 from devid.pki.encoding import looks_like_pem, pem_blocks
-from devid.pki.keypolicy import require_p256
+from devid.pki.keypolicy import p256_key_of
 
 MAX_CSR_BYTES = 16 * 1024
 _CSR_LABELS = {"CERTIFICATE REQUEST", "NEW CERTIFICATE REQUEST"}
@@ -31,7 +31,7 @@ def load_csr(data: bytes) -> x509.CertificateSigningRequest:
         der = data
     try:
         return x509.load_der_x509_csr(der)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         if der is data and b"-----BEGIN " in data:
             # PEM with something in front of it: say so, rather than report a DER parse error.
             raise PolicyError("pem-junk", "unexpected data before the PEM block") from None
@@ -44,11 +44,7 @@ def check_csr(csr: x509.CertificateSigningRequest) -> ec.EllipticCurvePublicKey:
     Key type is checked before the signature so an RSA request is refused as RSA, which is what
     the operator needs to hear.
     """
-    try:
-        public_key = csr.public_key()
-    except (ValueError, TypeError) as exc:
-        raise PolicyError("csr-malformed", f"CSR public key cannot be read: {exc}") from None
-    key = require_p256(public_key, "CSR key")
+    key = p256_key_of(csr, "CSR key", "csr-malformed")
     try:
         digest = csr.signature_hash_algorithm
     except UnsupportedAlgorithm as exc:

@@ -77,7 +77,7 @@ def load_certificates(data: bytes) -> list[x509.Certificate]:
                 if label == "CERTIFICATE"
             ]
         return [x509.load_der_x509_certificate(data)]
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         if isinstance(exc, PolicyError):
             raise
         raise PolicyError("cert-malformed", f"not a valid X.509 certificate: {exc}") from None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 # Finite-field DH is not named here: touching `dh.DHPublicKey` makes cryptography >= 50 print a
 # deprecation warning on every command (a DH key is refused like any non-EC key anyway).
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 
 from devid.errors import PolicyError
@@ -40,3 +42,20 @@ def require_p256(key: object, what: str = "device key") -> ec.EllipticCurvePubli
             "key-curve", f"{what} is on curve {key.curve.name}: only P-256 (secp256r1) is accepted"
         )
     return key
+
+
+def p256_key_of(
+    holder: x509.Certificate | x509.CertificateSigningRequest, what: str, malformed: str
+) -> ec.EllipticCurvePublicKey:
+    """The P-256 key a certificate or CSR carries, or a refusal: `key-type` for an algorithm or
+    curve cryptography does not know either (like any other non-P-256 key), `malformed` for a key
+    whose encoding cannot be read."""
+    try:
+        key = holder.public_key()
+    except UnsupportedAlgorithm as exc:
+        raise PolicyError(
+            "key-type", f"{what} is of a type devid does not know ({exc}): only ECDSA P-256 is accepted"
+        ) from None
+    except (ValueError, TypeError) as exc:
+        raise PolicyError(malformed, f"{what} cannot be read: {exc}") from None
+    return require_p256(key, what)

@@ -15,14 +15,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from sqlalchemy import Connection, Row, insert, select, update
 
 from devid.authority.core import Authority
 from devid.authority.credential_key import CredentialKey, Purpose, legacy_digest
 from devid.errors import ConflictError, PolicyError
 from devid.pki.encoding import cert_der, fingerprint, load_certificates
-from devid.pki.keypolicy import require_p256
+from devid.pki.keypolicy import p256_key_of
 from devid.registry.rows import by_name, change, update_versioned
 from devid.store import outbox
 from devid.store.models import manufacturers
@@ -110,13 +110,37 @@ def check_ca_certificate(ca: x509.Certificate, now: datetime, what: str = "manuf
         usage = None
     if usage is not None and not usage.key_cert_sign:
         raise PolicyError("not-a-ca", f"the {what} certificate's keyUsage does not allow keyCertSign")
-    require_p256(ca.public_key(), f"{what} key")
+    p256_key_of(ca, f"{what} key", "cert-malformed")
     if not ca.not_valid_before_utc <= now <= ca.not_valid_after_utc:
         raise PolicyError(
             "ca-expired",
             f"the {what} certificate is valid {ca.not_valid_before_utc.isoformat()} to "
             f"{ca.not_valid_after_utc.isoformat()}, not now",
         )
+
+
+def _proof(ca_data: bytes, verification_data: bytes, now: datetime) -> tuple[x509.Certificate, str]:
+    """The CA certificate and the registration code its verification certificate names, once
+    that certificate is shown to be signed by the CA's key."""
+    try:
+        ca = _single(ca_data, "CA certificate")
+        verification = _single(verification_data, "verification certificate")
+        check_ca_certificate(ca, now)
+        cns = verification.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    except (ValueError, TypeError) as exc:
+        if isinstance(exc, PolicyError):
+            raise
+        # cryptography parses names and extensions when first read, so a bad one surfaces here.
+        raise PolicyError("cert-malformed", f"not a valid X.509 certificate: {exc}") from None
+    try:
+        verification.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        raise PolicyError(
+            "verification-signature",
+            "the verification certificate is not signed by this CA's key (its issuer name and "
+            "signature must match the CA certificate): possession of the CA key is not proven",
+        ) from None
+    return ca, str(cns[0].value) if len(cns) == 1 else ""
 
 
 def register(
@@ -137,19 +161,7 @@ def register(
     """
     now = authority.clock.now()
     try:
-        ca = _single(ca_data, "CA certificate")
-        verification = _single(verification_data, "verification certificate")
-        check_ca_certificate(ca, now)
-        cns = verification.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-        code = str(cns[0].value) if len(cns) == 1 else ""
-        try:
-            verification.verify_directly_issued_by(ca)
-        except (ValueError, TypeError, InvalidSignature):
-            raise PolicyError(
-                "verification-signature",
-                "the verification certificate is not signed by this CA's key (its issuer name and "
-                "signature must match the CA certificate): possession of the CA key is not proven",
-            ) from None
+        ca, code = _proof(ca_data, verification_data, now)
         with change(
             authority, "manufacturer.register", name, actor, {"fingerprint": fingerprint(cert_der(ca))}
         ) as conn:

@@ -31,8 +31,9 @@ from devid.authority.credentials import Identity
 from devid.authority.enroll import Admission
 from devid.errors import CredentialRefused, PolicyError
 from devid.pki.chain import issuer_among
+from devid.pki.client_chain import load_client_certificate
 from devid.pki.encoding import fingerprint
-from devid.pki.keypolicy import require_p256
+from devid.pki.keypolicy import p256_key_of
 from devid.pki.profiles import ProfileName
 from devid.registry import enrollments, generation, hubs, manufacturers
 from devid.registry.allocation import AllocationFailed, Decision, allocate
@@ -145,12 +146,12 @@ class Registry:
         """The device behind an IDevID issued outside devid, chaining (through the certificates
         the client sent and the registry's own) to a registered manufacturer CA. The validity of
         every link is checked by `devid.authority.credentials.authenticate`, which calls this."""
-        cert = x509.load_der_x509_certificate(der)
+        cert = load_client_certificate(der)
         snap = self.snapshot()
         anchors = {m.fingerprint: m for m in snap.manufacturers}
         pool = [m.certificate for m in snap.manufacturers]
         pool += [c for g in snap.groups for c in g.signing]
-        pool += [x509.load_der_x509_certificate(d) for d in chain[1:]]
+        pool += [load_client_certificate(d) for d in chain[1:]]
         path = [cert]
         manufacturer = None
         while manufacturer is None and len(path) <= MAX_CHAIN:
@@ -170,7 +171,7 @@ class Registry:
                 f"manufacturer {manufacturer.name!r} is {manufacturer.state}: its devices are not accepted",
             )
         try:
-            require_p256(cert.public_key(), "IDevID key")
+            p256_key_of(cert, "IDevID key", "client-cert-malformed")
         except PolicyError as exc:
             raise CredentialRefused("client-cert-key", exc.message) from None
         serial = device_serial_of(cert)

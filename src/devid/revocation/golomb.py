@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from itertools import accumulate
 
 from devid.errors import PolicyError
@@ -29,6 +29,8 @@ from devid.errors import PolicyError
 #: Universes above this do not fit array('Q') entries with room to spare; certificate indices are 56-bit.
 MAX_UNIVERSE = 1 << 62
 _MAX_VARINT_BYTES = 10
+#: Most indices applying a delta may hold in memory (a Python set: about 60 bytes an index).
+MAX_DELTA_MEMBERS = 1 << 24
 
 
 def format_error(message: str) -> PolicyError:
@@ -174,9 +176,16 @@ class IndexSet:
         return _encode(list(stored), self.universe, store_complement)
 
 
-def apply_changes(held: Iterable[int], added: Iterable[int], removed: Iterable[int]) -> set[int]:
+def apply_changes(held: Collection[int], added: Collection[int], removed: Collection[int]) -> set[int]:
     """`held` with `added` put in and `removed` taken out; refuses (`filter-format`) a change that
-    adds a member already held or removes one not held: a delta must be exact."""
+    adds a member already held or removes one not held: a delta must be exact. Refuses one that
+    would build a set of more than MAX_DELTA_MEMBERS (a complemented set of a few bytes can stand
+    for 2**62 indices); the gateway then fetches the full snapshot, which is never expanded."""
+    total = len(held) + len(added) + len(removed)
+    if total > MAX_DELTA_MEMBERS:
+        raise format_error(
+            f"a delta over {total} members (more than {MAX_DELTA_MEMBERS}): use the full snapshot"
+        )
     result = set(held)
     if any(i in result for i in added) or any(i not in result for i in removed):
         raise format_error("delta adds a member already held or removes one not held")

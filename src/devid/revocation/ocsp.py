@@ -326,8 +326,11 @@ class OcspResponder:
             cert_ids = tuple(item["req_cert"] for item in items)
             signers, serials = [], []
             for cert_id in cert_ids:
+                serial = cert_id["serial_number"].native
+                if serial < 0:  # no CA issues one, and no response can name one (RFC 5280 4.1.2.2)
+                    raise _Malformed("negative serial number in a CertID")
                 signers.append(self._issuer_of(cert_id))
-                serials.append(cert_id["serial_number"].native)
+                serials.append(serial)
             return _Query(cert_ids, tuple(signers), tuple(serials), _nonce(tbs["request_extensions"]))
         except (ValueError, TypeError, KeyError, OverflowError) as exc:
             # asn1crypto reports bad encodings as ValueError/TypeError, often only when a field is read.
