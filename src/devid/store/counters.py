@@ -1,0 +1,166 @@
+"""Counters of certificates and devices, kept by database triggers in the changing transaction.
+
+Certificates are written by issuance (group commit), renewal (superseding), set-based revocation
+and its undoing, status signers; devices by the factory, the registry's JIT registration and
+state changes. Triggers count them all in the same transaction whatever the code path, so the
+dashboard reads a few thousand counter rows instead of scanning millions. SQLite fires a trigger
+per row; PostgreSQL fires one per statement over its transition tables, so revoking a lot of
+100k certificates adds one grouped upsert, not 100k updates of the same counter rows.
+
+`install` creates the triggers for the connection's dialect; `rebuild` recounts from the tables
+(the migration's backfill, and a bulk loader's shortcut).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from sqlalchemy import Connection
+
+
+class Dimension(StrEnum):
+    """What `device_counts.ref` is the id of."""
+
+    HUB = "hub"
+    ENROLLMENT = "enrollment"
+    MANUFACTURER = "manufacturer"
+
+
+@dataclass(frozen=True)
+class _Key:
+    """One counter row per source row: (counter column, SQL of the source row `{r}`) pairs."""
+
+    counts: str
+    source: str
+    columns: tuple[tuple[str, str], ...]
+    #: Source columns the key reads: an update of others changes no count (SQLite's UPDATE OF).
+    reads: tuple[str, ...]
+
+    def values(self, row: str) -> list[str]:
+        return [expr.format(r=row) for _, expr in self.columns]
+
+    @property
+    def names(self) -> str:
+        return ", ".join(name for name, _ in self.columns)
+
+
+def _keys(dialect: str) -> tuple[_Key, ...]:
+    day = "date({r}.not_after)" if dialect == "sqlite" else "CAST({r}.not_after AS DATE)"
+    certificate = _Key(
+        "certificate_counts",
+        "certificates",
+        (("profile", "{r}.profile"), ("status", "{r}.status"), ("expiry", day)),
+        ("profile", "status", "not_after"),
+    )
+    devices = tuple(
+        _Key(
+            "device_counts",
+            "devices",
+            (
+                ("dimension", f"'{dim.value}'"),
+                ("ref", f"coalesce({{r}}.{dim.value}_id, 0)"),
+                ("state", "{r}.state"),
+            ),
+            ("state", f"{dim.value}_id"),
+        )
+        for dim in Dimension
+    )
+    return (certificate, *devices)
+
+
+def _sqlite_triggers() -> list[str]:
+    def bump(key: _Key, row: str, by: str) -> str:
+        return (
+            f"INSERT INTO {key.counts} ({key.names}, n) VALUES ({', '.join(key.values(row))}, {by}) "
+            f"ON CONFLICT ({key.names}) DO UPDATE SET n = n + excluded.n;"
+        )
+
+    out = []
+    keys = _keys("sqlite")
+    for source in ("certificates", "devices"):
+        mine = [k for k in keys if k.source == source]
+        out.append(
+            f"CREATE TRIGGER {source}_count_insert AFTER INSERT ON {source} BEGIN "
+            + " ".join(bump(k, "NEW", "1") for k in mine)
+            + " END"
+        )
+        out.append(
+            f"CREATE TRIGGER {source}_count_delete AFTER DELETE ON {source} BEGIN "
+            + " ".join(bump(k, "OLD", "-1") for k in mine)
+            + " END"
+        )
+        for i, key in enumerate(mine):
+            changed = " OR ".join(
+                f"{old} IS NOT {new}" for old, new in zip(key.values("OLD"), key.values("NEW"), strict=True)
+            )
+            out.append(
+                f"CREATE TRIGGER {source}_count_update_{i} AFTER UPDATE OF {', '.join(key.reads)} "
+                f"ON {source} WHEN {changed} BEGIN {bump(key, 'OLD', '-1')} {bump(key, 'NEW', '1')} END"
+            )
+    return out
+
+
+def _postgresql_triggers() -> list[str]:
+    def bump(key: _Key, *rows: tuple[str, str]) -> str:
+        names = [name for name, _ in key.columns]
+        parts = " UNION ALL ".join(
+            f"SELECT {', '.join(f'{v} AS {n}' for v, n in zip(key.values('r'), names, strict=True))}, "
+            f"{by} AS d FROM {table} r"
+            for table, by in rows
+        )
+        return (
+            f"INSERT INTO {key.counts} ({key.names}, n) SELECT {key.names}, sum(d) FROM ({parts}) x "
+            f"GROUP BY {key.names} HAVING sum(d) <> 0 "
+            f"ON CONFLICT ({key.names}) DO UPDATE SET n = {key.counts}.n + EXCLUDED.n;"
+        )
+
+    out = []
+    keys = _keys("postgresql")
+    for source in ("certificates", "devices"):
+        mine = [k for k in keys if k.source == source]
+        new, old = ("new_rows", "1"), ("old_rows", "-1")
+        out.append(
+            f"CREATE FUNCTION devid_count_{source}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"IF TG_OP = 'INSERT' THEN {' '.join(bump(k, new) for k in mine)} "
+            f"ELSIF TG_OP = 'DELETE' THEN {' '.join(bump(k, old) for k in mine)} "
+            f"ELSE {' '.join(bump(k, new, old) for k in mine)} END IF; RETURN NULL; END $$"
+        )
+        for op, tables in (
+            ("INSERT", "NEW TABLE AS new_rows"),
+            ("UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
+            ("DELETE", "OLD TABLE AS old_rows"),
+        ):
+            out.append(
+                f"CREATE TRIGGER {source}_count_{op.lower()} AFTER {op} ON {source} "
+                f"REFERENCING {tables} FOR EACH STATEMENT EXECUTE FUNCTION devid_count_{source}()"
+            )
+    return out
+
+
+def install(conn: Connection) -> None:
+    """Create the counting triggers (the counter tables exist and are filled: `rebuild`)."""
+    sqlite = conn.dialect.name == "sqlite"
+    for statement in _sqlite_triggers() if sqlite else _postgresql_triggers():
+        conn.exec_driver_sql(statement)
+
+
+def uninstall(conn: Connection) -> None:
+    if conn.dialect.name == "sqlite":
+        for statement in _sqlite_triggers():  # CREATE TRIGGER <name> ...
+            conn.exec_driver_sql(f"DROP TRIGGER {statement.split()[2]}")
+        return
+    for source in ("certificates", "devices"):
+        conn.exec_driver_sql(f"DROP FUNCTION devid_count_{source}() CASCADE")
+
+
+def rebuild(conn: Connection) -> None:
+    """Recount every counter from the tables (one grouped pass over each)."""
+    keys = _keys(conn.dialect.name)
+    for table in {k.counts for k in keys}:
+        conn.exec_driver_sql(f"DELETE FROM {table}")
+    for key in keys:
+        conn.exec_driver_sql(
+            f"INSERT INTO {key.counts} ({key.names}, n) SELECT {', '.join(key.values(key.source))}, "
+            f"count(*) FROM {key.source} GROUP BY {', '.join(str(i + 1) for i in range(len(key.columns)))}"
+        )
