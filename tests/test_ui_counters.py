@@ -1,6 +1,7 @@
 """The dashboard's counters stay exact whatever changes the rows: after issuance, renewal
 (superseding), revocation of a lot, a hold lifted, a device state change and a hub allocation, the
-counter-based overview equals a direct scan of the tables (SQLite and PostgreSQL). And
+counter-based overview equals a direct scan of the tables (SQLite and PostgreSQL), and a key
+certified for two devices is noted for `devid health`. And
 `devid bench ui` fills a small store, serves the real app and reports every page's figures."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from sqlalchemy import func, select, update
 
 from devid.authority.core import Authority
 from devid.authority.devices import set_state
+from devid.authority.health import Windows, shared_public_key
 from devid.authority.requests import IssueRequest, NewDevice
 from devid.authority.revocation import RevokeRequest, Selector, revoke, unrevoke
 from devid.bench.ui import scan_overview
@@ -23,7 +25,15 @@ from devid.registry import hubs as hub_registry
 from devid.store import counters
 from devid.store.counters import Dimension
 from devid.store.engine import reading, writing
-from devid.store.models import cas, certificate_counts, certificates, device_counts, devices, hubs
+from devid.store.models import (
+    cas,
+    certificate_counts,
+    certificates,
+    device_counts,
+    devices,
+    hubs,
+    shared_public_keys,
+)
 from devid.store.states import DeviceState
 from devid.ui import queries
 
@@ -116,6 +126,14 @@ def test_counters_equal_a_scan_after_every_kind_of_change(authority: Authority) 
             conn.execute(select(func.sum(certificate_counts.c.n))).scalar_one()
             == conn.execute(select(func.count()).select_from(certificates)).scalar_one()
         )
+    # A key certified for a second device (by a write issuance would refuse) is noted as shared,
+    # and `devid health` finds it from that note.
+    with writing(authority.engine) as conn:
+        key = select(certificates.c.public_key_fingerprint).where(certificates.c.id == 1).scalar_subquery()
+        conn.execute(update(certificates).where(certificates.c.id == 2).values(public_key_fingerprint=key))
+    with reading(authority.engine) as conn:
+        shared = shared_public_key(conn, authority.clock.now(), Windows(), 5, None)
+    assert shared.count == 1 and shared.examples[0].endswith(f": {lot_a[0]}, {lot_a[1]}")
     # A rebuild (the migration's backfill) finds what the triggers kept.
     with reading(authority.engine) as conn:
         kept = sorted(map(tuple, conn.execute(select(device_counts).where(device_counts.c.n != 0)).all()))
@@ -123,6 +141,7 @@ def test_counters_equal_a_scan_after_every_kind_of_change(authority: Authority) 
         counters.rebuild(conn)
     with reading(authority.engine) as conn:
         assert sorted(map(tuple, conn.execute(select(device_counts)).all())) == kept
+        assert conn.execute(select(func.count()).select_from(shared_public_keys)).scalar_one() == 1
 
 
 def test_bench_ui_reports_every_page() -> None:

@@ -7,6 +7,9 @@ dashboard reads a few thousand counter rows instead of scanning millions. SQLite
 per row; PostgreSQL fires one per statement over its transition tables, so revoking a lot of
 100k certificates adds one grouped upsert, not 100k updates of the same counter rows.
 
+They also note public keys certified for more than one device (`shared_public_keys`), which
+`devid health` re-checks instead of reading the whole public-key index.
+
 `install` creates the triggers for the connection's dialect; `rebuild` recounts from the tables
 (the migration's backfill, and a bulk loader's shortcut).
 """
@@ -98,7 +101,33 @@ def _sqlite_triggers() -> list[str]:
                 f"CREATE TRIGGER {source}_count_update_{i} AFTER UPDATE OF {', '.join(key.reads)} "
                 f"ON {source} WHEN {changed} BEGIN {bump(key, 'OLD', '-1')} {bump(key, 'NEW', '1')} END"
             )
+    for op, columns in (("insert", ""), ("update", " OF public_key_fingerprint, device_id")):
+        out.append(
+            f"CREATE TRIGGER certificates_shared_key_{op} AFTER {op.upper()}{columns} ON certificates "
+            f"WHEN NEW.device_id IS NOT NULL AND EXISTS (SELECT 1 FROM certificates c "
+            f"WHERE c.public_key_fingerprint = NEW.public_key_fingerprint AND c.device_id <> NEW.device_id) "
+            f"BEGIN INSERT INTO shared_public_keys (fingerprint) VALUES (NEW.public_key_fingerprint) "
+            f"ON CONFLICT DO NOTHING; END"
+        )
     return out
+
+
+#: A key written for a device is shared if another device's certificate has it. Writers of keys
+#: first take one transaction lock: of two racing transactions writing one key, the second waits
+#: for the first to commit, and its next statement, on a fresh snapshot, sees the first's row. (It
+#: serializes no more than the counter rows' locks already do.) `{rows}`: the rows written.
+_PG_SHARED = (
+    "PERFORM pg_advisory_xact_lock(1684371049) FROM {rows} n "
+    "WHERE n.public_key_fingerprint IS NOT NULL AND n.device_id IS NOT NULL LIMIT 1; "
+    "INSERT INTO shared_public_keys (fingerprint) SELECT DISTINCT n.public_key_fingerprint FROM {rows} n "
+    "JOIN certificates c ON c.public_key_fingerprint = n.public_key_fingerprint "
+    "AND c.device_id <> n.device_id ON CONFLICT DO NOTHING;"
+)
+#: The rows an UPDATE gave another key or device.
+_PG_REKEYED = (
+    "(SELECT n.* FROM new_rows n JOIN old_rows o ON o.id = n.id WHERE "
+    "(n.public_key_fingerprint, n.device_id) IS DISTINCT FROM (o.public_key_fingerprint, o.device_id))"
+)
 
 
 def _postgresql_triggers() -> list[str]:
@@ -117,6 +146,10 @@ def _postgresql_triggers() -> list[str]:
 
     out = []
     keys = _keys("postgresql")
+    shared = (
+        f"IF TG_OP = 'INSERT' THEN {_PG_SHARED.format(rows='new_rows')} "
+        f"ELSIF TG_OP = 'UPDATE' THEN {_PG_SHARED.format(rows=_PG_REKEYED)} END IF; "
+    )
     for source in ("certificates", "devices"):
         mine = [k for k in keys if k.source == source]
         new, old = ("new_rows", "1"), ("old_rows", "-1")
@@ -124,7 +157,8 @@ def _postgresql_triggers() -> list[str]:
             f"CREATE FUNCTION devid_count_{source}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
             f"IF TG_OP = 'INSERT' THEN {' '.join(bump(k, new) for k in mine)} "
             f"ELSIF TG_OP = 'DELETE' THEN {' '.join(bump(k, old) for k in mine)} "
-            f"ELSE {' '.join(bump(k, new, old) for k in mine)} END IF; RETURN NULL; END $$"
+            f"ELSE {' '.join(bump(k, new, old) for k in mine)} END IF; "
+            f"{shared if source == 'certificates' else ''}RETURN NULL; END $$"
         )
         for op, tables in (
             ("INSERT", "NEW TABLE AS new_rows"),
@@ -157,10 +191,15 @@ def uninstall(conn: Connection) -> None:
 def rebuild(conn: Connection) -> None:
     """Recount every counter from the tables (one grouped pass over each)."""
     keys = _keys(conn.dialect.name)
-    for table in {k.counts for k in keys}:
+    for table in (*{k.counts for k in keys}, "shared_public_keys"):
         conn.exec_driver_sql(f"DELETE FROM {table}")
     for key in keys:
         conn.exec_driver_sql(
             f"INSERT INTO {key.counts} ({key.names}, n) SELECT {', '.join(key.values(key.source))}, "
             f"count(*) FROM {key.source} GROUP BY {', '.join(str(i + 1) for i in range(len(key.columns)))}"
         )
+    conn.exec_driver_sql(
+        "INSERT INTO shared_public_keys (fingerprint) SELECT public_key_fingerprint FROM certificates "
+        "WHERE public_key_fingerprint IS NOT NULL AND device_id IS NOT NULL "
+        "GROUP BY public_key_fingerprint HAVING min(device_id) <> max(device_id)"
+    )

@@ -194,6 +194,16 @@ device_counts = Table(
 )
 
 
+#: Public keys certified for more than one device, as found by a trigger on every certificate
+#: write (`devid.store.counters`): `devid health` re-checks these few instead of the whole
+#: (public key, device) index. A row may outlive its sharing (certificates deleted), never miss one.
+shared_public_keys = Table(
+    "shared_public_keys",
+    metadata,
+    Column("fingerprint", String(64), primary_key=True),
+)
+
+
 #: One revocation as an operator (or the API) made it: what was selected, why, how much it hit.
 revocations = Table(
     "revocations",

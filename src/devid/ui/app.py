@@ -28,6 +28,8 @@ from devid.ui.html import Markup, h
 from devid.ui.session import COOKIE, LOGIN_COOKIE, Session, Sessions
 
 PREFIX = "/ui"
+#: The health page counts each finding up to this ("1,000+"): it reads no more rows per check.
+HEALTH_CAP = 1000
 
 
 def _html(body: Markup, status: int = 200) -> web.Response:
@@ -117,7 +119,7 @@ class Dashboard:
 
         def read() -> Markup:
             with reading(self.authority.engine) as conn:
-                return pages.health(session, run_checks(conn, self.authority.clock.now()))
+                return pages.health(session, run_checks(conn, self.authority.clock.now(), cap=HEALTH_CAP))
 
         return _html(await asyncio.to_thread(read))
 

@@ -227,7 +227,7 @@ def health(session: Session, findings: Sequence[Finding]) -> Markup:
             f.check,
             "err" if f.failing else "",
             f.severity.value,
-            f"{f.count:,}",
+            f"{f.count:,}{'+' if f.more else ''}",
             join(_example(e) if f.check not in _NOT_DEVICES else h("{} ", e) for e in f.examples[:5]),
             f.note,
         )

@@ -1,12 +1,13 @@
-"""counters: certificates by (profile, status, expiry day) and devices by state per hub,
-enrollment and manufacturer, kept by triggers
+"""counters: certificates by (profile, status, expiry day), devices by state per hub,
+enrollment and manufacturer, and public keys shared by devices, kept by triggers
 
 Revision ID: 0010
 Revises: 0009
 
 The dashboard read its counts by scanning the certificates (one grouped pass per page view,
-seconds at 1M rows); these tables are filled from the existing rows here and kept exact from
-then on by triggers (`devid.store.counters`) in the transaction of every change.
+seconds at 1M rows) and `devid health` the whole public-key index; these tables are filled from
+the existing rows here and kept from then on by triggers (`devid.store.counters`) in the
+transaction of every change.
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ def upgrade() -> None:
         sa.Column("n", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("dimension", "ref", "state"),
     )
+    op.create_table(
+        "shared_public_keys",
+        sa.Column("fingerprint", sa.String(length=64), nullable=False),
+        sa.PrimaryKeyConstraint("fingerprint"),
+    )
     conn = op.get_bind()
     counters.rebuild(conn)
     counters.install(conn)
@@ -46,5 +52,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     counters.uninstall(op.get_bind())
+    op.drop_table("shared_public_keys")
     op.drop_table("device_counts")
     op.drop_table("certificate_counts")
