@@ -1,8 +1,8 @@
 """`devid bench ui`: every dashboard page's latency on a store of N devices and N certificates.
 
-The store is filled by INSERT .. SELECT over a generated sequence (the counting triggers fire
-as for any write), spread over profiles, statuses, expiry days, device states, hubs, enrollment
-groups and manufacturers, with some revocations and published status data. Then the real
+The store is filled by INSERT .. SELECT over a generated sequence (its counters rebuilt after),
+spread over profiles, statuses, expiry days, device states, hubs, enrollment groups and
+manufacturers, with some revocations and published status data. Then the real
 application (`make_app`) is served, an API token logs in, and every GET route under /ui (read
 from the router, so new pages are measured too) is timed. The baseline is the scan the overview
 made before counters: one grouped pass over the certificates and a count per device state.
@@ -31,6 +31,7 @@ from devid.authority.setup import init_home, open_authority
 from devid.bench import Figure
 from devid.pki.profiles import ProfileName
 from devid.server.app import make_app
+from devid.store import counters
 from devid.store.engine import reading, writing
 from devid.store.models import cas, certificates, devices
 from devid.store.states import CertificateStatus, DeviceState
@@ -93,11 +94,13 @@ def _home() -> Iterator[Authority]:
 
 
 def fill(authority: Authority, n: int) -> None:
-    """N devices and one certificate each, by set-based SQL on SQLite."""
+    """N devices and one certificate each, by set-based SQL on SQLite; the counting triggers are
+    set aside for the load and the counters rebuilt after it, as the migration fills them."""
     now = authority.clock.now()
     stamp = now.strftime("%Y-%m-%d %H:%M:%S")
     profiles = [ProfileName.IDEVID, ProfileName.LDEVID, ProfileName.LDEVID, ProfileName.SERVER]
     with writing(authority.engine) as conn:
+        counters.uninstall(conn)
         issuer = conn.execute(select(cas.c.id).where(cas.c.name == "operational")).scalar_one()
         # A real CA certificate stands in for the manufacturers' (`devid health` parses them).
         der = conn.execute(select(cas.c.der).where(cas.c.name == "manufacturing")).scalar_one()
@@ -177,6 +180,8 @@ def fill(authority: Authority, n: int) -> None:
                 ),
                 {"scope": f"issuing/{i % 16}", "number": i, "now": stamp},
             )
+        counters.rebuild(conn)
+        counters.install(conn)
 
 
 async def _login(client: aiohttp.ClientSession, token: str) -> str:
