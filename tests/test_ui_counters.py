@@ -7,6 +7,7 @@ certified for two devices is noted for `devid health`. And
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -142,6 +143,27 @@ def test_counters_equal_a_scan_after_every_kind_of_change(authority: Authority) 
     with reading(authority.engine) as conn:
         assert sorted(map(tuple, conn.execute(select(device_counts)).all())) == kept
         assert conn.execute(select(func.count()).select_from(shared_public_keys)).scalar_one() == 1
+
+
+def test_concurrent_issuance_and_revocation_keep_counters_exact(authority: Authority) -> None:
+    """Issuance writes devices then certificates, revocation the reverse: on PostgreSQL the two
+    must neither deadlock on the counter rows nor lose a count."""
+    lots = [f"LOT-R{i}" for i in range(4)]
+    for lot in lots:
+        _lot(authority, lot, 3)
+
+    def issue() -> None:
+        for i in range(4):
+            _lot(authority, f"LOT-N{i}", 3)
+
+    def revoke_lots() -> None:
+        for lot in lots:
+            revoke(authority, RevokeRequest(Selector.LOT, lot, Reason.KEY_COMPROMISE), "t")
+
+    with ThreadPoolExecutor(2) as pool:
+        for done in [pool.submit(issue), pool.submit(revoke_lots)]:
+            done.result()
+    _assert_exact(authority)
 
 
 def test_bench_ui_reports_every_page() -> None:

@@ -112,13 +112,16 @@ def _sqlite_triggers() -> list[str]:
     return out
 
 
-#: A key written for a device is shared if another device's certificate has it. Writers of keys
-#: first take one transaction lock: of two racing transactions writing one key, the second waits
-#: for the first to commit, and its next statement, on a fresh snapshot, sees the first's row. (It
-#: serializes no more than the counter rows' locks already do.) `{rows}`: the rows written.
+#: PostgreSQL: every statement writing certificates or devices first takes this transaction lock,
+#: so writers of counted rows take the counter rows' locks one transaction at a time, never in
+#: crossed orders (issuance writes devices then certificates, revocation the reverse: with row
+#: locks alone the two would deadlock). Taken before the statement locks any row of its own.
+#: Audited writers already queue on the audit head; this moves their queue to their first write.
+_PG_LOCK = "pg_advisory_xact_lock(1684371049)"
+#: A key written for a device is shared if another device's certificate has it. Under the lock,
+#: a racing writer of the same key waits for the first to commit, and this statement (a fresh
+#: snapshot) sees its row. `{rows}`: the rows written.
 _PG_SHARED = (
-    "PERFORM pg_advisory_xact_lock(1684371049) FROM {rows} n "
-    "WHERE n.public_key_fingerprint IS NOT NULL AND n.device_id IS NOT NULL LIMIT 1; "
     "INSERT INTO shared_public_keys (fingerprint) SELECT DISTINCT n.public_key_fingerprint FROM {rows} n "
     "JOIN certificates c ON c.public_key_fingerprint = n.public_key_fingerprint "
     "AND c.device_id <> n.device_id ON CONFLICT DO NOTHING;"
@@ -144,7 +147,10 @@ def _postgresql_triggers() -> list[str]:
             f"ON CONFLICT ({key.names}) DO UPDATE SET n = {key.counts}.n + EXCLUDED.n;"
         )
 
-    out = []
+    out = [
+        f"CREATE FUNCTION devid_count_lock() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        f"PERFORM {_PG_LOCK}; RETURN NULL; END $$"
+    ]
     keys = _keys("postgresql")
     shared = (
         f"IF TG_OP = 'INSERT' THEN {_PG_SHARED.format(rows='new_rows')} "
@@ -159,6 +165,10 @@ def _postgresql_triggers() -> list[str]:
             f"ELSIF TG_OP = 'DELETE' THEN {' '.join(bump(k, old) for k in mine)} "
             f"ELSE {' '.join(bump(k, new, old) for k in mine)} END IF; "
             f"{shared if source == 'certificates' else ''}RETURN NULL; END $$"
+        )
+        out.append(
+            f"CREATE TRIGGER {source}_count_lock BEFORE INSERT OR UPDATE OR DELETE ON {source} "
+            f"FOR EACH STATEMENT EXECUTE FUNCTION devid_count_lock()"
         )
         for op, tables in (
             ("INSERT", "NEW TABLE AS new_rows"),
@@ -184,8 +194,8 @@ def uninstall(conn: Connection) -> None:
         for statement in _sqlite_triggers():  # CREATE TRIGGER <name> ...
             conn.exec_driver_sql(f"DROP TRIGGER {statement.split()[2]}")
         return
-    for source in ("certificates", "devices"):
-        conn.exec_driver_sql(f"DROP FUNCTION devid_count_{source}() CASCADE")
+    for name in ("certificates", "devices", "lock"):
+        conn.exec_driver_sql(f"DROP FUNCTION devid_count_{name}() CASCADE")
 
 
 def rebuild(conn: Connection) -> None:
