@@ -143,11 +143,16 @@ def test_login_sets_a_strict_cookie_and_shows_the_overview(served: Served) -> No
             page = await login(client, served.tokens["operator"])
             assert "<svg" in page and "certificates expiring per week" in page and "week starting" in page
             assert re.search(r"<td>ACTIVE</td><td class=\"n\">7</td>", page)
+            # By hub, group and manufacturer: none of the seven devices was allocated or registered.
+            assert page.count('<td>(no hub)</td><td class="n">7</td>') == 1
+            assert "Devices by enrollment group" in page and "<td>(devid factory)</td>" in page
             # LDevIDs: two within 30 days (one per lot), five later; IDevIDs all valid for years.
             assert re.search(r"<td>ldevid</td><td class=\"n\">5</td><td class=\"n\">2</td>", page)
-            # Lifetimes of 20, 65, 110 (two each) and 155 days: four weekly bars, one legend entry.
-            assert page.count("<rect x=") == 4 + 1
+            # Lifetimes of 20, 65, 110 (two each) and 155 days: four weekly bars; the two OCSP
+            # signers' CA certificates (90 days) a fifth; a legend entry each for ldevid and CA.
+            assert page.count("<rect x=") == 4 + 1 + 2
             assert page.count("<title>ldevid: 2 expiring in the week of") == 3
+            assert page.count("<title>CA: 2 expiring in the week of") == 1
             assert "Content-Security-Policy" in (await client.get("/ui")).headers
             # Log out (with the CSRF token): the session is gone.
             token, _ = await csrf_of(client, "/ui")

@@ -5,8 +5,11 @@ Every check is one or two SQL statements bounded by an index (the expiry, the (p
 expiry) and the approval indexes of migration 0009, a device's certificates by device): a fleet of
 a million devices is never read row by row, and a check reads roughly as many rows as it finds.
 Each finding carries its total and the first `limit` names, so the answer stays small however
-many devices it concerns. `run_checks` takes a connection and the time: the CLI and the
-dashboard call the same function.
+many devices it concerns. With a `cap` a check that may find a large part of the fleet stops
+counting there (`more`): the dashboard's page then reads at most that many rows per check, not
+the 100k a bad day can find. Shared keys are read from the few the store's triggers noted
+(`shared_public_keys`), not from the whole public-key index. `run_checks` takes a connection and
+the time: the CLI (exact counts) and the dashboard (capped) call the same function.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from sqlalchemy import ColumnElement, Connection, Select, exists, func, literal,
 
 from devid.authority.status_signing import OCSP_SIGNER_ROLE
 from devid.pki.profiles import ProfileName
-from devid.store.models import cas, certificates, devices, manufacturers
+from devid.store.models import cas, certificates, devices, manufacturers, shared_public_keys
 from devid.store.states import CertificateStatus, DeviceState, ManufacturerState
 
 #: How many devices (or CAs, keys) a finding names; its count is always the total.
@@ -63,6 +66,8 @@ class Finding:
     examples: tuple[str, ...]
     #: What the check looked at, in one sentence (and, for `info`, what it could not see).
     note: str
+    #: Counting stopped at the caller's cap: there are more than `count`.
+    more: bool = False
 
     @property
     def failing(self) -> bool:
@@ -75,6 +80,7 @@ class Finding:
             "count": self.count,
             "examples": list(self.examples),
             "note": self.note,
+            "more": self.more,
         }
 
 
@@ -95,13 +101,19 @@ def _unindexed(column: ColumnElement[str]) -> ColumnElement[str]:
     return column + literal("")
 
 
+def _capped(conn: Connection, query: Select[Any], cap: int | None) -> tuple[list[Any], bool]:
+    """The query's rows, or its first `cap` and whether there were more."""
+    rows = list(conn.execute(query if cap is None else query.limit(cap + 1)).all())
+    return (rows, False) if cap is None or len(rows) <= cap else (rows[:cap], True)
+
+
 def _total_and_first(conn: Connection, query: Select[Any], limit: int) -> tuple[int, list[Any]]:
     """The total of a query's rows and its first `limit` rows (in the query's order)."""
     total = conn.execute(select(func.count()).select_from(query.order_by(None).subquery())).scalar_one()
     return int(total), list(conn.execute(query.limit(limit)).all()) if total else []
 
 
-def ca_expiring(conn: Connection, now: datetime, windows: Windows, limit: int) -> Finding:
+def ca_expiring(conn: Connection, now: datetime, windows: Windows, limit: int, cap: int | None) -> Finding:
     """devid's CAs and the ACTIVE registered manufacturer CAs expiring within the window (both
     tables hold a handful of rows); an expired one is critical. The OCSP signers (90 days, in the
     `cas` table) are left out: they always expire within a year, and are re-issued as they do."""
@@ -132,9 +144,12 @@ def ca_expiring(conn: Connection, now: datetime, windows: Windows, limit: int) -
     )
 
 
-def expiring_unrenewed(now: datetime, windows: Windows) -> Select[Any]:
-    """Valid IDevIDs and LDevIDs ending within the window whose device holds no valid certificate
-    of the same profile ending later (serial, profile, not_after), soonest first."""
+def expiring_unrenewed(
+    now: datetime, windows: Windows, profiles: tuple[ProfileName, ...] = _DEVICE_PROFILES
+) -> Select[Any]:
+    """Valid device certificates of `profiles` ending within the window whose device holds no
+    valid certificate of the same profile ending later (serial, profile, not_after, id), soonest
+    first: nothing will take over when they expire."""
     cert = certificates.alias("cert")
     other = certificates.alias("other")
     renewed = exists().where(
@@ -144,10 +159,10 @@ def expiring_unrenewed(now: datetime, windows: Windows) -> Select[Any]:
         other.c.not_after > cert.c.not_after,
     )
     return (
-        select(devices.c.serial, cert.c.profile, cert.c.not_after)
+        select(devices.c.serial, cert.c.profile, cert.c.not_after, cert.c.id)
         .select_from(cert.join(devices, devices.c.id == cert.c.device_id))
         .where(
-            cert.c.profile.in_(_DEVICE_PROFILES),
+            cert.c.profile.in_(profiles),
             cert.c.status == CertificateStatus.VALID,
             cert.c.not_after > now,
             cert.c.not_after <= now + timedelta(days=windows.expiry_days),
@@ -157,19 +172,31 @@ def expiring_unrenewed(now: datetime, windows: Windows) -> Select[Any]:
     )
 
 
-def device_cert_expiring(conn: Connection, now: datetime, windows: Windows, limit: int) -> Finding:
-    """Valid device certificates expiring soon that nothing will take over when they expire."""
-    total, rows = _total_and_first(conn, expiring_unrenewed(now, windows), limit)
+def device_cert_expiring(
+    conn: Connection, now: datetime, windows: Windows, limit: int, cap: int | None
+) -> Finding:
+    """`expiring_unrenewed`, one walk of the (profile, status, expiry) index per profile, in
+    expiry order, so a cap stops it early."""
+    found: list[Any] = []
+    more = False
+    for profile in _DEVICE_PROFILES:
+        rows, capped = _capped(conn, expiring_unrenewed(now, windows, (profile,)), cap)
+        found += rows
+        more = more or capped
+    found.sort(key=lambda r: (r.not_after, r.id))
     return Finding(
         "device-cert-expiring-no-renewal",
         Severity.MEDIUM,
-        total,
-        tuple(f"{r.serial} ({r.profile} expires {_day(r.not_after)})" for r in rows),
+        len(found),
+        tuple(f"{r.serial} ({r.profile} expires {_day(r.not_after)})" for r in found[:limit]),
         f"valid device certificates expiring within {windows.expiry_days} days with no newer one",
+        more,
     )
 
 
-def revoked_still_connected(conn: Connection, now: datetime, windows: Windows, limit: int) -> Finding:
+def revoked_still_connected(
+    conn: Connection, now: datetime, windows: Windows, limit: int, cap: int | None
+) -> Finding:
     """Not computable from the store, and said so rather than guessed.
 
     The connections that matter are a device's sessions at the MQTT broker or gateway, which
@@ -188,15 +215,20 @@ def revoked_still_connected(conn: Connection, now: datetime, windows: Windows, l
     )
 
 
-def shared_public_key(conn: Connection, now: datetime, windows: Windows, limit: int) -> Finding:
-    """One public key certified for several devices: a cloned or leaked key (critical). Read from
-    the (public key, device) index alone, in its order."""
+def shared_public_key(
+    conn: Connection, now: datetime, windows: Windows, limit: int, cap: int | None
+) -> Finding:
+    """One public key certified for several devices: a cloned or leaked key (critical). The keys
+    the store's triggers noted as shared, each re-checked on the (public key, device) index."""
     query = (
         select(
             certificates.c.public_key_fingerprint.label("key"),
             func.count(func.distinct(certificates.c.device_id)).label("devices"),
         )
-        .where(certificates.c.public_key_fingerprint.is_not(None), certificates.c.device_id.is_not(None))
+        .where(
+            certificates.c.public_key_fingerprint.in_(select(shared_public_keys.c.fingerprint)),
+            certificates.c.device_id.is_not(None),
+        )
         .group_by(certificates.c.public_key_fingerprint)
         .having(func.count(func.distinct(certificates.c.device_id)) > 1)
         .order_by(certificates.c.public_key_fingerprint)
@@ -260,15 +292,19 @@ def fallen_back(now: datetime, windows: Windows) -> Select[Any]:
     )
 
 
-def idevid_fallback_stuck(conn: Connection, now: datetime, windows: Windows, limit: int) -> Finding:
-    """Active devices working on their IDevID alone for over `fallback_days` (`fallen_back`)."""
-    total, rows = _total_and_first(conn, fallen_back(now, windows), limit)
+def idevid_fallback_stuck(
+    conn: Connection, now: datetime, windows: Windows, limit: int, cap: int | None
+) -> Finding:
+    """Active devices working on their IDevID alone for over `fallback_days` (`fallen_back`), in
+    expiry order, so a cap stops the walk early."""
+    rows, more = _capped(conn, fallen_back(now, windows), cap)
     return Finding(
         "idevid-fallback-stuck",
         Severity.HIGH,
-        total,
-        tuple(f"{r.serial} (LDevID expired {_day(r.expired)})" for r in rows),
+        len(rows),
+        tuple(f"{r.serial} (LDevID expired {_day(r.expired)})" for r in rows[:limit]),
         f"active devices without a valid LDevID or session certificate for over {windows.fallback_days} days",
+        more,
     )
 
 
@@ -285,7 +321,9 @@ def held_for_approval(now: datetime, windows: Windows) -> Select[Any]:
     )
 
 
-def approval_pending(conn: Connection, now: datetime, windows: Windows, limit: int) -> Finding:
+def approval_pending(
+    conn: Connection, now: datetime, windows: Windows, limit: int, cap: int | None
+) -> Finding:
     """Enrollments held for an operator's approval for longer than `approval_days`."""
     total, rows = _total_and_first(conn, held_for_approval(now, windows), limit)
     return Finding(
@@ -302,7 +340,7 @@ def _is_p256(der: bytes) -> bool:
     return isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)
 
 
-def weak_key(conn: Connection, now: datetime, windows: Windows, limit: int) -> Finding:
+def weak_key(conn: Connection, now: datetime, windows: Windows, limit: int, cap: int | None) -> Finding:
     """CA and registered manufacturer CA certificates whose key is not P-256 (a handful of rows).
 
     Device certificates are not parsed: devid issues only for P-256 keys, and the store records no
@@ -327,7 +365,7 @@ def weak_key(conn: Connection, now: datetime, windows: Windows, limit: int) -> F
     )
 
 
-Check = Callable[[Connection, datetime, Windows, int], Finding]
+Check = Callable[[Connection, datetime, Windows, int, int | None], Finding]
 
 #: Every check, in the order they are reported.
 CHECKS: tuple[Check, ...] = (
@@ -342,7 +380,11 @@ CHECKS: tuple[Check, ...] = (
 
 
 def run_checks(
-    conn: Connection, now: datetime, windows: Windows = Windows(), limit: int = EXAMPLES
+    conn: Connection,
+    now: datetime,
+    windows: Windows = Windows(),
+    limit: int = EXAMPLES,
+    cap: int | None = None,
 ) -> list[Finding]:
-    """Every check's finding, found or not, in `CHECKS` order."""
-    return [check(conn, now, windows, limit) for check in CHECKS]
+    """Every check's finding, found or not, in `CHECKS` order; counts stop at `cap` if given."""
+    return [check(conn, now, windows, limit, cap) for check in CHECKS]

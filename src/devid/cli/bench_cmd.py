@@ -223,3 +223,16 @@ def soak(
     from devid.bench.soak import run
 
     report(run(minutes, clients, workers, calibrate, every), as_json)
+
+
+@app.command("ui")
+def ui(
+    devices: Annotated[
+        int, typer.Option("--devices", min=100, help="devices, and certificates, in the store")
+    ] = 1_000_000,
+    as_json: JsonOpt = False,
+) -> None:
+    """Every dashboard page's median and p95 latency on a filled store, beside the scan it replaced."""
+    from devid.bench import ui as bench
+
+    report(bench.run(devices), as_json)

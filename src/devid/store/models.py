@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -165,6 +166,41 @@ certificates = Table(
     Index("ix_certificates_issuer_gen", "issuer_id", "status_gen"),
     # A revocation announces its certificates (and a listing shows them) without a scan.
     Index("ix_certificates_revocation", "revocation_id"),
+)
+
+
+#: Certificates counted by (profile, status, UTC expiry day), kept exact by triggers in every
+#: transaction that inserts, updates or deletes a certificate (`devid.store.counters`): the
+#: dashboard's counts by status and its expiry timeline read a few thousand of these, not 10M rows.
+certificate_counts = Table(
+    "certificate_counts",
+    metadata,
+    Column("profile", String(32), primary_key=True),
+    Column("status", String(16), primary_key=True),
+    Column("expiry", Date, primary_key=True),
+    Column("n", BigInteger, nullable=False),
+)
+
+
+#: Devices counted by state under each hub, enrollment and manufacturer (`dimension` names which,
+#: `ref` is its id, 0 for none), kept by triggers as `certificate_counts` is.
+device_counts = Table(
+    "device_counts",
+    metadata,
+    Column("dimension", String(16), primary_key=True),
+    Column("ref", Integer, primary_key=True),
+    Column("state", String(32), primary_key=True),
+    Column("n", BigInteger, nullable=False),
+)
+
+
+#: Public keys certified for more than one device, as found by a trigger on every certificate
+#: write (`devid.store.counters`): `devid health` re-checks these few instead of the whole
+#: (public key, device) index. A row may outlive its sharing (certificates deleted), never miss one.
+shared_public_keys = Table(
+    "shared_public_keys",
+    metadata,
+    Column("fingerprint", String(64), primary_key=True),
 )
 
 

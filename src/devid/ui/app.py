@@ -39,6 +39,8 @@ from devid.ui.session import COOKIE, LOGIN_COOKIE, Session, Sessions
 from devid.web.errors import status_for
 
 PREFIX = "/ui"
+#: The health page counts each finding up to this ("1,000+"): it reads no more rows per check.
+HEALTH_CAP = 1000
 
 
 def _html(body: Markup, status: int = 200) -> web.Response:
@@ -129,7 +131,7 @@ class Dashboard:
 
         def read() -> Markup:
             with reading(self.authority.engine) as conn:
-                return pages.health(session, run_checks(conn, self.authority.clock.now()))
+                return pages.health(session, run_checks(conn, self.authority.clock.now(), cap=HEALTH_CAP))
 
         return _html(await asyncio.to_thread(read))
 

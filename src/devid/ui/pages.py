@@ -12,6 +12,7 @@ from urllib.parse import quote, urlencode
 from devid.authority.health import Finding, Severity
 from devid.pki.reasons import Reason
 from devid.store.audit import Checkpoint, Verification
+from devid.store.counters import Dimension
 from devid.ui.html import Markup, h, join
 from devid.ui.queries import TRAIL_WINDOW, Bucket, DevicePage, Listed, Overview, Trail
 from devid.ui.session import Session
@@ -105,6 +106,30 @@ def _device_link(serial: str) -> Markup:
     return h('<a href="/ui/devices/{}">{}</a>', quote(serial, safe=""), serial)
 
 
+def _device_groups(summary: Overview, dimension: Dimension) -> Markup:
+    """One row per hub, group or manufacturer: its devices in total and in each state that has any."""
+    groups = summary.device_groups[dimension]
+    states = [s for s, _ in summary.device_states if any(s in counts for _, counts in groups)]
+    return h(
+        "<section><h2>Devices by {}</h2>{}</section>",
+        DIMENSION_TITLES[dimension],
+        _table(
+            (dimension.value, "devices", *states),
+            (
+                (name, f"{sum(counts.values()):,}", *(f"{counts.get(s, 0):,}" for s in states))
+                for name, counts in groups
+            ),
+        ),
+    )
+
+
+DIMENSION_TITLES = {
+    Dimension.HUB: "hub",
+    Dimension.ENROLLMENT: "enrollment group",
+    Dimension.MANUFACTURER: "manufacturer",
+}
+
+
 def overview(session: Session, summary: Overview, chart: Markup) -> Markup:
     states = _table(("state", "devices"), ((s, f"{n:,}") for s, n in summary.device_states))
     profiles = sorted({p for p, _ in summary.certificates})
@@ -136,11 +161,13 @@ def overview(session: Session, summary: Overview, chart: Markup) -> Markup:
     body = h(
         '<div class="grid"><section><h2>Devices by state</h2>{}</section>'
         "<section><h2>Certificates by profile and status</h2>{}</section></div>"
+        '<div class="grid">{}</div>'
         '<section><h2>Expiry timeline: the next 52 weeks</h2><figure style="margin:0">{}</figure></section>'
         "<section><h2>Latest revocations</h2>{}</section>"
         "<section><h2>Published status data (latest of each)</h2>{}</section>",
         states,
         certs,
+        join(_device_groups(summary, dimension) for dimension in Dimension),
         chart,
         revs,
         status,
@@ -332,7 +359,7 @@ def health(session: Session, findings: Sequence[Finding]) -> Markup:
             f.check,
             "err" if f.failing else "",
             f.severity.value,
-            f"{f.count:,}",
+            f"{f.count:,}{'+' if f.more else ''}",
             join(_example(e) if f.check not in _NOT_DEVICES else h("{} ", e) for e in f.examples[:5]),
             f.note,
         )

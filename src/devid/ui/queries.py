@@ -1,22 +1,39 @@
-"""What the dashboard's pages show, read from the store by indexed queries where an index exists.
+"""What the dashboard's pages show, read from the store by indexed queries or kept counters.
 
-Devices by state count one `ix_devices_state_id` range per state; the expiry timeline counts one
-`ix_certificates_not_after` range per week; searches walk the unique serial index; a device's
-certificates come by `ix_certificates_device`; revocations and published data by their keys.
-Certificates by profile and status is one grouped pass over the certificates (no index covers
-(profile, status, not_after)): the counters kept in the issuing transactions replace it later.
+Counts come from the counter tables the store's triggers keep in every changing transaction
+(`devid.store.counters`): devices by state, hub, enrollment group and manufacturer, certificates
+by profile and status, and the expiry timeline read a few thousand counter rows, never the 1M-row
+tables. Expiry is counted to the UTC day: a certificate expiring later today is still valid (or
+expiring), one that expired on an earlier day is expired. Searches walk the unique serial
+index; a device's certificates come by `ix_certificates_device`; revocations and published data
+by their keys.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, func, literal, select
+from sqlalchemy import ColumnElement, Connection, and_, case, func, literal, select
 
 from devid.pki.profiles import ProfileName
-from devid.store.models import audit_events, certificates, devices, events, hubs, published, revocations
+from devid.registry.enrollments import Kind as EnrollmentKind
+from devid.store.counters import Dimension
+from devid.store.models import (
+    audit_events,
+    cas,
+    certificate_counts,
+    certificates,
+    device_counts,
+    devices,
+    enrollments,
+    events,
+    hubs,
+    manufacturers,
+    published,
+    revocations,
+)
 from devid.store.states import CertificateStatus, DeviceState
 
 #: "Expiring" means within this of now.
@@ -36,6 +53,10 @@ class Bucket:
     ALL = (VALID, EXPIRING, EXPIRED, REVOKED, SUPERSEDED)
 
 
+#: The chart's name for CA certificates (the `cas` table's, beside the certificates' profiles).
+CA_PROFILE = "CA"
+
+
 @dataclass(frozen=True)
 class Overview:
     device_states: list[tuple[str, int]]
@@ -44,26 +65,63 @@ class Overview:
     revocations: list[Any]
     #: (kind, scope, number, bytes, this_update) of the latest of each kind and scope.
     published: list[tuple[str, str, int, int, datetime]]
+    #: Devices per hub, enrollment group and manufacturer: dimension -> [(name, {state: count})].
+    device_groups: dict[Dimension, list[tuple[str, dict[str, int]]]]
+
+
+#: What a device counter's `ref` names, and what a device with none is listed as.
+_NAMED = {
+    Dimension.HUB: (hubs, "(no hub)"),
+    Dimension.ENROLLMENT: (enrollments, "(no enrollment group)"),
+    Dimension.MANUFACTURER: (manufacturers, "(devid factory)"),
+}
+
+
+def _device_groups(conn: Connection, dimension: Dimension) -> list[tuple[str, dict[str, int]]]:
+    """Device counts by state under each hub, group or manufacturer; devices of individual
+    enrollments are summed under no group."""
+    table, nobody = _NAMED[dimension]
+    dc = device_counts.c
+    name: ColumnElement[Any] = table.c.name
+    if dimension is Dimension.ENROLLMENT:
+        name = case((table.c.kind == EnrollmentKind.GROUP.value, table.c.name), else_=None)
+    label = func.coalesce(name, nobody).label("name")
+    rows = conn.execute(
+        select(label, dc.state, func.sum(dc.n).label("n"))
+        .select_from(device_counts.outerjoin(table, table.c.id == dc.ref))
+        .where(dc.dimension == dimension.value, dc.n != 0)
+        .group_by(label, dc.state)
+        .order_by(label)
+    )
+    out: dict[str, dict[str, int]] = {}
+    for row in rows:
+        out.setdefault(row.name, {})[row.state] = int(row.n)
+    return list(out.items())
 
 
 def overview(conn: Connection, now: datetime) -> Overview:
-    states = [
-        (state.value, conn.execute(select(func.count()).where(devices.c.state == state.value)).scalar_one())
-        for state in DeviceState
-    ]
-    c = certificates.c
+    dc = device_counts.c
+    by_state = dict(
+        conn.execute(
+            select(dc.state, func.sum(dc.n)).where(dc.dimension == Dimension.HUB.value).group_by(dc.state)
+        ).all()
+    )
+    states = [(state.value, int(by_state.get(state.value, 0))) for state in DeviceState]
+    cc = certificate_counts.c
+    today = now.date()
     bucket = case(
-        (c.status == CertificateStatus.REVOKED.value, Bucket.REVOKED),
-        (c.status == CertificateStatus.SUPERSEDED.value, Bucket.SUPERSEDED),
-        (c.not_after <= now, Bucket.EXPIRED),
-        (c.not_after <= now + EXPIRING_WITHIN, Bucket.EXPIRING),
+        (cc.status == CertificateStatus.REVOKED.value, Bucket.REVOKED),
+        (cc.status == CertificateStatus.SUPERSEDED.value, Bucket.SUPERSEDED),
+        (cc.expiry < today, Bucket.EXPIRED),
+        (cc.expiry <= (now + EXPIRING_WITHIN).date(), Bucket.EXPIRING),
         else_=Bucket.VALID,
     ).label("bucket")
     counts = {
-        (row.profile, row.bucket): row.n
+        (row.profile, row.bucket): int(row.n)
         for row in conn.execute(
-            select(c.profile, bucket, func.count().label("n")).group_by(c.profile, bucket)
+            select(cc.profile, bucket, func.sum(cc.n).label("n")).group_by(cc.profile, bucket)
         )
+        if row.n
     }
     latest_revocations = list(conn.execute(select(revocations).order_by(revocations.c.id.desc()).limit(10)))
     p = published.c
@@ -78,21 +136,33 @@ def overview(conn: Connection, now: datetime) -> Overview:
         counts,
         latest_revocations,
         [(r.kind, r.scope, r.number, r.size, r.this_update) for r in rows],
+        {dimension: _device_groups(conn, dimension) for dimension in Dimension},
     )
 
 
 def expiry_weeks(conn: Connection, start: datetime, weeks: int = WEEKS) -> list[dict[str, int]]:
-    """Valid certificates expiring in each of `weeks` weeks from `start`, by profile."""
-    c = certificates.c
-    out = []
-    for week in range(weeks):
-        lo, hi = start + timedelta(weeks=week), start + timedelta(weeks=week + 1)
-        query = (
-            select(c.profile, func.count().label("n"))
-            .where(c.not_after >= lo, c.not_after < hi, c.status == CertificateStatus.VALID.value)
-            .group_by(c.profile)
+    """Valid certificates (and CA certificates, as CA_PROFILE) expiring in each of `weeks` weeks
+    from `start`'s day, by profile: one range of the counters' primary key per profile."""
+    first = start.date()
+    end = first + timedelta(weeks=weeks)
+    cc = certificate_counts.c
+    out: list[dict[str, int]] = [{} for _ in range(weeks)]
+
+    def add(profile: str, day: date, n: int) -> None:
+        week = out[(day - first).days // 7]
+        week[profile] = week.get(profile, 0) + n
+
+    for row in conn.execute(
+        select(cc.profile, cc.expiry, cc.n).where(
+            cc.status == CertificateStatus.VALID.value, cc.expiry >= first, cc.expiry < end, cc.n != 0
         )
-        out.append({row.profile: row.n for row in conn.execute(query)})
+    ):
+        add(row.profile, row.expiry, int(row.n))
+    ca_lo = datetime.combine(first, time(), start.tzinfo)
+    for not_after in conn.execute(
+        select(cas.c.not_after).where(cas.c.not_after >= ca_lo, cas.c.not_after < ca_lo + (end - first))
+    ).scalars():
+        add(CA_PROFILE, not_after.date(), 1)
     return out
 
 
