@@ -41,6 +41,16 @@ class SimPolicy(StrEnum):
     ALL = "all"
 
 
+# The discrete-event simulator's options (`run --years` and `compare`).
+ConnectivityOpt = Annotated[Connectivity, typer.Option("--connectivity", help="the device link")]
+RevokeRateOpt = Annotated[
+    float, typer.Option("--revoke-rate", help="share of the fleet compromised (and revoked) a year")
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="the fleet's and the events' seed")]
+WorkersOpt = Annotated[
+    int | None, typer.Option("--workers", min=1, help="modelled issuance: processes (default: cores)")
+]
+
 #: --issuance real signs and stores every certificate: beyond this many devices, use the model.
 REAL_LIMIT = 2_000
 #: Policy name on the command line -> EST label of a new home (see devid.authority.policy).
@@ -97,19 +107,13 @@ def run(
         float | None,
         typer.Option("--years", help="discrete-event mode: simulated years (instead of --days)"),
     ] = None,
-    connectivity: Annotated[
-        Connectivity, typer.Option("--connectivity", help="years: the device link")
-    ] = Connectivity.DAILY,
+    connectivity: ConnectivityOpt = Connectivity.DAILY,
     issuance: Annotated[
         Issuance, typer.Option("--issuance", help="years: sign for real (small fleets) or model it")
     ] = Issuance.MODELLED,
-    revoke_rate: Annotated[
-        float, typer.Option("--revoke-rate", help="years: share of the fleet compromised a year")
-    ] = 0.0,
-    seed: Annotated[int, typer.Option("--seed", help="years: the fleet's and the events' seed")] = 1,
-    workers: Annotated[
-        int | None, typer.Option("--workers", min=1, help="years, modelled: processes (default: cores)")
-    ] = None,
+    revoke_rate: RevokeRateOpt = 0.0,
+    seed: SeedOpt = 1,
+    workers: WorkersOpt = None,
     offline_from: Annotated[
         int, typer.Option("--offline-from", min=0, help="first day the whole fleet is offline")
     ] = 5,
@@ -228,19 +232,13 @@ def _run_events(specs: list[SimSpec], issuance: Issuance, workers: int | None, a
 def compare_cmd(
     devices: Annotated[int, typer.Option("--devices", help="devices in the fleet")] = 10_000,
     years: Annotated[float, typer.Option("--years", help="simulated years")] = 10.0,
-    seed: Annotated[int, typer.Option("--seed", help="the fleet's and the events' seed")] = 1,
+    seed: SeedOpt = 1,
     out: Annotated[
         Path | None, typer.Option("--out", help="folder for the table (JSON, CSV) and plots (PNG, SVG)")
     ] = None,
-    connectivity: Annotated[
-        Connectivity, typer.Option("--connectivity", help="the device link")
-    ] = Connectivity.DAILY,
-    revoke_rate: Annotated[
-        float, typer.Option("--revoke-rate", help="share of the fleet compromised a year")
-    ] = DEFAULT_REVOKE_RATE,
-    workers: Annotated[
-        int | None, typer.Option("--workers", min=1, help="processes (default: cores)")
-    ] = None,
+    connectivity: ConnectivityOpt = Connectivity.DAILY,
+    revoke_rate: RevokeRateOpt = DEFAULT_REVOKE_RATE,
+    workers: WorkersOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """All four renewal strategies (long-lived, renew, short-lived, session) on the same fleet,

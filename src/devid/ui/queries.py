@@ -124,18 +124,11 @@ def overview(conn: Connection, now: datetime) -> Overview:
         if row.n
     }
     latest_revocations = list(conn.execute(select(revocations).order_by(revocations.c.id.desc()).limit(10)))
-    p = published.c
-    latest = select(p.kind, p.scope, func.max(p.number).label("number")).group_by(p.kind, p.scope).subquery()
-    rows = conn.execute(
-        select(p.kind, p.scope, p.number, func.length(p.data).label("size"), p.this_update)
-        .join(latest, and_(p.kind == latest.c.kind, p.scope == latest.c.scope, p.number == latest.c.number))
-        .order_by(p.kind, p.scope)
-    )
     return Overview(
         states,
         counts,
         latest_revocations,
-        [(r.kind, r.scope, r.number, r.size, r.this_update) for r in rows],
+        latest_published(conn),
         {dimension: _device_groups(conn, dimension) for dimension in Dimension},
     )
 
