@@ -142,6 +142,9 @@ def _artefacts(auth: Authority, clock: FixedClock, public: bool) -> Iterator[tup
             yield "crl", f"shard {ca_name}", devid_crl.build(auth, ca_name, shard=shard).der
             yield "crl", f"shard delta {ca_name}", devid_crl.build(auth, ca_name, shard=shard, delta=True).der
     unrevoke(auth, Selector.SERIAL, serial_hex(held.serial), "t")
+    # The root's CRL (an ARL: it lists intermediates), full and delta.
+    yield "crl", "full root", devid_crl.build(auth, "root").der
+    yield "crl", "delta root", devid_crl.build(auth, "root", delta=True).der
     yield "crl", "delta with removeFromCRL", devid_crl.build(auth, "operational", delta=True).der
     # OCSP: good, revoked, unknown; one and several CertIDs; pre-signed and with a nonce.
     ca = auth.cas["operational"].certificate
@@ -161,14 +164,27 @@ def _artefacts(auth: Authority, clock: FixedClock, public: bool) -> Iterator[tup
         .public_bytes(DER)
     )
     respond = status_service(auth).responder.respond
-    yield "ocsp", "good", respond(_ocsp_request(ca, issued["server"].certificate)).der
-    yield "ocsp", "revoked", respond(_ocsp_request(ca, ldevid.certificate)).der
-    yield "ocsp", "unknown", respond(never_issued).der
-    yield "ocsp", "good, with nonce", respond(_ocsp_request(ca, stranger, nonce=b"n" * 16)).der
-    yield "ocsp", "multi", respond(_ocsp_request(ca, ldevid.certificate, issued["session"].certificate)).der
+
+    def answer(request: bytes, *expected: ocsp.OCSPCertStatus) -> bytes:
+        """The responder's answer, checked to be the successful one with `expected` statuses."""
+        der = respond(request).der
+        parsed = ocsp.load_der_ocsp_response(der)
+        assert parsed.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL
+        assert [single.certificate_status for single in parsed.responses] == list(expected)
+        return der
+
+    good, revoked = ocsp.OCSPCertStatus.GOOD, ocsp.OCSPCertStatus.REVOKED
+    yield "ocsp", "good", answer(_ocsp_request(ca, issued["server"].certificate), good)
+    yield "ocsp", "revoked", answer(_ocsp_request(ca, ldevid.certificate), revoked)
+    yield "ocsp", "unknown", answer(never_issued, ocsp.OCSPCertStatus.UNKNOWN)
+    yield "ocsp", "good, with nonce", answer(_ocsp_request(ca, stranger, nonce=b"n" * 16), good)
+    multi = _ocsp_request(ca, ldevid.certificate, issued["server"].certificate)
+    yield "ocsp", "multi", answer(multi, revoked, good)
     # A delegated responder renewed after two thirds of its life: issued at runtime, not at init.
     clock.advance(timedelta(days=61))
-    yield "cert", "ocsp signer (renewed)", responder(auth, "operational").certificate.public_bytes(DER)
+    renewed = responder(auth, "operational").certificate
+    assert renewed != auth.cas["operational-ocsp"].certificate
+    yield "cert", "ocsp signer (renewed)", renewed.public_bytes(DER)
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["no-public-url", "public-url"])
@@ -191,7 +207,7 @@ def artefacts(
 
 def test_pkilint_finds_nothing_at_warning_or_above(artefacts: list[tuple[str, str, bytes]]) -> None:
     kinds = {kind for kind, _, _ in artefacts}
-    assert kinds == {"cert", "crl", "ocsp"} and len(artefacts) >= 23
+    assert kinds == {"cert", "crl", "ocsp"} and len(artefacts) >= 25
     found = {
         label: [f for f in findings(kind, der) if (kind, f[1]) not in EXCEPTIONS]
         for kind, label, der in artefacts
