@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,7 +30,8 @@ from devid.authority.revocation import RevokeRequest, Selector, revoke, unrevoke
 from devid.authority.setup import init_home, open_authority
 from devid.authority.status_signing import responder
 from devid.clock import FixedClock
-from devid.pki import lint
+from devid.errors import PolicyError
+from devid.pki import lint, profiles
 from devid.pki.profiles import ProfileName
 from devid.pki.reasons import Reason
 from devid.pki.serials import serial_hex
@@ -245,3 +247,29 @@ def test_a_defective_certificate_is_caught_by_both_linters() -> None:
     assert "pkix.basic_constraints_extension_not_critical" in codes
     assert "basicConstraints missing or not critical (4.2.1.9)" in lint.problems(cert)
     assert "keyUsage missing or not critical (4.2.1.3)" in lint.problems(cert)
+
+
+def test_the_in_line_lint_refuses_before_the_ca_key_signs() -> None:
+    """What `Template.builder` refuses: a profile that would make a defective certificate (checked on
+    its first certificate, signed with a throw-away key), and bad per-certificate fields."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    root = profiles.PROFILES[ProfileName.ROOT_CA]
+    subject = profiles.ca_subject("Org", "Root")
+    now = datetime.now(UTC)
+    ca = profiles.self_signed_template(root, subject).builder(subject, ca_key.public_key(), 5, now)
+    issuer = ca.sign(ca_key, hashes.SHA256())
+    leaf = profiles.PROFILES[ProfileName.LDEVID]
+    device = profiles.device_subject("Org", "D1")
+
+    def refusal(profile: profiles.Profile, serial: int = 9, name: x509.Name = device) -> str:
+        with pytest.raises(PolicyError) as refused:
+            profiles.Template.for_issuer(profile, issuer).builder(name, _key(), serial, now)
+        assert refused.value.code == "certificate-lint"
+        return refused.value.message
+
+    signing_leaf = replace(leaf, key_usage=root.key_usage)
+    assert "keyCertSign set exactly when the certificate is a CA" in refusal(signing_leaf)
+    assert "without extendedKeyUsage" in refusal(replace(leaf, extended_key_usage=()))
+    assert "20 octets" in refusal(leaf, serial=1 << 160)
+    assert "empty subject" in refusal(leaf, name=x509.Name([]))
+    assert "notBefore must precede notAfter" in refusal(leaf.with_validity(timedelta(minutes=-10)))
