@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 
 from devid.errors import DevidError, KeyAccessError
 from devid.keys.p11tls import ProviderKey
+from devid.web.tls import MODERN_CIPHERS
 
 PKCS10 = "application/pkcs10"
 WELL_KNOWN = "/.well-known/est"
@@ -82,6 +83,7 @@ def tls_context(
     handshake is signed inside the token through OpenSSL's pkcs11-provider)."""
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=trust_pem.decode())
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(MODERN_CIPHERS)
     if cert_chain and key is not None:
         chain_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in cert_chain)
         if isinstance(key, ProviderKey):

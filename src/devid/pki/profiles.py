@@ -16,10 +16,12 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from devid.errors import PolicyError
+from devid.pki.lint import check_fields, require_clean
 
 #: RFC 5280 4.1.2.5: "no well-defined expiration date" for device certificates (IDevID default).
 FOREVER = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
@@ -197,6 +199,8 @@ class Template:
     crl_urls: tuple[str, ...] = ()
     _constant: list[x509.Extension[x509.ExtensionType]] = field(init=False)
     _crl_points: list[x509.Extension[x509.ExtensionType]] = field(init=False)
+    #: Set once the first certificate of this template passed the pre-issuance lint.
+    _linted: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         p = self.profile
@@ -249,7 +253,8 @@ class Template:
         shard: int | None = None,
     ) -> x509.CertificateBuilder:
         """`shard`: the CRL partition whose distribution point the certificate names (None: none,
-        for short-lived certificates that never enter a CRL)."""
+        for short-lived certificates that never enter a CRL). Linted before it is returned:
+        PolicyError `certificate-lint` if the certificate would break RFC 5280."""
         ski = x509.SubjectKeyIdentifier.from_public_key(public_key)
         extensions = [*self._constant, x509.Extension(ski.oid, False, ski)]
         if shard is not None and self._crl_points:
@@ -258,15 +263,23 @@ class Template:
             # Critical only when the subject is empty (RFC 5280 4.2.1.6); our subjects never are.
             san = x509.SubjectAlternativeName(list(alt_names))
             extensions.append(x509.Extension(san.oid, False, san))
-        return x509.CertificateBuilder(
+        not_before, not_after = now - CLOCK_SKEW, self.profile.not_after(now, self.issuer_not_after)
+        check_fields(serial, not_before, not_after, subject)
+        builder = x509.CertificateBuilder(
             issuer_name=self.issuer_name,
             subject_name=subject,
             public_key=public_key,
             serial_number=serial,
-            not_valid_before=now - CLOCK_SKEW,
-            not_valid_after=self.profile.not_after(now, self.issuer_not_after),
+            not_valid_before=not_before,
+            not_valid_after=not_after,
             extensions=extensions,
         )
+        if not self._linted:
+            # The template's first certificate is signed with a throw-away key and linted whole
+            # (devid.pki.lint); what varies between certificates is checked above, every time.
+            require_clean(builder.sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256()))
+            self._linted = True
+        return builder
 
 
 def _distribution_point(uri: str) -> x509.CRLDistributionPoints:

@@ -18,6 +18,9 @@ from cryptography import x509
 from devid.errors import ConfigError, KeyAccessError
 from devid.pki.encoding import cert_pem
 
+#: The TLS 1.2 suites offered: forward-secret (ECDHE) key exchange with AEAD ciphers only; no CBC,
+#: no RSA key transport, no SHA-1 MACs. TLS 1.3's suites are all of that kind and are left as they are.
+MODERN_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 #: OpenSSL X509_V_FLAG_NO_CHECK_TIME: verify the chain's signatures but not the validity times.
 X509_V_FLAG_NO_CHECK_TIME = 0x200000
 
@@ -30,10 +33,11 @@ def client_checking_context(
     require_client: bool,
     password: bytes | None = None,
 ) -> ssl.SSLContext:
-    """TLS 1.2+ server context with this server's certificate, asking for (`require_client`:
-    requiring) client certificates that chain to `trust`."""
+    """TLS 1.2+ server context (MODERN_CIPHERS) with this server's certificate, asking for
+    (`require_client`: requiring) client certificates that chain to `trust`."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(MODERN_CIPHERS)
     try:
         ctx.load_cert_chain(str(cert_file), str(key_file), password=(lambda: password or b""))
     except ssl.SSLError as exc:
