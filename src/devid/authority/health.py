@@ -84,7 +84,7 @@ class Finding:
         }
 
 
-_DEVICE_PROFILES = (ProfileName.IDEVID, ProfileName.LDEVID)
+DEVICE_PROFILES = (ProfileName.IDEVID, ProfileName.LDEVID)
 #: The certificates a device works with in the field; without one it falls back to its IDevID.
 _OPERATIONAL = (ProfileName.LDEVID, ProfileName.SESSION)
 
@@ -145,7 +145,7 @@ def ca_expiring(conn: Connection, now: datetime, windows: Windows, limit: int, c
 
 
 def expiring_unrenewed(
-    now: datetime, windows: Windows, profiles: tuple[ProfileName, ...] = _DEVICE_PROFILES
+    now: datetime, windows: Windows, profiles: tuple[ProfileName, ...] = DEVICE_PROFILES
 ) -> Select[Any]:
     """Valid device certificates of `profiles` ending within the window whose device holds no
     valid certificate of the same profile ending later (serial, profile, not_after, id), soonest
@@ -179,7 +179,7 @@ def device_cert_expiring(
     expiry order, so a cap stops it early."""
     found: list[Any] = []
     more = False
-    for profile in _DEVICE_PROFILES:
+    for profile in DEVICE_PROFILES:
         rows, capped = _capped(conn, expiring_unrenewed(now, windows, (profile,)), cap)
         found += rows
         more = more or capped

@@ -210,7 +210,7 @@ def _pages(routes: list[str], sample_serial: str) -> dict[str, str]:
 
 
 async def _measure(authority: Authority, requests: int) -> tuple[dict[str, list[float]], dict[str, int]]:
-    token, _ = tokens.create(authority, "bench-ui", "operator", authority.clock.now())
+    token, _ = tokens.create(authority, "bench-ui", "admin", authority.clock.now())
     app = make_app(authority)
     routes = sorted(
         {

@@ -23,7 +23,14 @@ from aiohttp import web
 from devid.authority.core import Authority
 from devid.authority.devices import approve, set_state
 from devid.authority.enroll import Operation
-from devid.authority.health import Windows, expiring_unrenewed, fallen_back, held_for_approval, run_checks
+from devid.authority.health import (
+    DEVICE_PROFILES,
+    Windows,
+    expiring_unrenewed,
+    fallen_back,
+    held_for_approval,
+    run_checks,
+)
 from devid.authority.revocation import RevokeRequest, Selector, revoke
 from devid.authority.roles import Permission, allows
 from devid.errors import AuthenticationRequired, DevidError
@@ -254,7 +261,11 @@ class Dashboard:
             now = self.authority.clock.now()
             windows = Windows(approval_days=0)
             with reading(self.authority.engine) as conn:
-                due = queries.listed(conn, expiring_unrenewed(now, windows))
+                due = queries.listed_each(
+                    conn,
+                    [expiring_unrenewed(now, windows, (profile,)) for profile in DEVICE_PROFILES],
+                    key=lambda row: (row.not_after, row.id),
+                )
                 late = queries.overdue(conn, now, timedelta(days=windows.fallback_days))
                 failed = queries.refusals(conn, f"est.{Operation.REENROLL.value}", now - FAILED_WITHIN)
                 fallback = queries.listed(conn, fallen_back(now, windows))

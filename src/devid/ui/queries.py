@@ -11,6 +11,7 @@ by their keys.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
@@ -219,6 +220,15 @@ def listed(conn: Connection, query: Any, limit: int = LIST_LIMIT) -> Listed:
     return Listed(
         min(count, COUNT_CAP), count > COUNT_CAP, list(conn.execute(query.limit(limit))) if count else []
     )
+
+
+def listed_each(conn: Connection, parts: Sequence[Any], key: Callable[[Any], Any]) -> Listed:
+    """`listed` of the union of `parts`, each walked on its own index in its own order (a union,
+    or one query over an IN list, would read every match to sort them: 0.8 s at 1M), merged by `key`."""
+    each = [listed(conn, part) for part in parts]
+    count = sum(one.count for one in each)
+    rows = sorted((row for one in each for row in one.rows), key=key)[:LIST_LIMIT]
+    return Listed(min(count, COUNT_CAP), count > COUNT_CAP or any(one.capped for one in each), rows)
 
 
 def overdue(conn: Connection, now: datetime, since: timedelta) -> Listed:
