@@ -29,6 +29,7 @@ from test_serve import PASSPHRASE, start_serve
 
 from devid.api import tokens
 from devid.authority.setup import init_home, open_authority
+from devid.server.app import OCSP_REFRESH_EVERY
 from devid.store.engine import make_engine, reading
 from devid.store.models import audit_events, certificates, devices
 
@@ -161,6 +162,8 @@ def test_database_outage_answers_503_fast_serves_status_from_cache_and_recovers(
         while (crl := _plain(http_port, "GET", "/crl/manufacturing.crl"))[0] != 200:
             assert time.monotonic() < deadline, crl
             time.sleep(0.2)
+        # Every worker reloads the published status data within a second of a change: wait for all.
+        time.sleep(2 * OCSP_REFRESH_EVERY)
         query = ocsp.OCSPRequestBuilder().add_certificate(gone.idevid, issuer, hashes.SHA1()).build()
         ocsp_before = _plain(http_port, "POST", "/ocsp", query.public_bytes(Encoding.DER))
         assert ocsp_before[0] == 200

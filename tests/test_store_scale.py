@@ -22,7 +22,8 @@ SRC = Path(devid.__file__).parent
 
 def test_every_write_transaction_takes_the_write_lock() -> None:
     """A bare `begin()` would wait in SQLite's sleeping busy handler behind the queue of writers:
-    every transaction opens through `store.engine.writing`, the one place that begins."""
+    every transaction opens through `store.engine`: `writing` (with the write lock) or
+    `consistent_read` (a read snapshot), the only places that begin."""
     bare = []
     for path in sorted(SRC.rglob("*.py")):
         if "migrations" in path.parts:
@@ -30,7 +31,10 @@ def test_every_write_transaction_takes_the_write_lock() -> None:
         for line in path.read_text().splitlines():
             if re.search(r"\.begin\(\)", line):
                 bare.append((str(path.relative_to(SRC)), line.strip()))
-    assert bare == [("store/engine.py", "with write_lock(engine), engine.begin() as conn:")]
+    assert bare == [
+        ("store/engine.py", "with conn, conn.begin():"),
+        ("store/engine.py", "with write_lock(engine), engine.begin() as conn:"),
+    ]
 
 
 @pytest.fixture

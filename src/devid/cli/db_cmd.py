@@ -15,7 +15,7 @@ from devid.cli.common import HomeOpt, PassphraseOpt, console, load_home
 from devid.config import Home, resolve_passphrase
 from devid.errors import ConfigError, ConflictError
 from devid.store import transfer
-from devid.store.engine import make_engine, reading, write_lock
+from devid.store.engine import consistent_read, make_engine, write_lock, writing
 from devid.store.schema import check_schema, migrate
 
 app = typer.Typer(help="The store: schema migrations, moving it to PostgreSQL.", no_args_is_help=True)
@@ -60,7 +60,7 @@ def migrate_store(
     started = time.perf_counter()
     transfer.prepare_target(target)
     with write_lock(source):
-        with reading(source) as src, src.begin(), target.begin() as dst:
+        with consistent_read(source) as src, writing(target) as dst:
             moved = transfer.copy_tables(src, dst, batch)
             mismatched = transfer.differences(src, dst)
             if mismatched:  # leaving the block rolls the copy back

@@ -100,7 +100,7 @@ class StatusFiles:
         return reply
 
     def _answer(self, path: str, query: Mapping[str, str], headers: Mapping[str, str]) -> Reply:
-        self._refresh()
+        self.refresh()
         crl_match = _CRL.fullmatch(path)
         if crl_match is not None:
             return self._crl(crl_match, query, headers)
@@ -225,7 +225,11 @@ class StatusFiles:
 
     # --- the cache ------------------------------------------------------------------------------
 
-    def _refresh(self) -> None:
+    def refresh(self) -> None:
+        """Reload the status data when the store's published table changed (at most every `poll`
+        seconds): all the latest versions at once, so that every process serves every CRL and
+        filter from memory should the store go away (the server calls this every second, besides
+        each request). While the store is away, what was read stays served until its nextUpdate."""
         now = time.monotonic()
         if now - self._checked < self.poll:
             return
@@ -234,16 +238,15 @@ class StatusFiles:
             try:
                 with reading(self.authority.engine) as conn:
                     marker = conn.execute(select(func.max(published.c.id), func.count())).one()
+                    if marker != self._marker:
+                        latest: dict[tuple[str, str], records.Published | None] = {**records.latest_all(conn)}
+                        self._marker = (marker[0] or 0, marker[1])
+                        self._latest = latest
+                        self._deltas.clear()
             except Exception as exc:
                 if unavailable(exc) is None:
                     raise
-                # The store is away: what was read stays valid until its nextUpdate; serve it.
                 log.warning("status data served from cache, the store is unavailable: %s", exc)
-                return
-            if marker != self._marker:
-                self._marker = (marker[0] or 0, marker[1])
-                self._latest.clear()
-                self._deltas.clear()
 
     def _get(self, kind: str, scope: str) -> records.Published | None:
         key = (kind, scope)

@@ -122,7 +122,8 @@ def watch_commits(engine: Engine, callback: Callable[[], None]) -> Callable[[], 
             conn.info[_COMMITTED] = True
 
     def on_rollback(conn: Any) -> None:
-        conn.info.pop(EMITTED, None)
+        if not conn.invalidated:  # an invalidated connection (a lease's session given up) has no info
+            conn.info.pop(EMITTED, None)
 
     def on_checkin(_dbapi_conn: Any, record: Any) -> None:
         if record is not None and record.info.pop(_COMMITTED, False):

@@ -13,7 +13,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, String, bindparam, delete, insert, or_, select, type_coerce
+from sqlalchemy import (
+    Connection,
+    Engine,
+    String,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    type_coerce,
+)
 
 from devid.errors import NotFoundError
 from devid.pki.reasons import Reason
@@ -176,6 +188,19 @@ def latest(conn: Connection, kind: str, scope: str) -> Published | None:
         .limit(1)
     ).first()
     return _published(row) if row is not None else None
+
+
+def latest_all(conn: Connection) -> dict[tuple[str, str], Published]:
+    """The latest version of everything published, by (kind, scope): one read, the maximum per
+    (kind, scope) from the unique (kind, scope, number) index."""
+    p = published.c
+    newest = select(p.kind, p.scope, func.max(p.number).label("number")).group_by(p.kind, p.scope).subquery()
+    rows = conn.execute(
+        select(published).join(
+            newest, and_(p.kind == newest.c.kind, p.scope == newest.c.scope, p.number == newest.c.number)
+        )
+    )
+    return {(row.kind, row.scope): _published(row) for row in rows}
 
 
 def version(conn: Connection, kind: str, scope: str, number: int) -> Published | None:

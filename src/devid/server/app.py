@@ -26,6 +26,7 @@ from devid.registry.onboarding import Registry
 from devid.server.listener import ConnectionLimits, GuardedSite, request_phases
 from devid.server.metrics import CountingRegistry, Metrics
 from devid.server.trust import TrustSync
+from devid.store.engine import unavailable
 from devid.store.lease import Presence
 from devid.tokens.routes import token_routes
 from devid.ui.app import ui_routes
@@ -166,7 +167,8 @@ async def _anchor_audit(authority: Authority, _app: web.Application) -> AsyncIte
         log.warning("audit checkpoint not written at shutdown: %s [%s]", exc.message, exc.code)
 
 
-#: How often pre-signed OCSP answers are checked for changes and for their refresh margin.
+#: How often pre-signed OCSP answers are checked for changes and for their refresh margin, and the
+#: published CRLs and filters for a newer version (each worker keeps them all in memory).
 OCSP_REFRESH_EVERY = 1.0
 
 
@@ -176,8 +178,13 @@ async def _refresh_ocsp(status: StatusService, _app: web.Application) -> AsyncIt
             await asyncio.sleep(OCSP_REFRESH_EVERY)
             try:
                 await asyncio.to_thread(status.responder.refresh)
+                await asyncio.to_thread(status.files.refresh)
             except DevidError as exc:
-                log.warning("OCSP answers not refreshed: %s [%s]", exc.message, exc.code)
+                log.warning("status answers not refreshed: %s [%s]", exc.message, exc.code)
+            except Exception as exc:  # the store away: the loop must outlive it, and retry
+                if unavailable(exc) is None:
+                    raise
+                log.warning("status answers not refreshed, the store is unavailable: %s", exc)
 
     task = asyncio.create_task(every())
     yield

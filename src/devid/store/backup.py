@@ -30,7 +30,7 @@ from sqlalchemy import Engine, func, make_url, select
 from devid.config import CONFIG_FILE, Home
 from devid.errors import ConfigError, ConflictError, NotFoundError
 from devid.store import audit, transfer
-from devid.store.engine import make_engine, reading
+from devid.store.engine import consistent_read, make_engine, writing
 from devid.store.models import cas, certificates
 from devid.store.schema import check_schema, migrate
 
@@ -89,7 +89,7 @@ def read_marks(engine: Engine) -> Marks:
         .where(certificates.c.issuer_id == cas.c.id)
         .scalar_subquery()
     )
-    with reading(engine) as conn, conn.begin():
+    with consistent_read(engine) as conn:
         rows = conn.execute(
             select(cas.c.name, cas.c.serial, cas.c.next_index, issued, cas.c.crl_number).order_by(cas.c.id)
         ).all()
@@ -151,8 +151,7 @@ def snapshot_store(db_url: str, dest: Path) -> SnapshotMethod:
     engine, copy = make_engine(db_url), make_engine(sqlite_url(dest))
     try:
         migrate(copy)
-        snap = engine.connect().execution_options(isolation_level="REPEATABLE READ")
-        with snap, snap.begin(), copy.begin() as dst:
+        with consistent_read(engine, "REPEATABLE READ") as snap, writing(copy) as dst:
             transfer.copy_tables(snap, dst)
     finally:
         engine.dispose()
@@ -269,7 +268,7 @@ def _check_restored(home: Home, manifest: Manifest) -> None:
     engine = make_engine(home.config.db_url)
     try:
         check_schema(engine)
-        with reading(engine) as conn, conn.begin():
+        with consistent_read(engine) as conn:
             chain = audit.verify(conn)
         marks = read_marks(engine)
     finally:

@@ -57,6 +57,18 @@ def reading(engine: Engine) -> Connection:
     return engine.connect().execution_options(**{READ_ONLY: True})
 
 
+@contextlib.contextmanager
+def consistent_read(engine: Engine, isolation: str | None = None) -> Iterator[Connection]:
+    """One read transaction, every statement in it seeing the same state of the store (a backup's
+    snapshot, a copy's comparison); `isolation` e.g. REPEATABLE READ on PostgreSQL. It writes
+    nothing, so it takes no write lock."""
+    conn = reading(engine)
+    if isolation is not None:
+        conn = conn.execution_options(isolation_level=isolation)
+    with conn, conn.begin():
+        yield conn
+
+
 class _WriteLock:
     """Queues the writers of one SQLite file, across threads and processes, on a sidecar lock file.
 

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Engine, Table, delete, func, insert, select, 
 from sqlalchemy.exc import OperationalError
 
 from devid.errors import ConfigError, ConflictError
+from devid.store import counters
 from devid.store.models import audit_head, metadata, registry_state
 from devid.store.schema import migrate
 
@@ -79,7 +80,8 @@ def _fix_sequences(conn: Connection) -> None:
     """PostgreSQL: move each serial column's sequence past the ids copied in (they were given)."""
     for table in metadata.sorted_tables:
         keys = list(table.primary_key.columns)
-        if len(keys) != 1 or keys[0].autoincrement is False:
+        # Only a single integer key has a sequence (a text key, e.g. a fingerprint, has none).
+        if len(keys) != 1 or keys[0].autoincrement is False or keys[0].type.python_type is not int:
             continue
         pk = keys[0]
         conn.execute(
@@ -96,6 +98,8 @@ def copy_tables(source: Connection, target: Connection, batch: int = BATCH) -> T
     copied = []
     for table in SEEDED:
         target.execute(delete(table))
+    # The counters are copied as they are: the counting triggers would add to them (`counters`).
+    counters.uninstall(target)
     for table in metadata.sorted_tables:
         rows = 0
         result = source.execution_options(yield_per=batch).execute(_ordered(table))
@@ -103,6 +107,7 @@ def copy_tables(source: Connection, target: Connection, batch: int = BATCH) -> T
             target.execute(insert(table), [row._asdict() for row in part])
             rows += len(part)
         copied.append(TableCopy(table.name, rows))
+    counters.install(target)
     if target.dialect.name == "postgresql":
         _fix_sequences(target)
     return Transfer(tuple(copied))
