@@ -15,6 +15,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -77,9 +78,9 @@ class Cluster:
 @pytest.fixture
 def clusters(tmp_path: Path) -> Iterator[tuple[Cluster, Cluster]]:
     """A primary and its synchronous streaming replica (application name `replica`)."""
-    base = Path(os.environ.get("TMPDIR", "/tmp")) / f"devid-failover-{os.getpid()}"
-    shutil.rmtree(base, ignore_errors=True)
-    base.mkdir(mode=0o700)
+    # Not under $TMPDIR: CI makes it private to root, and the clusters run as the postgres user.
+    shm = Path("/dev/shm")
+    base = Path(tempfile.mkdtemp(prefix="devid-failover-", dir=shm if shm.is_dir() else None))
     if os.geteuid() == 0:
         shutil.chown(base, "postgres", "postgres")
     primary, replica = Cluster(base / "primary", _free_port()), Cluster(base / "replica", _free_port())

@@ -35,6 +35,7 @@ from devid.clock import Clock
 from devid.errors import ConfigError
 from devid.pki.reasons import Reason
 from devid.revocation.status import CertStatus, StatusEntry, StatusSource
+from devid.store.engine import unavailable
 
 log = logging.getLogger("devid.revocation.ocsp")
 
@@ -62,6 +63,7 @@ def _status_only(status: str) -> bytes:
 
 MALFORMED_REQUEST = _status_only("malformed_request")
 INTERNAL_ERROR = _status_only("internal_error")
+TRY_LATER = _status_only("try_later")
 UNAUTHORIZED = _status_only("unauthorized")
 
 
@@ -276,16 +278,17 @@ class OcspResponder:
             return OcspAnswer(MALFORMED_REQUEST)
         except _Unauthorized:
             return OcspAnswer(UNAUTHORIZED)
-        except Exception:
+        except Exception as exc:
             # The status source (a database) failed while re-signing: an answer signed before it
             # stays true until its nextUpdate (nothing can be revoked meanwhile), so serve that.
             stale = self._cache.get(key) if key is not None else None
             if stale is not None and stale.answer.next_update is not None and now < stale.answer.next_update:
                 log.warning("OCSP status source failed: serving the answer valid until its nextUpdate")
                 return stale.answer
-            # None to serve: RFC 6960 internalError, and the cause in the log.
+            # None to serve: RFC 6960 tryLater while the store is away, else internalError; the
+            # cause in the log.
             log.exception("OCSP response failed")
-            return OcspAnswer(INTERNAL_ERROR)
+            return OcspAnswer(TRY_LATER if unavailable(exc) is not None else INTERNAL_ERROR)
 
     def refresh(self) -> None:
         """Drop the pre-signed answers of serials whose status changed since they were signed.
