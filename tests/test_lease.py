@@ -9,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from sqlalchemy import Engine
+import pytest
+from sqlalchemy import Engine, text
 
 from devid.config import Home
 from devid.store.engine import make_engine
@@ -65,6 +66,38 @@ def test_a_dead_holder_loses_the_lease(home: Home) -> None:
         child.kill()
         lease.release()
         engine.dispose()
+
+
+def test_a_holder_whose_session_is_ended_gives_up_the_lease_quietly(home: Home) -> None:
+    """The database ends the holder's session (an outage, a failover): the next check says the lease
+    is lost without raising, and it is taken again once the store answers."""
+    if home.config.db_url is None or not home.config.db_url.startswith("postgresql"):
+        pytest.skip("a session only the database can end: PostgreSQL")
+    holder, admin = _engines(home)
+    lease = Lease(holder, "duties")
+    try:
+        assert lease.held()
+        with admin.connect() as conn:
+            ended = (
+                conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(l.pid) FROM pg_locks l"
+                        " JOIN pg_database d ON d.oid = l.database"
+                        " WHERE l.locktype = 'advisory' AND l.granted"
+                        " AND d.datname = current_database()"
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        assert ended and all(ended)
+        assert not lease.held()  # noticed on the dead session, and nothing raised
+        lease.release()  # twice is harmless
+        assert lease.held()  # a fresh session takes it again
+    finally:
+        lease.release()
+        holder.dispose()
+        admin.dispose()
 
 
 def test_presence_counts_the_processes_on_the_store(home: Home, tmp_path: Path) -> None:

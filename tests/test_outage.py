@@ -207,7 +207,7 @@ def test_database_outage_answers_503_fast_serves_status_from_cache_and_recovers(
             assert status == 503 and time.monotonic() - back < 30, body
             time.sleep(0.1)
         recovered = time.monotonic() - back
-        assert served.stop() == 0
+        assert served.stop() == 0, served.proc.stderr.read() if served.proc.stderr else ""
     finally:
         if served.proc.poll() is None:
             served.proc.kill()

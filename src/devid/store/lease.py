@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 #: Advisory-lock class of devid's leases (the first key of the two-key form): keeps them apart
 #: from any other application's advisory locks on the same database.
@@ -98,9 +98,12 @@ class Lease:
         """Give the lease up (closing the session or file that holds it)."""
         if self._conn is not None:
             conn, self._conn = self._conn, None
-            with contextlib.suppress(DBAPIError):  # a lost session holds nothing any more
-                conn.execute(text("SELECT pg_advisory_unlock_all()"))  # at once, not at the backend's exit
-            with contextlib.suppress(DBAPIError):
+            if not conn.invalidated:  # a lost session holds nothing any more
+                with contextlib.suppress(SQLAlchemyError):  # it may be lost just now
+                    conn.execute(
+                        text("SELECT pg_advisory_unlock_all()")
+                    )  # at once, not at the backend's exit
+            with contextlib.suppress(SQLAlchemyError):
                 conn.invalidate()  # never back to the pool: a fresh session for the next user
                 conn.close()
         if self._fd is not None:
