@@ -90,3 +90,27 @@ class NotFoundError(DevidError):
 
 class ConflictError(DevidError):
     """The request conflicts with existing state (duplicate device serial, existing home)."""
+
+
+class C509Error(PolicyError):
+    """A C509 certificate that cannot be read, or an X.509 certificate C509 cannot carry byte for
+    byte. `part` names the field at fault (e.g. `extensions`, `issuer`, `signatureValue`)."""
+
+    def __init__(self, code: str, part: str, message: str) -> None:
+        super().__init__(code, f"C509 {part}: {message}")
+        self.part = part
+
+
+class C509Malformed(C509Error):
+    """The bytes are not a well-formed C509 certificate (bad CBOR, wrong types, truncated)."""
+
+    def __init__(self, part: str, message: str) -> None:
+        super().__init__("c509-malformed", part, message)
+
+
+class C509Unsupported(C509Error):
+    """The X.509 certificate has something C509 type 3 cannot re-encode so that the DER comes back
+    byte-exact (e.g. a multi-valued RDN, a teletexString issuer, a time before 1970)."""
+
+    def __init__(self, part: str, message: str) -> None:
+        super().__init__("c509-unsupported", part, message)
