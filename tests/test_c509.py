@@ -5,6 +5,7 @@ input: a typed C509 error, never a crash."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -390,7 +391,5 @@ def test_random_certificates_round_trip(cert: x509.Certificate) -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=300))
 def test_random_bytes_never_crash(data: bytes) -> None:
-    try:
+    with contextlib.suppress(C509Error):
         decode_certificate(data)
-    except C509Error:
-        pass
