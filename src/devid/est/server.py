@@ -10,6 +10,9 @@ Operations: `cacerts`, `csrattrs`, `simpleenroll`, `simplereenroll`, `serverkeyg
 Bodies are base64 DER, with or without line breaks; a `Content-Transfer-Encoding` header is
 ignored (RFC 8951 section 3.2.2); a raw DER or a PEM body is accepted too. Answers are base64 in
 64-character CRLF lines and carry `Content-Transfer-Encoding: base64` for older clients.
+A client whose `Accept` names a C509 media type (draft-ietf-cose-cbor-encoded-cert) gets binary
+CBOR instead: `application/cose-c509-cert+cbor` (enroll: the C509Certificate),
+`application/cose-c509+cbor` (enroll: a COSE_C509 of it; cacerts: the chain, `usage=chain`).
 Every issued certificate comes with `Devid-Policy` and, unless the policy never renews,
 `Devid-Renew-At` (RFC 3339): when this device should renew it.
 """
@@ -33,6 +36,8 @@ from devid.authority.enroll import Credential, EnrollResult, Onboarding, Operati
 from devid.authority.enrollment import EnrollmentService, EnrollRequest, require_credential
 from devid.authority.policy import LabelPolicy
 from devid.errors import BodyTooLarge, PolicyError
+from devid.est.accept import choose
+from devid.pki import c509
 from devid.pki.der import encode_oid, tlv
 from devid.pki.encoding import certs_only
 from devid.web.peer import from_trusted_proxy, peer_address, peer_certificate, peer_chain
@@ -52,6 +57,9 @@ REGION_HEADER = "Devid-Region"
 #: The registration result, when the device's enrollment allocated it to a hub.
 ASSIGNMENT_HEADERS = {"device_id": "Devid-Device-Id", "hub": "Devid-Hub", "hub_url": "Devid-Hub-Url"}
 RETRY_AFTER_SECONDS = 60
+#: What an issued certificate / the CA certificates can be answered as; the first is the default.
+ENROLL_FORMATS = (CERTS_ONLY, c509.MEDIA_TYPE_CERT, c509.MEDIA_TYPE_COSE_C509)
+CACERTS_FORMATS = (PKCS7, c509.MEDIA_TYPE_CHAIN)
 _LABEL = r"{label:[A-Za-z0-9][A-Za-z0-9._-]{0,63}}"
 
 # OIDs named in csrattrs (RFC 7030 4.5.2): sign with ecdsa-with-SHA256, key ecPublicKey on P-256.
@@ -140,7 +148,7 @@ class EstServer:
         """`share`: the server processes the failed-authentication limits are shared by."""
         self.authority = authority
         self.service = EnrollmentService(authority, onboarding, failures=FailedAuthentications(share=share))
-        self._cacerts: dict[str, bytes] = {}
+        self._cacerts: dict[tuple[str, str], bytes] = {}
         self._csrattrs = b64_lines(csr_attributes())
 
     async def close(self, app: web.Application | None = None) -> None:
@@ -170,13 +178,18 @@ class EstServer:
         CA rotation's overlap, the issuing CA being retired too (after the new one), so a device
         still holding a certificate of it finds its chain (RFC 7030 4.1.3)."""
         policy = self._policy(request)
-        body = self._cacerts.get(policy.label)
+        answer = choose(request.headers.get("Accept"), CACERTS_FORMATS)
+        body = self._cacerts.get((policy.label, answer))
         if body is None:
             issuer = self.authority.issuer_for(policy.profile)
             issuers = self.authority.issuers_of(issuer.role)
             chain = [*(c for ca in issuers for c in self.authority.chain(ca.name)), self.authority.root]
-            body = self._cacerts[policy.label] = b64_lines(certs_only(chain))
-        return web.Response(body=body, headers={"Content-Type": PKCS7, "Content-Transfer-Encoding": "base64"})
+            encoded = c509.encode_chain(chain) if answer != PKCS7 else b64_lines(certs_only(chain))
+            body = self._cacerts[(policy.label, answer)] = encoded
+        headers = {"Content-Type": answer, "Vary": "Accept"}
+        if answer == PKCS7:
+            headers["Content-Transfer-Encoding"] = "base64"
+        return web.Response(body=body, headers=headers)
 
     async def csrattrs(self, request: web.Request) -> web.Response:
         self._policy(request)
@@ -213,7 +226,8 @@ class EstServer:
             peer=None if from_trusted_proxy(request) else peer,
             region=request.headers.get(REGION_HEADER, "")[:64] or None,
         )
-        return self._answer(await self.service.enroll(enrollment), operation)
+        answer = choose(request.headers.get("Accept"), ENROLL_FORMATS)
+        return self._answer(await self.service.enroll(enrollment), operation, answer)
 
     @staticmethod
     def _credential(request: web.Request) -> Credential | None:
@@ -244,8 +258,9 @@ class EstServer:
         return decode_body(body)
 
     @staticmethod
-    def _answer(result: EnrollResult, operation: Operation) -> web.Response:
-        headers = {POLICY_HEADER: result.policy.policy.value}
+    def _answer(result: EnrollResult, operation: Operation, answer: str = CERTS_ONLY) -> web.Response:
+        """`answer`: the media type of the issued certificate (not for serverkeygen's multipart)."""
+        headers = {POLICY_HEADER: result.policy.policy.value, "Vary": "Accept"}
         if result.issued is None:
             headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
             return web.Response(
@@ -259,6 +274,15 @@ class EstServer:
         for key, header in ASSIGNMENT_HEADERS.items():
             if result.assignment and result.assignment.get(key):
                 headers[header] = str(result.assignment[key])
+        if operation is not Operation.SERVERKEYGEN and answer != CERTS_ONLY:
+            issued = result.issued.certificate
+            headers["Content-Type"] = answer
+            body = (
+                c509.encode_certificate(issued)
+                if answer == c509.MEDIA_TYPE_CERT
+                else c509.encode_chain([issued])
+            )
+            return web.Response(body=body, headers=headers)
         certs = b64_lines(certs_only([result.issued.certificate]))
         if operation is not Operation.SERVERKEYGEN or result.private_key is None:
             headers.update({"Content-Type": CERTS_ONLY, "Content-Transfer-Encoding": "base64"})

@@ -39,6 +39,8 @@ _STATUS_BY_CODE = {
     "unknown-label": 404,
     "not-found": 404,
     "content-type": 415,
+    # An answer asked for in C509 that C509 cannot carry exactly (Accept could not be honoured).
+    "c509-unsupported": 406,
     "version-required": 428,
 }
 ERROR_HEADER = "Devid-Error"
