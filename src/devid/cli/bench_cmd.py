@@ -236,3 +236,12 @@ def ui(
     from devid.bench import ui as bench
 
     report(bench.run(devices), as_json)
+
+
+@app.command("c509")
+def c509(as_json: JsonOpt = False) -> None:
+    """C509 bytes beside DER bytes for every profile devid issues (and the cacerts chain), and the
+    codec's decode rate beside cryptography's DER load."""
+    from devid.bench import c509 as bench
+
+    report(bench.run(), as_json)

@@ -24,6 +24,7 @@ from devid.cli.common import (
     store,
 )
 from devid.errors import NotFoundError, PolicyError
+from devid.pki import c509
 from devid.pki.der import hardware_module_names
 from devid.pki.profiles import ProfileName
 from devid.pki.serials import parse_serial, serial_hex
@@ -81,6 +82,9 @@ def show(
     serial: str,
     home: HomeOpt = None,
     pem: Annotated[bool, typer.Option("--pem")] = False,
+    show_c509: Annotated[
+        bool, typer.Option("--c509", help="also its C509 encoding (hex, diagnostic) and size beside DER")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """One certificate by serial (hex)."""
@@ -108,7 +112,21 @@ def show(
                 f"{h.hw_type}:{h.hw_serial.decode(errors='replace')}" for h in hardware_module_names(cert)
             ],
         }
+        if show_c509:
+            info.update(c509_sizes(row.der))
         print_one(info, as_json)
+
+
+def c509_sizes(der: bytes) -> dict[str, object]:
+    """The C509 (type 3) encoding of a certificate and its size beside the DER's."""
+    encoded = c509.encode_certificate(der)
+    return {
+        "der_bytes": len(der),
+        "c509_bytes": len(encoded),
+        "c509_ratio": round(len(encoded) / len(der), 3),
+        "c509": encoded.hex(),
+        "c509_diagnostic": c509.diagnostic(encoded),
+    }
 
 
 @app.command("list")

@@ -7,6 +7,7 @@ second thing that is signed. Pure: no I/O.
 API:
 - `encode_certificate(cert)` -> C509Certificate bytes (`application/cose-c509-cert+cbor`).
 - `decode_certificate(data)` -> the DER bytes; `load_certificate(data)` -> `x509.Certificate`.
+- `diagnostic(data)` -> the C509Certificate in CBOR diagnostic notation.
 - `encode_chain(certs)` / `decode_chain(data)`: COSE_C509 (`application/cose-c509+cbor`,
   with `; usage=chain` for an ordered chain): one C509CertData (a byte string wrapping one
   C509Certificate) or an array of two or more.
@@ -24,6 +25,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from devid.errors import C509Malformed
 from devid.pki.c509 import cert as _cert
+from devid.pki.c509.diag import diagnostic as diagnostic
 
 #: Media type of one C509Certificate.
 MEDIA_TYPE_CERT = "application/cose-c509-cert+cbor"
