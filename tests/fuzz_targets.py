@@ -41,6 +41,7 @@ from devid.clock import SystemClock
 from devid.errors import DevidError
 from devid.est.server import decode_body
 from devid.gateway.formats import AllowlistFormat, FilterFormat
+from devid.pki import c509
 from devid.pki.csr import load_and_check_csr
 from devid.registry import manufacturers
 from devid.registry.onboarding import Registry
@@ -390,6 +391,32 @@ def manufacturer_chain_target(authority: Authority) -> Target:
     return Target("manufacturer_chain", run, seeds)
 
 
+def c509_target() -> Target:
+    """C509 both ways: any bytes decode to DER or a C509 error; any bytes encode to C509 or a C509
+    error; and DER that decoded re-encodes to C509 that decodes to the same DER (or is refused)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    issued = [
+        _issue(_name("C509", sn), _name("Fuzz CA"), key.public_key(), key, ca=False)
+        for sn in ("SN-1", "0a1b")
+    ]
+    vectors = Path(__file__).parent / "vectors" / "c509"
+    ders = [
+        *(c.public_bytes(serialization.Encoding.DER) for c in issued),
+        *(bytes.fromhex("".join(f.read_text().split())) for f in sorted(vectors.glob("*.der.hex"))),
+    ]
+
+    def run(data: bytes) -> None:
+        refused_cleanly(lambda: c509.encode_certificate(data))
+        try:
+            der = c509.decode_certificate(data)
+        except DevidError:
+            return
+        with suppress(DevidError):
+            assert c509.decode_certificate(c509.encode_certificate(der)) == der
+
+    return Target("c509", run, (*(c509.encode_certificate(d) for d in ders), *ders))
+
+
 #: Targets that need no store, by name (each builds its own keys and certificates).
 PURE: dict[str, Callable[[], Target]] = {
     "csr": csr_target,
@@ -397,6 +424,7 @@ PURE: dict[str, Callable[[], Target]] = {
     "ocsp": ocsp_target,
     "filter": filter_target,
     "allowlist": allowlist_target,
+    "c509": c509_target,
 }
 #: Targets that run against a real authority on a fresh embedded store.
 WITH_AUTHORITY: dict[str, Callable[[Authority], Target]] = {

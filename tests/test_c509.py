@@ -243,6 +243,15 @@ def test_unregistered_extensions_and_string_types_use_the_generic_form() -> None
     assert items[2] == 1 and items[7] == 2  # ecdsa-with-SHA384, P-384 key
 
 
+def test_unregistered_key_algorithm_uses_the_generic_form() -> None:
+    """A secp256k1 key (no C509 integer): [~oid, parameters], the point kept as it is (found by
+    the fuzzer: the encoder once looked the list up in a set)."""
+    k1 = ec.generate_private_key(ec.SECP256K1())
+    items = cbor2.loads(assert_round_trip(build(cn("k1"), key=k1)))
+    assert items[7] == [bytes.fromhex("2a8648ce3d0201"), bytes.fromhex("06052b8104000a")]
+    assert items[8][:1] == b"\x04"
+
+
 def test_names_use_special_text() -> None:
     subject = x509.Name(
         [

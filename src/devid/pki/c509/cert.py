@@ -75,7 +75,10 @@ def _items(der: bytes) -> list[object]:
         raise C509Unsupported("extensions", "issuerUniqueID / subjectUniqueID are not supported")
     if outer_alg.raw != alg.raw:
         raise C509Unsupported("signatureAlgorithm", "differs from the signature field")
-    not_before, not_after = asn1.children(asn1.expect(validity, asn1.SEQUENCE, "validity"), "validity")
+    times = asn1.children(asn1.expect(validity, asn1.SEQUENCE, "validity"), "validity")
+    if len(times) != 2:
+        raise C509Unsupported("validity", "not SEQUENCE { notBefore, notAfter }")
+    not_before, not_after = times
     sig_alg = _encode_algorithm(alg, _SIG_BY_DER)
     key_alg, key = _encode_key(spki)
     return [
@@ -155,7 +158,7 @@ def _encode_key(spki: asn1.Tlv) -> tuple[object, object]:
         raise C509Unsupported("subjectPublicKeyInfo", "not SEQUENCE { algorithm, subjectPublicKey }")
     alg = _encode_algorithm(fields[0], _KEY_BY_DER)
     key = asn1.bit_string(fields[1], "subjectPublicKey")
-    if alg in EC_KEYS and key[:1] == b"\x04" and len(key) % 2:
+    if isinstance(alg, int) and alg in EC_KEYS and key[:1] == b"\x04" and len(key) % 2:
         size = len(key) // 2
         return alg, bytes([_ODD if key[-1] & 1 else _EVEN]) + key[1 : 1 + size]
     if alg == RSA_KEY:
