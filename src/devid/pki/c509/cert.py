@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import cbor2
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from devid.errors import C509Error, C509Malformed, C509Unsupported
 from devid.pki.c509 import asn1, values
@@ -193,8 +194,6 @@ def _decode_key(alg: object, item: object) -> bytes:
             point = ec.EllipticCurvePublicKey.from_encoded_point(_CURVES[alg], compressed)
         except ValueError:
             raise C509Malformed(part, "not a point on the curve") from None
-        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
         return point.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
     return key
 

@@ -166,7 +166,7 @@ def _dec_basic_constraints(item: object) -> bytes:
         return asn1.tlv(asn1.SEQUENCE, _CRITICAL)
     if value < 0:
         raise C509Malformed(PART, f"basicConstraints {value}")
-    length = asn1.tlv(asn1.INTEGER, asn1.integer_body(value.to_bytes(8, "big")))
+    length = asn1.tlv(asn1.INTEGER, asn1.integer_body(value.to_bytes((value.bit_length() + 7) // 8, "big")))
     return asn1.tlv(asn1.SEQUENCE, _CRITICAL + length)
 
 

@@ -19,7 +19,6 @@ MAC_TAG = 48
 _BY_OID = {values.oid_body(dotted): code for code, dotted in ATTRIBUTES.items()}
 _HEX = re.compile(r"(?:[0-9a-f]{2})+")
 _EUI64 = re.compile(r"[0-9A-F]{2}(?:-[0-9A-F]{2}){7}")
-_STRING_TAG = {1: asn1.UTF8_STRING, -1: asn1.PRINTABLE_STRING}
 
 SpecialText = str | bytes | CBORTag
 CborName = list[object] | SpecialText
@@ -97,7 +96,10 @@ def decode_name(item: object, part: str) -> bytes:
             dotted = ATTRIBUTES.get(abs(code))
             if dotted is None or (code < 0 and abs(code) in IA5_ATTRIBUTES):
                 raise C509Malformed(part, f"unknown RDN attribute {code}")
-            tag = asn1.IA5_STRING if abs(code) in IA5_ATTRIBUTES else _STRING_TAG[1 if code >= 0 else -1]
+            if abs(code) in IA5_ATTRIBUTES:
+                tag = asn1.IA5_STRING
+            else:
+                tag = asn1.UTF8_STRING if code > 0 else asn1.PRINTABLE_STRING
             body = from_special_text(value, part).encode("utf-8")
             atv = asn1.tlv(asn1.OID, values.oid_body(dotted)) + asn1.tlv(tag, body)
         rdns.append(asn1.tlv(asn1.SET, asn1.tlv(asn1.SEQUENCE, atv)))
