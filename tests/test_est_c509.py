@@ -9,6 +9,7 @@ from pathlib import Path
 
 import cbor2
 import pytest
+from conftest import PASSPHRASE
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -24,8 +25,10 @@ from est_helpers import (
     run,
     save_identity,
 )
+from test_serve import start_serve
 
 from devid.authority.core import Authority
+from devid.authority.setup import init_home, open_authority
 from devid.est.accept import choose
 from devid.est.server import CACERTS_FORMATS, ENROLL_FORMATS
 from devid.pki.c509 import (
@@ -160,3 +163,37 @@ def test_without_a_c509_accept_the_answers_stay_pkcs7(
 )
 def test_accept_negotiation(accept: str | None, offers: tuple[str, ...], chosen: str) -> None:
     assert choose(accept, offers) == chosen
+
+
+def test_devid_serve_answers_c509_to_curl(tmp_path: Path) -> None:
+    """The same through `devid serve` itself (a separate process), with curl as the device."""
+    home = init_home(tmp_path / "H", org="Acme", passphrase=PASSPHRASE)
+    auth = open_authority(home, PASSPHRASE)
+    try:
+        dev = provision(auth, "SN-SERVE", tmp_path / "devices")
+        (tmp_path / "root.pem").write_bytes(auth.root.public_bytes(serialization.Encoding.PEM))
+        operational = auth.cas["operational"].certificate
+        root = auth.root
+    finally:
+        auth.close()
+    served = start_serve(home.path)
+    try:
+        (tmp_path / "csr.b64").write_bytes(csr_b64(ec.generate_private_key(ec.SECP256R1())))
+        cert_file, key_file = dev.idevid_files
+        body = run(
+            [
+                "curl", "-sS", "--fail-with-body", "--cert", cert_file, "--key", key_file,
+                "--cacert", tmp_path / "root.pem", "--data-binary", f"@{tmp_path / 'csr.b64'}",
+                "-H", "Content-Type: application/pkcs10", "-H", f"Accept: {MEDIA_TYPE_CERT}",
+                served.est("simpleenroll"),
+            ]
+        ).stdout  # fmt: skip
+        ldevid = load_certificate(body)
+        ldevid.verify_directly_issued_by(operational)
+        chain = run(
+            ["curl", "-sS", "--fail", "--cacert", tmp_path / "root.pem", "-H", f"Accept: {MEDIA_TYPE_CHAIN}",
+             served.est("cacerts")]
+        ).stdout  # fmt: skip
+        assert decode_chain(chain) == [operational.public_bytes(DER), root.public_bytes(DER)]
+    finally:
+        assert served.stop() == 0

@@ -33,7 +33,8 @@ MEDIA_TYPE_CERT = "application/cose-c509-cert+cbor"
 MEDIA_TYPE_COSE_C509 = "application/cose-c509+cbor"
 MEDIA_TYPE_CHAIN = "application/cose-c509+cbor; usage=chain"
 #: CoAP Content-Formats. The draft still says TBD21 / TBD3 / TBD15 (IANA has not assigned them),
-#: so devid uses numbers from the Experimental Use range (65000-65535, RFC 7252 12.3) until it does.
+#: so devid uses 65000 + the TBD number, in the Experimental Use range (65000-65535, RFC 7252
+#: 12.3), until IANA does: change them here, nowhere else.
 CONTENT_FORMAT_CERT = 65021
 CONTENT_FORMAT_COSE_C509 = 65003
 CONTENT_FORMAT_CHAIN = 65015
