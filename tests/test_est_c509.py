@@ -29,6 +29,7 @@ from test_serve import start_serve
 
 from devid.authority.core import Authority
 from devid.authority.setup import init_home, open_authority
+from devid.errors import C509Malformed, C509Unsupported
 from devid.est.accept import choose
 from devid.est.server import CACERTS_FORMATS, ENROLL_FORMATS
 from devid.pki.c509 import (
@@ -42,6 +43,7 @@ from devid.pki.c509 import (
 from devid.pki.encoding import fingerprint
 from devid.store import repo
 from devid.store.engine import reading
+from devid.web.errors import status_for
 
 DER = serialization.Encoding.DER
 
@@ -197,3 +199,9 @@ def test_devid_serve_answers_c509_to_curl(tmp_path: Path) -> None:
         assert decode_chain(chain) == [operational.public_bytes(DER), root.public_bytes(DER)]
     finally:
         assert served.stop() == 0
+
+
+def test_c509_errors_map_to_http() -> None:
+    """Asked for C509 that cannot carry the certificate: 406 Not Acceptable; bad C509 input: 400."""
+    assert status_for(C509Unsupported("extensions", "x")) == 406
+    assert status_for(C509Malformed("certificate", "x")) == 400

@@ -41,6 +41,7 @@ _STATUS_BY_CODE = {
     "content-type": 415,
     # An answer asked for in C509 that C509 cannot carry exactly (Accept could not be honoured).
     "c509-unsupported": 406,
+    "c509-malformed": 400,
     "version-required": 428,
 }
 ERROR_HEADER = "Devid-Error"
