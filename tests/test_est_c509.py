@@ -4,6 +4,7 @@ chain as COSE_C509; without a C509 Accept every answer stays PKCS#7 as before.""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from devid.authority.core import Authority
 from devid.authority.setup import init_home, open_authority
 from devid.errors import C509Malformed, C509Unsupported
 from devid.est.accept import choose
+from devid.est.client import Enrolled, EstClient, tls_context
 from devid.est.server import CACERTS_FORMATS, ENROLL_FORMATS
 from devid.pki.c509 import (
     MEDIA_TYPE_CERT,
@@ -205,3 +207,21 @@ def test_c509_errors_map_to_http() -> None:
     """Asked for C509 that cannot carry the certificate: 406 Not Acceptable; bad C509 input: 400."""
     assert status_for(C509Unsupported("extensions", "x")) == 406
     assert status_for(C509Malformed("certificate", "x")) == 400
+
+
+def test_est_client_asks_for_c509(server: EstServer, device: Device) -> None:
+    """devid's own EST client (the agent's) with `c509=True`: the same certificates, in C509."""
+    ctx = tls_context(server.root_pem.read_bytes(), [device.idevid], device.key)
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = x509.load_der_x509_csr(base64.b64decode(csr_b64(key)))
+
+    async def go() -> tuple[list[x509.Certificate], Enrolled]:
+        async with EstClient(server.url, ctx, c509=True) as client:
+            return await client.cacerts(), await client.simpleenroll(csr)
+
+    cacerts, enrolled = asyncio.run(go())
+    operational = server.authority.cas["operational"].certificate
+    assert cacerts == [operational, server.authority.root]  # ordered: usage=chain
+    assert enrolled.certificate.public_key() == key.public_key()
+    assert enrolled.chain == [operational]
+    recorded(server.authority, enrolled.certificate)

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 
 from devid.errors import DevidError, KeyAccessError
 from devid.keys.p11tls import ProviderKey
+from devid.pki import c509
 from devid.web.tls import MODERN_CIPHERS
 
 PKCS10 = "application/pkcs10"
@@ -105,6 +106,20 @@ def tls_context(
     return ctx
 
 
+def parse_answer(body: bytes, content_type: str) -> list[x509.Certificate]:
+    """The certificates of an answer, by its Content-Type: C509 (draft-ietf-cose-cbor-encoded-cert)
+    when the server honoured a C509 Accept, else PKCS#7 certs-only."""
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    try:
+        if media_type == c509.MEDIA_TYPE_CERT:
+            return [c509.load_certificate(body)]
+        if media_type == c509.MEDIA_TYPE_COSE_C509:
+            return [x509.load_der_x509_certificate(der) for der in c509.decode_chain(body)]
+    except ValueError as exc:
+        raise EstError(200, f"the server's C509 answer does not parse: {exc}") from None
+    return parse_certs_only(body)
+
+
 def parse_certs_only(body: bytes) -> list[x509.Certificate]:
     """A base64 (RFC 8951: line breaks or not) PKCS#7 certs-only body."""
     try:
@@ -125,7 +140,10 @@ class EstClient:
         basic: tuple[str, str] | None = None,
         timeout: float = 30.0,
         session: aiohttp.ClientSession | None = None,
+        c509: bool = False,
     ) -> None:
+        """`c509`: ask for certificates in C509 (half the bytes of PKCS#7 on a constrained link)."""
+        self.c509 = c509
         self.base = base_url.rstrip("/") + WELL_KNOWN + (f"/{label}" if label else "")
         self._ssl = ssl_context
         self._auth = aiohttp.BasicAuth(*basic) if basic else None
@@ -143,9 +161,13 @@ class EstClient:
             await self._session.close()
             self._session = None
 
-    async def _request(self, method: str, op: str, body: bytes | None = None) -> tuple[bytes, dict[str, str]]:
+    async def _request(
+        self, method: str, op: str, body: bytes | None = None, accept: str | None = None
+    ) -> tuple[bytes, dict[str, str]]:
         assert self._session is not None, "use `async with EstClient(...)`"
         headers = {"Content-Type": PKCS10, "Content-Transfer-Encoding": "base64"} if body is not None else {}
+        if accept and self.c509:
+            headers["Accept"] = accept
         try:
             async with self._session.request(
                 method, f"{self.base}/{op}", data=body, headers=headers, ssl=self._ssl, auth=self._auth
@@ -163,8 +185,8 @@ class EstClient:
             raise EstError(0, f"cannot reach the EST server at {self.base}: {exc}") from None
 
     async def cacerts(self) -> list[x509.Certificate]:
-        body, _ = await self._request("GET", "cacerts")
-        return parse_certs_only(body)
+        body, headers = await self._request("GET", "cacerts", accept=c509.MEDIA_TYPE_CHAIN)
+        return parse_answer(body, headers.get("Content-Type", ""))
 
     async def simpleenroll(self, csr: x509.CertificateSigningRequest) -> Enrolled:
         return await self._enroll("simpleenroll", csr)
@@ -174,8 +196,8 @@ class EstClient:
 
     async def _enroll(self, op: str, csr: x509.CertificateSigningRequest) -> Enrolled:
         body = base64.encodebytes(csr.public_bytes(serialization.Encoding.DER))
-        data, headers = await self._request("POST", op, body)
-        certs = parse_certs_only(data)
+        data, headers = await self._request("POST", op, body, accept=c509.MEDIA_TYPE_CERT)
+        certs = parse_answer(data, headers.get("Content-Type", ""))
         if not certs:
             raise EstError(200, "the server answered with no certificate")
         renew = headers.get("Devid-Renew-At")
