@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -60,6 +61,49 @@ def test_draft_vectors_encode_and_decode_exactly(name: str, der_size: int, c509_
     assert encode_certificate(der) == c509
     assert decode_certificate(c509) == der
     assert encode_certificate(x509.load_der_x509_certificate(der)) == c509
+
+
+_DIAG_TOKEN = re.compile(
+    r"\s*(?:(?P<open>\[)|(?P<close>\])|(?P<comma>,)|(?P<int>-?\d+)|(?P<text>\"[^\"]*\")"
+    r"|h'(?P<hex>[0-9A-Fa-f\s]*)'|(?P<null>null))"
+)
+
+
+def from_diagnostic(text: str) -> object:
+    """The few diagnostic-notation forms the draft's examples use (arrays, ints, text, h'', null)."""
+    stack: list[list[object]] = [[]]
+    pos = 0
+    while pos < len(text.rstrip()):
+        token = _DIAG_TOKEN.match(text, pos)
+        assert token, text[pos : pos + 40]
+        pos = token.end()
+        if token["open"]:
+            stack.append([])
+        elif token["close"]:
+            done = stack.pop()
+            stack[-1].append(done)
+        elif token["int"]:
+            stack[-1].append(int(token["int"]))
+        elif token["text"]:
+            stack[-1].append(token["text"][1:-1])
+        elif token["hex"] is not None:
+            stack[-1].append(bytes.fromhex("".join(token["hex"].split())))
+        elif token["null"]:
+            stack[-1].append(None)
+    [item] = stack[0]
+    return item
+
+
+def test_draft_cab_baseline_example_in_diagnostic_notation() -> None:
+    """Appendix A.3 (www.ietf.org, ECDSA): given as DER and as diagnostic notation, 836 bytes.
+    Exercises what devid's own profiles do not: several CRL distribution points, certificate
+    policies, two AIA methods, an EKU array, a SAN array, and an extension in the generic form."""
+    der = vector("cab-ecdsa.der.hex")
+    expected = from_diagnostic((VECTORS / "cab-ecdsa.c509.diag").read_text())
+    encoded = encode_certificate(der)
+    assert cbor2.loads(encoded) == expected
+    assert (len(der), len(encoded)) == (1209, 836)
+    assert decode_certificate(cbor2.dumps(expected)) == der
 
 
 def test_draft_7925_vector_verifies_with_the_issuer_key_of_the_draft() -> None:

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from devid.errors import C509Error, C509Malformed, C509Unsupported
+from devid.errors import C509Malformed, C509Unsupported
 from devid.pki.c509 import asn1, values
 from devid.pki.c509.names import decode_name, encode_name
 from devid.pki.c509.registry import (
+    CERTIFICATE_POLICIES,
+    CPS_QUALIFIER,
     EXTENDED_KEY_USAGES,
     EXTENSION_OIDS,
     INFORMATION_ACCESS,
     OTHER_NAMES,
+    POLICY_QUALIFIERS,
+    USER_NOTICE_QUALIFIER,
     Ext,
 )
 
@@ -24,6 +28,8 @@ PART = "extensions"
 _CRITICAL = asn1.tlv(asn1.BOOLEAN, b"\xff")
 _EXT_BY_OID = {values.oid_body(dotted): ext for ext, dotted in EXTENSION_OIDS.items()}
 _EKU_BY_OID = {values.oid_body(dotted): code for code, dotted in EXTENDED_KEY_USAGES.items()}
+_CP_BY_OID = {values.oid_body(dotted): code for code, dotted in CERTIFICATE_POLICIES.items()}
+_PQ_BY_OID = {values.oid_body(dotted): code for code, dotted in POLICY_QUALIFIERS.items()}
 _IA_BY_OID = {values.oid_body(dotted): code for code, dotted in INFORMATION_ACCESS.items()}
 _OTHER_BY_OID = {values.oid_body(dotted): code for code, dotted in OTHER_NAMES.items()}
 _OTHER_NAME, _DIRECTORY_NAME = 0, 4
@@ -273,6 +279,48 @@ def _dec_crl_points(item: object) -> bytes:
     return asn1.tlv(asn1.SEQUENCE, out)
 
 
+def _enc_policies(der: bytes) -> object:
+    out: list[object] = []
+    for info in _seq(der):
+        fields = asn1.children(asn1.expect(info, asn1.SEQUENCE, PART), PART)
+        if not 1 <= len(fields) <= 2:
+            raise C509Unsupported(PART, "a PolicyInformation that is not (id, [qualifiers])")
+        policy = asn1.expect(fields[0], asn1.OID, PART)
+        qualifiers: list[object] = []
+        for qualifier in (
+            asn1.children(asn1.expect(fields[1], asn1.SEQUENCE, PART), PART) if len(fields) == 2 else []
+        ):
+            ident, value = asn1.children(asn1.expect(qualifier, asn1.SEQUENCE, PART), PART)
+            code = _PQ_BY_OID.get(asn1.expect(ident, asn1.OID, PART))
+            if code == CPS_QUALIFIER and value.tag == asn1.IA5_STRING:
+                qualifiers += [code, value.value.decode("ascii")]
+            elif code == USER_NOTICE_QUALIFIER:
+                [text] = asn1.children(asn1.expect(value, asn1.SEQUENCE, PART), PART)
+                qualifiers += [code, asn1.expect(text, asn1.UTF8_STRING, PART).decode("utf-8")]
+            else:
+                raise C509Unsupported(PART, "a policy qualifier that is not a CPS URI or an explicitText")
+        out += [_CP_BY_OID.get(policy, policy), qualifiers]
+    return out
+
+
+def _dec_policies(item: object) -> bytes:
+    out = b""
+    for policy, qualifiers in values.pairs(values.array(item, PART), PART):
+        body = b""
+        for code, text in values.pairs(values.array(qualifiers, PART), PART):
+            value = values.text(text, PART)
+            if code == CPS_QUALIFIER:
+                qualifier = asn1.tlv(asn1.IA5_STRING, value.encode("ascii"))
+            elif code == USER_NOTICE_QUALIFIER:
+                qualifier = asn1.tlv(asn1.SEQUENCE, asn1.tlv(asn1.UTF8_STRING, value.encode("utf-8")))
+            else:
+                raise C509Unsupported(PART, f"policy qualifier {code!r} is not known to this decoder")
+            body += asn1.tlv(asn1.SEQUENCE, _oid_of(code, POLICY_QUALIFIERS, PART) + qualifier)
+        qualifiers_der = asn1.tlv(asn1.SEQUENCE, body) if body else b""
+        out += asn1.tlv(asn1.SEQUENCE, _oid_of(policy, CERTIFICATE_POLICIES, PART) + qualifiers_der)
+    return asn1.tlv(asn1.SEQUENCE, out)
+
+
 def _enc_no_check(der: bytes) -> object:
     if der != b"\x05\x00":
         raise C509Unsupported(PART, "ocspNoCheck that is not NULL")
@@ -292,6 +340,7 @@ _CODECS: dict[Ext, tuple[Callable[[bytes], object], Callable[[object], bytes]]] 
     Ext.ISSUER_ALT_NAME: (_enc_alt_name, _dec_alt_name),
     Ext.BASIC_CONSTRAINTS: (_enc_basic_constraints, _dec_basic_constraints),
     Ext.CRL_DISTRIBUTION_POINTS: (_enc_crl_points, _dec_crl_points),
+    Ext.CERTIFICATE_POLICIES: (_enc_policies, _dec_policies),
     Ext.AUTHORITY_KEY_ID: (_enc_authority_key_id, _dec_authority_key_id),
     Ext.EXT_KEY_USAGE: (_enc_ext_key_usage, _dec_ext_key_usage),
     Ext.AUTHORITY_INFO_ACCESS: (_enc_info_access, _dec_info_access),
@@ -335,7 +384,7 @@ def _encode_one(fields: list[asn1.Tlv]) -> list[object]:
             coded = encode(value)
             if decode(coded) == value:
                 return [-int(ext) if critical else int(ext), coded]
-        except (C509Error, UnicodeError):
+        except ValueError:  # C509Error, UnicodeError, a structure of the wrong shape: generic form
             pass
     return [oid, [value] if critical else value]
 

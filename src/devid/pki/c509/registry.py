@@ -82,6 +82,7 @@ class Ext(int, Enum):
     SUBJECT_ALT_NAME = 3
     BASIC_CONSTRAINTS = 4
     CRL_DISTRIBUTION_POINTS = 5
+    CERTIFICATE_POLICIES = 6
     AUTHORITY_KEY_ID = 7
     EXT_KEY_USAGE = 8
     AUTHORITY_INFO_ACCESS = 9
@@ -95,6 +96,7 @@ EXTENSION_OIDS: dict[Ext, str] = {
     Ext.SUBJECT_ALT_NAME: "2.5.29.17",
     Ext.BASIC_CONSTRAINTS: "2.5.29.19",
     Ext.CRL_DISTRIBUTION_POINTS: "2.5.29.31",
+    Ext.CERTIFICATE_POLICIES: "2.5.29.32",
     Ext.AUTHORITY_KEY_ID: "2.5.29.35",
     Ext.EXT_KEY_USAGE: "2.5.29.37",
     Ext.AUTHORITY_INFO_ACCESS: "1.3.6.1.5.5.7.1.1",
@@ -120,6 +122,37 @@ EXTENDED_KEY_USAGES: dict[int, str] = {
     17: "1.3.6.1.5.5.7.3.29",
     18: "1.3.6.1.5.5.7.3.32",
     20: "1.3.6.1.4.1.45605.1",
+}
+
+CERTIFICATE_POLICIES: dict[int, str] = {
+    0: "2.5.29.32.0",
+    1: "2.23.140.1.2.1",
+    2: "2.23.140.1.2.2",
+    3: "2.23.140.1.2.3",
+    4: "2.23.140.1.1",
+    7: "1.3.6.1.5.5.7.14.2",
+    8: "1.3.6.1.5.5.7.14.3",
+    24: "2.23.146.1.2.1.0",
+    25: "2.23.146.1.2.1.1",
+    26: "2.23.146.1.2.1.0.0.0.0.0",
+    27: "2.23.146.1.2.1.2",
+    28: "2.23.146.1.2.1.0.0.0",
+    29: "2.23.146.1.2.1.3",
+    30: "2.23.146.1.2.1.0.0.1.0",
+    31: "2.23.146.1.2.1.4",
+    32: "2.23.146.1.2.1.0.0.1.1",
+    33: "2.23.146.1.2.1.5",
+    34: "2.23.146.1.2.1.0.0.1.2",
+    35: "2.23.146.1.2.1.6",
+    36: "2.23.146.1.2.1.0.0.2.0",
+    37: "2.23.146.1.2.1.7",
+    38: "2.23.146.1.2.1.0.0.2.1",
+}
+#: Policy qualifiers: CPS pointer (IA5String URI) and user notice (explicitText as UTF8String).
+CPS_QUALIFIER, USER_NOTICE_QUALIFIER = 1, 2
+POLICY_QUALIFIERS: dict[int, str] = {
+    CPS_QUALIFIER: "1.3.6.1.5.5.7.2.1",
+    USER_NOTICE_QUALIFIER: "1.3.6.1.5.5.7.2.2",
 }
 
 INFORMATION_ACCESS: dict[int, str] = {
