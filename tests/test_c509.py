@@ -269,8 +269,10 @@ def assert_round_trip(cert: x509.Certificate) -> bytes:
 
 
 def test_unregistered_extensions_and_string_types_use_the_generic_form() -> None:
-    policies = x509.CertificatePolicies([x509.PolicyInformation(x509.ObjectIdentifier("1.2.3.4"), None)])
     odd = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"), b"\x04\x02hi")
+    # A registered extension whose value the specific encoding cannot carry: a notice reference.
+    notice = x509.UserNotice(x509.NoticeReference("Org", [1]), "text")
+    policies = x509.CertificatePolicies([x509.PolicyInformation(x509.ObjectIdentifier("1.2.3.4"), [notice])])
     subject = x509.Name(
         [
             x509.NameAttribute(NameOID.COMMON_NAME, "bmp", x509.name._ASN1Type.BMPString),
@@ -279,12 +281,22 @@ def test_unregistered_extensions_and_string_types_use_the_generic_form() -> None
             x509.NameAttribute(NameOID.DOMAIN_COMPONENT, "example"),
         ]
     )
-    cert = build(subject, extensions=((policies, True), (odd, False)), key=P384, algorithm=hashes.SHA384())
+    cert = build(subject, extensions=((odd, True), (policies, False)), key=P384, algorithm=hashes.SHA384())
     items = cbor2.loads(assert_round_trip(cert))
     exts = items[9]
-    assert exts[0] == bytes.fromhex("551d20") and exts[1] == [policies.public_bytes()]  # critical: [bytes]
-    assert isinstance(exts[2], bytes) and isinstance(exts[3], bytes)
+    assert exts[:2] == [bytes.fromhex("2b06010401868d1f01"), [b"\x04\x02hi"]]  # critical: [bytes]
+    assert exts[2:] == [bytes.fromhex("551d20"), policies.public_bytes()]
+    assert items[6][:2] == [bytes.fromhex("550403"), bytes.fromhex("1e060062006d0070")]  # BMPString
+    assert items[6][4:] == [0, "ops@example.net", 22, "example"]  # IA5String attributes: unsigned
     assert items[2] == 1 and items[7] == 2  # ecdsa-with-SHA384, P-384 key
+
+
+def test_certificate_policies_use_the_specific_form() -> None:
+    cps = x509.PolicyInformation(x509.ObjectIdentifier("2.23.140.1.2.1"), ["https://cps.example"])
+    notice = x509.PolicyInformation(x509.ObjectIdentifier("1.2.3.4"), [x509.UserNotice(None, "hi")])
+    cert = build(cn("p"), extensions=((x509.CertificatePolicies([cps, notice]), True),))
+    items = cbor2.loads(assert_round_trip(cert))
+    assert items[9] == [-6, [1, [1, "https://cps.example"], bytes.fromhex("2a0304"), [2, "hi"]]]
 
 
 def test_unregistered_key_algorithm_uses_the_generic_form() -> None:
