@@ -94,15 +94,19 @@ def from_diagnostic(text: str) -> object:
     return item
 
 
-def test_draft_cab_baseline_example_in_diagnostic_notation() -> None:
-    """Appendix A.3 (www.ietf.org, ECDSA): given as DER and as diagnostic notation, 836 bytes.
-    Exercises what devid's own profiles do not: several CRL distribution points, certificate
-    policies, two AIA methods, an EKU array, a SAN array, and an extension in the generic form."""
-    der = vector("cab-ecdsa.der.hex")
-    expected = from_diagnostic((VECTORS / "cab-ecdsa.c509.diag").read_text())
+@pytest.mark.parametrize(
+    ("name", "der_size", "c509_size"), [("cab-ecdsa", 1209, 836), ("cab-rsa", 1647, 1296)]
+)
+def test_draft_cab_baseline_examples_in_diagnostic_notation(name: str, der_size: int, c509_size: int) -> None:
+    """Appendix A.3/A.4 (www.ietf.org with ECDSA, tools.ietf.org with RSA): DER and diagnostic
+    notation. They exercise what devid's own profiles do not: an RSA key and signature, several CRL
+    distribution points, certificate policies, two AIA methods, EKU and SAN arrays, a printable
+    OU, and an extension in the generic form."""
+    der = vector(f"{name}.der.hex")
+    expected = from_diagnostic((VECTORS / f"{name}.c509.diag").read_text())
     encoded = encode_certificate(der)
     assert cbor2.loads(encoded) == expected
-    assert (len(der), len(encoded)) == (1209, 836)
+    assert (len(der), len(encoded)) == (der_size, c509_size)
     assert decode_certificate(cbor2.dumps(expected)) == der
 
 
