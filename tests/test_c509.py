@@ -312,6 +312,33 @@ def test_unregistered_key_algorithm_uses_the_generic_form() -> None:
     assert items[8][:1] == b"\x04"
 
 
+def test_more_registered_extensions_use_their_specific_form() -> None:
+    uri = x509.UniformResourceIdentifier
+    fresh = x509.FreshestCRL(
+        [x509.DistributionPoint([uri("http://a/d.crl"), uri("http://b/d.crl")], None, None, None)]
+    )
+    sia = x509.SubjectInformationAccess(
+        [x509.AccessDescription(x509.ObjectIdentifier("1.3.6.1.5.5.7.48.5"), uri("rsync://r/"))]
+    )
+    extensions = (
+        (fresh, False),
+        (x509.InhibitAnyPolicy(3), True),
+        (sia, False),
+        (x509.BasicConstraints(True, 300), True),
+    )
+    items = cbor2.loads(assert_round_trip(build(cn("x"), extensions=extensions)))
+    assert items[9] == [
+        29,
+        [[["http://a/d.crl", "http://b/d.crl"], None, None]],
+        -30,
+        3,
+        31,
+        [5, "rsync://r/"],
+        -4,
+        300,
+    ]
+
+
 def test_names_use_special_text() -> None:
     subject = x509.Name(
         [

@@ -137,6 +137,16 @@ def _decode_other_name(code: int, value: object) -> bytes:
 # --- one function pair per registered extension ------------------------------------------------
 
 
+def _enc_uint(der: bytes) -> object:
+    item, _ = asn1.read(der, 0, PART)
+    return int.from_bytes(asn1.unsigned(asn1.expect(item, asn1.INTEGER, PART), PART), "big")
+
+
+def _dec_uint(item: object) -> bytes:
+    value = values.uint(item, PART)
+    return asn1.tlv(asn1.INTEGER, asn1.integer_body(value.to_bytes((value.bit_length() + 7) // 8, "big")))
+
+
 def _enc_key_usage(der: bytes) -> object:
     item, _ = asn1.read(der, 0, PART)
     body = asn1.expect(item, asn1.BIT_STRING, PART)
@@ -161,7 +171,7 @@ def _enc_basic_constraints(der: bytes) -> object:
         raise C509Unsupported(PART, "basicConstraints")
     if len(fields) == 1:
         return -1
-    return int.from_bytes(asn1.unsigned(asn1.expect(fields[1], asn1.INTEGER, PART), PART), "big")
+    return _enc_uint(fields[1].raw)
 
 
 def _dec_basic_constraints(item: object) -> bytes:
@@ -172,8 +182,7 @@ def _dec_basic_constraints(item: object) -> bytes:
         return asn1.tlv(asn1.SEQUENCE, _CRITICAL)
     if value < 0:
         raise C509Malformed(PART, f"basicConstraints {value}")
-    length = asn1.tlv(asn1.INTEGER, asn1.integer_body(value.to_bytes((value.bit_length() + 7) // 8, "big")))
-    return asn1.tlv(asn1.SEQUENCE, _CRITICAL + length)
+    return asn1.tlv(asn1.SEQUENCE, _CRITICAL + _dec_uint(value))
 
 
 def _enc_key_id(der: bytes) -> object:
@@ -338,6 +347,9 @@ _CODECS: dict[Ext, tuple[Callable[[bytes], object], Callable[[object], bytes]]] 
     Ext.KEY_USAGE: (_enc_key_usage, _dec_key_usage),
     Ext.SUBJECT_ALT_NAME: (_enc_alt_name, _dec_alt_name),
     Ext.ISSUER_ALT_NAME: (_enc_alt_name, _dec_alt_name),
+    Ext.FRESHEST_CRL: (_enc_crl_points, _dec_crl_points),
+    Ext.INHIBIT_ANY_POLICY: (_enc_uint, _dec_uint),
+    Ext.SUBJECT_INFO_ACCESS: (_enc_info_access, _dec_info_access),
     Ext.BASIC_CONSTRAINTS: (_enc_basic_constraints, _dec_basic_constraints),
     Ext.CRL_DISTRIBUTION_POINTS: (_enc_crl_points, _dec_crl_points),
     Ext.CERTIFICATE_POLICIES: (_enc_policies, _dec_policies),
