@@ -539,3 +539,47 @@ def test_bench_c509_reports_every_profile() -> None:
             assert 0.3 < float(str(figure["ratio"])) < 0.6, figure
     assert float(str(figures["c509.ldevid.no_status_urls"]["ratio"])) <= 0.55
     assert "c509.cacerts_chain" in figures and "c509.decode_rate" in figures
+
+
+# --- structured fuzzing: any node of a real C509 replaced by anything ------------------------------
+
+_LEAVES = st.one_of(
+    st.integers(-(2**70), 2**70),
+    st.text(max_size=6),
+    st.binary(max_size=8),
+    st.none(),
+    st.booleans(),
+    st.floats(allow_nan=False),
+    st.builds(cbor2.CBORTag, st.sampled_from([2, 3, 48, 111, 55799]), st.binary(max_size=8)),
+)
+_VALUES = st.recursive(_LEAVES, lambda inner: st.lists(inner, max_size=4), max_leaves=10)
+_TREES = [cbor2.loads(vector(f"{n}.c509.hex")) for n in ("rfc7925", "ieee8021ar")] + [
+    from_diagnostic((VECTORS / f"{n}.c509.diag").read_text()) for n in ("cab-ecdsa", "cab-rsa")
+]
+
+
+def node_paths(item: object, prefix: tuple[int, ...] = ()) -> list[tuple[int, ...]]:
+    out = [prefix]
+    if isinstance(item, list):
+        for i, child in enumerate(item):
+            out += node_paths(child, (*prefix, i))
+    return out
+
+
+def replaced(item: object, path: tuple[int, ...], new: object) -> object:
+    if not path:
+        return new
+    assert isinstance(item, list)
+    return [replaced(child, path[1:], new) if i == path[0] else child for i, child in enumerate(item)]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_any_node_replaced_is_a_certificate_or_a_typed_error(data: st.DataObject) -> None:
+    tree = data.draw(st.sampled_from(_TREES))
+    path = data.draw(st.sampled_from(node_paths(tree)[1:]))
+    mutated = cbor2.dumps(replaced(tree, path, data.draw(_VALUES)))
+    with contextlib.suppress(C509Error):
+        decode_certificate(mutated)
+    with contextlib.suppress(C509Error):
+        load_certificate(mutated)

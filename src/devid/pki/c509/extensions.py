@@ -100,7 +100,7 @@ def decode_general_names(item: object) -> bytes:
     for kind, value in values.pairs(values.array(item, PART), PART):
         code = values.integer(kind, PART)
         if code in _TEXT_NAMES:
-            out.append(asn1.tlv(_TEXT_NAMES[code], values.text(value, PART).encode("ascii", "strict")))
+            out.append(asn1.tlv(_TEXT_NAMES[code], values.ia5(value, PART)))
         elif code in _BYTES_NAMES:
             out.append(asn1.tlv(_BYTES_NAMES[code], values.octets(value, PART)))
         elif code == _DIRECTORY_NAME:
@@ -251,7 +251,7 @@ def _enc_info_access(der: bytes) -> object:
 def _dec_info_access(item: object) -> bytes:
     out = b""
     for method, uri in values.pairs(values.array(item, PART), PART):
-        location = asn1.tlv(0x86, values.text(uri, PART).encode("ascii"))
+        location = asn1.tlv(0x86, values.ia5(uri, PART))
         out += asn1.tlv(asn1.SEQUENCE, _oid_of(method, INFORMATION_ACCESS, PART) + location)
     return asn1.tlv(asn1.SEQUENCE, out)
 
@@ -283,7 +283,7 @@ def _dec_crl_points(item: object) -> bytes:
         if len(fields) != 3 or fields[1] is not None or fields[2] is not None:
             raise C509Unsupported(PART, "CRL distribution points with reasons or cRLIssuer")
         uris = fields[0] if isinstance(fields[0], list) else [fields[0]]
-        full = b"".join(asn1.tlv(0x86, values.text(u, PART).encode("ascii")) for u in uris)
+        full = b"".join(asn1.tlv(0x86, values.ia5(u, PART)) for u in uris)
         out += asn1.tlv(asn1.SEQUENCE, asn1.tlv(0xA0, asn1.tlv(0xA0, full)))
     return asn1.tlv(asn1.SEQUENCE, out)
 
@@ -317,11 +317,11 @@ def _dec_policies(item: object) -> bytes:
     for policy, qualifiers in values.pairs(values.array(item, PART), PART):
         body = b""
         for code, text in values.pairs(values.array(qualifiers, PART), PART):
-            value = values.text(text, PART)
             if code == CPS_QUALIFIER:
-                qualifier = asn1.tlv(asn1.IA5_STRING, value.encode("ascii"))
+                qualifier = asn1.tlv(asn1.IA5_STRING, values.ia5(text, PART))
             elif code == USER_NOTICE_QUALIFIER:
-                qualifier = asn1.tlv(asn1.SEQUENCE, asn1.tlv(asn1.UTF8_STRING, value.encode("utf-8")))
+                explicit = values.text(text, PART).encode("utf-8")
+                qualifier = asn1.tlv(asn1.SEQUENCE, asn1.tlv(asn1.UTF8_STRING, explicit))
             else:
                 raise C509Unsupported(PART, f"policy qualifier {code!r} is not known to this decoder")
             body += asn1.tlv(asn1.SEQUENCE, _oid_of(code, POLICY_QUALIFIERS, PART) + qualifier)

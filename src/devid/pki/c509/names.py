@@ -96,11 +96,12 @@ def decode_name(item: object, part: str) -> bytes:
             dotted = ATTRIBUTES.get(abs(code))
             if dotted is None or (code < 0 and abs(code) in IA5_ATTRIBUTES):
                 raise C509Malformed(part, f"unknown RDN attribute {code}")
+            text = from_special_text(value, part)
             if abs(code) in IA5_ATTRIBUTES:
-                tag = asn1.IA5_STRING
+                tag, body = asn1.IA5_STRING, values.ia5(text, part)
             else:
                 tag = asn1.UTF8_STRING if code > 0 else asn1.PRINTABLE_STRING
-            body = from_special_text(value, part).encode("utf-8")
+                body = text.encode("utf-8")
             atv = asn1.tlv(asn1.OID, values.oid_body(dotted)) + asn1.tlv(tag, body)
         rdns.append(asn1.tlv(asn1.SET, asn1.tlv(asn1.SEQUENCE, atv)))
     return asn1.tlv(asn1.SEQUENCE, b"".join(rdns))

@@ -32,6 +32,14 @@ def text(item: object, part: str) -> str:
     return item
 
 
+def ia5(item: object, part: str) -> bytes:
+    """The octets of an IA5String carried as CBOR text (URIs, DNS names, e-mail addresses)."""
+    value = text(item, part)
+    if not value.isascii():
+        raise C509Malformed(part, "an IA5String value with non-ASCII characters")
+    return value.encode("ascii")
+
+
 def array(item: object, part: str, *, even: bool = False) -> list[object]:
     if not isinstance(item, list):
         raise C509Malformed(part, f"expected an array, found {type(item).__name__}")
