@@ -1,0 +1,227 @@
+"""Matter attestation through devid's commands: `devid matter verify` on the reference vectors
+(every broken one refused with its rule's code, PEM and DER), and a factory line issuing DACs from
+secure-element keys through the authority, each DAC recorded in the store and verified by devid's
+own verifier and by `openssl verify`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from e2e import PASSPHRASE, count, devid, devid_many, flat, ok, openssl, openssl_verify, query, split_pem
+from test_matter_vectors import DUT, EXPECTED, NOW, PAA_FILES, VECTORS
+
+from devid.authority.setup import init_home
+from devid.cli import main
+from devid.keys.software import SoftwareSecureElement
+from devid.pki.matter import Certificate, load_certificate, verify_attestation
+
+pytestmark = pytest.mark.skipif(not VECTORS.is_dir(), reason=f"no Matter test vectors at {VECTORS}")
+
+
+def cli(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str | Path
+) -> tuple[int, str, str]:
+    """`devid ARGS` in this process (the console script's own entry point): exit status, stdout, stderr."""
+    monkeypatch.setattr(sys, "argv", ["devid", *map(str, args)])
+    status = 0
+    try:
+        main.run()
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+@pytest.fixture(scope="module")
+def paa_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    store = tmp_path_factory.mktemp("paa-store")
+    for name in PAA_FILES:
+        shutil.copy(VECTORS / name, store / name.replace("/", "-"))
+    return store
+
+
+def test_verify_every_broken_vector_exits_2_naming_its_rule(
+    paa_store: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = sorted(p.name for p in paa_store.iterdir())
+    for folder, code in EXPECTED.items():
+        case = json.loads((DUT / folder / "test_case_vector.json").read_text())
+        pid = case.get("basic_info_pid")
+        dac, pai = DUT / folder / "dac-Cert.pem", DUT / folder / "pai-Cert.pem"
+        if not dac.exists():  # a JSON-only vector: its DER, as files
+            dac, pai = paa_store.parent / f"{folder}-dac.der", paa_store.parent / f"{folder}-pai.der"
+            dac.write_bytes(bytes.fromhex(case["dac_cert"]))
+            pai.write_bytes(bytes.fromhex(case["pai_cert"]))
+        extra = ["--pid", f"{pid:04X}"] if pid is not None else []
+        args = [
+            "matter",
+            "verify",
+            "--dac",
+            dac,
+            "--pai",
+            pai,
+            "--paa-store",
+            paa_store,
+            "--at",
+            NOW.isoformat(),
+        ]
+        status, out, err = cli(capsys, monkeypatch, *args, *extra, "--json")
+        if code is None:
+            assert status == 0, err
+            assert json.loads(out)["verdict"] == "valid"
+        else:
+            assert (status, out) == (2, ""), (folder, out, err)
+            assert err.startswith("error: ") and err.rstrip().endswith(f"[{code}]"), (folder, err)
+    assert sorted(p.name for p in paa_store.iterdir()) == before
+
+
+def test_verify_reads_pem_and_der_and_reports_the_chain(
+    paa_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pai = load_certificate((VECTORS / "Chip-Test-PAI-FFF1-8000-Cert.pem").read_bytes(), Certificate.PAI)
+    (tmp_path / "pai.der").write_bytes(pai.public_bytes(serialization.Encoding.DER))
+    dac = VECTORS / "Chip-Test-DAC-FFF1-8000-0002-Cert.pem"
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad/paa.pem").write_text("not a certificate")
+    status, out, err = cli(
+        capsys, monkeypatch, "matter", "verify", "--dac", dac, "--pai", tmp_path / "pai.der",
+        "--paa-store", paa_store, "--vid", "fff1", "--pid", "0x8000",
+    )  # fmt: skip
+    assert status == 0, err
+    assert "verdict  valid" in out and "vendor_id  FFF1" in out and "product_id  8000" in out
+    # Bad input: each a specific error, exit 2.
+    for args, code in (
+        (["--dac", tmp_path / "none.pem", "--pai", tmp_path / "pai.der"], "file-unreadable"),
+        (["--dac", tmp_path / "pai.der", "--pai", tmp_path / "pai.der"], "matter-dac-ca-flag"),
+        (["--dac", dac, "--pai", dac], "matter-pai-ca-flag"),
+        (["--dac", dac, "--pai", tmp_path / "pai.der", "--vid", "XYZ"], "matter-bad-vid"),
+        (["--dac", dac, "--pai", tmp_path / "pai.der", "--at", "yesterday"], "bad-time"),
+        (
+            ["--dac", dac, "--pai", tmp_path / "pai.der", "--paa-store", tmp_path / "nowhere"],
+            "matter-paa-store",
+        ),
+        (
+            ["--dac", dac, "--pai", tmp_path / "pai.der", "--paa-store", tmp_path / "bad"],
+            "matter-paa-store-unreadable",
+        ),
+    ):
+        if "--paa-store" not in args:
+            args += ["--paa-store", paa_store]
+        status, out, err = cli(capsys, monkeypatch, "matter", "verify", *args)
+        assert (status, out) == (2, ""), (args, err)
+        assert err.rstrip().endswith(f"[{code}]"), (args, err)
+
+
+def test_factory_line_issues_matter_dacs_that_verify(tmp_path: Path) -> None:
+    home, out = tmp_path / "home", tmp_path / "line"
+    init_home(home, org="Acme Matter", passphrase=PASSPHRASE.encode())
+    line = ("factory", "run", "--count", "3", "--home", home, "--out", out, "--serial-prefix", "MTR")
+    dac_line = (*line, "--profile", "matter-dac", "--vid", "FFF1", "--pid", "8000")
+    audit_before = count(home, "audit_events")
+
+    # Refused before anything is made: no PAA, no PAI, VID/PID missing or where they do not belong.
+    refusals = (
+        (("matter", "pai", "create", "--vid", "FFF1", "--pid", "8000", "--home", home), "matter-no-paa"),
+        (dac_line, "matter-no-pai"),
+        ((*line, "--profile", "matter-dac", "--vid", "FFF1"), "matter-ids-required"),
+        ((*line, "--vid", "FFF1"), "matter-ids-unexpected"),
+        ((*line, "--profile", "ldevid"), "line-profile"),
+        (("matter", "paa", "create", "--vid", "12345", "--home", home), "matter-bad-vid"),
+    )
+    for (args, code), result in zip(refusals, devid_many([args for args, _ in refusals]), strict=True):
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert flat(result.stderr).endswith(f"[{code}]"), (args, result.stderr)
+    assert count(home, "devices") == 0 and count(home, "certificates") == 0
+    assert count(home, "audit_events") == audit_before
+    assert not out.exists() or not any(out.iterdir())
+
+    ok(devid("matter", "paa", "create", "--vid", "FFF1", "--home", home))
+    pai_made = json.loads(
+        ok(
+            devid("matter", "pai", "create", "--vid", "FFF1", "--pid", "8000", "--home", home, "--json")
+        ).stdout
+    )
+    assert pai_made["name"] == "matter-pai-FFF1-8000" and pai_made["not_after"].startswith("9999-12-31")
+    again = devid("matter", "paa", "create", "--vid", "FFF1", "--home", home)
+    assert again.returncode == 2 and flat(again.stderr).endswith("[matter-ca-exists]")
+    ok(devid(*dac_line))
+
+    # Every DAC is recorded like any certificate, issued by the product line's PAI.
+    rows = query(
+        home,
+        "SELECT d.serial, c.profile, ca.name, c.der FROM certificates c JOIN devices d ON d.id = c.device_id "
+        "JOIN cas ca ON ca.id = c.issuer_id ORDER BY d.serial",
+    )
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        (f"MTR0000000{i}", "matter-dac", "matter-pai-FFF1-8000") for i in (1, 2, 3)
+    ]
+    roles = dict(query(home, "SELECT name, role FROM cas WHERE name LIKE 'matter-%'"))
+    assert roles == {"matter-paa-FFF1": "matter-paa", "matter-pai-FFF1-8000": "matter-pai"}
+    (paa_der,) = query(home, "SELECT der FROM cas WHERE name = 'matter-paa-FFF1'")[0]
+    assert isinstance(paa_der, bytes)
+    paa = x509.load_der_x509_certificate(paa_der)
+    events = [e for (e,) in query(home, "SELECT action FROM audit_events")]
+    assert events.count("ca.create") == 5 + 2 and events.count("certificate.issue") == 3
+
+    for serial, _, _, der in rows:
+        device = out / str(serial)
+        assert {p.name for p in device.iterdir()} == {
+            "device.json",
+            "dac.pem",
+            "chain.pem",
+            "se.json",
+            "se-device.key",
+        }
+        info = json.loads((device / "device.json").read_text())
+        assert info["dac"] == "dac.pem"
+        dac = x509.load_pem_x509_certificate((device / "dac.pem").read_bytes())
+        assert dac.public_bytes(serialization.Encoding.DER) == der
+        # The key is the secure element's, and its slot holds the DAC.
+        se = SoftwareSecureElement.open(device)
+        assert se.public_key() == dac.public_key() and se.read_slot("dac") == der
+        pai_pem, paa_pem = split_pem((device / "chain.pem").read_text())
+        assert x509.load_pem_x509_certificate(paa_pem.encode()) == paa
+        pai = load_certificate(pai_pem.encode(), Certificate.PAI)
+        result = verify_attestation(
+            dac, pai, [paa], datetime.now(UTC), reported_vid=0xFFF1, reported_pid=0x8000
+        )
+        assert (result.vendor_id, result.product_id) == (0xFFF1, 0x8000)
+        (device / "pai.pem").write_text(pai_pem)
+        (device / "paa.pem").write_text(paa_pem)
+        openssl_verify(device / "paa.pem", device / "dac.pem", device / "pai.pem")
+        strict = openssl(
+            "verify",
+            "-x509_strict",
+            "-CAfile",
+            device / "paa.pem",
+            "-untrusted",
+            device / "pai.pem",
+            device / "dac.pem",
+        )
+        assert strict.strip() == f"{device / 'dac.pem'}: OK"
+
+    # And through the command, trusting the home's PAAs (no --paa-store).
+    first = out / "MTR00000001"
+    verdict = json.loads(
+        ok(
+            devid(
+                "matter",
+                "verify",
+                "--dac",
+                first / "dac.pem",
+                "--pai",
+                first / "pai.pem",
+                "--home",
+                home,
+                "--json",
+            )
+        ).stdout
+    )
+    assert (verdict["verdict"], verdict["vendor_id"], verdict["product_id"]) == ("valid", "FFF1", "8000")
