@@ -6,13 +6,26 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtensionOID
 
-from devid.pki.matter import AttestationError, Certificate, Rule, load_certificate, verify_attestation
+from devid.pki.der import encode_oid, read_any, read_tlv, tlv
+from devid.pki.matter import (
+    AttestationError,
+    Certificate,
+    Rule,
+    load_certificate,
+    matter_subject,
+    verify_attestation,
+)
 
 #: The vectors live beside the repository (`../shared/vectors/matter`), or where $DEVID_MATTER_VECTORS says.
 VECTORS = next(
@@ -172,3 +185,137 @@ def test_unreadable_input_names_the_certificate() -> None:
         Certificate.PAI,
         Rule.UNREADABLE,
     )
+
+
+# --- rules no reference vector breaks, on chains built here ----------------------------------------
+
+DAY = timedelta(days=1)
+
+
+def _cert(
+    subject: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,
+    *,
+    ca: int | None,
+    not_before: datetime = NOW - 30 * DAY,
+    ski: x509.SubjectKeyIdentifier | None = None,
+    ski_critical: bool = False,
+    signer: ec.EllipticCurvePrivateKey | None = None,
+) -> x509.Certificate:
+    """A Matter-shaped certificate: a CA with pathLen `ca`, or a DAC when `ca` is None."""
+    issuer_name, issuer_key = issuer or (subject, key)
+    usage = dict.fromkeys(
+        (
+            "content_commitment",
+            "key_encipherment",
+            "data_encipherment",
+            "key_agreement",
+            "encipher_only",
+            "decipher_only",
+        ),
+        False,
+    )
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC))
+        .add_extension(x509.BasicConstraints(ca=ca is not None, path_length=ca), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=ca is None, key_cert_sign=ca is not None, crl_sign=ca is not None, **usage
+            ),
+            critical=True,
+        )
+        .add_extension(
+            ski or x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=ski_critical
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False
+        )
+    )
+    return builder.sign(signer or issuer_key, hashes.SHA256())
+
+
+@dataclass
+class Chain:
+    paa_key: ec.EllipticCurvePrivateKey
+    pai_key: ec.EllipticCurvePrivateKey
+    dac_key: ec.EllipticCurvePrivateKey
+    paa_name: x509.Name
+    pai_name: x509.Name
+
+    def paa(self, **kw: Any) -> x509.Certificate:
+        return _cert(self.paa_name, self.paa_key, None, ca=1, **kw)
+
+    def pai(self, **kw: Any) -> x509.Certificate:
+        return _cert(self.pai_name, self.pai_key, (self.paa_name, self.paa_key), ca=0, **kw)
+
+    def dac(self, subject: x509.Name | None = None, **kw: Any) -> x509.Certificate:
+        name = subject or matter_subject("DAC 1", 0xFFF1, 0x8000)
+        return _cert(name, self.dac_key, (self.pai_name, self.pai_key), ca=None, **kw)
+
+
+@pytest.fixture(scope="module")
+def chain() -> Chain:
+    keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(3)]
+    return Chain(*keys, matter_subject("PAA", 0xFFF1), matter_subject("PAI", 0xFFF1, 0x8000))
+
+
+def test_a_chain_built_here_passes(chain: Chain) -> None:
+    result = verify_attestation(chain.dac(), chain.pai(), [chain.paa()], NOW)
+    assert (result.vendor_id, result.product_id) == (0xFFF1, 0x8000)
+
+
+def test_rules_no_vector_breaks(chain: Chain) -> None:
+    paa, pai = chain.paa(), chain.pai()
+    other = ec.generate_private_key(ec.SECP256R1())
+    # PAAs with the right key (the PAI's AKI finds them) but naming a PID, or another vendor.
+    paa_with_pid = _cert(matter_subject("PAA", 0xFFF1, 0x8000), chain.paa_key, None, ca=1)
+    paa_of_fff2 = _cert(matter_subject("PAA", 0xFFF2), chain.paa_key, None, ca=1)
+    cases = [
+        (chain.dac(ski_critical=True), pai, paa, "matter-dac-ski-critical"),
+        (chain.dac(ski=x509.SubjectKeyIdentifier(b"12345678")), pai, paa, "matter-dac-ski-length"),
+        (chain.dac(signer=other), pai, paa, "matter-dac-signature"),
+        (chain.dac(subject=matter_subject("DAC", 0xFFF1)), pai, paa, "matter-dac-pid-missing"),
+        (chain.dac(), chain.pai(signer=other), paa, "matter-pai-signature"),
+        # The PAI came after the DAC it is meant to have signed.
+        (chain.dac(), chain.pai(not_before=NOW - DAY), paa, "matter-pai-not-yet-valid"),
+        (chain.dac(), pai, paa_with_pid, "matter-paa-pid-present"),
+        (chain.dac(), pai, paa_of_fff2, "matter-pai-vid-mismatch"),
+        (_duplicate_key_usage(chain.dac(), chain.pai_key), pai, paa, "matter-dac-duplicate-extension"),
+    ]
+    for dac_cert, pai_cert, paa_cert, code in cases:
+        with pytest.raises(AttestationError) as caught:
+            verify_attestation(dac_cert, pai_cert, [paa_cert], NOW)
+        assert caught.value.code == code, caught.value.message
+
+
+def _duplicate_key_usage(cert: x509.Certificate, signer: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+    """`cert` re-signed with its keyUsage extension twice (no builder makes one; cryptography then
+    refuses to read its extensions, so the verifier reads them from the DER)."""
+    tbs, _ = read_tlv(cert.tbs_certificate_bytes, 0, 0x30)
+    fields, pos = [], 0
+    while pos < len(tbs):
+        tag, content, end = read_any(tbs, pos)
+        if tag == 0xA3:
+            extensions, _ = read_tlv(content, 0, 0x30)
+            usage = next(e for e in cert.extensions if e.oid == ExtensionOID.KEY_USAGE)
+            doubled = tlv(0x30, tlv(0x06, encode_oid(usage.oid.dotted_string)[2:]) + tlv(0x01, b"\xff")
+                          + tlv(0x04, usage.value.public_bytes()))  # fmt: skip
+            fields.append(tlv(0xA3, tlv(0x30, extensions + doubled)))
+        else:
+            fields.append(tbs[pos:end])
+        pos = end
+    new_tbs = tlv(0x30, b"".join(fields))
+    signature = signer.sign(new_tbs, ec.ECDSA(hashes.SHA256()))
+    algorithm = tlv(0x30, encode_oid("1.2.840.10045.4.3.2"))
+    der = tlv(0x30, new_tbs + algorithm + tlv(0x03, b"\x00" + signature))
+    loaded = x509.load_der_x509_certificate(der)
+    with pytest.raises(x509.DuplicateExtension):
+        _ = loaded.extensions
+    return loaded

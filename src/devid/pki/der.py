@@ -142,10 +142,10 @@ class RawExtension:
     value: bytes
 
 
-def raw_extensions(tbs: bytes) -> dict[str, RawExtension]:
-    """The extensions of a TBSCertificate (RFC 5280 4.1), by dotted OID, undecoded."""
+def raw_extensions(tbs: bytes) -> list[tuple[str, RawExtension]]:
+    """The extensions of a TBSCertificate (RFC 5280 4.1) in order, by dotted OID, undecoded."""
     body, _ = read_tlv(tbs, 0, _SEQUENCE)
-    pos, found = 0, {}
+    pos, found = 0, []
     while pos < len(body):
         tag, content, pos = read_any(body, pos)
         if tag != 0xA3:  # [3] EXPLICIT Extensions: the other fields are not looked at
@@ -160,5 +160,5 @@ def raw_extensions(tbs: bytes) -> dict[str, RawExtension]:
                 flag, inner = read_tlv(ext, inner, _BOOLEAN)
                 critical = flag != b"\x00"
             value, _ = read_tlv(ext, inner, _OCTET_STRING)
-            found[decode_oid(oid)] = RawExtension(critical, value)
+            found.append((decode_oid(oid), RawExtension(critical, value)))
     return found

@@ -46,6 +46,8 @@ _HEX4 = re.compile(r"[0-9A-F]{4}")
 #: The legacy encoding in the common name: `Mvid:FFF1`, `Mpid:8000` (uppercase hex only).
 _CN_VID = re.compile(r"Mvid:([0-9A-F]{4})")
 _CN_PID = re.compile(r"Mpid:([0-9A-F]{4})")
+#: Matter 6.2.2: key identifiers are 20 octets (the SHA-1 of the public key, RFC 5280 method 1).
+KEY_ID_LENGTH = 20
 
 
 class Certificate(StrEnum):
@@ -70,8 +72,13 @@ class Rule(StrEnum):
     KEY_USAGE_MISSING = "key-usage-missing"
     KEY_USAGE_NOT_CRITICAL = "key-usage-not-critical"
     KEY_USAGE_BITS = "key-usage-bits"
+    DUPLICATE_EXTENSION = "duplicate-extension"
     SKI_MISSING = "ski-missing"
+    SKI_CRITICAL = "ski-critical"
+    SKI_LENGTH = "ski-length"
     AKI_MISSING = "aki-missing"
+    AKI_CRITICAL = "aki-critical"
+    AKI_LENGTH = "aki-length"
     VID_ENCODING = "vid-encoding"
     PID_ENCODING = "pid-encoding"
     VID_MISSING = "vid-missing"
@@ -235,24 +242,39 @@ class _Extensions:
 
     basic_constraints: tuple[bool, bool, int | None] | None  # critical, cA, pathLen
     key_usage: tuple[bool, frozenset[str]] | None  # critical, the bits set
-    ski: bytes | None
-    aki: bytes | None
+    ski: tuple[bool, bytes | None] | None  # critical, the key identifier
+    aki: tuple[bool, bytes | None] | None  # critical, the keyIdentifier field
 
     @classmethod
     def of(cls, cert: x509.Certificate, which: Certificate) -> _Extensions:
         try:
-            raw = raw_extensions(cert.tbs_certificate_bytes)
-            basic, usage, ski, aki = (raw.get(oid) for oid in (_BASIC_CONSTRAINTS, _KEY_USAGE, _SKI, _AKI))
+            listed = raw_extensions(cert.tbs_certificate_bytes)
+        except PolicyError as exc:
+            raise AttestationError(which, Rule.UNREADABLE, f"extensions are not DER: {exc}") from None
+        raw = dict(listed)
+        for oid in (_BASIC_CONSTRAINTS, _KEY_USAGE, _SKI, _AKI):
+            if sum(1 for found, _ in listed if found == oid) > 1:
+                raise AttestationError(which, Rule.DUPLICATE_EXTENSION, f"has extension {oid} twice")
+        basic, usage, ski, aki = (raw.get(oid) for oid in (_BASIC_CONSTRAINTS, _KEY_USAGE, _SKI, _AKI))
+        try:
             return cls(
                 None if basic is None else (basic.critical, *_basic_constraints(basic.value)),
                 None if usage is None else (usage.critical, _key_usage(usage.value)),
-                None if ski is None else read_tlv(ski.value, 0, 0x04)[0],
-                None if aki is None else _aki_key_id(aki.value),
+                None if ski is None else (ski.critical, read_tlv(ski.value, 0, 0x04)[0]),
+                None if aki is None else (aki.critical, _aki_key_id(aki.value)),
             )
         except PolicyError as exc:
             raise AttestationError(
                 which, Rule.UNREADABLE, f"has an extension that is not DER: {exc}"
             ) from None
+
+    @property
+    def ski_id(self) -> bytes | None:
+        return None if self.ski is None else self.ski[1]
+
+    @property
+    def aki_id(self) -> bytes | None:
+        return None if self.aki is None else self.aki[1]
 
 
 def _basic_constraints(value: bytes) -> tuple[bool, int | None]:
@@ -299,10 +321,10 @@ def check_profile(cert: x509.Certificate, which: Certificate) -> VidPid:
     ext = _Extensions.of(cert, which)
     _check_basic_constraints(ext, which, rules)
     _check_key_usage(ext, which, rules)
-    if ext.ski is None:
-        raise AttestationError(which, Rule.SKI_MISSING, "has no subjectKeyIdentifier extension")
-    if rules.aki_required and ext.aki is None:
-        raise AttestationError(which, Rule.AKI_MISSING, "has no authorityKeyIdentifier extension")
+    ski_rules = (Rule.SKI_MISSING, Rule.SKI_CRITICAL, Rule.SKI_LENGTH)
+    _check_key_id(ext.ski, which, "subjectKeyIdentifier", ski_rules, True)
+    aki_rules = (Rule.AKI_MISSING, Rule.AKI_CRITICAL, Rule.AKI_LENGTH)
+    _check_key_id(ext.aki, which, "authorityKeyIdentifier", aki_rules, rules.aki_required)
     ids = vid_pid(cert, which)
     if rules.vid_required and ids.vid is None:
         raise AttestationError(
@@ -317,6 +339,26 @@ def check_profile(cert: x509.Certificate, which: Certificate) -> VidPid:
             which, Rule.PID_PRESENT, f"subject names Product ID {ids.pid:04X}; a PAA may not"
         )
     return ids
+
+
+def _check_key_id(
+    ext: tuple[bool, bytes | None] | None,
+    which: Certificate,
+    name: str,
+    rules: tuple[Rule, Rule, Rule],
+    required: bool,
+) -> None:
+    """Matter 6.2.2: SKI (and AKI) present where required, non-critical, a 20-octet identifier."""
+    missing, critical, length = rules
+    if ext is None:
+        if required:
+            raise AttestationError(which, missing, f"has no {name} extension")
+        return
+    if ext[0]:
+        raise AttestationError(which, critical, f"{name} is marked critical")
+    if ext[1] is None or len(ext[1]) != KEY_ID_LENGTH:
+        found = "no key identifier" if ext[1] is None else f"{len(ext[1])} octets"
+        raise AttestationError(which, length, f"{name} has {found}, not {KEY_ID_LENGTH}")
 
 
 def _check_basic_constraints(ext: _Extensions, which: Certificate, rules: MatterProfile) -> None:
@@ -351,8 +393,8 @@ def _check_key_usage(ext: _Extensions, which: Certificate, rules: MatterProfile)
 
 
 def _check_issued_by(cert: x509.Certificate, which: Certificate, issuer: x509.Certificate) -> None:
-    aki = _Extensions.of(cert, which).aki
-    if cert.issuer != issuer.subject or (aki is not None and aki != _Extensions.of(issuer, which).ski):
+    aki = _Extensions.of(cert, which).aki_id
+    if cert.issuer != issuer.subject or (aki is not None and aki != _Extensions.of(issuer, which).ski_id):
         raise AttestationError(
             which, Rule.ISSUER_MISMATCH, f"names issuer {cert.issuer.rfc4514_string()!r}, not this chain's CA"
         )
@@ -381,9 +423,9 @@ def _check_validity(cert: x509.Certificate, which: Certificate, at: datetime, wh
 
 def find_paa(pai: x509.Certificate, trusted: Iterable[x509.Certificate]) -> x509.Certificate:
     """The trusted PAA whose subject key identifier is the PAI's authority key identifier."""
-    aki = _Extensions.of(pai, Certificate.PAI).aki
+    aki = _Extensions.of(pai, Certificate.PAI).aki_id
     for paa in trusted:
-        if aki is not None and _Extensions.of(paa, Certificate.PAA).ski == aki:
+        if aki is not None and _Extensions.of(paa, Certificate.PAA).ski_id == aki:
             return paa
     named = aki.hex(":").upper() if aki else "none"
     raise AttestationError(
