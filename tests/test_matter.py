@@ -225,3 +225,9 @@ def test_factory_line_issues_matter_dacs_that_verify(tmp_path: Path) -> None:
         ).stdout
     )
     assert (verdict["verdict"], verdict["vendor_id"], verdict["product_id"]) == ("valid", "FFF1", "8000")
+    # devid's trust bundle (TLS peers, brokers) leaves the Matter anchors out: a DAC authenticates nowhere.
+    bundle = [
+        x509.load_pem_x509_certificate(b.encode())
+        for b in split_pem(ok(devid("ca", "export", "--home", home)).stdout)
+    ]
+    assert len(bundle) == 3 and paa not in bundle

@@ -31,6 +31,7 @@ from devid.store.models import cas
 
 PAA_ROLE = ProfileName.MATTER_PAA.value
 PAI_ROLE = ProfileName.MATTER_PAI.value
+MATTER_ROLES = (PAA_ROLE, PAI_ROLE)
 
 
 @dataclass(frozen=True)
