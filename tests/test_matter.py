@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,10 +16,16 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from e2e import PASSPHRASE, count, devid, devid_many, flat, ok, openssl, openssl_verify, query, split_pem
+from pkcs11 import Attribute, ObjectClass
+from softhsm import SoftToken
 from test_matter_vectors import DUT, EXPECTED, NOW, PAA_FILES, VECTORS
 
-from devid.authority.setup import init_home
+from devid.authority.matter import create_paa, create_pai
+from devid.authority.requests import MatterIds
+from devid.authority.setup import init_home, open_authority
 from devid.cli import main
+from devid.config import Home
+from devid.keys.pkcs11 import Pkcs11SecureElement, open_token
 from devid.keys.software import SoftwareSecureElement
 from devid.pki.matter import Certificate, load_certificate, verify_attestation
 
@@ -231,3 +238,41 @@ def test_factory_line_issues_matter_dacs_that_verify(tmp_path: Path) -> None:
         for b in split_pem(ok(devid("ca", "export", "--home", home)).stdout)
     ]
     assert len(bundle) == 3 and paa not in bundle
+
+
+def test_dacs_from_pkcs11_secure_elements(tmp_path: Path, tokens: dict[str, SoftToken]) -> None:
+    """The same line with device keys made inside a PKCS#11 token: never extractable, and the DAC
+    certifies them."""
+    home, out, token = tmp_path / "home", tmp_path / "line", tokens["line"]
+    init_home(home, org="Acme Matter", passphrase=PASSPHRASE.encode())
+    with open_authority(Home.load(home), PASSPHRASE.encode()) as auth:
+        create_paa(auth, None, "test")  # a PAA naming no vendor serves every vendor's PAIs
+        create_pai(auth, MatterIds(0xFFF2, 0x0001), "test")
+    prefix = f"M{uuid.uuid4().hex[:6].upper()}"
+    se_args = ("--secure-element", "pkcs11", "--se-module", token.module, "--se-token", token.label)
+    se_args += ("--se-pin-file", str(token.pin_file))
+    ok(
+        devid(
+            "factory", "run", "--count", "2", "--home", home, "--out", out, "--serial-prefix", prefix,
+            "--profile", "matter-dac", "--vid", "fff2", "--pid", "1", *se_args,
+        )
+    )  # fmt: skip
+    session = open_token(token.module, token.label, token.pin)
+    for n in (1, 2):
+        serial = f"{prefix}{n:08d}"
+        device = out / serial
+        assert {p.name for p in device.iterdir()} == {"device.json", "dac.pem", "chain.pem"}  # no key on disk
+        key = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=serial)
+        assert key[Attribute.EXTRACTABLE] is False and key[Attribute.SENSITIVE] is True
+        dac = x509.load_pem_x509_certificate((device / "dac.pem").read_bytes())
+        se = Pkcs11SecureElement.open(token.module, token.label, token.pin, serial)
+        assert se.public_key() == dac.public_key()
+        assert se.read_slot("dac") == dac.public_bytes(serialization.Encoding.DER)
+        pai_pem, paa_pem = split_pem((device / "chain.pem").read_text())
+        result = verify_attestation(
+            dac,
+            load_certificate(pai_pem.encode(), Certificate.PAI),
+            [load_certificate(paa_pem.encode(), Certificate.PAA)],
+            datetime.now(UTC),
+        )
+        assert (result.vendor_id, result.product_id) == (0xFFF2, 0x0001)
