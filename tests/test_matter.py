@@ -15,19 +15,22 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from e2e import PASSPHRASE, count, devid, devid_many, flat, ok, openssl, openssl_verify, query, split_pem
 from pkcs11 import Attribute, ObjectClass
 from softhsm import SoftToken
 from test_matter_vectors import DUT, EXPECTED, NOW, PAA_FILES, VECTORS
 
 from devid.authority.matter import create_paa, create_pai
-from devid.authority.requests import MatterIds
+from devid.authority.requests import IssueRequest, MatterIds, NewDevice
 from devid.authority.setup import init_home, open_authority
 from devid.cli import main
 from devid.config import Home
+from devid.errors import DevidError
 from devid.keys.pkcs11 import Pkcs11SecureElement, open_token
 from devid.keys.software import SoftwareSecureElement
 from devid.pki.matter import Certificate, load_certificate, verify_attestation
+from devid.pki.profiles import ProfileName
 
 pytestmark = pytest.mark.skipif(not VECTORS.is_dir(), reason=f"no Matter test vectors at {VECTORS}")
 
@@ -276,3 +279,51 @@ def test_dacs_from_pkcs11_secure_elements(tmp_path: Path, tokens: dict[str, Soft
             datetime.now(UTC),
         )
         assert (result.vendor_id, result.product_id) == (0xFFF2, 0x0001)
+
+
+def test_matter_certificates_are_pkilint_clean(tmp_path: Path) -> None:
+    """PAA, PAI and a DAC issued through the authority's one signing path, linted by pkilint's
+    RFC 5280 validators (as test_pkilint does every other profile) and by the Matter rules."""
+    from test_pkilint import findings
+
+    init_home(tmp_path / "home", org="Acme Matter", passphrase=PASSPHRASE.encode())
+    with open_authority(Home.load(tmp_path / "home"), PASSPHRASE.encode()) as auth:
+        paa = create_paa(auth, 0xFFF1, "test").certificate
+        pai = create_pai(auth, MatterIds(0xFFF1, 0x8000), "test").certificate
+        key = ec.generate_private_key(ec.SECP256R1()).public_key()
+        request = IssueRequest(
+            ProfileName.MATTER_DAC, key, new_device=NewDevice("M1"), matter=MatterIds(0xFFF1, 0x8000)
+        )
+        dac = auth.issue(request).certificate
+        # The authority refuses a DAC without its product, and VID/PID on any other profile.
+        for bad, code in (
+            (IssueRequest(ProfileName.MATTER_DAC, _key(), new_device=NewDevice("M2")), "matter-ids-required"),
+            (
+                IssueRequest(ProfileName.IDEVID, _key(), new_device=NewDevice("M3"), matter=MatterIds(1, 2)),
+                "matter-ids-unexpected",
+            ),
+            (
+                IssueRequest(
+                    ProfileName.MATTER_DAC, _key(), new_device=NewDevice("M4"), matter=MatterIds(1, 2)
+                ),
+                "matter-no-pai",
+            ),
+        ):
+            with pytest.raises(DevidError) as caught:
+                auth.issue(bad)
+            assert caught.value.code == code
+    for cert in (paa, pai, dac):
+        assert findings("cert", cert.public_bytes(serialization.Encoding.DER)) == []
+    assert dac.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+    assert [e.oid._name for e in dac.extensions] == [
+        "keyUsage",
+        "basicConstraints",
+        "authorityKeyIdentifier",
+        "subjectKeyIdentifier",
+    ]
+    result = verify_attestation(dac, pai, [paa], datetime.now(UTC), reported_vid=0xFFF1, reported_pid=0x8000)
+    assert result.dac_serial == dac.serial_number
+
+
+def _key() -> ec.EllipticCurvePublicKey:
+    return ec.generate_private_key(ec.SECP256R1()).public_key()

@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from devid.authority.core import Authority, IssuingCA
 from devid.authority.requests import MatterIds, paa_name
 from devid.errors import ConflictError, NotFoundError
-from devid.pki.matter import matter_subject
+from devid.pki.matter import matter_subject, subject_text
 from devid.pki.profiles import PROFILES, ProfileName, Template, self_signed_template
 from devid.pki.serials import random_serial, serial_hex
 from devid.store import audit, repo
@@ -146,5 +146,5 @@ def _create(
         audit.append(conn, [audit.Event("ca.create", name, actor, "ok", detail)], now)
     authority.add_ca(IssuingCA(ca_id, name, role, cert, label, keystore))
     return MatterCa(
-        name, role, vid, pid, serial_hex(serial), subject.rfc4514_string(), cert.not_valid_after_utc, cert
+        name, role, vid, pid, serial_hex(serial), subject_text(subject), cert.not_valid_after_utc, cert
     )

@@ -396,7 +396,7 @@ def _check_issued_by(cert: x509.Certificate, which: Certificate, issuer: x509.Ce
     aki = _Extensions.of(cert, which).aki_id
     if cert.issuer != issuer.subject or (aki is not None and aki != _Extensions.of(issuer, which).ski_id):
         raise AttestationError(
-            which, Rule.ISSUER_MISMATCH, f"names issuer {cert.issuer.rfc4514_string()!r}, not this chain's CA"
+            which, Rule.ISSUER_MISMATCH, f"names issuer {subject_text(cert.issuer)!r}, not this chain's CA"
         )
     key = issuer.public_key()
     assert isinstance(key, ec.EllipticCurvePublicKey)  # checked by the issuer's profile
@@ -431,7 +431,7 @@ def find_paa(pai: x509.Certificate, trusted: Iterable[x509.Certificate]) -> x509
     raise AttestationError(
         Certificate.PAA,
         Rule.UNTRUSTED,
-        f"of this PAI ({pai.issuer.rfc4514_string()!r}, key id {named}) is not a trusted PAA",
+        f"of this PAI ({subject_text(pai.issuer)!r}, key id {named}) is not a trusted PAA",
     )
 
 
@@ -493,10 +493,15 @@ def verify_attestation(
         dac_ids.vid,
         dac_ids.pid,
         dac.serial_number,
-        pai.subject.rfc4514_string(),
-        paa.subject.rfc4514_string(),
+        subject_text(pai.subject),
+        subject_text(paa.subject),
         at,
     )
+
+
+def subject_text(name: x509.Name) -> str:
+    """RFC 4514 text of a name, with the Matter attributes called `VID` and `PID`."""
+    return name.rfc4514_string({VENDOR_ID_OID: "VID", PRODUCT_ID_OID: "PID"})
 
 
 def matter_subject(common_name: str, vid: int, pid: int | None = None) -> x509.Name:
