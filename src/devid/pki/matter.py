@@ -24,6 +24,7 @@ the rule; its code is `matter-<certificate>-<rule>`, e.g. `matter-dac-key-usage-
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -122,29 +123,37 @@ class MatterProfile:
 
 
 _CA_USAGE = frozenset({"key_cert_sign", "crl_sign"})
+_SIGNS = frozenset({"digital_signature"})
 MATTER_PROFILES: dict[Certificate, MatterProfile] = {
     Certificate.PAA: MatterProfile(
         Certificate.PAA,
-        True,
-        frozenset({None, 1}),
-        _CA_USAGE,
-        frozenset({"digital_signature"}),
-        False,
-        False,
-        False,
+        is_ca=True,
+        path_lengths=frozenset({None, 1}),
+        usage_required=_CA_USAGE,
+        usage_allowed=_SIGNS,
+        aki_required=False,
+        vid_required=False,
+        pid=False,
     ),
     Certificate.PAI: MatterProfile(
-        Certificate.PAI, True, frozenset({0}), _CA_USAGE, frozenset({"digital_signature"}), True, True, None
+        Certificate.PAI,
+        is_ca=True,
+        path_lengths=frozenset({0}),
+        usage_required=_CA_USAGE,
+        usage_allowed=_SIGNS,
+        aki_required=True,
+        vid_required=True,
+        pid=None,
     ),
     Certificate.DAC: MatterProfile(
         Certificate.DAC,
-        False,
-        frozenset({None}),
-        frozenset({"digital_signature"}),
-        frozenset(),
-        True,
-        True,
-        True,
+        is_ca=False,
+        path_lengths=frozenset({None}),
+        usage_required=_SIGNS,
+        usage_allowed=frozenset(),
+        aki_required=True,
+        vid_required=True,
+        pid=True,
     ),
 }
 
@@ -246,6 +255,7 @@ class _Extensions:
     aki: tuple[bool, bytes | None] | None  # critical, the keyIdentifier field
 
     @classmethod
+    @functools.lru_cache(maxsize=64)  # a chain's certificates are read several times
     def of(cls, cert: x509.Certificate, which: Certificate) -> _Extensions:
         try:
             listed = raw_extensions(cert.tbs_certificate_bytes)
