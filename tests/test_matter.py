@@ -23,6 +23,7 @@ from test_matter_vectors import DUT, EXPECTED, NOW, PAA_FILES, VECTORS
 
 from devid.authority.matter import create_paa, create_pai
 from devid.authority.requests import IssueRequest, MatterIds, NewDevice
+from devid.authority.revocation import RevokeRequest, Selector, revoke
 from devid.authority.setup import init_home, open_authority
 from devid.cli import main
 from devid.config import Home
@@ -31,6 +32,9 @@ from devid.keys.pkcs11 import Pkcs11SecureElement, open_token
 from devid.keys.software import SoftwareSecureElement
 from devid.pki.matter import Certificate, load_certificate, verify_attestation
 from devid.pki.profiles import ProfileName
+from devid.pki.reasons import Reason
+from devid.pki.serials import serial_hex
+from devid.revocation import crl as devid_crl
 
 pytestmark = pytest.mark.skipif(not VECTORS.is_dir(), reason=f"no Matter test vectors at {VECTORS}")
 
@@ -312,6 +316,15 @@ def test_matter_certificates_are_pkilint_clean(tmp_path: Path) -> None:
             with pytest.raises(DevidError) as caught:
                 auth.issue(bad)
             assert caught.value.code == code
+        # A revoked DAC is listed in its PAI's CRL (signed by the PAI, which has cRLSign).
+        revoke(
+            auth, RevokeRequest(Selector.SERIAL, serial_hex(dac.serial_number), Reason.KEY_COMPROMISE), "t"
+        )
+        crl_der = devid_crl.build(auth, "matter-pai-FFF1-8000").der
+    crl = x509.load_der_x509_crl(crl_der)
+    assert crl.is_signature_valid(pai.public_key())  # type: ignore[arg-type]
+    assert [r.serial_number for r in crl] == [dac.serial_number]
+    assert findings("crl", crl_der) == []
     for cert in (paa, pai, dac):
         assert findings("cert", cert.public_bytes(serialization.Encoding.DER)) == []
     assert dac.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False

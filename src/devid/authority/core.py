@@ -574,8 +574,7 @@ class Authority:
         index = self._indices.take(ca.id)[0]
         serial = indexed_serial(index)
         # Short-lived and session certificates never enter a CRL: expiry is their revocation.
-        listed = profile.status_urls and not req.short_lived and req.profile is not ProfileName.SESSION
-        shard = index % ca.crl_shards if listed else None
+        shard = None if req.short_lived or req.profile is ProfileName.SESSION else index % ca.crl_shards
         builder = ca.template(profile).builder(subject, req.public_key, serial, now, alt, shard)
         cert = builder.sign(ca.key, hashes.SHA256())
         der = cert.public_bytes(_DER)
