@@ -27,7 +27,7 @@ from devid.authority import device_records
 from devid.authority.credential_key import CredentialKey
 from devid.authority.indices import IndexAllocator
 from devid.authority.policy import DEFAULT_LABELS, LabelPolicy
-from devid.authority.requests import Issued, IssueRequest, NewDevice, check_device_serial
+from devid.authority.requests import Issued, IssueRequest, MatterIds, NewDevice, check_device_serial
 from devid.clock import Clock, SystemClock
 from devid.errors import ConfigError, ConflictError, DevidError, NotFoundError, PolicyError
 from devid.keys.base import KeyStore
@@ -35,6 +35,7 @@ from devid.pki.csr import load_and_check_csr
 from devid.pki.der import HardwareModuleName
 from devid.pki.encoding import public_key_fingerprint
 from devid.pki.keypolicy import require_p256
+from devid.pki.matter import matter_subject
 from devid.pki.profiles import (
     CLOCK_SKEW,
     PROFILES,
@@ -158,7 +159,7 @@ class IssuingCA:
         key = (profile.name, profile.validity)
         tpl = self._templates.get(key)
         if tpl is None or tpl.profile != profile:
-            base = self.public_url
+            base = self.public_url if profile.status_urls else None
             tpl = self._templates[key] = Template.for_issuer(
                 profile,
                 self.certificate,
@@ -258,8 +259,20 @@ class Authority:
     def profile(self, name: ProfileName) -> Profile:
         return self.profiles.get(name) or PROFILES[name]
 
-    def issuer_for(self, name: ProfileName) -> IssuingCA:
-        """The ACTIVE CA of the role that signs profile `name`."""
+    def issuer_for(self, name: ProfileName, matter: MatterIds | None = None) -> IssuingCA:
+        """The ACTIVE CA of the role that signs profile `name`; for a Matter DAC, the PAI of its
+        product line."""
+        if name is ProfileName.MATTER_DAC:
+            if matter is None:
+                raise PolicyError("matter-ids-required", "a Matter DAC needs a Vendor ID and a Product ID")
+            pai = self.cas.get(matter.pai_name)
+            if pai is None:
+                raise NotFoundError(
+                    "matter-no-pai",
+                    f"no PAI for VID {matter.vid:04X} PID {matter.pid:04X}: "
+                    f"`devid matter pai create --vid {matter.vid:04X} --pid {matter.pid:04X}` first",
+                )
+            return pai
         try:
             return self._active[ISSUER_OF[name]]
         except KeyError:
@@ -280,13 +293,18 @@ class Authority:
     def ca_state(self, name: str) -> CaState:
         return self._states[name]
 
-    def chain(self, ca_name: str) -> list[x509.Certificate]:
-        """The CA certificates from `ca_name` up to (not including) the root."""
+    def chain(self, ca_name: str, *, with_root: bool = False) -> list[x509.Certificate]:
+        """The CA certificates from `ca_name` up to its self-signed root (included if `with_root`)."""
         chain = [self.cas[ca_name].certificate]
         while chain[-1].issuer != chain[-1].subject:
             parent = next(ca for ca in self.cas.values() if ca.certificate.subject == chain[-1].issuer)
             chain.append(parent.certificate)
-        return chain[:-1]
+        return chain if with_root else chain[:-1]
+
+    def add_ca(self, ca: IssuingCA) -> None:
+        """A CA just recorded in the store (a Matter PAA or PAI) joins this authority's CAs."""
+        self.cas[ca.name] = ca
+        self._states = ca_states(self.cas.values())
 
     @property
     def root(self) -> x509.Certificate:
@@ -479,7 +497,9 @@ class Authority:
     def _check(self, req: IssueRequest) -> None:
         require_p256(req.public_key)
         profile = self.profile(req.profile)
-        self.issuer_for(req.profile)
+        self.issuer_for(req.profile, req.matter)
+        if req.matter is not None and req.profile is not ProfileName.MATTER_DAC:
+            raise PolicyError("matter-ids-unexpected", f"a {req.profile.value} certificate names no VID/PID")
         if profile.for_device:
             serial = req.serial_of_device
             if serial is None:
@@ -529,14 +549,18 @@ class Authority:
         profile = self.profile(req.profile)
         if req.lifetime is not None:
             profile = profile.with_validity(req.lifetime)
-        ca = self.issuer_for(req.profile)
+        ca = self.issuer_for(req.profile, req.matter)
         device = req.serial_of_device
         alt: list[x509.GeneralName] = []
         if profile.hardware_module_name and device:
             alt.append(HardwareModuleName(self.hw_type, device.encode()).to_other_name())
         if req.dns or req.ips:
             alt.extend(server_names(req.dns, req.ips))
-        if profile.for_device and device:
+        if req.matter is not None and device:
+            # Matter 6.2.2.3: the VID and PID attributes; the CN names the device.
+            subject = matter_subject(device, req.matter.vid, req.matter.pid)
+            text = subject_text(subject)
+        elif profile.for_device and device:
             subject = device_subject(self.org, device, req.common_name)
             text = device_subject_text(self.org, device, req.common_name)
         else:

@@ -43,6 +43,33 @@ class NewDevice:
 
 
 @dataclass(frozen=True)
+class MatterIds:
+    """A Matter product: Vendor ID and Product ID (16 bits each). Its DACs come from the PAI of
+    that product line, a CA named `matter-pai-<VID>-<PID>` in the store."""
+
+    vid: int
+    pid: int
+
+    def __post_init__(self) -> None:
+        for name, value in (("VID", self.vid), ("PID", self.pid)):
+            if not 0 <= value <= 0xFFFF:
+                raise PolicyError(f"matter-bad-{name.lower()}", f"{name} {value:#x} is not 16 bits")
+
+    @property
+    def pai_name(self) -> str:
+        return pai_name(self.vid, self.pid)
+
+
+def paa_name(vid: int | None) -> str:
+    """The store's name for a Matter PAA: `matter-paa-FFF1`, or `matter-paa` naming no vendor."""
+    return "matter-paa" if vid is None else f"matter-paa-{vid:04X}"
+
+
+def pai_name(vid: int, pid: int) -> str:
+    return f"matter-pai-{vid:04X}-{pid:04X}"
+
+
+@dataclass(frozen=True)
 class IssueRequest:
     """One certificate to issue. The public key must already have passed key policy or a CSR check."""
 
@@ -67,6 +94,8 @@ class IssueRequest:
     #: Writes that must commit with this certificate, run in its transaction before its device is
     #: looked up (a device registered just in time, its allocation); if they fail, the batch fails.
     prepare: Callable[[Connection, datetime], None] | None = field(default=None, compare=False)
+    #: A Matter DAC's product: its VID/PID go into the subject, and its product line's PAI signs it.
+    matter: MatterIds | None = None
 
     @property
     def serial_of_device(self) -> str | None:

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from rich.markup import escape
 
 from devid.authority.core import ca_states
+from devid.authority.matter import MATTER_ROLES
 from devid.cli.common import (
     HomeOpt,
     JsonOpt,
@@ -97,13 +98,15 @@ def export(
     out: Annotated[Path | None, typer.Option("--out", help="write to a file instead of stdout")] = None,
     include_ocsp: Annotated[bool, typer.Option(help="include OCSP signer certificates")] = False,
 ) -> None:
-    """The trust bundle: every CA certificate as PEM, root first."""
+    """The trust bundle: every CA certificate as PEM, root first. Matter PAAs and PAIs are not in
+    it: they anchor Matter attestation only (`devid ca show NAME --pem`)."""
     if not pem:
         raise PolicyError("format", "only --pem export is supported")
+    left_out = set(MATTER_ROLES) | (set() if include_ocsp else {"ocsp-signer"})
     bundle = b"".join(
         x509.load_der_x509_certificate(r["der"]).public_bytes(serialization.Encoding.PEM)  # type: ignore[arg-type]
         for r in _rows(home)
-        if include_ocsp or r["role"] != "ocsp-signer"
+        if r["role"] not in left_out
     )
     if out:
         out.write_bytes(bundle)

@@ -9,14 +9,16 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from devid.authority.requests import check_device_serial
+from devid.authority.requests import MatterIds, check_device_serial
 from devid.authority.setup import open_authority
 from devid.cli.common import HomeOpt, PassphraseOpt, console, load_home
 from devid.config import Home, Pkcs11Settings, resolve_passphrase
-from devid.errors import ConfigError
+from devid.errors import ConfigError, PolicyError
 from devid.factory.line import RunSpec, Summary, next_serials, run_line
 from devid.factory.secure_elements import SecureElementSpec
-from devid.factory.station import LineInfo
+from devid.factory.station import Credential, LineInfo
+from devid.pki.matter import parse_id
+from devid.pki.profiles import ProfileName
 
 app = typer.Typer(help="Provision devices on a production line.", no_args_is_help=True)
 
@@ -79,6 +81,19 @@ def print_summary(summary: Summary, manifest: Path) -> None:
         console.print(f"... and {len(summary.failed) - 20} more failures (see the manifest)")
 
 
+def line_credential(profile: str, vid: str | None, pid: str | None) -> Credential:
+    """What the line issues: `--profile idevid` (no VID/PID) or `matter-dac` with both."""
+    if profile == ProfileName.IDEVID.value:
+        if vid is not None or pid is not None:
+            raise PolicyError("matter-ids-unexpected", "--vid and --pid go with --profile matter-dac only")
+        return Credential()
+    if profile == ProfileName.MATTER_DAC.value:
+        if vid is None or pid is None:
+            raise PolicyError("matter-ids-required", "--profile matter-dac needs --vid and --pid")
+        return Credential(MatterIds(parse_id(vid, "VID"), parse_id(pid, "PID")))
+    raise PolicyError("line-profile", f"the line issues idevid or matter-dac certificates, not {profile!r}")
+
+
 @app.command("run")
 def run(
     count: Annotated[int, typer.Option("--count", min=1, help="devices to provision")],
@@ -94,13 +109,21 @@ def run(
     se_token: Annotated[str | None, typer.Option(help="token label holding the device keys")] = None,
     se_pin_file: Annotated[Path | None, typer.Option(help="PIN file of that token")] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="station processes")] = 1,
+    profile: Annotated[
+        str,
+        typer.Option("--profile", help="idevid, or matter-dac (a Matter DAC from the PAI of --vid/--pid)"),
+    ] = "idevid",
+    vid: Annotated[str | None, typer.Option("--vid", help="Matter Vendor ID (hex), with matter-dac")] = None,
+    pid: Annotated[str | None, typer.Option("--pid", help="Matter Product ID (hex), with matter-dac")] = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="folder for device folders and the manifest")
     ] = None,
     home: HomeOpt = None,
     passphrase_file: PassphraseOpt = None,
 ) -> None:
-    """Provision COUNT devices: key in the secure element, CSR, IDevID, write-back, end-of-line test."""
+    """Provision COUNT devices: key in the secure element, CSR, IDevID (or Matter DAC), write-back,
+    end-of-line test."""
+    credential = line_credential(profile, vid, pid)
     passphrase = resolve_passphrase(passphrase_file)
     home_obj = load_home(home)
     se = se_spec(home_obj, secure_element, se_module, se_token, se_pin_file)
@@ -108,7 +131,9 @@ def run(
     serials = next_serials(home_obj, serial_prefix, count, start)
     for serial in (serials[0], serials[-1]):
         check_device_serial(serial)  # a bad --serial-prefix is one error, not one per device
-    spec = RunSpec(home_obj.path.resolve(), passphrase, LineInfo(line, model, lot), se, out_dir)
+    spec = RunSpec(
+        home_obj.path.resolve(), passphrase, LineInfo(line, model, lot), se, out_dir, credential=credential
+    )
     manifest = out_dir / "manifest.jsonl"
     summary = run_with_progress(spec, serials, workers, manifest, f"{line} {lot}")
     print_summary(summary, manifest)

@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "cert": ("devid.cli.cert_cmd", "app", "Issue, show and list certificates."),
     "audit": ("devid.cli.audit_cmd", "app", "The hash-chained audit log: verify it, list events."),
     "factory": ("devid.cli.factory_cmd", "app", "Provision devices on a production line."),
+    "matter": ("devid.cli.matter_cmd", "app", "Matter attestation: PAA/PAI CAs, verify a DAC chain."),
     "bench": ("devid.cli.bench_cmd", "app", "Benchmarks, each figure beside a baseline from the same run."),
     "token": ("devid.cli.token_cmd", "app", "Session tokens: verify, publish and rotate the signing keys."),
     "device": ("devid.cli.device_cmd", "app", "Manage devices: enrollment secrets, approval, state."),

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, func, select
 from devid.authority.setup import open_authority
 from devid.config import Home
 from devid.factory.secure_elements import SecureElementMaker, SecureElementSpec
-from devid.factory.station import DeviceResult, LineInfo, Station
+from devid.factory.station import Credential, DeviceResult, LineInfo, Station
 from devid.store import repo
 from devid.store.engine import make_engine, reading
 
@@ -34,6 +34,7 @@ class RunSpec:
     se: SecureElementSpec
     out_dir: Path
     batch: int = 200
+    credential: Credential = field(default_factory=Credential)
 
 
 @dataclass
@@ -104,7 +105,7 @@ def _worker_run(serials: Sequence[str]) -> list[DeviceResult]:
 def _make_station(spec: RunSpec) -> Station:
     authority = open_authority(Home.load(spec.home), spec.passphrase)
     maker = SecureElementMaker(spec.se)
-    return Station(authority, maker, spec.out_dir, spec.info)
+    return Station(authority, maker, spec.out_dir, spec.info, credential=spec.credential)
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:

@@ -1,4 +1,5 @@
-"""One production-line station: for each device, key in the element, CSR, IDevID, write-back, test.
+"""One production-line station: for each device, key in the element, CSR, IDevID (or Matter DAC),
+write-back, test.
 
 A station works in batches: the CSRs of a batch are issued in one authority transaction (the
 store commit is the expensive part of issuance), then each device gets its certificate and is
@@ -7,6 +8,7 @@ tested on its own, so one bad device is reported without stopping the line or lo
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -23,7 +25,7 @@ from sqlalchemy import select
 
 from devid.authority import device_records
 from devid.authority.core import Authority
-from devid.authority.requests import Issued, IssueRequest, NewDevice, check_device_serial
+from devid.authority.requests import Issued, IssueRequest, MatterIds, NewDevice, check_device_serial
 from devid.errors import ConflictError, DevidError
 from devid.factory.secure_elements import SecureElementMaker
 from devid.fsutil import write_new
@@ -40,10 +42,36 @@ from devid.store.states import DeviceState
 
 DEVICE_FILE = "device.json"
 IDEVID_FILE = "idevid.pem"
+DAC_FILE = "dac.pem"
 CHAIN_FILE = "chain.pem"
 #: Every file the line writes into a device folder (device.json last).
-_LINE_FILES = {SE_STATE_FILE, DEVICE_KEY_FILE, IDEVID_FILE, CHAIN_FILE, DEVICE_FILE}
+_LINE_FILES = {SE_STATE_FILE, DEVICE_KEY_FILE, IDEVID_FILE, DAC_FILE, CHAIN_FILE, DEVICE_FILE}
 _SIGN = ec.ECDSA(hashes.SHA256())
+
+
+@dataclass(frozen=True)
+class Credential:
+    """What the line gives each device: an 802.1AR IDevID, or the Matter DAC of one product (its
+    PAI signs it; the device's chain file then holds PAI and PAA)."""
+
+    matter: MatterIds | None = None
+
+    @property
+    def profile(self) -> ProfileName:
+        return ProfileName.IDEVID if self.matter is None else ProfileName.MATTER_DAC
+
+    @property
+    def slot(self) -> str:
+        """The secure-element slot and device.json key of the certificate."""
+        return "idevid" if self.matter is None else "dac"
+
+    @property
+    def file(self) -> str:
+        return IDEVID_FILE if self.matter is None else DAC_FILE
+
+    @property
+    def label(self) -> str:
+        return "IDevID" if self.matter is None else "DAC"
 
 
 @dataclass(frozen=True)
@@ -100,21 +128,23 @@ class Station:
         out_dir: Path,
         info: LineInfo,
         actor: str = "factory",
+        credential: Credential | None = None,
     ) -> None:
         self.authority = authority
         self.maker = maker
         self.out_dir = out_dir
         self.info = info
         self.actor = actor
-        issuer = authority.issuer_for(ProfileName.IDEVID)
+        self.credential = credential = credential or Credential()
+        issuer = authority.issuer_for(credential.profile, credential.matter)
         self._ca_key = issuer.key  # opened now: a wrong passphrase stops the line before any device
+        self._issuer_name = issuer.name
         self._issuer_cert = issuer.certificate
-        self._issuer_key = require_p256(issuer.certificate.public_key(), "manufacturing CA key")
-        chain = authority.chain(issuer.name)
-        chain[0].verify_directly_issued_by(authority.root)
-        self._chain_pem = b"".join(
-            c.public_bytes(serialization.Encoding.PEM) for c in [*chain, authority.root]
-        )
+        self._issuer_key = require_p256(issuer.certificate.public_key(), f"{issuer.name} CA key")
+        chain = authority.chain(issuer.name, with_root=True)
+        for child, parent in itertools.pairwise(chain):
+            child.verify_directly_issued_by(parent)
+        self._chain_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
 
     def provision(self, serials: Sequence[str]) -> list[DeviceResult]:
         results: list[DeviceResult] = []
@@ -181,7 +211,7 @@ class Station:
         if not refused:
             return known
         error = ConflictError("duplicate-device", "device already exists: not issued twice")
-        detail = {"code": error.code, "reason": error.message, "profile": ProfileName.IDEVID.value}
+        detail = {"code": error.code, "reason": error.message, "profile": self.credential.profile.value}
         for serial in refused:
             results.append(DeviceResult(serial, False, str(self.out_dir / serial), 0.0, error=_reason(error)))
         with writing(self.authority.engine) as conn:
@@ -202,16 +232,16 @@ class Station:
                 select(devices.c.serial, certificates.c.der, certificates.c.fingerprint, cas.c.name)
                 .join(certificates, certificates.c.device_id == devices.c.id)
                 .join(cas, cas.c.id == certificates.c.issuer_id)
-                .where(devices.c.serial.in_(serials), certificates.c.profile == ProfileName.IDEVID)
+                .where(devices.c.serial.in_(serials), certificates.c.profile == self.credential.profile)
             ).all()
         failed: list[str] = []
         for serial, der, fp, issuer in rows:
             start, directory = time.perf_counter(), self.out_dir / serial
             cert = x509.load_der_x509_certificate(der)
-            issued = Issued(cert, der, cert.serial_number, fp, ProfileName.IDEVID, issuer, serial)
+            issued = Issued(cert, der, cert.serial_number, fp, self.credential.profile, issuer, serial)
             error = None
             try:
-                for partial in (IDEVID_FILE, CHAIN_FILE):
+                for partial in (self.credential.file, CHAIN_FILE):
                     (directory / partial).unlink(missing_ok=True)
                 self._install_and_test(directory, self.maker.open(directory, serial), serial, issued)
             except Exception as exc:
@@ -249,7 +279,13 @@ class Station:
             device = NewDevice(
                 serial, self.info.model, self.info.lot, self.info.line, se.backend, str(directory)
             )
-            request = IssueRequest(ProfileName.IDEVID, key, new_device=device, common_name=self.info.model)
+            request = IssueRequest(
+                self.credential.profile,
+                key,
+                new_device=device,
+                common_name=self.info.model,
+                matter=self.credential.matter,
+            )
         except BaseException:
             if se is not None:
                 se.discard()
@@ -277,8 +313,9 @@ class Station:
         return issued
 
     def _install_and_test(self, directory: Path, se: SecureElement, serial: str, issued: Issued) -> None:
-        se.write_slot("idevid", issued.der)
-        write_new(directory / IDEVID_FILE, issued.pem)
+        slot = self.credential.slot
+        se.write_slot(slot, issued.der)
+        write_new(directory / self.credential.file, issued.pem)
         write_new(directory / CHAIN_FILE, self._chain_pem)
         write_new(
             directory / DEVICE_FILE,
@@ -289,9 +326,9 @@ class Station:
                     "lot": self.info.lot,
                     "line": self.info.line,
                     "secure_element": se.reference(),
-                    "idevid": IDEVID_FILE,
+                    slot: self.credential.file,
                     "chain": CHAIN_FILE,
-                    "idevid_serial": serial_hex(issued.serial),
+                    f"{slot}_serial": serial_hex(issued.serial),
                 }
             ).encode(),
         )
@@ -299,20 +336,22 @@ class Station:
 
     def _test(self, se: SecureElement, issued: Issued) -> None:
         """The end-of-line test: chain, key match, and a fresh challenge signed by the element."""
-        cert = issued.certificate
-        # The manufacturing CA's link to the root was verified when the station opened; here each
-        # IDevID is checked against the CA's key, loaded once (not re-parsed per device).
+        cert, label = issued.certificate, self.credential.label
+        # The issuing CA's link to its root was verified when the station opened; here each
+        # certificate is checked against the CA's key, loaded once (not re-parsed per device).
         try:
             if cert.issuer != self._issuer_cert.subject:
                 raise InvalidSignature
             self._issuer_key.verify(cert.signature, cert.tbs_certificate_bytes, _SIGN)
         except (ValueError, TypeError, InvalidSignature):
-            raise DeviceTestError("chain", "IDevID does not verify against the manufacturing CA") from None
-        if se.read_slot("idevid") != issued.der:
-            raise DeviceTestError("slot", "the element's IDevID slot does not hold the issued certificate")
+            raise DeviceTestError(
+                "chain", f"{label} does not verify against CA {self._issuer_name}"
+            ) from None
+        if se.read_slot(self.credential.slot) != issued.der:
+            raise DeviceTestError("slot", f"the element's {label} slot does not hold the issued certificate")
         cert_key = cert.public_key()
         if not isinstance(cert_key, ec.EllipticCurvePublicKey) or cert_key != se.public_key():
-            raise DeviceTestError("key-mismatch", "IDevID public key differs from the element's key")
+            raise DeviceTestError("key-mismatch", f"{label} public key differs from the element's key")
         challenge = os.urandom(32)
         try:
             cert_key.verify(se.sign(challenge), challenge, _SIGN)

@@ -1,7 +1,10 @@
-"""The few DER structures no library builds for us: RFC 4108 hardwareModuleName.
+"""The few DER structures no library builds or reads for us: RFC 4108 hardwareModuleName, and a
+certificate's extensions as raw DER.
 
 `cryptography` carries an otherName as opaque DER and has no public ASN.1 encoder, so this
-module encodes and decodes exactly SEQUENCE { OBJECT IDENTIFIER, OCTET STRING } and nothing more.
+module encodes and decodes exactly SEQUENCE { OBJECT IDENTIFIER, OCTET STRING }. It also refuses
+to read the extensions of a certificate whose basicConstraints says cA=FALSE with a pathLen;
+a verifier that must name that fault (Matter's) reads them raw with `raw_extensions`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from devid.errors import PolicyError
 
 ID_ON_HARDWARE_MODULE_NAME = x509.ObjectIdentifier("1.3.6.1.5.5.7.8.4")
 
-_SEQUENCE, _OID, _OCTET_STRING = 0x30, 0x06, 0x04
+_SEQUENCE, _OID, _OCTET_STRING, _BOOLEAN = 0x30, 0x06, 0x04, 0x01
 
 
 def _length(n: int) -> bytes:
@@ -45,7 +48,8 @@ def encode_oid(dotted: str) -> bytes:
     return tlv(_OID, body)
 
 
-def _readtlv(data: bytes, pos: int, tag: int) -> tuple[bytes, int]:
+def read_tlv(data: bytes, pos: int, tag: int) -> tuple[bytes, int]:
+    """The content of the DER element with `tag` at `pos`, and the position after it."""
     if pos + 2 > len(data) or data[pos] != tag:
         raise PolicyError("der-malformed", f"expected DER tag {tag:#x} at offset {pos}")
     length = data[pos + 1]
@@ -63,6 +67,14 @@ def _readtlv(data: bytes, pos: int, tag: int) -> tuple[bytes, int]:
     if end > len(data):
         raise PolicyError("der-malformed", "DER value runs past its container")
     return data[pos:end], end
+
+
+def read_any(data: bytes, pos: int) -> tuple[int, bytes, int]:
+    """Tag, content and end of the DER element at `pos`, whatever its (single-octet) tag."""
+    if pos >= len(data):
+        raise PolicyError("der-malformed", f"no DER element at offset {pos}")
+    content, end = read_tlv(data, pos, data[pos])
+    return data[pos], content, end
 
 
 def decode_oid(body: bytes) -> str:
@@ -100,11 +112,11 @@ class HardwareModuleName:
             raise PolicyError(
                 "der-malformed", f"otherName {name.type_id.dotted_string} is not hardwareModuleName"
             )
-        seq, end = _readtlv(name.value, 0, _SEQUENCE)
+        seq, end = read_tlv(name.value, 0, _SEQUENCE)
         if end != len(name.value):
             raise PolicyError("der-malformed", "trailing data after hardwareModuleName")
-        oid_body, pos = _readtlv(seq, 0, _OID)
-        serial, pos = _readtlv(seq, pos, _OCTET_STRING)
+        oid_body, pos = read_tlv(seq, 0, _OID)
+        serial, pos = read_tlv(seq, pos, _OCTET_STRING)
         if pos != len(seq):
             raise PolicyError("der-malformed", "trailing data inside hardwareModuleName")
         return cls(decode_oid(oid_body), serial)
@@ -121,3 +133,32 @@ def hardware_module_names(cert: x509.Certificate) -> list[HardwareModuleName]:
         for n in san.get_values_for_type(x509.OtherName)
         if n.type_id == ID_ON_HARDWARE_MODULE_NAME
     ]
+
+
+@dataclass(frozen=True)
+class RawExtension:
+    critical: bool
+    #: The extnValue's content: the DER of the extension's own structure.
+    value: bytes
+
+
+def raw_extensions(tbs: bytes) -> list[tuple[str, RawExtension]]:
+    """The extensions of a TBSCertificate (RFC 5280 4.1) in order, by dotted OID, undecoded."""
+    body, _ = read_tlv(tbs, 0, _SEQUENCE)
+    pos, found = 0, []
+    while pos < len(body):
+        tag, content, pos = read_any(body, pos)
+        if tag != 0xA3:  # [3] EXPLICIT Extensions: the other fields are not looked at
+            continue
+        extensions, _ = read_tlv(content, 0, _SEQUENCE)
+        at = 0
+        while at < len(extensions):
+            ext, at = read_tlv(extensions, at, _SEQUENCE)
+            oid, inner = read_tlv(ext, 0, _OID)
+            critical = False
+            if inner < len(ext) and ext[inner] == _BOOLEAN:
+                flag, inner = read_tlv(ext, inner, _BOOLEAN)
+                critical = flag != b"\x00"
+            value, _ = read_tlv(ext, inner, _OCTET_STRING)
+            found.append((decode_oid(oid), RawExtension(critical, value)))
+    return found

@@ -43,8 +43,9 @@ def check_fields(serial: int, not_before: datetime, not_after: datetime, subject
         raise _refuse("empty subject (devid names every subject, RFC 5280 4.1.2.6)")
 
 
-def problems(cert: x509.Certificate) -> list[str]:
-    """What a signed certificate breaks of RFC 5280's structural rules; empty when clean."""
+def problems(cert: x509.Certificate, *, purpose_free: bool = False) -> list[str]:
+    """What a signed certificate breaks of RFC 5280's structural rules; empty when clean.
+    `purpose_free`: an end-entity certificate whose profile has no extendedKeyUsage (Matter's DAC)."""
     found: list[str] = []
     ext = {e.oid: e for e in cert.extensions}
     basic, usage = ext.get(ExtensionOID.BASIC_CONSTRAINTS), ext.get(ExtensionOID.KEY_USAGE)
@@ -66,7 +67,7 @@ def problems(cert: x509.Certificate) -> list[str]:
         is_ca = basic.value.ca
         if usage.value.key_cert_sign != is_ca:
             found.append("keyCertSign set exactly when the certificate is a CA (4.2.1.3, 4.2.1.9)")
-        if not is_ca and not purposes:
+        if not is_ca and not purposes and not purpose_free:
             found.append("end-entity certificate without extendedKeyUsage")
     if ExtensionOID.SUBJECT_KEY_IDENTIFIER not in ext:
         found.append("subjectKeyIdentifier missing (4.2.1.2)")
@@ -86,8 +87,8 @@ def problems(cert: x509.Certificate) -> list[str]:
     return found
 
 
-def require_clean(cert: x509.Certificate) -> None:
+def require_clean(cert: x509.Certificate, *, purpose_free: bool = False) -> None:
     """Raises PolicyError `certificate-lint` naming the first problem of `cert`, if any."""
-    found = problems(cert)
+    found = problems(cert, purpose_free=purpose_free)
     if found:
         raise _refuse("; ".join(found))

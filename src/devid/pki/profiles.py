@@ -38,6 +38,9 @@ class ProfileName(StrEnum):
     SESSION = "session"
     OCSP_SIGNER = "ocsp-signer"
     SERVER = "server"
+    MATTER_PAA = "matter-paa"
+    MATTER_PAI = "matter-pai"
+    MATTER_DAC = "matter-dac"
 
 
 def _key_usage(*, signature: bool = False, cert_sign: bool = False) -> x509.KeyUsage:
@@ -67,6 +70,12 @@ class Profile:
     ocsp_nocheck: bool = False
     for_device: bool = False
     hardware_module_name: bool = False
+    #: Certificates name where their status is served (AIA OCSP, CRL distribution point) when the
+    #: deployment has a public URL. Not Matter's: its revocation is the DCL's, not devid's CRLs.
+    status_urls: bool = True
+    #: An end-entity certificate for no protocol's use (no extendedKeyUsage): a Matter DAC signs
+    #: attestations, and the Matter profile makes extendedKeyUsage optional.
+    purpose_free: bool = False
 
     def with_validity(self, validity: timedelta | None) -> Profile:
         return replace(self, validity=validity)
@@ -118,6 +127,33 @@ PROFILES: dict[ProfileName, Profile] = {
             timedelta(days=397),
             _key_usage(signature=True),
             (ExtendedKeyUsageOID.SERVER_AUTH,),
+        ),
+        # Matter Core Specification 6.2.2: a PAA with pathLen 1, a PAI with 0 (both keyCertSign and
+        # cRLSign), a DAC with digitalSignature only; all of them with notAfter 99991231235959Z
+        # (devices outlive any intermediate's schedule). VID/PID go in the subject (pki.matter).
+        Profile(
+            ProfileName.MATTER_PAA,
+            None,
+            _key_usage(cert_sign=True),
+            is_ca=True,
+            path_length=1,
+            status_urls=False,
+        ),
+        Profile(
+            ProfileName.MATTER_PAI,
+            None,
+            _key_usage(cert_sign=True),
+            is_ca=True,
+            path_length=0,
+            status_urls=False,
+        ),
+        Profile(
+            ProfileName.MATTER_DAC,
+            None,
+            _key_usage(signature=True),
+            for_device=True,
+            status_urls=False,
+            purpose_free=True,
         ),
     )
 }
@@ -277,7 +313,8 @@ class Template:
         if not self._linted:
             # The template's first certificate is signed with a throw-away key and linted whole
             # (devid.pki.lint); what varies between certificates is checked above, every time.
-            require_clean(builder.sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256()))
+            trial = builder.sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256())
+            require_clean(trial, purpose_free=self.profile.purpose_free)
             self._linted = True
         return builder
 
