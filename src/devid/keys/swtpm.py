@@ -1,0 +1,143 @@
+"""Throw-away software TPMs for tests, benchmarks and the demo (never for production keys).
+
+swtpm simulates the TPM 2.0; tpm2-abrmd, on a private D-Bus, stands in front of it as the resource
+manager TLS needs (OpenSSL's tpm2 provider holds more objects at once during a handshake than a
+TPM's three transient slots: tpm2-openssl's README). Everything runs in a temporary folder, on free
+ports, under a bus name of its own, and is stopped by process id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from devid.errors import ConfigError
+
+#: What a process needs in its environment to reach the simulated TPM through tpm2-abrmd.
+BUS_ENV = "DBUS_SESSION_BUS_ADDRESS"
+INSTALL_HINT = "apt-get install swtpm tpm2-abrmd libtss2-tcti-tabrmd0 dbus"
+
+
+@dataclass(frozen=True)
+class SimulatedTpm:
+    """A running swtpm behind tpm2-abrmd: `tcti` for devid, `direct_tcti` straight to swtpm."""
+
+    tcti: str
+    direct_tcti: str
+    bus_address: str
+
+
+def _free_port_pair() -> int:
+    """A free port P whose P+1 is free too (the swtpm TCTI finds the control channel at P+1)."""
+    for _ in range(50):
+        with socket.socket() as first, socket.socket() as second:
+            first.bind(("127.0.0.1", 0))
+            port = int(first.getsockname()[1])
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise ConfigError("swtpm-failed", "found no two consecutive free ports for swtpm")
+
+
+def _need(program: str) -> str:
+    found = shutil.which(program) or shutil.which(program, path="/usr/sbin:/sbin")
+    if found is None:
+        raise ConfigError("swtpm-missing", f"{program} not found: {INSTALL_HINT}")
+    return found
+
+
+def _wait_until_served(tcti: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """Poll until a TPM answers at `tcti` (the daemon gives no readiness signal of its own)."""
+    from tpm2_pytss import ESAPI, TCTILdr, TSS2_Exception
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise ConfigError("swtpm-failed", f"{proc.args!r} exited with status {proc.returncode}")
+        try:
+            ESAPI(TCTILdr.parse(tcti)).close()
+            return
+        except TSS2_Exception:
+            if time.monotonic() > deadline:
+                raise ConfigError("swtpm-failed", f"no TPM answers at {tcti} after {timeout:.0f} s") from None
+            time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def _process(args: list[str], **kwargs: object) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(args, **kwargs)  # type: ignore[call-overload]
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def _bus_environment(address: str) -> Iterator[None]:
+    previous = os.environ.get(BUS_ENV)
+    os.environ[BUS_ENV] = address
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(BUS_ENV, None)
+        else:
+            os.environ[BUS_ENV] = previous
+
+
+@contextlib.contextmanager
+def simulated_tpm(resource_manager: bool = True) -> Iterator[SimulatedTpm]:
+    """Start swtpm and, with `resource_manager`, a private D-Bus and tpm2-abrmd on it; point this
+    process (and the processes it starts) at that bus while the context lasts. GLib keeps one session
+    bus per process: a process reaches the resource manager of one simulated TPM only (the others
+    through `direct_tcti`)."""
+    swtpm = _need("swtpm")
+    os.environ.setdefault("TSS2_LOG", "all+NONE")
+    with tempfile.TemporaryDirectory(prefix="devid-swtpm-") as tmp, contextlib.ExitStack() as stack:
+        state = Path(tmp) / "state"
+        state.mkdir()
+        port = _free_port_pair()
+        direct = f"swtpm:host=127.0.0.1,port={port}"
+        server = [
+            *(swtpm, "socket", "--tpm2", "--tpmstate", f"dir={state}"),
+            *("--server", f"type=tcp,port={port},bindaddr=127.0.0.1"),
+            *("--ctrl", f"type=tcp,port={port + 1},bindaddr=127.0.0.1"),
+            *("--flags", "not-need-init,startup-clear"),
+        ]
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        _wait_until_served(direct, stack.enter_context(_process(server, **quiet)))
+        if not resource_manager:
+            yield SimulatedTpm(direct, direct, "")
+            return
+        dbus, abrmd = _need("dbus-daemon"), _need("tpm2-abrmd")
+        bus_args = [
+            *(dbus, "--session", "--nofork", "--print-address=1", "--nopidfile"),
+            f"--address=unix:path={Path(tmp) / 'bus'}",
+        ]
+        bus = stack.enter_context(_process(bus_args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL))
+        assert bus.stdout is not None
+        address = bus.stdout.readline().decode().strip()
+        if not address:
+            raise ConfigError("swtpm-failed", "dbus-daemon gave no bus address")
+        stack.enter_context(_bus_environment(address))
+        name = f"com.intel.tss2.Tabrmd.devid{secrets.token_hex(4)}"
+        rm = [abrmd, "--session", "--allow-root", f"--tcti={direct}", f"--dbus-name={name}"]
+        tcti = f"tabrmd:bus_type=session,bus_name={name}"
+        _wait_until_served(tcti, stack.enter_context(_process(rm, **quiet)))
+        yield SimulatedTpm(tcti, direct, address)
