@@ -227,3 +227,20 @@ def test_a_tpm_that_refuses_is_a_clear_refusal_and_nothing_is_recorded(
         err = flat(result.stderr)
         assert "[tpm-error]" in err and f"{SRK_HANDLE:#x}" in err, err
         assert_nothing_recorded(home, before)
+
+
+def test_bench_tpm_prints_each_figure_beside_its_same_run_baseline() -> None:
+    result = devid("bench", "tpm", "--n", "10", "--handshakes", "5", "--json", timeout=300)
+    figures = {f["name"]: f for f in map(json.loads, ok(result).stdout.splitlines())}
+    assert set(figures) == {
+        "tpm.keys_rate",
+        "tpm.factory_rate",
+        "tpm.factory_p50",
+        "tpm.factory_rate_direct",
+        "tpm.handshakes",
+    }
+    for name in ("tpm.keys_rate", "tpm.factory_rate", "tpm.handshakes"):
+        figure = figures[name]
+        assert figure["value"] > 0 and figure["baseline"] > 0 and figure["ratio"] > 0, figure
+    assert figures["tpm.handshakes"]["unit"] == "handshakes/s"
+    assert "0 failures" in figures["tpm.factory_rate"]["note"]

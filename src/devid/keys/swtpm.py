@@ -37,9 +37,14 @@ class SimulatedTpm:
 
 
 def _free_port_pair() -> int:
-    """A free port P whose P+1 is free too (the swtpm TCTI finds the control channel at P+1)."""
-    for _ in range(50):
+    """A free port P whose P+1 is free too (the swtpm TCTI finds the control channel at P+1).
+
+    Linux hands out odd ports to bind(0) and even ones to connect(): P+1 is often a closed
+    connection's port in TIME_WAIT, which swtpm (SO_REUSEADDR) may take, so the probe allows it too."""
+    for _ in range(200):
         with socket.socket() as first, socket.socket() as second:
+            for s in (first, second):
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             first.bind(("127.0.0.1", 0))
             port = int(first.getsockname()[1])
             try:
