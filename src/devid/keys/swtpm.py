@@ -16,7 +16,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,21 +62,39 @@ def _need(program: str) -> str:
     return found
 
 
-def _wait_until_served(tcti: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    """Poll until a TPM answers at `tcti` (the daemon gives no readiness signal of its own)."""
-    from tpm2_pytss import ESAPI, TCTILdr, TSS2_Exception
-
+def _wait(ready: Callable[[], bool], proc: subprocess.Popen[bytes], what: str, timeout: float = 20.0) -> None:
+    """Poll until `ready()` (these daemons give no readiness signal of their own)."""
     deadline = time.monotonic() + timeout
-    while True:
+    while not ready():
         if proc.poll() is not None:
             raise ConfigError("swtpm-failed", f"{proc.args!r} exited with status {proc.returncode}")
-        try:
-            ESAPI(TCTILdr.parse(tcti)).close()
-            return
-        except TSS2_Exception:
-            if time.monotonic() > deadline:
-                raise ConfigError("swtpm-failed", f"no TPM answers at {tcti} after {timeout:.0f} s") from None
-            time.sleep(0.05)
+        if time.monotonic() > deadline:
+            raise ConfigError("swtpm-failed", f"{what} not ready after {timeout:.0f} s")
+        time.sleep(0.02)
+
+
+def _answers(tcti: str) -> bool:
+    from tpm2_pytss import ESAPI, TCTILdr, TSS2_Exception
+
+    try:
+        ESAPI(TCTILdr.parse(tcti)).close()
+    except TSS2_Exception:
+        return False
+    return True
+
+
+def _bus_name_owned(dbus_send: str, name: str) -> bool:
+    """Asked of the bus itself: trying the tabrmd TCTI first would have GLib warn on every miss."""
+    reply = subprocess.run(
+        [
+            *(dbus_send, "--session", "--print-reply", "--dest=org.freedesktop.DBus"),
+            *("/org/freedesktop/DBus", "org.freedesktop.DBus.NameHasOwner", f"string:{name}"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return "boolean true" in reply.stdout
 
 
 @contextlib.contextmanager
@@ -126,11 +144,11 @@ def simulated_tpm(resource_manager: bool = True) -> Iterator[SimulatedTpm]:
             *("--flags", "not-need-init,startup-clear"),
         ]
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-        _wait_until_served(direct, stack.enter_context(_process(server, **quiet)))
+        _wait(lambda: _answers(direct), stack.enter_context(_process(server, **quiet)), f"swtpm at {direct}")
         if not resource_manager:
             yield SimulatedTpm(direct, direct, "")
             return
-        dbus, abrmd = _need("dbus-daemon"), _need("tpm2-abrmd")
+        dbus, dbus_send, abrmd = _need("dbus-daemon"), _need("dbus-send"), _need("tpm2-abrmd")
         bus_args = [
             *(dbus, "--session", "--nofork", "--print-address=1", "--nopidfile"),
             f"--address=unix:path={Path(tmp) / 'bus'}",
@@ -144,5 +162,7 @@ def simulated_tpm(resource_manager: bool = True) -> Iterator[SimulatedTpm]:
         name = f"com.intel.tss2.Tabrmd.devid{secrets.token_hex(4)}"
         rm = [abrmd, "--session", "--allow-root", f"--tcti={direct}", f"--dbus-name={name}"]
         tcti = f"tabrmd:bus_type=session,bus_name={name}"
-        _wait_until_served(tcti, stack.enter_context(_process(rm, **quiet)))
+        rm_proc = stack.enter_context(_process(rm, **quiet))
+        _wait(lambda: _bus_name_owned(dbus_send, name), rm_proc, f"tpm2-abrmd as {name}")
+        _wait(lambda: _answers(tcti), rm_proc, f"tpm2-abrmd at {tcti}")
         yield SimulatedTpm(tcti, direct, address)
