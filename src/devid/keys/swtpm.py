@@ -9,6 +9,7 @@ ports, under a bus name of its own, and is stopped by process id.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
 import shutil
@@ -125,6 +126,30 @@ def _bus_environment(address: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _swtpm(swtpm: str, state: Path, attempts: int = 5) -> Iterator[str]:
+    """swtpm on a free port pair; another pair when it could not take the first (a port the probe
+    found free may be taken before swtpm binds it). Yields its direct TCTI."""
+    for attempt in range(attempts):
+        port = _free_port_pair()
+        direct = f"swtpm:host=127.0.0.1,port={port}"
+        server = [
+            *(swtpm, "socket", "--tpm2", "--tpmstate", f"dir={state}"),
+            *("--server", f"type=tcp,port={port},bindaddr=127.0.0.1"),
+            *("--ctrl", f"type=tcp,port={port + 1},bindaddr=127.0.0.1"),
+            *("--flags", "not-need-init,startup-clear"),
+        ]
+        with _process(server, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+            try:
+                _wait(functools.partial(_answers, direct), proc, f"swtpm at {direct}")
+            except ConfigError:
+                if proc.poll() is None or attempt == attempts - 1:
+                    raise
+                continue
+            yield direct
+            return
+
+
+@contextlib.contextmanager
 def simulated_tpm(resource_manager: bool = True) -> Iterator[SimulatedTpm]:
     """Start swtpm and, with `resource_manager`, a private D-Bus and tpm2-abrmd on it; point this
     process (and the processes it starts) at that bus while the context lasts. GLib keeps one session
@@ -135,16 +160,8 @@ def simulated_tpm(resource_manager: bool = True) -> Iterator[SimulatedTpm]:
     with tempfile.TemporaryDirectory(prefix="devid-swtpm-") as tmp, contextlib.ExitStack() as stack:
         state = Path(tmp) / "state"
         state.mkdir()
-        port = _free_port_pair()
-        direct = f"swtpm:host=127.0.0.1,port={port}"
-        server = [
-            *(swtpm, "socket", "--tpm2", "--tpmstate", f"dir={state}"),
-            *("--server", f"type=tcp,port={port},bindaddr=127.0.0.1"),
-            *("--ctrl", f"type=tcp,port={port + 1},bindaddr=127.0.0.1"),
-            *("--flags", "not-need-init,startup-clear"),
-        ]
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-        _wait(lambda: _answers(direct), stack.enter_context(_process(server, **quiet)), f"swtpm at {direct}")
+        direct = stack.enter_context(_swtpm(swtpm, state))
         if not resource_manager:
             yield SimulatedTpm(direct, direct, "")
             return
