@@ -175,6 +175,8 @@ def test_tpm_device_enrolls_and_renews_over_mtls_against_devid_serve(
     }
     se = TpmSecureElement.open(directory, tpm.tcti)
     assert se.read_slot("ldevid") == renewed.public_bytes(serialization.Encoding.DER)
+    status = json.loads(ok(devid("agent", "status", "--device", directory, env=env)).stdout)
+    assert status["ldevid_serial"] == format(renewed.serial_number, "x") and status["failures"] == 0
 
 
 def _free_port() -> int:
@@ -209,6 +211,15 @@ def test_an_absent_tpm_is_a_clear_refusal_and_nothing_is_recorded(tpm: Simulated
         env=devid_env(passphrase=None),
     )
     assert result.returncode == 2 and "[tpm-unreachable]" in flat(result.stderr), result.stderr
+    assert not (directory / "agent.json").exists()
+
+    # A machine without OpenSSL's tpm2 provider: what to install, before any connection.
+    result = devid(
+        *("agent", "enroll", "--device", directory, "--server", "https://127.0.0.1:9"),
+        env=devid_env(passphrase=None, **{tpmtls.PROVIDER_ENV: str(tmp_path / "no-tpm2.so")}),
+    )
+    assert result.returncode == 2, result.stderr
+    assert "[se-tls-unsupported]" in flat(result.stderr) and "tpm2-openssl" in result.stderr
     assert not (directory / "agent.json").exists()
 
 
