@@ -52,6 +52,8 @@ SRK_HANDLE = 0x81000001
 #: The element's state in the device folder (the same name the software element uses).
 STATE_FILE = "se.json"
 _SIGN = ec.ECDSA(hashes.SHA256())
+#: The hash the TPM is told a digest was made with, by the digest's length.
+_DIGEST_ALGS = {32: TPM2_ALG.SHA256, 48: TPM2_ALG.SHA384, 64: TPM2_ALG.SHA512}
 #: What every device key must carry: made in this TPM and bound to it and to its parent.
 KEY_ATTRIBUTES = (
     TPMA_OBJECT.FIXEDTPM
@@ -206,10 +208,11 @@ class TpmPrivateKey(HeldPrivateKey):
         return int(self.public_blob.publicArea.objectAttributes)
 
     def sign_digest(self, digest: bytes) -> bytes:
+        hash_alg = _DIGEST_ALGS.get(len(digest))
+        if hash_alg is None:
+            raise ValueError(f"a TPM signs SHA-256/384/512 digests, not {len(digest)} bytes")
         scheme = TPMT_SIG_SCHEME(scheme=TPM2_ALG.ECDSA)
-        scheme.details.any.hashAlg = {32: TPM2_ALG.SHA256, 48: TPM2_ALG.SHA384, 64: TPM2_ALG.SHA512}[
-            len(digest)
-        ]
+        scheme.details.any.hashAlg = hash_alg
         ticket = TPMT_TK_HASHCHECK(tag=TPM2_ST.HASHCHECK, hierarchy=TPM2_RH.NULL)
         tpm = self._tpm
         with tpm.lock:
