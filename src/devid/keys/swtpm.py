@@ -1,4 +1,4 @@
-"""Throw-away software TPMs for tests, benchmarks and the demo (never for production keys).
+"""Throw-away software TPMs for tests and benchmarks (never for production keys).
 
 swtpm simulates the TPM 2.0; tpm2-abrmd, on a private D-Bus, stands in front of it as the resource
 manager TLS needs (OpenSSL's tpm2 provider holds more objects at once during a handshake than a
@@ -30,7 +30,8 @@ INSTALL_HINT = "apt-get install swtpm tpm2-abrmd libtss2-tcti-tabrmd0 dbus"
 
 @dataclass(frozen=True)
 class SimulatedTpm:
-    """A running swtpm behind tpm2-abrmd: `tcti` for devid, `direct_tcti` straight to swtpm."""
+    """A running swtpm: `tcti` for devid (through tpm2-abrmd when there is one), `direct_tcti`
+    straight to swtpm; `bus_address` is the private D-Bus ("" without a resource manager)."""
 
     tcti: str
     direct_tcti: str
