@@ -11,10 +11,14 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 # Debian packages: SoftHSM2 (PKCS#11 tests), OpenSSL and curl (interop peers), PostgreSQL,
 # OpenSSL's pkcs11-provider (TLS client authentication with a key in a token), and Mosquitto (the
 # MQTT broker event delivery publishes to and the gateway stands in front of), Chromium (the
-# dashboard's browser tests drive it through Playwright, which never downloads a browser) and wrk
-# (the load generator of `devid bench revocation`'s OCSP figures).
+# dashboard's browser tests drive it through Playwright, which never downloads a browser), wrk
+# (the load generator of `devid bench revocation`'s OCSP figures), and the TPM 2.0 stack: swtpm (the
+# simulated TPM), tpm2-abrmd on a private D-Bus (the resource manager OpenSSL's tpm2 provider needs),
+# tpm2-openssl (TLS with a TPM key), and libtss2-dev, pkg-config, gcc and python3-dev to build
+# tpm2-pytss, which PyPI has as source only.
 missing=()
-for pkg in softhsm2 openssl curl postgresql pkcs11-provider mosquitto chromium wrk; do
+for pkg in softhsm2 openssl curl postgresql pkcs11-provider mosquitto chromium wrk \
+  swtpm tpm2-abrmd libtss2-tcti-tabrmd0 dbus tpm2-openssl libtss2-dev pkg-config gcc python3-dev; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 # Debian's own python3 makes a venv with pip only with python3-venv installed.

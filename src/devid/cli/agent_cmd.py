@@ -1,10 +1,11 @@
 """`devid agent`: the device side, working from a device folder made by the factory.
 
-A device whose key is in a PKCS#11 token authenticates TLS through OpenSSL's pkcs11-provider, which
-OpenSSL activates only from the configuration named by OPENSSL_CONF when Python's ssl module is first
-imported, long before a command runs. So `enroll` and `run` for such a device write that
-configuration (devid.keys.p11tls) and re-execute this same command line with OPENSSL_CONF set: same
-process id (exec), so supervisors and exit statuses see no difference.
+A device whose key is in a PKCS#11 token or a TPM authenticates TLS through OpenSSL's pkcs11-provider
+or tpm2 provider, which OpenSSL activates only from the configuration named by OPENSSL_CONF when
+Python's ssl module is first imported, long before a command runs. So `enroll` and `run` for such a
+device write that configuration (devid.keys.p11tls, devid.keys.tpmtls) and re-execute this same
+command line with OPENSSL_CONF set: same process id (exec), so supervisors and exit statuses see no
+difference.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from typing import Annotated
 import typer
 
 from devid.cli.common import console, read_file
-from devid.device.agent import SE_PIN_FILE_ENV, DeviceAgent, token_tls
+from devid.device.agent import SE_PIN_FILE_ENV, DeviceAgent, provider_tls
 from devid.errors import ConfigError
+from devid.keys.tpmtls import TCTI_ENV
 
 app = typer.Typer(help="The device agent: enroll, renew, fall back, report.", no_args_is_help=True)
 DeviceOpt = Annotated[Path, typer.Option("--device", help="device folder made by `devid factory run`")]
@@ -33,25 +35,33 @@ SePinOpt = Annotated[
         help="PIN file (mode 0600) of the PKCS#11 token holding the device key (pkcs11 elements only)",
     ),
 ]
+SeTctiOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--se-tcti",
+        envvar=TCTI_ENV,
+        help="the TPM holding the device key, as a tpm2-tss TCTI (tpm elements; default: the factory's)",
+    ),
+]
 
 
-def _open(device: Path, se_pin_file: Path | None, *, tls: bool) -> DeviceAgent:
+def _open(device: Path, se_pin_file: Path | None, se_tcti: str | None, *, tls: bool) -> DeviceAgent:
     """Open the device's agent; it never needs the CA operator's passphrase (a software element is
     sealed with its own device-local key). For a PKCS#11 device that will do TLS, make sure this
-    process runs with the OpenSSL configuration that loads pkcs11-provider for its token: if it did
-    not start with it, re-execute the command line with it set."""
-    p11 = token_tls(device, se_pin_file)
-    if p11 is None:
+    process runs with the OpenSSL configuration that loads the provider for its token or TPM: if it
+    did not start with it, re-execute the command line with it set."""
+    files = provider_tls(device, se_pin_file, se_tcti)
+    if files is None:
         return DeviceAgent.open(device, tls=tls)
     if tls:
-        p11.prepare()
-        env = p11.environment()
+        files.prepare()
+        env = files.environment()
         if any(os.environ.get(k) != v for k, v in env.items()):
             sys.stdout.flush()
             sys.stderr.flush()
             os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **env})
     # Started with it: DeviceAgent.open still checks that the provider is really active.
-    return DeviceAgent.open(device, se_pin_file=se_pin_file, tls=tls)
+    return DeviceAgent.open(device, se_pin_file=se_pin_file, se_tcti=se_tcti, tls=tls)
 
 
 @app.command("enroll")
@@ -66,9 +76,10 @@ def enroll(
     ] = None,
     label: Annotated[str, typer.Option("--label", help="EST label (renewal policy)")] = "",
     se_pin_file: SePinOpt = None,
+    se_tcti: SeTctiOpt = None,
 ) -> None:
     """First enrollment: the IDevID proves the device; an LDevID (or session certificate) comes back."""
-    agent = _open(device, se_pin_file, tls=True)
+    agent = _open(device, se_pin_file, se_tcti, tls=True)
     trust = read_file(ca_bundle, "CA bundle") if ca_bundle else (device / "chain.pem").read_bytes()
     enrolled = asyncio.run(agent.enroll(server, trust, label))
     console.print(
@@ -86,9 +97,10 @@ def run(
         float, typer.Option(help="most seconds between check-ins (sooner when something falls due)")
     ] = 60.0,
     se_pin_file: SePinOpt = None,
+    se_tcti: SeTctiOpt = None,
 ) -> None:
     """Check in: renew when due, back off while unreachable, fall back to the IDevID when needed."""
-    agent = _open(device, se_pin_file, tls=True)
+    agent = _open(device, se_pin_file, se_tcti, tls=True)
     if agent.state is None:
         raise ConfigError("agent-not-enrolled", f"{device} is not enrolled: run `devid agent enroll` first")
 
@@ -108,7 +120,7 @@ def run(
 
 
 @app.command("status")
-def status(device: DeviceOpt, se_pin_file: SePinOpt = None) -> None:
+def status(device: DeviceOpt, se_pin_file: SePinOpt = None, se_tcti: SeTctiOpt = None) -> None:
     """The agent's state: certificates, policy, next renewal, failures."""
-    agent = _open(device, se_pin_file, tls=False)
+    agent = _open(device, se_pin_file, se_tcti, tls=False)
     print(json.dumps(agent.status(), indent=2))

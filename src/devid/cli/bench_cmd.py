@@ -52,6 +52,24 @@ def factory(
         report(bench.run(n, workers), as_json)
 
 
+@app.command("tpm")
+def tpm(
+    n: Annotated[int, typer.Option("--n", min=10, help="keys and devices per backend")] = 100,
+    handshakes: Annotated[
+        int, typer.Option("--handshakes", min=5, help="mTLS handshakes with the TPM key (10x with software)")
+    ] = 20,
+    tcti: Annotated[
+        str | None,
+        typer.Option("--tcti", help="measure this TPM, a tpm2-tss TCTI (default: a swtpm for the run)"),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """TPM secure element: keys/s and devices/s at the factory, mTLS handshakes/s, beside software keys."""
+    from devid.bench import tpm as bench
+
+    report(bench.run(n, handshakes, tcti), as_json)
+
+
 @app.command("est")
 def est(
     clients: Annotated[int, typer.Option("--clients", min=1, help="concurrent EST clients")] = 16,

@@ -17,14 +17,28 @@ from devid.errors import ConfigError, PolicyError
 from devid.factory.line import RunSpec, Summary, next_serials, run_line
 from devid.factory.secure_elements import SecureElementSpec
 from devid.factory.station import Credential, LineInfo
+from devid.keys.tpmtls import DEFAULT_TCTI, TCTI_ENV
 from devid.pki.matter import parse_id
 from devid.pki.profiles import ProfileName
 
 app = typer.Typer(help="Provision devices on a production line.", no_args_is_help=True)
+TctiOpt = Annotated[
+    str,
+    typer.Option(
+        "--se-tcti",
+        envvar=TCTI_ENV,
+        help="TPM of a tpm secure element, as a tpm2-tss TCTI (tabrmd:bus_type=system, swtpm:port=2321...)",
+    ),
+]
 
 
 def se_spec(
-    home: Home, backend: str, module: str | None, token: str | None, pin_file: Path | None
+    home: Home,
+    backend: str,
+    module: str | None,
+    token: str | None,
+    pin_file: Path | None,
+    tcti: str | None = None,
 ) -> SecureElementSpec:
     """The line's secure element; a PKCS#11 element defaults to the home's token settings."""
     pkcs11 = None
@@ -39,7 +53,7 @@ def se_spec(
                 "--secure-element pkcs11 needs --se-module, --se-token and --se-pin-file (or a pkcs11 home)",
             )
         pkcs11 = Pkcs11Settings(module, token, pin)
-    spec = SecureElementSpec(backend, pkcs11)
+    spec = SecureElementSpec(backend, pkcs11, tcti if backend == "tpm" else None)
     spec.validate()
     return spec
 
@@ -104,10 +118,13 @@ def run(
     start: Annotated[
         int | None, typer.Option("--start", help="first serial number (default: next free)")
     ] = None,
-    secure_element: Annotated[str, typer.Option("--secure-element", help="software or pkcs11")] = "software",
+    secure_element: Annotated[
+        str, typer.Option("--secure-element", help="software, pkcs11 or tpm")
+    ] = "software",
     se_module: Annotated[str | None, typer.Option(help="PKCS#11 module of the device elements")] = None,
     se_token: Annotated[str | None, typer.Option(help="token label holding the device keys")] = None,
     se_pin_file: Annotated[Path | None, typer.Option(help="PIN file of that token")] = None,
+    se_tcti: TctiOpt = DEFAULT_TCTI,
     workers: Annotated[int, typer.Option("--workers", min=1, help="station processes")] = 1,
     profile: Annotated[
         str,
@@ -126,7 +143,7 @@ def run(
     credential = line_credential(profile, vid, pid)
     passphrase = resolve_passphrase(passphrase_file)
     home_obj = load_home(home)
-    se = se_spec(home_obj, secure_element, se_module, se_token, se_pin_file)
+    se = se_spec(home_obj, secure_element, se_module, se_token, se_pin_file, se_tcti)
     out_dir = (out or home_obj.path / "devices").resolve()
     serials = next_serials(home_obj, serial_prefix, count, start)
     for serial in (serials[0], serials[-1]):

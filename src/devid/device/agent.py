@@ -9,8 +9,9 @@ so a crash at any point leaves a certificate the device can still use.
 
 TLS client authentication uses the secure element's key: a software element lends it to the TLS
 stack in memory (memfd); a PKCS#11 element keeps it in the token and OpenSSL's pkcs11-provider signs
-the handshake there (devid.keys.p11tls: the process must start with OPENSSL_CONF set, which
-`devid agent` arranges by re-executing itself).
+the handshake there (devid.keys.p11tls), a TPM element keeps it in the TPM and OpenSSL's tpm2
+provider signs there (devid.keys.tpmtls). Either way the process must start with OPENSSL_CONF set,
+which `devid agent` arranges by re-executing itself.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from devid.fsutil import atomic_write
 from devid.keys.base import SecureElement
 from devid.keys.p11tls import ProviderKey, TokenTls
 from devid.keys.software import SoftwareSecureElement
+from devid.keys.tpmtls import TpmTls
 from devid.pki.encoding import load_certificates
 
 STATE_FILE = "agent.json"
@@ -53,12 +55,17 @@ def device_info(directory: Path) -> dict[str, Any]:
         raise ConfigError("device-folder", f"{directory} is not a device folder (no device.json)") from None
 
 
-def token_tls(directory: Path, se_pin_file: Path | None) -> TokenTls | None:
-    """For a device whose key is in a PKCS#11 token, what TLS with that key needs (None: software
-    element). The PIN file comes from the device's own configuration, never from the factory's record."""
+def provider_tls(
+    directory: Path, se_pin_file: Path | None, se_tcti: str | None = None
+) -> TokenTls | TpmTls | None:
+    """For a device whose key is in a PKCS#11 token or a TPM, what TLS with that key needs (None:
+    software element). A token's PIN file comes from the device's own configuration, never from the
+    factory's record; a TPM is the one the factory used unless `se_tcti` names another."""
     ref = device_info(directory)["secure_element"]
     if ref["backend"] == "software":
         return None
+    if ref["backend"] == "tpm":
+        return TpmTls(directory.resolve(), se_tcti or ref["tcti"])
     if ref["backend"] != "pkcs11":
         raise ConfigError("se-backend", f"unknown secure element {ref['backend']!r} in {directory}")
     if se_pin_file is None:
@@ -68,6 +75,21 @@ def token_tls(directory: Path, se_pin_file: Path | None) -> TokenTls | None:
             f"(--se-pin-file or ${SE_PIN_FILE_ENV})",
         )
     return TokenTls(directory.resolve(), ref["module"], ref["uri"], se_pin_file)
+
+
+def _held_element(directory: Path, files: TokenTls | TpmTls) -> SecureElement:
+    """Open the element whose key is held in a token or a TPM (the libraries load only here)."""
+    if isinstance(files, TpmTls):
+        from devid.keys.tpm import TpmSecureElement
+
+        return TpmSecureElement.open(directory, files.tcti)
+    from devid.keys.pkcs11 import Pkcs11SecureElement
+
+    ref = device_info(directory)["secure_element"]
+    pin = Pkcs11Settings(ref["module"], ref["token"], str(files.pin_file)).pin()
+    # python-pkcs11 logs in here, before any handshake: the provider then finds the token logged
+    # in (one login per process), and the CSRs are signed through this session.
+    return Pkcs11SecureElement.open(ref["module"], ref["token"], pin, ref["object"])
 
 
 class DeviceAgent:
@@ -107,6 +129,7 @@ class DeviceAgent:
         directory: Path,
         *,
         se_pin_file: Path | None = None,
+        se_tcti: str | None = None,
         tls: bool = True,
         clock: Clock | None = None,
         rng: random.Random | None = None,
@@ -114,25 +137,20 @@ class DeviceAgent:
     ) -> DeviceAgent:
         """Open a device folder. `durable=False` (simulation only) skips fsync; writes stay atomic.
 
-        A PKCS#11 device needs `se_pin_file` (its token's PIN file, mode 0600) and, unless `tls` is
-        False (status only), a process started with the OpenSSL configuration `token_tls()` names."""
+        A PKCS#11 device needs `se_pin_file` (its token's PIN file, mode 0600); a TPM device may name
+        its TPM (`se_tcti`). Unless `tls` is False (status only), either needs a process started with
+        the OpenSSL configuration `provider_tls()` names."""
         state_file = directory / STATE_FILE
         state = AgentState.from_json(json.loads(state_file.read_text())) if state_file.exists() else None
-        p11 = token_tls(directory, se_pin_file)
-        if p11 is not None:
+        files = provider_tls(directory, se_pin_file, se_tcti)
+        if files is not None:
+            tls_key = files.prepare() if tls else files.provider_key()  # status: nothing written
+            # The element first: an absent token or TPM is reported as such, not as a provider that
+            # could not start.
+            held = _held_element(directory, files)
             if tls:
-                tls_key = p11.prepare()
-                p11.require_in_effect()
-            else:  # status only: no provider needed, nothing written
-                tls_key = ProviderKey(p11.uri, p11.key_file, p11.conf_file)
-            from devid.keys.pkcs11 import Pkcs11SecureElement
-
-            ref = device_info(directory)["secure_element"]
-            pin = Pkcs11Settings(ref["module"], ref["token"], str(p11.pin_file)).pin()
-            # python-pkcs11 logs in here, before any handshake: the provider then finds the token
-            # logged in (one login per process), and the CSRs are signed through this session.
-            p11se = Pkcs11SecureElement.open(ref["module"], ref["token"], pin, ref["object"])
-            return cls(directory, p11se, state, tls_key=tls_key, clock=clock, rng=rng, durable=durable)
+                files.require_in_effect()
+            return cls(directory, held, state, tls_key=tls_key, clock=clock, rng=rng, durable=durable)
         se = SoftwareSecureElement.open(directory, durable=durable)
         return cls(directory, se, state, tls_key=se.tls_private_key(), clock=clock, rng=rng, durable=durable)
 

@@ -80,8 +80,8 @@ def tls_context(
     key: ec.EllipticCurvePrivateKey | ProviderKey | None = None,
 ) -> ssl.SSLContext:
     """Client TLS context: trusts `trust_pem` only (explicit trust anchor), presents a certificate
-    chain with its key held in memory (software element) or in a PKCS#11 token (`ProviderKey`: the
-    handshake is signed inside the token through OpenSSL's pkcs11-provider)."""
+    chain with its key held in memory (software element) or in a PKCS#11 token or a TPM
+    (`ProviderKey`: the handshake is signed there, through OpenSSL's pkcs11-provider or tpm2 provider)."""
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=trust_pem.decode())
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(MODERN_CIPHERS)
@@ -94,8 +94,7 @@ def tls_context(
                 except ssl.SSLError as exc:
                     raise KeyAccessError(
                         "se-tls-key",
-                        f"OpenSSL could not use the token key {key.uri} through pkcs11-provider "
-                        f"(configuration {key.conf_file}): {exc}",
+                        f"OpenSSL could not use {key.what} (configuration {key.conf_file}): {exc}",
                     ) from None
             return ctx
         key_pem = key.private_bytes(

@@ -10,6 +10,8 @@ from devid.errors import ConfigError
 from devid.keys.base import SecureElement
 from devid.keys.software import SoftwareSecureElement
 
+BACKENDS = ("software", "pkcs11", "tpm")
+
 
 @dataclass(frozen=True)
 class SecureElementSpec:
@@ -17,14 +19,18 @@ class SecureElementSpec:
 
     backend: str
     pkcs11: Pkcs11Settings | None = None
+    #: The TPM's TCTI (tpm2-tss syntax, e.g. device:/dev/tpmrm0 or tabrmd:bus_type=session).
+    tcti: str | None = None
 
     def validate(self) -> None:
-        if self.backend not in ("software", "pkcs11"):
+        if self.backend not in BACKENDS:
             raise ConfigError(
-                "se-backend", f"unknown secure element {self.backend!r}: use software or pkcs11"
+                "se-backend", f"unknown secure element {self.backend!r}: use {', '.join(BACKENDS)}"
             )
         if self.backend == "pkcs11" and self.pkcs11 is None:
             raise ConfigError("se-pkcs11", "a pkcs11 secure element needs a module, token and PIN file")
+        if self.backend == "tpm" and not self.tcti:
+            raise ConfigError("se-tpm", "a tpm secure element needs the TPM's TCTI")
 
 
 class SecureElementMaker:
@@ -40,10 +46,21 @@ class SecureElementMaker:
             from devid.keys.pkcs11 import open_token
 
             open_token(spec.pkcs11.module, spec.pkcs11.token, self._pin)
+        if spec.backend == "tpm":
+            # Likewise an absent or failing TPM stops the line before any device.
+            from devid.keys.tpm import open_tpm
+
+            assert spec.tcti is not None
+            open_tpm(spec.tcti)
 
     def create(self, directory: Path, device_serial: str) -> SecureElement:
         if self.spec.backend == "software":
             return SoftwareSecureElement.create(directory, durable=False)
+        if self.spec.backend == "tpm":
+            from devid.keys.tpm import TpmSecureElement
+
+            assert self.spec.tcti is not None
+            return TpmSecureElement.create(directory, self.spec.tcti)
         from devid.keys.pkcs11 import Pkcs11SecureElement
 
         assert self.spec.pkcs11 is not None
@@ -53,6 +70,11 @@ class SecureElementMaker:
     def open(self, directory: Path, device_serial: str) -> SecureElement:
         if self.spec.backend == "software":
             return SoftwareSecureElement.open(directory)
+        if self.spec.backend == "tpm":
+            from devid.keys.tpm import TpmSecureElement
+
+            assert self.spec.tcti is not None
+            return TpmSecureElement.open(directory, self.spec.tcti)
         from devid.keys.pkcs11 import Pkcs11SecureElement
 
         assert self.spec.pkcs11 is not None

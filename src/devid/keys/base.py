@@ -7,13 +7,81 @@ pyca recommends for HSMs), so the authority has one signing path whatever the ba
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Any, NoReturn, Protocol
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, utils
+
+from devid.errors import KeyExportRefused
 
 #: PKCS#11 EC_PARAMS / X.509 namedCurve for P-256: OBJECT IDENTIFIER 1.2.840.10045.3.1.7.
 P256_EC_PARAMS = bytes.fromhex("06082a8648ce3d030107")
+
+
+class HeldPrivateKey(ec.EllipticCurvePrivateKey):
+    """A P-256 key held by hardware (a PKCS#11 token, a TPM): `sign` hashes here and the hardware
+    signs the digest (`sign_digest`), so `cryptography`'s builders use it unchanged; everything that
+    would take the private value out refuses."""
+
+    def __init__(self, public: ec.EllipticCurvePublicKey, label: str, holder: str) -> None:
+        self._public = public
+        self.label = label
+        self._holder = holder
+
+    @abstractmethod
+    def sign_digest(self, digest: bytes) -> bytes:
+        """ECDSA over a SHA-256 (or other) digest inside the hardware, DER-encoded signature."""
+
+    @property
+    def curve(self) -> ec.EllipticCurve:
+        return ec.SECP256R1()
+
+    @property
+    def key_size(self) -> int:
+        return 256
+
+    def public_key(self) -> ec.EllipticCurvePublicKey:
+        return self._public
+
+    def sign(
+        self, data: bytes | bytearray | memoryview, signature_algorithm: ec.EllipticCurveSignatureAlgorithm
+    ) -> bytes:
+        if not isinstance(signature_algorithm, ec.ECDSA):
+            raise TypeError(f"a {self._holder} EC key only signs with ECDSA, not {signature_algorithm!r}")
+        if getattr(signature_algorithm, "deterministic_signing", False):
+            raise ValueError(f"the {self._holder} cannot produce deterministic (RFC 6979) ECDSA signatures")
+        algorithm = signature_algorithm.algorithm
+        if isinstance(algorithm, utils.Prehashed):
+            digest = bytes(data)
+            if len(digest) != algorithm.digest_size:
+                raise ValueError(f"prehashed data must be {algorithm.digest_size} bytes, not {len(digest)}")
+        else:
+            h = hashes.Hash(algorithm)
+            h.update(bytes(data))
+            digest = h.finalize()
+        return self.sign_digest(digest)
+
+    def exchange(self, algorithm: ec.ECDH, peer_public_key: ec.EllipticCurvePublicKey) -> NoReturn:
+        raise KeyExportRefused("key-export-refused", f"{self._holder} key {self.label!r} is for signing only")
+
+    def private_numbers(self) -> NoReturn:
+        raise KeyExportRefused(
+            "key-export-refused", f"{self._holder} key {self.label!r} never leaves the {self._holder}"
+        )
+
+    def private_bytes(self, encoding: Any, format: Any, encryption_algorithm: Any) -> NoReturn:
+        self.private_numbers()
+
+    def __copy__(self) -> HeldPrivateKey:
+        return self
+
+    def __deepcopy__(self, memo: dict[Any, Any]) -> HeldPrivateKey:
+        return self
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.label!r}>"
 
 
 class SecretKey(Protocol):

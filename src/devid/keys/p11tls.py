@@ -88,7 +88,8 @@ def _libcrypto() -> ctypes.CDLL | None:
     return None
 
 
-def _modules_dir() -> Path | None:
+def modules_dir() -> Path | None:
+    """OpenSSL's provider modules directory ($OPENSSL_MODULES, else the one libcrypto was built with)."""
     if os.environ.get("OPENSSL_MODULES"):
         return Path(os.environ["OPENSSL_MODULES"])
     lib = _libcrypto()
@@ -106,7 +107,7 @@ def provider_module() -> Path:
     override = os.environ.get(PROVIDER_ENV)
     candidates = [Path(override)] if override else []
     if not override:
-        directory = _modules_dir()
+        directory = modules_dir()
         if directory is not None:
             candidates.append(directory / "pkcs11.so")
     for candidate in candidates:
@@ -120,14 +121,14 @@ def provider_module() -> Path:
     )
 
 
-def provider_active() -> bool | None:
-    """Whether pkcs11-provider is active in this process's OpenSSL (None: cannot tell)."""
+def provider_active(name: str = "pkcs11") -> bool | None:
+    """Whether provider `name` is active in this process's OpenSSL (None: cannot tell)."""
     lib = _libcrypto()
     if lib is None or not hasattr(lib, "OSSL_PROVIDER_available"):
         return None
     lib.OSSL_PROVIDER_available.restype = ctypes.c_int
     lib.OSSL_PROVIDER_available.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-    return bool(lib.OSSL_PROVIDER_available(None, b"pkcs11"))
+    return bool(lib.OSSL_PROVIDER_available(None, name.encode()))
 
 
 def check_pin_file(pin_file: Path) -> Path:
@@ -147,7 +148,7 @@ def check_pin_file(pin_file: Path) -> Path:
     return pin_file.resolve()
 
 
-def _conf_value(value: str) -> str:
+def conf_value(value: str) -> str:
     """A path as an OpenSSL configuration value (no way to quote newlines; `$` would expand)."""
     if any(c in value for c in "\n\r\"'$#\\"):
         raise ConfigError("se-tls-path", f"path {value!r} cannot be written into an OpenSSL configuration")
@@ -163,9 +164,9 @@ def openssl_conf(provider: Path, pkcs11_module: Path, pin_file: Path) -> bytes:
         "[provider_sect]\ndefault = default_sect\npkcs11 = pkcs11_sect\n\n"
         "[default_sect]\nactivate = 1\n\n"
         "[pkcs11_sect]\n"
-        f"module = {_conf_value(str(provider))}\n"
-        f"pkcs11-module-path = {_conf_value(str(pkcs11_module))}\n"
-        f"pkcs11-module-token-pin = file:{_conf_value(str(pin_file))}\n"
+        f"module = {conf_value(str(provider))}\n"
+        f"pkcs11-module-path = {conf_value(str(pkcs11_module))}\n"
+        f"pkcs11-module-token-pin = file:{conf_value(str(pin_file))}\n"
         "pkcs11-module-quirks = no-deinit no-operation-state\n"
         "activate = 1\n"
     ).encode()
@@ -173,9 +174,10 @@ def openssl_conf(provider: Path, pkcs11_module: Path, pin_file: Path) -> bytes:
 
 @dataclass(frozen=True)
 class ProviderKey:
-    """A private key the TLS stack reaches through pkcs11-provider: `pem_file` wraps its URI."""
+    """A private key the TLS stack reaches through an OpenSSL provider (pkcs11-provider: `pem_file`
+    wraps its URI; tpm2: `pem_file` is the TPM's wrapped key blob) that `conf_file` activates."""
 
-    uri: str
+    what: str
     pem_file: Path
     conf_file: Path
 
@@ -210,7 +212,11 @@ class TokenTls:
         for path, data in wanted.items():
             if not path.exists() or path.read_bytes() != data or stat.S_IMODE(path.stat().st_mode) != 0o600:
                 atomic_write(path, data, mode=0o600)
-        return ProviderKey(self.uri, self.key_file, self.conf_file)
+        return self.provider_key()
+
+    def provider_key(self) -> ProviderKey:
+        """What the TLS context loads (the files `prepare` writes)."""
+        return ProviderKey(f"the token key {self.uri} through pkcs11-provider", self.key_file, self.conf_file)
 
     def environment(self) -> dict[str, str]:
         """What the environment of a process needs (set before `ssl` is imported) to use the key."""

@@ -27,7 +27,7 @@ from pkcs11 import Attribute, CertificateType, KeyType, Mechanism, MechanismFlag
 from pkcs11 import exceptions as p11err
 
 from devid.errors import ConflictError, KeyAccessError, KeyExportRefused, NotFoundError, PolicyError
-from devid.keys.base import P256_EC_PARAMS
+from devid.keys.base import P256_EC_PARAMS, HeldPrivateKey
 
 __all__ = [
     "Pkcs11KeyStore",
@@ -151,67 +151,22 @@ def _unwrap_ec_point(raw: bytes) -> bytes:
     return raw
 
 
-class Pkcs11PrivateKey(ec.EllipticCurvePrivateKey):
+class Pkcs11PrivateKey(HeldPrivateKey):
     """A P-256 private key inside a token, usable wherever `cryptography` wants a private key to sign."""
 
     def __init__(self, private: pkcs11.PrivateKey, public: ec.EllipticCurvePublicKey, label: str) -> None:
         if not isinstance(private, pkcs11.SignMixin):
             raise KeyAccessError("key-type", f"token key {label!r} cannot sign")
+        super().__init__(public, label, "token")
         self._private = private
-        self._public = public
-        self.label = label
 
-    @property
-    def curve(self) -> ec.EllipticCurve:
-        return ec.SECP256R1()
-
-    @property
-    def key_size(self) -> int:
-        return 256
-
-    def public_key(self) -> ec.EllipticCurvePublicKey:
-        return self._public
-
-    def sign(
-        self, data: bytes | bytearray | memoryview, signature_algorithm: ec.EllipticCurveSignatureAlgorithm
-    ) -> bytes:
-        """ECDSA: the digest is computed here and signed by the token (raw CKM_ECDSA), DER out."""
-        if not isinstance(signature_algorithm, ec.ECDSA):
-            raise TypeError(f"a PKCS#11 EC key only signs with ECDSA, not {signature_algorithm!r}")
-        if getattr(signature_algorithm, "deterministic_signing", False):
-            raise ValueError("the token cannot produce deterministic (RFC 6979) ECDSA signatures")
-        algorithm = signature_algorithm.algorithm
-        if isinstance(algorithm, utils.Prehashed):
-            digest = bytes(data)
-            if len(digest) != algorithm.digest_size:
-                raise ValueError(f"prehashed data must be {algorithm.digest_size} bytes, not {len(digest)}")
-        else:
-            h = hashes.Hash(algorithm)
-            h.update(bytes(data))
-            digest = h.finalize()
+    def sign_digest(self, digest: bytes) -> bytes:
+        """The token signs the digest (raw CKM_ECDSA); r||s comes back and goes out as DER."""
         # python-pkcs11 serialises operations on a session, so concurrent threads are safe here.
         raw = self._private.sign(digest, mechanism=Mechanism.ECDSA)
         half = len(raw) // 2
         r, s = int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
         return utils.encode_dss_signature(r, s)
-
-    def exchange(self, algorithm: ec.ECDH, peer_public_key: ec.EllipticCurvePublicKey) -> NoReturn:
-        raise KeyExportRefused("key-export-refused", f"token key {self.label!r} is for signing only")
-
-    def private_numbers(self) -> NoReturn:
-        raise KeyExportRefused("key-export-refused", f"token key {self.label!r} never leaves the token")
-
-    def private_bytes(self, encoding: Any, format: Any, encryption_algorithm: Any) -> NoReturn:
-        raise KeyExportRefused("key-export-refused", f"token key {self.label!r} never leaves the token")
-
-    def __copy__(self) -> Pkcs11PrivateKey:
-        return self
-
-    def __deepcopy__(self, memo: dict[Any, Any]) -> Pkcs11PrivateKey:
-        return self
-
-    def __repr__(self) -> str:
-        return f"<Pkcs11PrivateKey {self.label!r}>"
 
 
 def _find_pair(token: _OpenToken, label: str) -> tuple[pkcs11.PrivateKey | None, pkcs11.PublicKey | None]:
