@@ -488,7 +488,7 @@ def certificates(draw: st.DrawFn) -> x509.Certificate:
         extensions=tuple(extensions),
         not_before=start,
         not_after=max(end, start),
-        serial=draw(st.integers(1, 2**159)),
+        serial=draw(st.integers(1, 2**159 - 1)),
         issuer=x509.Name(attrs) if draw(st.booleans()) else None,
     )
 
