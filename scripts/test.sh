@@ -14,7 +14,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 # dashboard's browser tests drive it through Playwright, which never downloads a browser) and wrk
 # (the load generator of `devid bench revocation`'s OCSP figures).
 missing=()
-for pkg in softhsm2 openssl curl postgresql pkcs11-provider mosquitto chromium wrk; do
+for pkg in softhsm2 openssl curl postgresql pkcs11-provider mosquitto chromium wrk libcoap3-bin; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 # Debian's own python3 makes a venv with pip only with python3-venv installed.

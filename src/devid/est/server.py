@@ -33,7 +33,7 @@ from devid.authority.enroll import Credential, EnrollResult, Onboarding, Operati
 from devid.authority.enrollment import EnrollmentService, EnrollRequest, require_credential
 from devid.authority.policy import LabelPolicy
 from devid.errors import BodyTooLarge, PolicyError
-from devid.pki.der import encode_oid, tlv
+from devid.pki.csr import csr_attributes
 from devid.pki.encoding import certs_only
 from devid.web.peer import from_trusted_proxy, peer_address, peer_certificate, peer_chain
 
@@ -53,18 +53,6 @@ REGION_HEADER = "Devid-Region"
 ASSIGNMENT_HEADERS = {"device_id": "Devid-Device-Id", "hub": "Devid-Hub", "hub_url": "Devid-Hub-Url"}
 RETRY_AFTER_SECONDS = 60
 _LABEL = r"{label:[A-Za-z0-9][A-Za-z0-9._-]{0,63}}"
-
-# OIDs named in csrattrs (RFC 7030 4.5.2): sign with ecdsa-with-SHA256, key ecPublicKey on P-256.
-_ECDSA_WITH_SHA256 = "1.2.840.10045.4.3.2"
-_EC_PUBLIC_KEY = "1.2.840.10045.2.1"
-_SECP256R1 = "1.2.840.10045.3.1.7"
-
-
-def csr_attributes() -> bytes:
-    """DER CsrAttrs: SEQUENCE { ecdsa-with-SHA256, Attribute { id-ecPublicKey, SET { secp256r1 } } }."""
-    key_attr = tlv(0x30, encode_oid(_EC_PUBLIC_KEY) + tlv(0x31, encode_oid(_SECP256R1)))
-    return tlv(0x30, encode_oid(_ECDSA_WITH_SHA256) + key_attr)
-
 
 def b64_lines(der: bytes) -> bytes:
     """Base64 in 64-character lines, CRLF-terminated (RFC 8951: what a strict client expects)."""
@@ -172,10 +160,7 @@ class EstServer:
         policy = self._policy(request)
         body = self._cacerts.get(policy.label)
         if body is None:
-            issuer = self.authority.issuer_for(policy.profile)
-            issuers = self.authority.issuers_of(issuer.role)
-            chain = [*(c for ca in issuers for c in self.authority.chain(ca.name)), self.authority.root]
-            body = self._cacerts[policy.label] = b64_lines(certs_only(chain))
+            body = self._cacerts[policy.label] = b64_lines(certs_only(self.service.ca_certificates(policy)))
         return web.Response(body=body, headers={"Content-Type": PKCS7, "Content-Transfer-Encoding": "base64"})
 
     async def csrattrs(self, request: web.Request) -> web.Response:
