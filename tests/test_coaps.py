@@ -4,6 +4,10 @@ server keeps serving."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,15 +17,24 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7
+from mbedtls import tls
+from sqlalchemy import select
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from coaps_helpers import Coaps, coap_client, running_coaps
-from est_helpers import csr_der, provision, save_identity
+from est_helpers import Device, csr_der, provision, save_identity
 
 from devid.authority.core import Authority
+from devid.authority.devices import set_state
+from devid.coap.client import CoapsClient, client_context
+from devid.coap.dtls import advance
+from devid.coap.exchange import BlockLimits
+from devid.coap.message import Block, Code, Message, Option, Type, encode_uint
 from devid.pki.profiles import ProfileName
 from devid.store import repo
+from devid.store.models import audit_events as EVENTS
+from devid.store.states import DeviceState
 
 
 def status(auth: Authority, cert: x509.Certificate) -> str:
@@ -94,3 +107,159 @@ def test_libcoap_enrolls_with_its_idevid_and_reenrolls_with_its_ldevid(coaps: Co
     new = pkcs7.load_der_pkcs7_certificates(renewed.read_bytes())[0]
     assert new.public_key() == key.public_key() and new.subject == ldevid.subject
     assert status(auth, ldevid) == "superseded" and status(auth, new) == "valid"
+
+
+def last_event(auth: Authority) -> tuple[str, str, str, str]:
+    with auth.engine.connect() as conn:
+        row = conn.execute(
+            select(EVENTS.c.actor, EVENTS.c.action, EVENTS.c.outcome, EVENTS.c.subject).order_by(
+                EVENTS.c.seq.desc()
+            )
+        ).first()
+    assert row is not None
+    return row.actor, row.action, row.outcome, row.subject
+
+
+def test_refusals_are_coap_errors_with_a_diagnostic_and_are_audited(coaps: Coaps, tmp_path: Path) -> None:
+    auth = coaps.authority
+    device = provision(auth, "SN-COAP-2", tmp_path)
+    csr = tmp_path / "csr.der"
+    csr.write_bytes(csr_der(device.key, "x"))
+    # No client certificate: 4.01, before the body is looked at.
+    got = coap_client(coaps, "post", "/est/sen", payload=csr, content_format=286)
+    assert b"4.01" in got.stdout + got.stderr
+    # Not a CSR content format: 4.15.
+    got = coap_client(coaps, "post", "/est/sen", identity=device.idevid_files, payload=csr, content_format=42)
+    assert b"4.15" in got.stdout + got.stderr
+    # A device that may not be served: 4.03 with the reason and code, audited under the device.
+    set_state(auth, "SN-COAP-2", DeviceState.INACTIVE, "test")
+    got = coap_client(
+        coaps, "post", "/est/sen", identity=device.idevid_files, payload=csr, content_format=286
+    )
+    assert b"4.03" in got.stdout + got.stderr and b"[device-not-active]" in got.stdout + got.stderr
+    assert last_event(auth) == ("coaps:127.0.0.1", "est.simpleenroll", "refused", "SN-COAP-2")
+    # Unknown resources and methods.
+    assert b"4.04" in (r := coap_client(coaps, "get", "/est/nope")).stdout + r.stderr
+    assert b"4.05" in (r := coap_client(coaps, "get", "/est/sen")).stdout + r.stderr
+    assert b"4.06" in (r := coap_client(coaps, "get", "/est/crts", accept=286)).stdout + r.stderr
+
+
+@pytest.fixture
+def strict(auth: Authority, tmp_path: Path) -> Iterator[Coaps]:
+    """A server with small limits: 256-byte bodies, block-wise transfers of at most 0.3 s."""
+    blocks = BlockLimits(max_body=256, block_timeout=0.3)
+    with running_coaps(auth, tmp_path / "strict", blocks=blocks) as srv:
+        yield srv
+
+
+def datagrams(sock: socket.socket, wait: float = 0.3) -> list[bytes]:
+    """Every datagram that arrives within `wait` seconds."""
+    out = []
+    sock.settimeout(wait)
+    with contextlib.suppress(TimeoutError):
+        while True:
+            out.append(sock.recv(65535))
+    return out
+
+
+def client_hello(context: tls.ClientContext) -> tuple[tls.TLSWrappedBuffer, bytes]:
+    buffer = context.wrap_buffers(None)
+    sent: list[bytes] = []
+    advance(buffer, sent.append)
+    return buffer, b"".join(sent)
+
+
+def udp(srv: Coaps) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.connect(("127.0.0.1", srv.port))
+    return sock
+
+
+def device_client(srv: Coaps, device: Device) -> CoapsClient:
+    context = client_context([srv.authority.root], [device.idevid], device.key)
+    return CoapsClient(f"coaps://127.0.0.1:{srv.port}", context, timeout=10)
+
+
+def test_garbage_and_cookieless_hellos_get_nothing_but_a_hello_verify_request(
+    coaps: Coaps, tmp_path: Path
+) -> None:
+    with udp(coaps) as sock:
+        for junk in (b"", b"\x00", os.urandom(40), b"\x17\xfe\xfd" + os.urandom(60), b"\x40\x01\x00\x01"):
+            sock.send(junk)
+        assert datagrams(sock) == []
+        assert coaps.server.dtls.stats["dropped"] >= 4 and not coaps.server.dtls.sessions
+
+        # A ClientHello without a cookie: one HelloVerifyRequest, no larger than the hello, no state.
+        context = client_context([coaps.authority.root])
+        buffer, hello = client_hello(context)
+        sock.send(hello)
+        answers = datagrams(sock)
+        assert len(answers) == 1 and answers[0][0] == 22 and answers[0][13] == 3  # hello_verify_request
+        assert len(answers[0]) <= len(hello)
+        assert not coaps.server.dtls.sessions
+
+        # The client's second hello carries the cookie; replayed from another port, or altered, it
+        # is only answered with another HelloVerifyRequest.
+        buffer.receive_from_network(answers[0])
+        sent: list[bytes] = []
+        advance(buffer, sent.append)
+        with_cookie = b"".join(sent)
+        with udp(coaps) as other:
+            other.send(with_cookie)
+            assert [a[13] for a in datagrams(other)] == [3]
+        altered = bytearray(with_cookie)
+        altered[62] ^= 0xFF  # inside the cookie (after version, random, session id and cookie length)
+        sock.send(bytes(altered))
+        assert [a[13] for a in datagrams(sock)] == [3]
+        assert not coaps.server.dtls.sessions
+
+    # And the server keeps serving.
+    got = coap_client(coaps, "get", "/.well-known/core")
+    assert got.returncode == 0 and b"ace.est.sen" in got.stdout
+
+
+def test_unfinished_and_oversize_block_wise_transfers_are_refused(strict: Coaps, tmp_path: Path) -> None:
+    device = provision(strict.authority, "SN-COAP-3", tmp_path)
+    blocks = strict.server.dtls.stats
+
+    async def scenario() -> list[tuple[int, int | None]]:
+        seen: list[tuple[int, int | None]] = []
+        async with device_client(strict, device) as client:
+
+            async def block(num: int, more: bool, size1: int | None = None) -> None:
+                options = [(int(Option.URI_PATH), b"est"), (int(Option.URI_PATH), b"sen")]
+                options += [(int(Option.CONTENT_FORMAT), encode_uint(286))]
+                options += [(int(Option.BLOCK1), Block(num, more, 2).encode())]
+                if size1 is not None:
+                    options.append((int(Option.SIZE1), encode_uint(size1)))
+                message = Message(
+                    Type.CON, Code.POST, 100 + len(seen), os.urandom(4), tuple(options), b"x" * 64
+                )
+                answer = await client.exchange(message)
+                seen.append((answer.code, answer.uint(Option.SIZE1)))
+
+            await block(0, True)  # 2.31 Continue
+            await asyncio.sleep(0.5)  # past the transfer's deadline
+            await block(1, True)  # 4.08: forgotten
+            await block(0, True, size1=100_000)  # 4.13: announced over the limit
+            for num in range(5):  # 4.13 once the body passes 256 bytes
+                await block(num, True)
+            # The same client then enrolls normally (one datagram).
+            csr = csr_der(device.key, "x")
+            answer = await client.request(Code.POST, "/est/sen", csr, content_format=286, accept=287)
+            seen.append((answer.code, None))
+        return seen
+
+    seen = strict.call(scenario())
+    assert seen == [
+        (Code.CONTINUE, None),
+        (Code.REQUEST_ENTITY_INCOMPLETE, None),
+        (Code.REQUEST_ENTITY_TOO_LARGE, 256),
+        (Code.CONTINUE, None),
+        (Code.CONTINUE, None),
+        (Code.CONTINUE, None),
+        (Code.CONTINUE, None),
+        (Code.REQUEST_ENTITY_TOO_LARGE, 256),
+        (Code.CHANGED, None),
+    ]
+    assert blocks["handshake-failed"] == 0
