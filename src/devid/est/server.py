@@ -54,6 +54,7 @@ ASSIGNMENT_HEADERS = {"device_id": "Devid-Device-Id", "hub": "Devid-Hub", "hub_u
 RETRY_AFTER_SECONDS = 60
 _LABEL = r"{label:[A-Za-z0-9][A-Za-z0-9._-]{0,63}}"
 
+
 def b64_lines(der: bytes) -> bytes:
     """Base64 in 64-character lines, CRLF-terminated (RFC 8951: what a strict client expects)."""
     text = base64.b64encode(der)
