@@ -89,8 +89,19 @@ def running_coaps(
         loop.close()
 
 
+@dataclass
+class Target:
+    """An EST-coaps server elsewhere (`devid serve --coaps-port`): its base URL and trust anchor."""
+
+    base: str
+    root_pem: Path
+
+    def url(self, path: str) -> str:
+        return f"{self.base}{path}"
+
+
 def coap_client(
-    srv: Coaps,
+    srv: Coaps | Target,
     method: str,
     path: str,
     *,

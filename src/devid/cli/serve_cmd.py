@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from devid.authority.setup import open_authority
 from devid.cli.common import HomeOpt, PassphraseOpt, console, err_console, load_home
+from devid.coap.dtls import DtlsIdentity
 from devid.config import check_public_url, resolve_passphrase
 from devid.errors import ConfigError
 from devid.server import process
@@ -123,6 +124,16 @@ def serve(
             "--http-port", help="also serve OCSP, CRLs, filters and allowlists over plain HTTP on this port"
         ),
     ] = None,
+    coaps_port: Annotated[
+        int | None,
+        typer.Option(
+            "--coaps-port",
+            min=0,
+            max=65535,
+            help="also serve EST-coaps (RFC 9148: EST over CoAP over DTLS 1.2, client certificates) on "
+            "this UDP port (0: any free port, printed on start); with --workers, in the first worker",
+        ),
+    ] = None,
     publish: Annotated[
         bool,
         typer.Option(
@@ -169,6 +180,7 @@ def serve(
         publish_status=publish,
         http_port=http_port,
         log_json=log_json,
+        coaps_port=coaps_port,
     )
     if workers > 1:
         authority.close()
@@ -185,7 +197,8 @@ def serve(
         )
 
         def listening(bound: int, pids: list[int]) -> None:
-            _print_started(_url(host, bound), server)
+            coaps = None if supervisor.coaps_port is None else _url(host, supervisor.coaps_port, "coaps")
+            _print_started(_url(host, bound), server, coaps)
             console.print(f"{workers} worker processes (pids {', '.join(map(str, pids))})", highlight=False)
             sys.stdout.flush()
 
@@ -199,8 +212,11 @@ def serve(
                 app,
                 ctx,
                 options,
-                listening=lambda running: _print_started(running.url, server),
+                listening=lambda running: _print_started(running.url, server, running.coaps_url),
                 stopping=_print_stopping,
+                dtls=None
+                if coaps_port is None
+                else DtlsIdentity.load(server.cert_file, server.key_file, passphrase),
             )
         )
     finally:
@@ -208,16 +224,18 @@ def serve(
     console.print("stopped", highlight=False)
 
 
-def _url(host: str, port: int) -> str:
-    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+def _url(host: str, port: int, scheme: str = "https") -> str:
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
-def _print_started(url: str, server: ServerCertificate) -> None:
+def _print_started(url: str, server: ServerCertificate, coaps: str | None = None) -> None:
     console.print(f"devid EST server at {url}/.well-known/est", highlight=False)
     console.print(
         f"server certificate ({server.source}, {escape(str(server.cert_file))}) sha256 {server.fingerprint}",
         highlight=False,
     )
+    if coaps is not None:
+        console.print(f"devid EST-coaps server at {coaps}/.well-known/core", highlight=False)
     sys.stdout.flush()
 
 

@@ -206,6 +206,8 @@ class RunningServer:
     port: int
     shutdown_timeout: float = 30.0
     background: list[asyncio.Task[None]] = field(default_factory=list)
+    #: Where EST-coaps is served by this process, if it is (`devid.server.process.serve`).
+    coaps_url: str | None = None
 
     @property
     def url(self) -> str:
