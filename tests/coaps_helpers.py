@@ -27,7 +27,7 @@ from devid.authority.enrollment import EnrollmentService
 from devid.coap.dtls import DtlsIdentity, DtlsLimits
 from devid.coap.exchange import BlockLimits
 from devid.coap.server import CoapsServer, start_coaps
-from devid.server.tls import client_trust, own_server_context
+from devid.server.tls import own_server_context
 
 PASSPHRASE = b"correct horse battery staple"
 COAP_CLIENT = shutil.which("coap-client-openssl")
@@ -72,9 +72,7 @@ def running_coaps(
 
     async def start() -> tuple[EnrollmentService, CoapsServer]:
         service = EnrollmentService(authority)
-        server = await start_coaps(
-            service, identity, client_trust(authority), port=0, limits=limits, blocks=blocks
-        )
+        server = await start_coaps(service, identity, port=0, limits=limits, blocks=blocks)
         return service, server
 
     service, server = asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=30)

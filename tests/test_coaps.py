@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7
-from mbedtls import tls
+from OpenSSL import SSL
 from sqlalchemy import select
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -28,7 +28,7 @@ from est_helpers import Device, csr_der, provision, save_identity
 from devid.authority.core import Authority
 from devid.authority.devices import set_state
 from devid.coap.client import CoapsClient, client_context
-from devid.coap.dtls import advance
+from devid.coap.dtls import MTU, advance
 from devid.coap.exchange import BlockLimits
 from devid.coap.message import Block, Code, Message, Option, Type, encode_uint
 from devid.pki.profiles import ProfileName
@@ -162,11 +162,13 @@ def datagrams(sock: socket.socket, wait: float = 0.3) -> list[bytes]:
     return out
 
 
-def client_hello(context: tls.ClientContext) -> tuple[tls.TLSWrappedBuffer, bytes]:
-    buffer = context.wrap_buffers(None)
+def client_hello(context: SSL.Context) -> tuple[SSL.Connection, bytes]:
+    connection = SSL.Connection(context)
+    connection.set_connect_state()
+    connection.set_ciphertext_mtu(MTU)
     sent: list[bytes] = []
-    advance(buffer, sent.append)
-    return buffer, b"".join(sent)
+    advance(connection, sent.append)
+    return connection, b"".join(sent)
 
 
 def udp(srv: Coaps) -> socket.socket:
@@ -200,7 +202,7 @@ def test_garbage_and_cookieless_hellos_get_nothing_but_a_hello_verify_request(
 
         # The client's second hello carries the cookie; replayed from another port, or altered, it
         # is only answered with another HelloVerifyRequest.
-        buffer.receive_from_network(answers[0])
+        buffer.bio_write(answers[0])
         sent: list[bytes] = []
         advance(buffer, sent.append)
         with_cookie = b"".join(sent)

@@ -1,10 +1,10 @@
-"""An EST-coaps client: one DTLS 1.2 session (python-mbedtls, with the device's certificate) and
+"""An EST-coaps client: one DTLS 1.2 session (pyOpenSSL, with the device's certificate) and
 confirmable CoAP requests over it, block-wise both ways. The device agent
 (`devid.device.coaps`) and `devid bench coaps` speak EST-coaps through it.
 
-The server is authenticated by its chain to the trust anchors given; its name is checked by
-Mbed TLS for a DNS host, and here against the certificate's IP addresses for an IP host (Mbed TLS
-2.28 matches DNS names only). `sent` and `received` count the bytes of every datagram.
+The server is authenticated by its chain to the trust anchors given (OpenSSL), then by name: the
+host of the URL must be among the certificate's subjectAltName DNS names or IP addresses.
+`sent` and `received` count the bytes of every datagram.
 """
 
 from __future__ import annotations
@@ -19,13 +19,10 @@ import urllib.parse
 from collections.abc import Sequence
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from mbedtls import exceptions as mbedtls_errors
-from mbedtls import pk, tls
-from mbedtls import x509 as mbedtls_x509
+from OpenSSL import SSL, crypto
 
-from devid.coap.dtls import advance, flush, read_records
+from devid.coap.dtls import MTU, advance, dtls_context, flush, read_records
 from devid.coap.message import (
     Block,
     Code,
@@ -38,7 +35,6 @@ from devid.coap.message import (
     encode_uint,
 )
 from devid.errors import ConfigError, DevidError
-from devid.pki.encoding import cert_der, load_certificates
 
 DEFAULT_PORT = 5684
 #: RFC 7252 4.8: first retransmission of a confirmable message after 2 s, doubling, 4 times.
@@ -59,23 +55,20 @@ def client_context(
     trust: Sequence[x509.Certificate],
     chain: Sequence[x509.Certificate] = (),
     key: ec.EllipticCurvePrivateKey | None = None,
-) -> tls.ClientContext:
+) -> SSL.Context:
     """DTLS 1.2 client trusting `trust` only, presenting `chain` (leaf first) with `key`."""
-    store = tls.TrustStore([mbedtls_x509.CRT.from_DER(cert_der(c)) for c in trust])
-    own = None
+    context = dtls_context(SSL.DTLS_CLIENT_METHOD)
+    store = context.get_cert_store()
+    assert store is not None
+    for anchor in trust:
+        store.add_cert(crypto.X509.from_cryptography(anchor))
+    context.set_verify(SSL.VERIFY_PEER, lambda _conn, _cert, _errno, _depth, ok: bool(ok))
     if chain and key is not None:
-        der = key.private_bytes(
-            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        own = (tuple(mbedtls_x509.CRT.from_DER(cert_der(c)) for c in chain), pk.ECC.from_DER(der))
-    configuration = tls.DTLSConfiguration(
-        validate_certificates=True,
-        certificate_chain=own,
-        trust_store=store,
-        lowest_supported_version=tls.DTLSVersion.DTLSv1_2,
-        highest_supported_version=tls.DTLSVersion.DTLSv1_2,
-    )
-    return tls.ClientContext(configuration)
+        context.use_certificate(chain[0])
+        for cert in chain[1:]:
+            context.add_extra_chain_cert(cert)
+        context.use_privatekey(key)
+    return context
 
 
 def _address(url: str) -> tuple[str, int]:
@@ -106,7 +99,7 @@ class _Datagrams(asyncio.DatagramProtocol):
 class CoapsClient:
     """`async with CoapsClient(url, context) as client: await client.request(...)`."""
 
-    def __init__(self, url: str, context: tls.ClientContext, *, timeout: float = 30.0, szx: int = 6) -> None:
+    def __init__(self, url: str, context: SSL.Context, *, timeout: float = 30.0, szx: int = 6) -> None:
         self.url = url
         self.host, self.port = _address(url)
         self.context = context
@@ -116,7 +109,7 @@ class CoapsClient:
         self._mids = itertools.count(int.from_bytes(os.urandom(2), "big"))
         self._transport: asyncio.DatagramTransport | None = None
         self._protocol = _Datagrams()
-        self._buffer: tls.TLSWrappedBuffer | None = None
+        self._tls: SSL.Connection | None = None
         self._records: list[bytes] = []
 
     async def __aenter__(self) -> CoapsClient:
@@ -135,10 +128,10 @@ class CoapsClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._buffer is not None:
-            with contextlib.suppress(mbedtls_errors.TLSError):
-                self._buffer.shutdown()
-                flush(self._buffer, self._sendto)
+        if self._tls is not None:
+            with contextlib.suppress(SSL.Error):
+                self._tls.shutdown()
+                flush(self._tls, self._sendto)
         if self._transport is not None:
             self._transport.close()
 
@@ -158,53 +151,63 @@ class CoapsClient:
         return data
 
     async def _handshake(self) -> None:
-        ip = _ip(self.host)
-        buffer = self.context.wrap_buffers(None if ip else self.host)
+        connection = SSL.Connection(self.context)
+        connection.set_connect_state()
+        connection.set_ciphertext_mtu(MTU)
+        if _ip(self.host) is None:
+            connection.set_tlsext_host_name(self.host.encode())
         deadline = time.monotonic() + self.timeout
         try:
-            while not advance(buffer, self._sendto):
+            while not advance(connection, self._sendto):
                 if time.monotonic() > deadline:
                     raise CoapsError(0, f"DTLS handshake with {self.url} timed out")
-                data = await self._datagram(1.0)  # none: advancing lets Mbed TLS retransmit
+                wait = connection.DTLSv1_get_timeout() or 1.0
+                data = await self._datagram(wait)
                 if data is not None:
-                    buffer.receive_from_network(data)
-        except mbedtls_errors.TLSError as exc:
+                    connection.bio_write(data)
+                elif connection.DTLSv1_handle_timeout():  # the flight's timer ran out: resend it
+                    flush(connection, self._sendto)
+        except SSL.Error as exc:
             raise CoapsError(0, f"DTLS handshake with {self.url} failed: {exc}") from None
-        if ip is not None:
-            self._check_ip(buffer, ip)
-        self._buffer = buffer
+        self._check_name(connection)
+        self._tls = connection
 
-    def _check_ip(
-        self, buffer: tls.TLSWrappedBuffer, ip: ipaddress.IPv4Address | ipaddress.IPv6Address
-    ) -> None:
-        leaf = load_certificates(buffer.getpeercert(binary_form=True))[0]
+    def _check_name(self, connection: SSL.Connection) -> None:
+        leaf = connection.get_peer_certificate(as_cryptography=True)
+        if leaf is None:
+            raise CoapsError(0, f"the server at {self.url} sent no certificate")
         try:
             names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         except x509.ExtensionNotFound:
             names = x509.SubjectAlternativeName([])
-        if ip not in names.get_values_for_type(x509.IPAddress):
-            raise CoapsError(0, f"the server certificate at {self.url} does not name {ip}")
+        ip = _ip(self.host)
+        if ip is not None:
+            named = ip in names.get_values_for_type(x509.IPAddress)
+        else:
+            named = self.host.lower() in (n.lower() for n in names.get_values_for_type(x509.DNSName))
+        if not named:
+            raise CoapsError(0, f"the server certificate at {self.url} does not name {self.host}")
 
     # --- messages -------------------------------------------------------------------------------
 
     async def exchange(self, request: Message) -> Message:
         """Send `request` as a confirmable message and wait for its piggybacked response
         (retransmitting, RFC 7252 4.2); a separate response is acknowledged and returned."""
-        assert self._buffer is not None, "use `async with CoapsClient(...)`"
+        assert self._tls is not None, "use `async with CoapsClient(...)`"
         wire = request.encode()
         deadline = time.monotonic() + self.timeout
         wait = ACK_TIMEOUT
         for _ in range(MAX_RETRANSMIT + 1):
-            self._buffer.write(wire)
-            flush(self._buffer, self._sendto)
+            self._tls.send(wire)
+            flush(self._tls, self._sendto)
             until = min(deadline, time.monotonic() + wait)
             while (left := until - time.monotonic()) > 0:
                 answer = await self._message(left)
                 if answer is None:
                     break
                 if answer.type is Type.CON:
-                    self._buffer.write(Message(Type.ACK, Code.EMPTY, answer.mid).encode())
-                    flush(self._buffer, self._sendto)
+                    self._tls.send(Message(Type.ACK, Code.EMPTY, answer.mid).encode())
+                    flush(self._tls, self._sendto)
                 if answer.token == request.token and answer.code != Code.EMPTY:
                     return answer
             wait *= 2
@@ -213,15 +216,15 @@ class CoapsClient:
         raise CoapsError(0, f"no answer from the EST-coaps server at {self.url}")
 
     async def _message(self, timeout: float) -> Message | None:
-        assert self._buffer is not None
+        assert self._tls is not None
         while not self._records:
             data = await self._datagram(timeout)
             if data is None:
                 return None
             try:
-                self._buffer.receive_from_network(data)
-                self._records.extend(read_records(self._buffer))
-            except (mbedtls_errors.TLSError, tls.RaggedEOF) as exc:
+                self._tls.bio_write(data)
+                self._records.extend(read_records(self._tls))
+            except SSL.Error as exc:
                 raise CoapsError(0, f"the DTLS session with {self.url} ended: {exc}") from None
         try:
             return decode(self._records.pop(0))

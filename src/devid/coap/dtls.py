@@ -1,37 +1,39 @@
-"""DTLS 1.2 for EST-coaps: the server side of each peer's session over one UDP socket (Mbed TLS
-through python-mbedtls, driven sans-I/O: datagrams in, records out).
+"""DTLS 1.2 for EST-coaps: the server side of each peer's session over one UDP socket (OpenSSL
+through pyOpenSSL, driven over memory BIOs: datagrams in, records out).
 
 A peer costs nothing until it proves it owns its address: the first ClientHello of an address is
-answered with a HelloVerifyRequest carrying a stateless cookie (RFC 6347 4.2.1) and forgotten,
-so a spoofed source never receives more than it sent and leaves no state. Only a ClientHello
-with a valid cookie makes a session, and sessions are bounded (`DtlsLimits.max_sessions`), each
-given `handshake_timeout` to finish its handshake and dropped after `idle_timeout` without a
-datagram. Anything else from an address without a session (garbage, stray records) is dropped.
+answered with a HelloVerifyRequest carrying a stateless cookie (RFC 6347 4.2.1: an HMAC of the
+address under a per-process secret, `DTLSv1_listen`) and forgotten, so a spoofed source never
+receives more than it sent and leaves no state. Only a ClientHello with a valid cookie makes a
+session, and sessions are bounded (`DtlsLimits.max_sessions`), each given `handshake_timeout` to
+finish its handshake and dropped after `idle_timeout` without a datagram. Anything else from an
+address without a session (garbage, stray records) is dropped.
 
-Client certificates are asked for but not required, and Mbed TLS checks only the handshake's
-proof of possession (CertificateVerify) and records, not whom the certificate names: like the
-HTTPS server, every use of the certificate goes through devid's one credential check
-(`devid.authority.credentials`), which verifies the chain, the times by the authority's clock,
-the store record and its status, and refuses with a reason instead of a dropped handshake.
+Client certificates are asked for, not required, and OpenSSL checks only the handshake's proof of
+possession (CertificateVerify), not whom the certificate names: like the HTTPS server, every use
+of the certificate goes through devid's one credential check (`devid.authority.credentials`),
+which verifies the chain, the times by the authority's clock, the store record and its status,
+and refuses with a reason instead of a dropped handshake.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
+import os
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, cast
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from mbedtls import exceptions as mbedtls_errors
-from mbedtls import pk, tls
-from mbedtls import x509 as mbedtls_x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from OpenSSL import SSL
 
 from devid.errors import ConfigError, KeyAccessError
 from devid.pki.encoding import cert_der, load_certificates
@@ -40,6 +42,12 @@ log = logging.getLogger("devid.coap")
 
 #: Largest datagram read or record written (a DTLS record carries at most 16 KiB of plaintext).
 MAX_DATAGRAM = 65_535
+#: Largest datagram sent: records are packed into datagrams up to this size (IPv6's minimum MTU
+#: of 1280 less the IP and UDP headers), and OpenSSL fragments handshake messages to fit.
+MTU = 1232
+DTLS_1_2 = 0xFEFD
+#: AEAD suites with ECDHE only; AES-128-CCM-8 is RFC 7925's mandatory suite for constrained devices.
+CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:ECDHE-ECDSA-AES128-CCM8"
 _HANDSHAKE, _CLIENT_HELLO = 22, 1
 
 
@@ -94,18 +102,40 @@ class Endpoint(Protocol):
         """The session is gone."""
 
 
-def server_context(identity: DtlsIdentity, trust: Sequence[x509.Certificate]) -> tls.ServerContext:
-    """DTLS 1.2 only, the server's chain, client certificates asked for (`trust` names the CAs)."""
-    store = tls.TrustStore([mbedtls_x509.CRT.from_DER(cert_der(c)) for c in trust])
-    chain = tuple(mbedtls_x509.CRT.from_DER(der) for der in identity.chain)
-    configuration = tls.DTLSConfiguration(
-        validate_certificates=False,  # OPTIONAL: the application checks (see the module doc)
-        certificate_chain=(chain, pk.ECC.from_DER(identity.key)),
-        trust_store=store,
-        lowest_supported_version=tls.DTLSVersion.DTLSv1_2,
-        highest_supported_version=tls.DTLSVersion.DTLSv1_2,
-    )
-    return tls.ServerContext(configuration)
+def _own_identity(context: SSL.Context, identity: DtlsIdentity) -> None:
+    certs = [load_certificates(der)[0] for der in identity.chain]
+    context.use_certificate(certs[0])
+    for cert in certs[1:]:
+        context.add_extra_chain_cert(cert)
+    key = serialization.load_der_private_key(identity.key, None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    context.use_privatekey(key)
+
+
+def dtls_context(method: int) -> SSL.Context:
+    """DTLS 1.2 only, AEAD ECDHE suites, no MTU queries (the BIOs are memory)."""
+    context = SSL.Context(method)
+    context.set_min_proto_version(DTLS_1_2)
+    context.set_max_proto_version(DTLS_1_2)
+    context.set_cipher_list(CIPHERS.encode())
+    context.set_options(SSL.OP_NO_QUERY_MTU)
+    return context
+
+
+def server_context(identity: DtlsIdentity) -> SSL.Context:
+    """The server's chain; client certificates asked for and accepted whatever their chain (the
+    application checks them, see the module doc); stateless cookies keyed by a random secret."""
+    context = dtls_context(SSL.DTLS_SERVER_METHOD)
+    _own_identity(context, identity)
+    context.set_verify(SSL.VERIFY_PEER, lambda *_: True)
+    secret = os.urandom(32)
+
+    def cookie(connection: SSL.Connection) -> bytes:
+        return hmac.new(secret, cast(bytes, connection.get_app_data()), hashlib.sha256).digest()[:16]
+
+    context.set_cookie_generate_callback(cookie)
+    context.set_cookie_verify_callback(lambda conn, given: hmac.compare_digest(cookie(conn), given))
+    return context
 
 
 def is_client_hello(data: bytes) -> bool:
@@ -119,46 +149,58 @@ def is_client_hello(data: bytes) -> bool:
     )
 
 
-def flush(buffer: tls.TLSWrappedBuffer, send: Callable[[bytes], None]) -> None:
-    """Send what Mbed TLS wrote (records, coalesced into datagrams)."""
-    while out := buffer.peek_outgoing(MAX_DATAGRAM):
-        buffer.consume_outgoing(len(out))
-        send(out)
+def records(data: bytes) -> Iterator[bytes]:
+    """The DTLS records in what OpenSSL wrote (13-byte header, length in its last two bytes)."""
+    while len(data) >= 13:
+        end = 13 + int.from_bytes(data[11:13], "big")
+        yield data[:end]
+        data = data[end:]
 
 
-def advance(buffer: tls.TLSWrappedBuffer, send: Callable[[bytes], None]) -> bool:
+def flush(connection: SSL.Connection, send: Callable[[bytes], None]) -> None:
+    """Send what OpenSSL wrote, its records packed into datagrams of at most `MTU` bytes."""
+    try:
+        written = connection.bio_read(MAX_DATAGRAM)
+    except SSL.WantReadError:
+        return
+    datagram = b""
+    for record in records(written):
+        if datagram and len(datagram) + len(record) > MTU:
+            send(datagram)
+            datagram = b""
+        datagram += record
+    if datagram:
+        send(datagram)
+
+
+def advance(connection: SSL.Connection, send: Callable[[bytes], None]) -> bool:
     """Run the handshake as far as the data in hand allows; True once it is over."""
-    while buffer._handshake_state.name != "HANDSHAKE_OVER":
-        try:
-            buffer.do_handshake()
-        except tls.WantWriteError:
-            flush(buffer, send)
-        except tls.WantReadError:
-            flush(buffer, send)
-            return False
-    flush(buffer, send)
+    try:
+        connection.do_handshake()
+    except SSL.WantReadError:
+        flush(connection, send)
+        return False
+    flush(connection, send)
     return True
 
 
-def read_records(buffer: tls.TLSWrappedBuffer) -> list[bytes]:
+def read_records(connection: SSL.Connection) -> list[bytes]:
     """The application records the data fed in holds (one CoAP message each)."""
-    records: list[bytes] = []
-    space = bytearray(MAX_DATAGRAM)
+    out: list[bytes] = []
     while True:
         try:
-            size = buffer.readinto(space, len(space))  # type: ignore[arg-type]  # any writable buffer
-        except tls.WantReadError:
-            return records
-        records.append(bytes(space[:size]))
+            out.append(connection.recv(MAX_DATAGRAM))
+        except SSL.WantReadError:
+            return out
 
 
 class DtlsSession:
     """One peer's DTLS session; `send` encrypts a record to it."""
 
-    def __init__(self, server: DtlsServer, address: tuple[str, int], buffer: tls.TLSWrappedBuffer) -> None:
+    def __init__(self, server: DtlsServer, address: tuple[str, int], connection: SSL.Connection) -> None:
         self.server = server
         self.address = address
-        self.buffer = buffer
+        self.connection = connection
         self.started = self.seen = server.clock()
         self.established = False
         self.endpoint: Endpoint | None = None
@@ -169,14 +211,14 @@ class DtlsSession:
 
     def peer_certificate(self) -> bytes | None:
         """DER of the client's certificate, None when it sent none."""
-        der = self.buffer.getpeercert(binary_form=True)
-        return bytes(der) if der else None
+        cert = self.connection.get_peer_certificate(as_cryptography=True)
+        return None if cert is None else cert_der(cert)
 
     def send(self, plaintext: bytes) -> None:
         if self.server.sessions.get(self.address) is not self:
             return  # closed meanwhile (an answer computed for a peer that went away)
-        self.buffer.write(plaintext)
-        flush(self.buffer, self._sendto)
+        self.connection.send(plaintext)
+        flush(self.connection, self._sendto)
 
     def _sendto(self, data: bytes) -> None:
         self.server.sendto(data, self.address)
@@ -187,7 +229,7 @@ class DtlsServer(asyncio.DatagramProtocol):
 
     def __init__(
         self,
-        context: tls.ServerContext,
+        context: SSL.Context,
         endpoint: Callable[[DtlsSession], Endpoint],
         limits: DtlsLimits | None = None,
         *,
@@ -218,31 +260,35 @@ class DtlsServer(asyncio.DatagramProtocol):
             return
         session.seen = self.clock()
         try:
-            session.buffer.receive_from_network(data)
+            session.connection.bio_write(data)
             if not session.established:
-                if not advance(session.buffer, session._sendto):
+                if not advance(session.connection, session._sendto):
                     return
                 session.established = True
                 session.endpoint = self.endpoint(session)
-            for record in read_records(session.buffer):
+            for record in read_records(session.connection):
                 session.endpoint.received(record)  # type: ignore[union-attr]
-        except (mbedtls_errors.TLSError, tls.RaggedEOF) as exc:
+        except SSL.Error as exc:
+            flush(session.connection, session._sendto)  # an alert, if OpenSSL wrote one
             self._close(session, f"DTLS session ended: {exc}")
 
     def _hello(self, address: tuple[str, int], data: bytes) -> None:
         if not is_client_hello(data):
             self.stats["dropped"] += 1
             return
-        buffer = self.context.wrap_buffers()
-        buffer.setcookieparam(f"{address[0]}:{address[1]}".encode())
+        connection = SSL.Connection(self.context)
+        connection.set_app_data(f"{address[0]}:{address[1]}".encode())
+        connection.set_accept_state()
+        connection.set_ciphertext_mtu(MTU)
+        send = lambda out: self.sendto(out, address)  # noqa: E731
         try:
-            buffer.receive_from_network(data)
-            done = advance(buffer, lambda out: self.sendto(out, address))
-        except tls.HelloVerifyRequest:
-            flush(buffer, lambda out: self.sendto(out, address))
+            connection.bio_write(data)
+            connection.DTLSv1_listen()
+        except SSL.WantReadError:  # no valid cookie: a HelloVerifyRequest was written, or nothing
+            flush(connection, send)
             self.stats["hello-verify"] += 1
             return
-        except mbedtls_errors.TLSError as exc:
+        except SSL.Error as exc:
             self.stats["handshake-failed"] += 1
             log.info("DTLS ClientHello from %s refused: %s", address[0], exc)
             return
@@ -253,11 +299,13 @@ class DtlsServer(asyncio.DatagramProtocol):
             self.stats["refused-full"] += 1
             log.warning("DTLS session from %s refused: %d sessions open", address[0], len(self.sessions))
             return
-        session = DtlsSession(self, address, buffer)
+        session = DtlsSession(self, address, connection)
         self.sessions[address] = session
-        if done:  # pragma: no cover - a handshake never ends on its ClientHello
-            session.established = True
-            session.endpoint = self.endpoint(session)
+        try:
+            advance(connection, session._sendto)
+        except SSL.Error as exc:
+            self.stats["handshake-failed"] += 1
+            self._close(session, f"handshake failed: {exc}")
 
     def _close(self, session: DtlsSession, why: str) -> None:
         if self.sessions.get(session.address) is session:
@@ -267,7 +315,8 @@ class DtlsServer(asyncio.DatagramProtocol):
             session.endpoint.closed()
 
     def sweep(self) -> None:
-        """Drop sessions past their handshake or idle deadline; let endpoints expire their state."""
+        """Drop sessions past their handshake or idle deadline, retransmit handshake flights
+        whose timer ran out, let endpoints expire their state."""
         now = self.clock()
         for session in list(self.sessions.values()):
             if not session.established and now - session.started > self.limits.handshake_timeout:
@@ -275,14 +324,18 @@ class DtlsServer(asyncio.DatagramProtocol):
                 self._close(session, "handshake not finished in time")
             elif now - session.seen > self.limits.idle_timeout:
                 self._close(session, "idle")
+            elif not session.established:
+                with contextlib.suppress(SSL.Error):
+                    if session.connection.DTLSv1_handle_timeout():
+                        flush(session.connection, session._sendto)
             elif session.endpoint is not None:
                 session.endpoint.sweep(now)
 
     def close(self) -> None:
         for session in list(self.sessions.values()):
-            with contextlib.suppress(mbedtls_errors.TLSError):
-                session.buffer.shutdown()
-                flush(session.buffer, session._sendto)
+            with contextlib.suppress(SSL.Error):
+                session.connection.shutdown()
+                flush(session.connection, session._sendto)
             self._close(session, "server stopping")
         if self.transport is not None:
             self.transport.close()

@@ -11,10 +11,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-
-from cryptography import x509
 
 from devid.authority.enrollment import EnrollmentService
 from devid.coap.dtls import DtlsIdentity, DtlsLimits, DtlsServer, DtlsSession, server_context
@@ -51,7 +48,6 @@ class CoapsServer:
 async def start_coaps(
     service: EnrollmentService,
     identity: DtlsIdentity,
-    trust: Sequence[x509.Certificate],
     *,
     host: str = "127.0.0.1",
     port: int = 5684,
@@ -67,7 +63,7 @@ async def start_coaps(
     def endpoint(session: DtlsSession) -> CoapEndpoint:
         return CoapEndpoint(session, resources, block_limits, clock)
 
-    dtls = DtlsServer(server_context(identity, trust), endpoint, limits, clock=clock)
+    dtls = DtlsServer(server_context(identity), endpoint, limits, clock=clock)
     loop = asyncio.get_running_loop()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:

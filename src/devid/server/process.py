@@ -31,7 +31,6 @@ from devid.revocation.publisher import Publisher
 from devid.server.app import AUTHORITY, ENROLLMENT, METRICS, STATUS, RunningServer, start_server
 from devid.server.listener import ConnectionLimits
 from devid.server.metrics import Metrics, log_json, request_log
-from devid.server.tls import client_trust
 from devid.store.lease import Lease
 
 log = logging.getLogger("devid.serve")
@@ -104,13 +103,7 @@ async def serve(
     coaps = None
     if options.coaps_port is not None and dtls is not None:
         try:
-            coaps = await start_coaps(
-                app[ENROLLMENT],
-                dtls,
-                client_trust(app[AUTHORITY]),
-                host=options.host,
-                port=options.coaps_port,
-            )
+            coaps = await start_coaps(app[ENROLLMENT], dtls, host=options.host, port=options.coaps_port)
         except ConfigError:
             if plain is not None:
                 await plain.close()
