@@ -9,12 +9,14 @@ import contextlib
 import os
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import cbor2
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7
 from OpenSSL import SSL
@@ -28,9 +30,10 @@ from est_helpers import Device, csr_der, provision, save_identity
 from devid.authority.core import Authority
 from devid.authority.devices import set_state
 from devid.coap.client import CoapsClient, client_context
-from devid.coap.dtls import MTU, advance
+from devid.coap.dtls import MTU, DtlsLimits, advance
 from devid.coap.exchange import BlockLimits
 from devid.coap.message import Block, Code, Message, Option, Type, encode_uint
+from devid.pki.csr import csr_attributes
 from devid.pki.profiles import ProfileName
 from devid.store import repo
 from devid.store.models import audit_events as EVENTS
@@ -265,3 +268,43 @@ def test_unfinished_and_oversize_block_wise_transfers_are_refused(strict: Coaps,
         (Code.CHANGED, None),
     ]
     assert blocks["handshake-failed"] == 0
+
+
+def test_half_open_handshakes_are_bounded_in_number_and_time(auth: Authority, tmp_path: Path) -> None:
+    limits = DtlsLimits(max_sessions=1, handshake_timeout=1.0)
+    with running_coaps(auth, tmp_path / "bounded", limits=limits) as srv, udp(srv) as one, udp(srv) as two:
+        dtls = srv.server.dtls
+        for sock in (one, two):  # each passes the cookie exchange, then goes silent
+            connection, hello = client_hello(client_context([auth.root]))
+            sock.send(hello)
+            connection.bio_write(datagrams(sock, 0.1)[0])
+            sent: list[bytes] = []
+            advance(connection, sent.append)
+            sock.send(b"".join(sent))
+            datagrams(sock, 0.1)
+        assert len(dtls.sessions) == 1 and dtls.stats["refused-full"] == 1
+        deadline = time.monotonic() + 5
+        while dtls.sessions and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not dtls.sessions and dtls.stats["handshake-timeout"] == 1
+        # The slot is free again: a real client gets served.
+        got = coap_client(srv, "get", "/est/att", accept=285)
+        assert got.returncode == 0, got.stdout + got.stderr
+
+
+def test_server_side_key_generation_and_csr_attributes(coaps: Coaps, tmp_path: Path) -> None:
+    device = provision(coaps.authority, "SN-COAP-SKG", tmp_path)
+
+    async def scenario() -> tuple[bytes, bytes]:
+        async with device_client(coaps, device) as client:
+            att = await client.request(Code.GET, "/est/att")
+            skg = await client.request(Code.POST, "/est/skg", csr_der(device.key, "x"), content_format=286)
+            return att.payload, skg.payload
+
+    att, skg = coaps.call(scenario())
+    assert att == csr_attributes()
+    key_format, key_der, cert_format, certs = cbor2.loads(skg)
+    assert (key_format, cert_format) == (284, 281)
+    key = serialization.load_der_private_key(key_der, None)
+    [cert] = pkcs7.load_der_pkcs7_certificates(certs)
+    assert cert.public_key() == key.public_key() != device.key.public_key()

@@ -5,7 +5,7 @@ agent's decisions (renew, fall back, back off) are the same whichever transport 
 A CoAP code c.dd becomes the HTTP status c*100+dd EST would have sent (4.03 → 403, 5.03 → 503 with
 Max-Age as Retry-After); an enrollment awaiting approval (5.03 `[approval-pending]`) becomes 202.
 The DTLS handshake signs with the key in memory: a key inside a PKCS#11 token cannot be used here
-(python-mbedtls takes the key itself).
+(pyOpenSSL runs cryptography's own OpenSSL, which does not load the system's pkcs11-provider).
 """
 
 from __future__ import annotations
