@@ -1,6 +1,7 @@
-"""`devid serve`: the EST server (and session tokens, the admin API) over TLS, with graceful
-shutdown, and the registry-event dispatcher in the background (`devid.server.process`); with
-`--workers N` (N > 1) several processes on one port, kept running (`devid.server.supervisor`).
+"""`devid serve`: the EST server (and session tokens, the admin API) over TLS, EST-coaps over DTLS
+with `--coaps-port`, with graceful shutdown, and the registry-event dispatcher in the background
+(`devid.server.process`); with `--workers N` (N > 1) several processes on one port, kept running
+(`devid.server.supervisor`).
 """
 
 from __future__ import annotations
@@ -144,7 +145,8 @@ def serve(
     passphrase_file: PassphraseOpt = None,
 ) -> None:
     """Serve EST (RFC 7030) at https://HOST:PORT/.well-known/est over TLS with optional client
-    certificates. SIGTERM or Ctrl-C stops accepting, lets requests in flight finish, and exits 0."""
+    certificates (and EST-coaps, RFC 9148, on --coaps-port). SIGTERM or Ctrl-C stops accepting,
+    lets requests in flight finish, and exits 0."""
     if (tls_cert is None) != (tls_key is None):
         raise ConfigError("tls-files", "--tls-cert and --tls-key go together")
     passphrase = resolve_passphrase(passphrase_file)

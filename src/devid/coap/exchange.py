@@ -31,6 +31,7 @@ from devid.coap.message import (
     encode_uint,
 )
 from devid.errors import BodyTooLarge, DevidError, RateLimited, RequestInvalid, StoreUnavailable
+from devid.store.engine import unavailable
 from devid.web.errors import status_for
 
 log = logging.getLogger("devid.coap")
@@ -209,6 +210,13 @@ class CoapEndpoint:
                 response = await self._respond(message)
             except DevidError as exc:
                 response = refusal(exc, self.limits.max_body)
+            except Exception as exc:  # the store away (5.03 with Max-Age), or a bug (5.00, logged)
+                down = unavailable(exc)
+                if down is None:
+                    log.exception("CoAP request from %s failed", self.peer.host)
+                    response = Response(Code.INTERNAL_SERVER_ERROR, b"internal error [internal]", TEXT_PLAIN)
+                else:
+                    response = refusal(down)
             options = list(response.options)
             if response.content_format is not None:
                 options.append((Option.CONTENT_FORMAT, encode_uint(response.content_format)))
