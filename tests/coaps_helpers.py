@@ -79,7 +79,7 @@ def running_coaps(
     try:
         yield Coaps(server, authority, root_pem, loop)
     finally:
-        loop.call_soon_threadsafe(server.close)
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(timeout=60)
         asyncio.run_coroutine_threadsafe(asyncio.to_thread(service.close), loop).result(timeout=60)
         asyncio.run_coroutine_threadsafe(loop.shutdown_default_executor(), loop).result(timeout=60)
         loop.call_soon_threadsafe(loop.stop)

@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL, crypto
 
-from devid.coap.dtls import MTU, advance, dtls_context, flush, read_records
+from devid.coap.dtls import MTU, advance, dtls_context, flush, present, read_records
 from devid.coap.message import (
     Block,
     Code,
@@ -64,10 +64,7 @@ def client_context(
         store.add_cert(crypto.X509.from_cryptography(anchor))
     context.set_verify(SSL.VERIFY_PEER, lambda _conn, _cert, _errno, _depth, ok: bool(ok))
     if chain and key is not None:
-        context.use_certificate(chain[0])
-        for cert in chain[1:]:
-            context.add_extra_chain_cert(cert)
-        context.use_privatekey(key)
+        present(context, chain, key)
     return context
 
 

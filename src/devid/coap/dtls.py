@@ -26,11 +26,12 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, cast
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL
@@ -53,10 +54,10 @@ _HANDSHAKE, _CLIENT_HELLO = 22, 1
 
 @dataclass(frozen=True)
 class DtlsIdentity:
-    """The server's certificate chain (DER, leaf first) and its private key (PKCS#8 DER)."""
+    """The server's certificate chain (leaf first) and its private key."""
 
-    chain: tuple[bytes, ...]
-    key: bytes
+    chain: tuple[x509.Certificate, ...]
+    key: ec.EllipticCurvePrivateKey
 
     @classmethod
     def load(cls, cert_file: Path, key_file: Path, passphrase: bytes | None) -> DtlsIdentity:
@@ -67,17 +68,12 @@ class DtlsIdentity:
             pem = key_file.read_bytes()
         except OSError as exc:
             raise ConfigError("tls-files", f"cannot read TLS certificate or key: {exc}") from None
-        key = None
         for password in (passphrase, None) if passphrase else (None,):
             with contextlib.suppress(ValueError, TypeError):
                 key = serialization.load_pem_private_key(pem, password=password)
-                break
-        if key is None:
-            raise KeyAccessError("tls-key", f"cannot open the TLS key {key_file} for DTLS")
-        der = key.private_bytes(
-            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        return cls(tuple(cert_der(c) for c in certs), der)
+                if isinstance(key, ec.EllipticCurvePrivateKey) and certs:
+                    return cls(tuple(certs), key)
+        raise KeyAccessError("tls-key", f"cannot open the TLS key {key_file} (EC) with {cert_file} for DTLS")
 
 
 @dataclass(frozen=True)
@@ -102,13 +98,11 @@ class Endpoint(Protocol):
         """The session is gone."""
 
 
-def _own_identity(context: SSL.Context, identity: DtlsIdentity) -> None:
-    certs = [load_certificates(der)[0] for der in identity.chain]
-    context.use_certificate(certs[0])
-    for cert in certs[1:]:
+def present(context: SSL.Context, chain: Sequence[x509.Certificate], key: ec.EllipticCurvePrivateKey) -> None:
+    """Have `context` present `chain` (leaf first) and sign its handshakes with `key`."""
+    context.use_certificate(chain[0])
+    for cert in chain[1:]:
         context.add_extra_chain_cert(cert)
-    key = serialization.load_der_private_key(identity.key, None)
-    assert isinstance(key, ec.EllipticCurvePrivateKey)
     context.use_privatekey(key)
 
 
@@ -126,7 +120,7 @@ def server_context(identity: DtlsIdentity) -> SSL.Context:
     """The server's chain; client certificates asked for and accepted whatever their chain (the
     application checks them, see the module doc); stateless cookies keyed by a random secret."""
     context = dtls_context(SSL.DTLS_SERVER_METHOD)
-    _own_identity(context, identity)
+    present(context, identity.chain, identity.key)
     context.set_verify(SSL.VERIFY_PEER, lambda *_: True)
     secret = os.urandom(32)
 

@@ -154,7 +154,12 @@ class CoapEndpoint:
         handler: Handler,
         limits: BlockLimits,
         clock: Callable[[], float],
+        tasks: set[asyncio.Task[None]],
     ) -> None:
+        """`tasks`: where requests being answered are held (by the server, which waits for them or
+        cancels them when it stops); an answer for a peer whose session closed meanwhile is
+        dropped, the enrollment behind it completes (like an HTTP client that went away)."""
+        self.tasks = tasks
         self.peer = peer
         self.handler = handler
         self.limits = limits
@@ -163,7 +168,6 @@ class CoapEndpoint:
         self._busy: int | None = None
         self._upload: _Transfer | None = None
         self._download: _Transfer | None = None
-        self._task: asyncio.Task[None] | None = None
         self._mid = 0
 
     # --- the Endpoint protocol of devid.coap.dtls ------------------------------------------------
@@ -189,18 +193,18 @@ class CoapEndpoint:
         if self._busy is not None:
             return  # a second request while one is in flight (NSTART 1): the peer will retransmit
         self._busy = message.mid
-        self._task = asyncio.get_running_loop().create_task(self._serve(message))
+        task = asyncio.get_running_loop().create_task(self._serve(message))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     def sweep(self, now: float) -> None:
-        for name in ("_upload", "_download"):
-            transfer: _Transfer | None = getattr(self, name)
-            if transfer is not None and now - transfer.started > self.limits.block_timeout:
-                setattr(self, name, None)
+        if self._upload is not None and now - self._upload.started > self.limits.block_timeout:
+            self._upload = None
+        if self._download is not None and now - self._download.started > self.limits.block_timeout:
+            self._download = None
 
     def closed(self) -> None:
         self._upload = self._download = None
-        if self._task is not None:
-            self._task.cancel()
 
     # --- exchanges ------------------------------------------------------------------------------
 

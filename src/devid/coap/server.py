@@ -32,6 +32,8 @@ class CoapsServer:
     dtls: DtlsServer
     host: str
     port: int
+    #: Requests being answered (held here so that a stop can let them finish).
+    tasks: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
     _sweeper: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -39,9 +41,15 @@ class CoapsServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"coaps://{host}:{self.port}"
 
-    def close(self) -> None:
+    async def close(self, timeout: float = 5.0) -> None:
+        """Let the requests being answered finish (up to `timeout` seconds), then end every
+        session (close_notify) and the socket."""
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self.tasks:
+            _, late = await asyncio.wait(set(self.tasks), timeout=timeout)
+            for task in late:
+                task.cancel()
         self.dtls.close()
 
 
@@ -53,27 +61,27 @@ async def start_coaps(
     port: int = 5684,
     limits: DtlsLimits | None = None,
     blocks: BlockLimits | None = None,
-    reuse_port: bool = False,
 ) -> CoapsServer:
     """Listen for EST-coaps on UDP `host:port` (0: a free port)."""
     resources = EstCoaps(service)
     block_limits = blocks or BlockLimits()
     clock = time.monotonic
+    tasks: set[asyncio.Task[None]] = set()
 
     def endpoint(session: DtlsSession) -> CoapEndpoint:
-        return CoapEndpoint(session, resources, block_limits, clock)
+        return CoapEndpoint(session, resources, block_limits, clock, tasks)
 
     dtls = DtlsServer(server_context(identity), endpoint, limits, clock=clock)
     loop = asyncio.get_running_loop()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: dtls, local_addr=(host, port), family=family, reuse_port=reuse_port or None
+            lambda: dtls, local_addr=(host, port), family=family
         )
     except OSError as exc:
         raise ConfigError("listen", f"cannot listen on UDP {host}:{port}: {exc.strerror or exc}") from None
     bound = int(transport.get_extra_info("sockname")[1])
-    server = CoapsServer(dtls, host, bound)
+    server = CoapsServer(dtls, host, bound, tasks)
     server._sweeper = asyncio.create_task(_sweep(dtls))
     return server
 

@@ -119,7 +119,7 @@ async def serve(
     stopping()
     duties.stop_publishing()
     if coaps is not None:
-        coaps.close()
+        await coaps.close(options.shutdown_timeout)
     if plain is not None:
         await plain.close()
     await running.stop()
