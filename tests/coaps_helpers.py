@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from cryptography.hazmat.primitives import serialization
 
 from devid.authority.core import Authority
+from devid.authority.enroll import Onboarding
 from devid.authority.enrollment import EnrollmentService
 from devid.coap.dtls import DtlsIdentity, DtlsLimits
 from devid.coap.exchange import BlockLimits
@@ -60,6 +61,7 @@ def running_coaps(
     *,
     limits: DtlsLimits | None = None,
     blocks: BlockLimits | None = None,
+    onboarding: Onboarding | None = None,
 ) -> Iterator[Coaps]:
     work_dir.mkdir(parents=True, exist_ok=True)
     _, cert = own_server_context(authority, work_dir / "tls", PASSPHRASE)
@@ -71,7 +73,7 @@ def running_coaps(
     thread.start()
 
     async def start() -> tuple[EnrollmentService, CoapsServer]:
-        service = EnrollmentService(authority)
+        service = EnrollmentService(authority, onboarding)
         server = await start_coaps(service, identity, port=0, limits=limits, blocks=blocks)
         return service, server
 

@@ -11,6 +11,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import cbor2
@@ -26,15 +27,19 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from coaps_helpers import Coaps, coap_client, running_coaps
 from est_helpers import Device, csr_der, provision, save_identity
+from manufacturer import Manufacturer
 
 from devid.authority.core import Authority
 from devid.authority.devices import set_state
+from devid.clock import FixedClock
 from devid.coap.client import CoapsClient, client_context
 from devid.coap.dtls import MTU, DtlsLimits, advance
 from devid.coap.exchange import BlockLimits
 from devid.coap.message import Block, Code, Message, Option, Type, encode_uint
 from devid.pki.csr import csr_attributes
 from devid.pki.profiles import ProfileName
+from devid.registry import manufacturers
+from devid.registry.onboarding import Registry
 from devid.store import repo
 from devid.store.models import audit_events as EVENTS
 from devid.store.states import DeviceState
@@ -308,3 +313,35 @@ def test_server_side_key_generation_and_csr_attributes(coaps: Coaps, tmp_path: P
     key = serialization.load_der_private_key(key_der, None)
     [cert] = pkcs7.load_der_pkcs7_certificates(certs)
     assert cert.public_key() == key.public_key() != device.key.public_key()
+
+
+def test_a_registered_manufacturers_device_enrolls_just_in_time(
+    auth: Authority, clock: FixedClock, tmp_path: Path
+) -> None:
+    acme = Manufacturer(tmp_path / "acme")
+    clock.advance(timedelta(minutes=1))  # openssl's notBefore is "now": step past it
+    code = manufacturers.create_registration_code(auth, "test")
+    acme.verification(code)
+    manufacturers.register(
+        auth, "acme", acme.pem("root"), acme.pem("verify-root"), actor="test", auto_register=True,
+        auto_activate=True,
+    )  # fmt: skip
+    _cert, key, _chain = acme.device("ACME-COAP-1")
+    # The device sends its chain (leaf and the manufacturer's intermediate) in the DTLS handshake.
+    chain = [acme.certificate("dev-ACME-COAP-1"), acme.certificate("signing")]
+    device_key = serialization.load_pem_private_key(key.read_bytes(), None)
+    assert isinstance(device_key, ec.EllipticCurvePrivateKey)
+    csr = csr_der(ec.generate_private_key(ec.SECP256R1()), "x")
+    with running_coaps(auth, tmp_path / "srv", onboarding=Registry(auth)) as srv:
+
+        async def enroll() -> bytes:
+            context = client_context([auth.root], chain, device_key)
+            async with CoapsClient(f"coaps://127.0.0.1:{srv.port}", context) as client:
+                answer = await client.request(Code.POST, "/est/sen", csr, content_format=286, accept=287)
+                return answer.payload
+
+        ldevid = x509.load_der_x509_certificate(srv.call(enroll()))
+    assert ldevid.subject.get_attributes_for_oid(x509.NameOID.SERIAL_NUMBER)[0].value == "ACME-COAP-1"
+    with auth.engine.connect() as conn:
+        device = repo.device_by_serial(conn, "ACME-COAP-1")
+    assert device is not None and device.state == "ACTIVE" and device.manufacturer_id is not None

@@ -208,6 +208,16 @@ class DtlsSession:
         cert = self.connection.get_peer_certificate(as_cryptography=True)
         return None if cert is None else cert_der(cert)
 
+    def peer_chain(self) -> tuple[bytes, ...]:
+        """DER of the certificates the client sent, leaf first (a hint: every link of a chain to
+        a manufacturer CA is verified by the registry before it is used)."""
+        leaf = self.peer_certificate()
+        if leaf is None:
+            return ()
+        # On the server's side, OpenSSL's peer chain holds what came after the leaf.
+        rest = self.connection.get_peer_cert_chain(as_cryptography=True) or []
+        return (leaf, *(der for der in map(cert_der, rest) if der != leaf))
+
     def send(self, plaintext: bytes) -> None:
         if self.server.sessions.get(self.address) is not self:
             return  # closed meanwhile (an answer computed for a peer that went away)

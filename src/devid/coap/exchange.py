@@ -85,6 +85,8 @@ class Request:
     #: The peer's DTLS client certificate (DER) and address.
     certificate: bytes | None
     host: str
+    #: The certificates the client sent (DER, leaf first), for chains to a manufacturer CA.
+    chain: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,8 @@ class Peer(Protocol):
     def send(self, plaintext: bytes) -> None: ...
 
     def peer_certificate(self) -> bytes | None: ...
+
+    def peer_chain(self) -> tuple[bytes, ...]: ...
 
 
 def refusal(error: DevidError, limit: int | None = None) -> Response:
@@ -273,6 +277,7 @@ class CoapEndpoint:
             message.uint(Option.ACCEPT),
             self.peer.peer_certificate(),
             self.peer.host,
+            self.peer.peer_chain(),
         )
         response = await self.handler(request)
         response = Response(response.code, response.payload, response.content_format, response.options + echo)

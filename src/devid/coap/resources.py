@@ -152,7 +152,7 @@ class EstCoaps:
         enrollment = EnrollRequest(
             label,
             _OPERATIONS[op],
-            CertificateCredential(request.certificate),
+            CertificateCredential(request.certificate, request.chain),
             request.payload,
             actor=f"coaps:{request.host}",
             peer=request.host,
