@@ -345,3 +345,18 @@ def test_a_registered_manufacturers_device_enrolls_just_in_time(
     with auth.engine.connect() as conn:
         device = repo.device_by_serial(conn, "ACME-COAP-1")
     assert device is not None and device.state == "ACTIVE" and device.manufacturer_id is not None
+
+
+def test_enrollment_on_each_store(authority: Authority, tmp_path: Path) -> None:
+    """SQLite decides on the event loop, PostgreSQL in worker threads: EST-coaps is the same."""
+    device = provision(authority, "SN-COAP-DB", tmp_path)
+    csr = tmp_path / "csr.der"
+    csr.write_bytes(csr_der(device.key, "x"))
+    out = tmp_path / "ldevid.der"
+    with running_coaps(authority, tmp_path / "srv") as srv:
+        got = coap_client(
+            srv, "post", "/est/sen", identity=device.idevid_files, payload=csr, content_format=286,
+            accept=287, out=out,
+        )  # fmt: skip
+    assert got.returncode == 0 and out.exists(), got.stdout + got.stderr
+    assert status(authority, x509.load_der_x509_certificate(out.read_bytes())) == "valid"
