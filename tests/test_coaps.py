@@ -52,6 +52,11 @@ def status(auth: Authority, cert: x509.Certificate) -> str:
     return str(row.status)
 
 
+def issued(auth: Authority) -> int:
+    with auth.engine.connect() as conn:
+        return repo.count(conn, repo.certificates)
+
+
 @pytest.fixture
 def coaps(auth: Authority, tmp_path: Path) -> Iterator[Coaps]:
     with running_coaps(auth, tmp_path / "coaps") as srv:
@@ -236,19 +241,24 @@ def test_unfinished_and_oversize_block_wise_transfers_are_refused(strict: Coaps,
         seen: list[tuple[int, int | None]] = []
         async with device_client(strict, device) as client:
 
-            async def block(num: int, more: bool, size1: int | None = None) -> None:
+            async def block(num: int, more: bool, size1: int | None = None, size: int = 64) -> None:
                 options = [(int(Option.URI_PATH), b"est"), (int(Option.URI_PATH), b"sen")]
                 options += [(int(Option.CONTENT_FORMAT), encode_uint(286))]
                 options += [(int(Option.BLOCK1), Block(num, more, 2).encode())]
                 if size1 is not None:
                     options.append((int(Option.SIZE1), encode_uint(size1)))
                 message = Message(
-                    Type.CON, Code.POST, 100 + len(seen), os.urandom(4), tuple(options), b"x" * 64
+                    Type.CON, Code.POST, 100 + len(seen), os.urandom(4), tuple(options), b"x" * size
                 )
                 answer = await client.exchange(message)
                 seen.append((answer.code, answer.uint(Option.SIZE1)))
 
             await block(0, True)  # 2.31 Continue
+            await block(2, True)  # 4.08: out of order (block 1 is missing), the transfer dropped
+            await block(1, True)  # 4.08: nothing to continue
+            await block(0, True)  # 2.31
+            await block(1, True, size=40)  # 4.00: a truncated block that is not the last
+            await block(0, True)  # 2.31
             await asyncio.sleep(0.5)  # past the transfer's deadline
             await block(1, True)  # 4.08: forgotten
             await block(0, True, size1=100_000)  # 4.13: announced over the limit
@@ -260,8 +270,15 @@ def test_unfinished_and_oversize_block_wise_transfers_are_refused(strict: Coaps,
             seen.append((answer.code, None))
         return seen
 
+    before = issued(strict.authority)
     seen = strict.call(scenario())
+    assert issued(strict.authority) == before + 1  # the refused transfers changed nothing
     assert seen == [
+        (Code.CONTINUE, None),
+        (Code.REQUEST_ENTITY_INCOMPLETE, None),
+        (Code.REQUEST_ENTITY_INCOMPLETE, None),
+        (Code.CONTINUE, None),
+        (Code.BAD_REQUEST, None),
         (Code.CONTINUE, None),
         (Code.REQUEST_ENTITY_INCOMPLETE, None),
         (Code.REQUEST_ENTITY_TOO_LARGE, 256),
