@@ -18,7 +18,10 @@ from e2e import devid, flat, ok
 from test_agent import make_device, station, store_status
 
 from devid.authority.core import Authority
+from devid.coap.client import CoapsError
+from devid.coap.message import Code
 from devid.device.agent import LDEVID_FILE, STATE_FILE
+from devid.device.coaps import est_error, http_status
 from devid.factory.station import Station
 from devid.pki.encoding import load_certificates
 
@@ -70,3 +73,16 @@ def test_agent_enrolls_and_renews_over_coaps(coaps: Coaps, auth: Authority, stat
     assert "SN-AGENT-COAPS: renew" in run, run
     renewed = load_certificates((directory / LDEVID_FILE).read_bytes())[0]
     assert renewed != first[0] and store_status(auth, first[0])[0] == "superseded"
+
+
+def test_coap_refusals_reach_the_agent_as_the_http_statuses_est_would_send() -> None:
+    refused = est_error(CoapsError(Code.FORBIDDEN, "device 'X' is INACTIVE [device-not-active]"))
+    assert (refused.status, refused.code) == (403, "device-not-active")
+    busy = est_error(CoapsError(Code.SERVICE_UNAVAILABLE, "the store is unavailable [store-unavailable]", 2))
+    assert (busy.status, busy.retry_after) == (503, 2)
+    pending = est_error(
+        CoapsError(Code.SERVICE_UNAVAILABLE, "enrollment awaits approval [approval-pending]", 60)
+    )
+    assert (pending.status, pending.retry_after) == (202, 60)
+    assert est_error(CoapsError(0, "no answer")).status == 0
+    assert http_status(Code.REQUEST_ENTITY_TOO_LARGE) == 413 and http_status(Code.TOO_MANY_REQUESTS) == 429
