@@ -38,15 +38,16 @@ from devid.pki.encoding import cert_pem
 
 async def _coaps_load(
     url: str, identities: list[Identity], csrs: list[bytes], root: list[x509.Certificate]
-) -> tuple[Run, int]:
-    """Each CSR through its own DTLS session, `len(identities)` at a time; (run, wire bytes)."""
+) -> tuple[Run, int, int]:
+    """Each CSR through its own DTLS session, `len(identities)` at a time; (run, wire bytes,
+    of which handshakes)."""
     contexts = [client_context(root, ident.chain, ident.key) for ident in identities]
     pending = iter(base64.b64decode(c) for c in csrs)
     latencies: list[float] = []
-    failures = wire = 0
+    failures = wire = handshakes = 0
 
     async def client(index: int) -> None:
-        nonlocal failures, wire
+        nonlocal failures, wire, handshakes
         for der in pending:
             start = time.perf_counter()
             session = CoapsClient(url, contexts[index], timeout=30)
@@ -63,16 +64,18 @@ async def _coaps_load(
                 failures += 1
             latencies.append(time.perf_counter() - start)
             wire += session.sent + session.received
+            handshakes += session.handshake_bytes
 
     cpu = time.process_time()
     start = time.perf_counter()
     await asyncio.gather(*(client(i) for i in range(len(identities))))
     seconds = time.perf_counter() - start
-    return Run(seconds, latencies, failures, time.process_time() - cpu), wire
+    return Run(seconds, latencies, failures, time.process_time() - cpu), wire, handshakes
 
 
-def https_wire_bytes(url: str, context: ssl.SSLContext, csr: bytes) -> int:
-    """Bytes of the TCP stream (both ways) of one `simpleenroll` on a new TLS connection."""
+def https_wire_bytes(url: str, context: ssl.SSLContext, csr: bytes) -> tuple[int, int]:
+    """Bytes of the TCP stream (both ways) of one `simpleenroll` on a new TLS connection: of its
+    handshake, and in all."""
     parts = urllib.parse.urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 443
     request = (
@@ -107,6 +110,7 @@ def https_wire_bytes(url: str, context: ssl.SSLContext, csr: bytes) -> int:
                 send()
                 receive()
         send()
+        handshake = total
         tls.write(request)
         send()
         while True:
@@ -120,7 +124,7 @@ def https_wire_bytes(url: str, context: ssl.SSLContext, csr: bytes) -> int:
             except ssl.SSLZeroReturnError:
                 send()
                 break
-    return total
+    return handshake, total
 
 
 def run(clients: int, n: int) -> list[Figure]:
@@ -139,12 +143,12 @@ def run(clients: int, n: int) -> list[Figure]:
                 for line in proc.stdout
                 if "EST-coaps server at" in line
             )
-            https_bytes = https_wire_bytes(url, contexts[0], make_csrs(1)[0])
+            https_handshake, https_bytes = https_wire_bytes(url, contexts[0], make_csrs(1)[0])
             # Warm both paths, then the timed runs, HTTPS first.
             timed_load(url, contexts, make_csrs(min(clients * 2, 50)), False)
             https = timed_load(url, contexts, make_csrs(n), False)
             asyncio.run(_coaps_load(coaps_url, identities, make_csrs(min(clients * 2, 50)), root))
-            coaps, wire = asyncio.run(_coaps_load(coaps_url, identities, make_csrs(n), root))
+            coaps, wire, handshakes = asyncio.run(_coaps_load(coaps_url, identities, make_csrs(n), root))
         finally:
             proc.terminate()
             proc.wait(timeout=60)
@@ -168,6 +172,14 @@ def run(clients: int, n: int) -> list[Figure]:
             float(https_bytes),
             "EST over HTTPS/TLS: TCP stream bytes of one enrollment on a new connection",
             "DTLS: UDP payloads incl. the cookie round trip; headers below UDP/TCP not counted",
+        ),
+        Figure(
+            "coaps.wire_bytes_handshake",
+            handshakes / max(len(coaps.latencies), 1),
+            "bytes",
+            float(https_handshake),
+            "TLS handshake (mTLS, new connection)",
+            "DTLS 1.2 with the HelloVerifyRequest round trip; the rest of each total is request and answer",
         ),
         Figure(
             "coaps.client_cpu", coaps.cpu_ms(coaps.client_cpu) or 0.0, "ms/enrollment", note="load generator"

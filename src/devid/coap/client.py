@@ -4,7 +4,7 @@ confirmable CoAP requests over it, block-wise both ways. The device agent
 
 The server is authenticated by its chain to the trust anchors given (OpenSSL), then by name: the
 host of the URL must be among the certificate's subjectAltName DNS names or IP addresses.
-`sent` and `received` count the bytes of every datagram.
+`sent` and `received` count the bytes of every datagram, `handshake_bytes` those of the handshake.
 """
 
 from __future__ import annotations
@@ -103,6 +103,8 @@ class CoapsClient:
         self.timeout = timeout
         self.szx = szx
         self.sent = self.received = 0
+        #: Bytes both ways until the handshake was over (the cookie round trip included).
+        self.handshake_bytes = 0
         self._mids = itertools.count(int.from_bytes(os.urandom(2), "big"))
         self._transport: asyncio.DatagramTransport | None = None
         self._protocol = _Datagrams()
@@ -168,6 +170,7 @@ class CoapsClient:
             raise CoapsError(0, f"DTLS handshake with {self.url} failed: {exc}") from None
         self._check_name(connection)
         self._tls = connection
+        self.handshake_bytes = self.sent + self.received
 
     def _check_name(self, connection: SSL.Connection) -> None:
         leaf = connection.get_peer_certificate(as_cryptography=True)
