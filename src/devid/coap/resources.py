@@ -10,9 +10,10 @@ is one more entry and one encoder.
 Paths: `/est/<op>` (the short paths `/.well-known/core` advertises), `/est/<label>/<op>`, and
 the same under `/.well-known/est`. Operations: `crts` (cacerts), `sen` (simpleenroll), `sren`
 (simplereenroll), `skg` (serverkeygen: key and certificate as application/multipart-core),
-`att` (csrattrs). An enrollment awaiting approval is answered 5.03 with Max-Age (RFC 9148 5.7),
-and every issued certificate comes with devid's renewal instructions in two elective options of
-the experimental range (`POLICY_OPTION`, `RENEW_AT_OPTION`), which other clients ignore.
+`att` (csrattrs). An enrollment awaiting approval is answered 5.03 with Max-Age (where EST says
+202 with Retry-After), and every issued certificate comes with devid's renewal instructions in
+two elective options of the experimental range (`POLICY_OPTION`, `RENEW_AT_OPTION`), which other
+clients ignore.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """`devid serve --coaps-port`: EST-coaps on a UDP port, DTLS sessions swept once a second.
 
-coaps = await start_coaps(service, identity, trust, host="127.0.0.1", port=5684)
+coaps = await start_coaps(service, DtlsIdentity.load(cert_file, key_file, passphrase), port=5684)
 ...
-coaps.close()
+await coaps.close()
 """
 
 from __future__ import annotations
