@@ -30,6 +30,8 @@ LAYERS = {
     "web": 6,
     # Protocol layers: thin handlers over the authority.
     "est": 7,
+    # EST over secure CoAP (RFC 9148), beside EST over HTTPS.
+    "coap": 7,
     "tokens": 7,
     "api": 7,
     # Status publication over HTTP (OCSP, CRL, filter, allowlist) and the enforcing edge gateway.

@@ -23,6 +23,8 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from cryptography import x509
+
 from devid.authority.auth_failures import FailedAuthentications
 from devid.authority.core import Authority
 from devid.authority.credentials import CertificateCredential, check_standing, identify
@@ -38,6 +40,7 @@ from devid.authority.enroll import (
     decide_with_secret,
 )
 from devid.authority.group_commit import committer
+from devid.authority.policy import LabelPolicy
 from devid.errors import AuthenticationRequired, CredentialRefused, DevidError
 from devid.store import audit
 from devid.store.engine import writing
@@ -134,6 +137,15 @@ class EnrollmentService:
                     self.authority.record_refusal, exc, action, attempt.subject, request.actor, detail
                 )
             raise
+
+    def ca_certificates(self, policy: LabelPolicy) -> list[x509.Certificate]:
+        """The CA certificates a device of `policy`'s label needs (EST `cacerts`, EST-coaps `crts`):
+        the issuing CA and the root; during a CA rotation's overlap, the issuing CA being retired
+        too (after the new one), so a device still holding a certificate of it finds its chain
+        (RFC 7030 4.1.3)."""
+        authority = self.authority
+        issuers = authority.issuers_of(authority.issuer_for(policy.profile).role)
+        return [*(c for ca in issuers for c in authority.chain(ca.name)), authority.root]
 
     def close(self) -> None:
         """Write the failure aggregates still open and stop the worker threads."""

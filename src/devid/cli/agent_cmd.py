@@ -15,6 +15,7 @@ import json
 import os
 import sys
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -64,6 +65,11 @@ def _open(device: Path, se_pin_file: Path | None, se_tcti: str | None, *, tls: b
     return DeviceAgent.open(device, se_pin_file=se_pin_file, se_tcti=se_tcti, tls=tls)
 
 
+class Transport(StrEnum):
+    HTTPS = "https"
+    COAPS = "coaps"
+
+
 @app.command("enroll")
 def enroll(
     device: DeviceOpt,
@@ -75,10 +81,24 @@ def enroll(
         ),
     ] = None,
     label: Annotated[str, typer.Option("--label", help="EST label (renewal policy)")] = "",
+    transport: Annotated[
+        Transport,
+        typer.Option(
+            "--transport",
+            help="https: EST over TLS (RFC 7030); coaps: EST over CoAP over DTLS (RFC 9148), "
+            "--server coaps://HOST:PORT. Later check-ins use the same.",
+        ),
+    ] = Transport.HTTPS,
     se_pin_file: SePinOpt = None,
     se_tcti: SeTctiOpt = None,
 ) -> None:
     """First enrollment: the IDevID proves the device; an LDevID (or session certificate) comes back."""
+    scheme = server.split("://", 1)[0] if "://" in server else ""
+    if scheme != transport.value:
+        raise ConfigError(
+            "agent-transport",
+            f"--transport {transport.value} needs a {transport.value}:// server URL, not {server!r}",
+        )
     agent = _open(device, se_pin_file, se_tcti, tls=True)
     trust = read_file(ca_bundle, "CA bundle") if ca_bundle else (device / "chain.pem").read_bytes()
     enrolled = asyncio.run(agent.enroll(server, trust, label))

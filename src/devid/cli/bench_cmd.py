@@ -111,6 +111,19 @@ def est(
         report(bench.run_local(clients, n, modes, server_workers), as_json)
 
 
+@app.command("coaps")
+def coaps(
+    clients: Annotated[int, typer.Option("--clients", min=1, help="concurrent devices")] = 8,
+    n: Annotated[int, typer.Option("--n", min=10, help="enrollments per protocol")] = 500,
+    as_json: JsonOpt = False,
+) -> None:
+    """EST-coaps enrollments/s over DTLS (a full handshake each) beside EST over HTTPS in the same
+    run, and bytes on the wire per enrollment for both."""
+    from devid.bench import coaps as bench
+
+    report(bench.run(clients, n), as_json)
+
+
 @app.command("onboard")
 def onboard(
     n: Annotated[

@@ -1,6 +1,7 @@
-"""`devid serve`: the EST server (and session tokens, the admin API) over TLS, with graceful
-shutdown, and the registry-event dispatcher in the background (`devid.server.process`); with
-`--workers N` (N > 1) several processes on one port, kept running (`devid.server.supervisor`).
+"""`devid serve`: the EST server (and session tokens, the admin API) over TLS, EST-coaps over DTLS
+with `--coaps-port`, with graceful shutdown, and the registry-event dispatcher in the background
+(`devid.server.process`); with `--workers N` (N > 1) several processes on one port, kept running
+(`devid.server.supervisor`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from rich.markup import escape
 
 from devid.authority.setup import open_authority
 from devid.cli.common import HomeOpt, PassphraseOpt, console, err_console, load_home
+from devid.coap.dtls import DtlsIdentity
 from devid.config import check_public_url, resolve_passphrase
 from devid.errors import ConfigError
 from devid.server import process
@@ -123,6 +125,16 @@ def serve(
             "--http-port", help="also serve OCSP, CRLs, filters and allowlists over plain HTTP on this port"
         ),
     ] = None,
+    coaps_port: Annotated[
+        int | None,
+        typer.Option(
+            "--coaps-port",
+            min=0,
+            max=65535,
+            help="also serve EST-coaps (RFC 9148: EST over CoAP over DTLS 1.2, client certificates) on "
+            "this UDP port (0: any free port, printed on start); with --workers, in the first worker",
+        ),
+    ] = None,
     publish: Annotated[
         bool,
         typer.Option(
@@ -133,7 +145,8 @@ def serve(
     passphrase_file: PassphraseOpt = None,
 ) -> None:
     """Serve EST (RFC 7030) at https://HOST:PORT/.well-known/est over TLS with optional client
-    certificates. SIGTERM or Ctrl-C stops accepting, lets requests in flight finish, and exits 0."""
+    certificates (and EST-coaps, RFC 9148, on --coaps-port). SIGTERM or Ctrl-C stops accepting,
+    lets requests in flight finish, and exits 0."""
     if (tls_cert is None) != (tls_key is None):
         raise ConfigError("tls-files", "--tls-cert and --tls-key go together")
     passphrase = resolve_passphrase(passphrase_file)
@@ -169,6 +182,7 @@ def serve(
         publish_status=publish,
         http_port=http_port,
         log_json=log_json,
+        coaps_port=coaps_port,
     )
     if workers > 1:
         authority.close()
@@ -185,7 +199,8 @@ def serve(
         )
 
         def listening(bound: int, pids: list[int]) -> None:
-            _print_started(_url(host, bound), server)
+            coaps = None if supervisor.coaps_port is None else _url(host, supervisor.coaps_port, "coaps")
+            _print_started(_url(host, bound), server, coaps)
             console.print(f"{workers} worker processes (pids {', '.join(map(str, pids))})", highlight=False)
             sys.stdout.flush()
 
@@ -199,8 +214,11 @@ def serve(
                 app,
                 ctx,
                 options,
-                listening=lambda running: _print_started(running.url, server),
+                listening=lambda running: _print_started(running.url, server, running.coaps_url),
                 stopping=_print_stopping,
+                dtls=None
+                if coaps_port is None
+                else DtlsIdentity.load(server.cert_file, server.key_file, passphrase),
             )
         )
     finally:
@@ -208,16 +226,18 @@ def serve(
     console.print("stopped", highlight=False)
 
 
-def _url(host: str, port: int) -> str:
-    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+def _url(host: str, port: int, scheme: str = "https") -> str:
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
-def _print_started(url: str, server: ServerCertificate) -> None:
+def _print_started(url: str, server: ServerCertificate, coaps: str | None = None) -> None:
     console.print(f"devid EST server at {url}/.well-known/est", highlight=False)
     console.print(
         f"server certificate ({server.source}, {escape(str(server.cert_file))}) sha256 {server.fingerprint}",
         highlight=False,
     )
+    if coaps is not None:
+        console.print(f"devid EST-coaps server at {coaps}/.well-known/core", highlight=False)
     sys.stdout.flush()
 
 

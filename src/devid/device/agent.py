@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from devid.clock import Clock, SystemClock
 from devid.config import Pkcs11Settings
 from devid.device import decisions
+from devid.device.coaps import CoapsEst
 from devid.device.decisions import AgentState, Issued
 from devid.errors import ConfigError
 from devid.est.client import Enrolled, EstClient, tls_context
@@ -220,8 +221,17 @@ class DeviceAgent:
 
     # --- protocol -------------------------------------------------------------------------------
 
-    def _client(self, chain: list[x509.Certificate], label: str | None = None) -> EstClient:
+    def _client(self, chain: list[x509.Certificate], label: str | None = None) -> EstClient | CoapsEst:
+        """EST over HTTPS, or EST-coaps when the server's URL is coaps:// (`--transport coaps`)."""
         assert self.state is not None
+        if self.state.server.startswith("coaps://"):
+            return CoapsEst(
+                self.state.server,
+                self.state.trust_pem.encode(),
+                chain,
+                self.tls_key,
+                label=self.state.label if label is None else label,
+            )
         # A TLS context costs milliseconds to build (key and chain loading): keep one per identity.
         cache_key = (chain[0].serial_number, self.state.trust_pem)
         ctx = self._contexts.get(cache_key)

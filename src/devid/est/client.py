@@ -127,6 +127,18 @@ def parse_certs_only(body: bytes) -> list[x509.Certificate]:
         raise EstError(200, f"the server's PKCS#7 answer does not parse: {exc}") from None
 
 
+def chain_above(leaf: x509.Certificate, cas: list[x509.Certificate]) -> list[x509.Certificate]:
+    """The CA certificates above `leaf` among `cas` (a `cacerts` answer), root excluded."""
+    by_subject = {c.subject: c for c in cas}
+    chain: list[x509.Certificate] = []
+    current = leaf
+    while current.issuer != current.subject and current.issuer in by_subject and len(chain) < 8:
+        current = by_subject[current.issuer]
+        if current.issuer != current.subject:
+            chain.append(current)
+    return chain
+
+
 class EstClient:
     """EST operations against one server and label, over one connection pool (keep-alive)."""
 
@@ -213,11 +225,4 @@ class EstClient:
     async def issuer_chain(self, leaf: x509.Certificate) -> list[x509.Certificate]:
         """The CA certificates above `leaf`, root excluded, from `cacerts`: RFC 7030 enrollment
         answers carry the leaf alone, and a TLS peer that trusts only the root needs the rest."""
-        by_subject = {c.subject: c for c in await self.cacerts()}
-        chain: list[x509.Certificate] = []
-        current = leaf
-        while current.issuer != current.subject and current.issuer in by_subject and len(chain) < 8:
-            current = by_subject[current.issuer]
-            if current.issuer != current.subject:
-                chain.append(current)
-        return chain
+        return chain_above(leaf, await self.cacerts())

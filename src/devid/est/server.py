@@ -38,7 +38,7 @@ from devid.authority.policy import LabelPolicy
 from devid.errors import BodyTooLarge, PolicyError
 from devid.est.accept import choose
 from devid.pki import c509
-from devid.pki.der import encode_oid, tlv
+from devid.pki.csr import csr_attributes
 from devid.pki.encoding import certs_only
 from devid.web.peer import from_trusted_proxy, peer_address, peer_certificate, peer_chain
 
@@ -61,17 +61,6 @@ RETRY_AFTER_SECONDS = 60
 ENROLL_FORMATS = (CERTS_ONLY, c509.MEDIA_TYPE_CERT, c509.MEDIA_TYPE_COSE_C509)
 CACERTS_FORMATS = (PKCS7, c509.MEDIA_TYPE_CHAIN)
 _LABEL = r"{label:[A-Za-z0-9][A-Za-z0-9._-]{0,63}}"
-
-# OIDs named in csrattrs (RFC 7030 4.5.2): sign with ecdsa-with-SHA256, key ecPublicKey on P-256.
-_ECDSA_WITH_SHA256 = "1.2.840.10045.4.3.2"
-_EC_PUBLIC_KEY = "1.2.840.10045.2.1"
-_SECP256R1 = "1.2.840.10045.3.1.7"
-
-
-def csr_attributes() -> bytes:
-    """DER CsrAttrs: SEQUENCE { ecdsa-with-SHA256, Attribute { id-ecPublicKey, SET { secp256r1 } } }."""
-    key_attr = tlv(0x30, encode_oid(_EC_PUBLIC_KEY) + tlv(0x31, encode_oid(_SECP256R1)))
-    return tlv(0x30, encode_oid(_ECDSA_WITH_SHA256) + key_attr)
 
 
 def b64_lines(der: bytes) -> bytes:
@@ -181,9 +170,7 @@ class EstServer:
         answer = choose(request.headers.get("Accept"), CACERTS_FORMATS)
         body = self._cacerts.get((policy.label, answer))
         if body is None:
-            issuer = self.authority.issuer_for(policy.profile)
-            issuers = self.authority.issuers_of(issuer.role)
-            chain = [*(c for ca in issuers for c in self.authority.chain(ca.name)), self.authority.root]
+            chain = self.service.ca_certificates(policy)
             encoded = c509.encode_chain(chain) if answer != PKCS7 else b64_lines(certs_only(chain))
             body = self._cacerts[(policy.label, answer)] = encoded
         headers = {"Content-Type": answer, "Vary": "Accept"}

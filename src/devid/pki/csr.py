@@ -8,6 +8,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from devid.errors import PolicyError
+from devid.pki.der import encode_oid, tlv
 from devid.pki.encoding import looks_like_pem, pem_blocks
 from devid.pki.keypolicy import p256_key_of
 
@@ -74,3 +75,16 @@ def check_csr(csr: x509.CertificateSigningRequest) -> ec.EllipticCurvePublicKey:
 def load_and_check_csr(data: bytes) -> tuple[x509.CertificateSigningRequest, ec.EllipticCurvePublicKey]:
     csr = load_csr(data)
     return csr, check_csr(csr)
+
+
+# OIDs named in csrattrs (RFC 7030 4.5.2): sign with ecdsa-with-SHA256, key ecPublicKey on P-256.
+_ECDSA_WITH_SHA256 = "1.2.840.10045.4.3.2"
+_EC_PUBLIC_KEY = "1.2.840.10045.2.1"
+_SECP256R1 = "1.2.840.10045.3.1.7"
+
+
+def csr_attributes() -> bytes:
+    """DER CsrAttrs (EST `csrattrs`, EST-coaps `att`): SEQUENCE { ecdsa-with-SHA256, Attribute {
+    id-ecPublicKey, SET { secp256r1 } } }: the key and signature devid's CSR checks accept."""
+    key_attr = tlv(0x30, encode_oid(_EC_PUBLIC_KEY) + tlv(0x31, encode_oid(_SECP256R1)))
+    return tlv(0x30, encode_oid(_ECDSA_WITH_SHA256) + key_attr)

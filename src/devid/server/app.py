@@ -19,6 +19,7 @@ from aiohttp.typedefs import Handler
 from devid.api.app import ANONYMOUS_RATE, api_application
 from devid.api.routes import PREFIX as API_PREFIX
 from devid.authority.core import Authority
+from devid.authority.enrollment import EnrollmentService
 from devid.errors import ConfigError, DevidError
 from devid.est.server import MAX_BODY, EstServer
 from devid.publish.service import StatusService, status_service
@@ -80,6 +81,9 @@ class InFlight:
 IN_FLIGHT = web.AppKey("devid.in_flight", InFlight)
 STATUS = web.AppKey("devid.status", StatusService)
 METRICS = web.AppKey("devid.metrics", Metrics)
+#: The process's enrollment service (EST's): EST-coaps enrolls through it too, so both protocols
+#: share one group commit and one set of failed-authentication limits.
+ENROLLMENT = web.AppKey("devid.enrollment", EnrollmentService)
 
 
 async def _present(presence: Presence, app: web.Application) -> AsyncIterator[None]:
@@ -123,6 +127,7 @@ def make_app(
     app.cleanup_ctx.append(functools.partial(_present, presence))
     est = EstServer(authority, registry, share=presence.share)
     app.add_routes(est.routes())
+    app[ENROLLMENT] = est.service
     app.on_cleanup.append(est.close)
     app.cleanup_ctx.append(functools.partial(_anchor_audit, authority))
     # The admin API is a sub-application: its JSON errors, bearer tokens and audit apply under
@@ -201,6 +206,8 @@ class RunningServer:
     port: int
     shutdown_timeout: float = 30.0
     background: list[asyncio.Task[None]] = field(default_factory=list)
+    #: Where EST-coaps is served by this process, if it is (`devid.server.process.serve`).
+    coaps_url: str | None = None
 
     @property
     def url(self) -> str:

@@ -22,11 +22,13 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from devid.coap.dtls import DtlsIdentity
+from devid.coap.server import start_coaps
 from devid.errors import ConfigError, DevidError
 from devid.publish.plain_http import PlainHttpServer
 from devid.registry.delivery import Dispatcher
 from devid.revocation.publisher import Publisher
-from devid.server.app import AUTHORITY, METRICS, STATUS, RunningServer, start_server
+from devid.server.app import AUTHORITY, ENROLLMENT, METRICS, STATUS, RunningServer, start_server
 from devid.server.listener import ConnectionLimits
 from devid.server.metrics import Metrics, log_json, request_log
 from devid.store.lease import Lease
@@ -48,6 +50,8 @@ class ServeOptions:
     publish_status: bool = True
     #: Also serve OCSP, CRLs and filters over plain HTTP on this port (None: not at all).
     http_port: int | None = None
+    #: Also serve EST-coaps (RFC 9148) over DTLS on this UDP port (None: not at all).
+    coaps_port: int | None = None
     #: Log as JSON lines on stderr, one per request among them (`devid.server.metrics`).
     log_json: bool = False
 
@@ -61,9 +65,11 @@ async def serve(
     stopping: Callable[[], None] = lambda: None,
     stop_signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT),
     reuse_port: bool = False,
+    dtls: DtlsIdentity | None = None,
 ) -> None:
     """Serve `app` until one of `stop_signals`, then let requests in flight finish and return.
-    `listening` is called once the socket accepts, `stopping` when a stop signal arrives."""
+    `listening` is called once the socket accepts, `stopping` when a stop signal arrives.
+    `dtls`: the server's identity for EST-coaps, served when `options.coaps_port` is set."""
     if options.log_json:
         log_json()
     elif options.access_log:
@@ -94,6 +100,16 @@ async def serve(
             raise ConfigError(
                 "listen", f"cannot listen on {options.host}:{options.http_port}: {exc.strerror or exc}"
             ) from None
+    coaps = None
+    if options.coaps_port is not None and dtls is not None:
+        try:
+            coaps = await start_coaps(app[ENROLLMENT], dtls, host=options.host, port=options.coaps_port)
+        except ConfigError:
+            if plain is not None:
+                await plain.close()
+            await running.stop()
+            raise
+        running.coaps_url = coaps.url
     # What start-up made lives as long as the process: the collector need not walk it again.
     gc.freeze()
     listening(running)
@@ -102,6 +118,8 @@ async def serve(
     await stop.wait()
     stopping()
     duties.stop_publishing()
+    if coaps is not None:
+        await coaps.close(options.shutdown_timeout)
     if plain is not None:
         await plain.close()
     await running.stop()

@@ -42,6 +42,7 @@ from types import FrameType
 from prometheus_client import multiprocess
 
 from devid.authority.setup import open_authority
+from devid.coap.dtls import DtlsIdentity
 from devid.config import Home
 from devid.errors import ConfigError, DevidError
 from devid.server.app import make_app
@@ -99,6 +100,9 @@ def _worker(spec: WorkerSpec, report: Connection, supervisor: int) -> None:
         sys.exit(2)
     try:
         ctx = server_context(spec.cert_file, spec.key_file, client_trust(authority), password=spec.passphrase)
+        dtls = None
+        if spec.options.coaps_port is not None:
+            dtls = DtlsIdentity.load(spec.cert_file, spec.key_file, spec.passphrase)
         app = make_app(authority, trusted_proxies=spec.trusted_proxies)
         asyncio.run(
             serve(
@@ -108,6 +112,7 @@ def _worker(spec: WorkerSpec, report: Connection, supervisor: int) -> None:
                 listening=lambda _: report.send(("ready", os.getpid())),
                 stop_signals=(signal.SIGTERM,),
                 reuse_port=True,
+                dtls=dtls,
             )
         )
     except DevidError as exc:
@@ -132,6 +137,18 @@ def reserve_port(host: str, port: int) -> socket.socket:
         sock.close()
         raise ConfigError("listen", f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     return sock
+
+
+def free_udp_port(host: str) -> int:
+    """A UDP port free now, fixed before the EST-coaps worker starts so that it keeps it across
+    restarts (a bound UDP socket, unlike a TCP one, would receive datagrams: none is held)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind((host, 0))
+        except OSError as exc:
+            raise ConfigError("listen", f"cannot listen on UDP {host}: {exc.strerror or exc}") from None
+        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -179,6 +196,8 @@ class Supervisor:
         self._stop = False
         self._wake_r, self._wake_w = -1, -1
         self._metrics_dir = ""
+        #: The UDP port of EST-coaps (chosen by `run` when 0 was asked), None when not served.
+        self.coaps_port = spec.options.coaps_port
 
     def run(self, listening: Callable[[int, list[int]], None], stopping: Callable[[], None]) -> None:
         """Start the workers, call `listening(port, pids)` once all listen, keep them running
@@ -187,6 +206,9 @@ class Supervisor:
         options = self.spec.options
         reserved = reserve_port(options.host, options.port)
         port = int(reserved.getsockname()[1])
+        if options.coaps_port == 0:
+            options = replace(options, coaps_port=free_udp_port(options.host))
+        self.coaps_port = options.coaps_port
         spec = replace(self.spec, options=replace(options, port=port))
         slots = [
             # Only the first worker competes for the background duties' lease (one per store).
@@ -198,6 +220,9 @@ class Supervisor:
                         spec.options,
                         deliver_events=options.deliver_events and i == 0,
                         publish_status=options.publish_status and i == 0,
+                        # EST-coaps in the first worker only: a DTLS session lives in one
+                        # process, and a restart must not move a peer's datagrams to another.
+                        coaps_port=options.coaps_port if i == 0 else None,
                     ),
                 ),
             )
