@@ -15,10 +15,10 @@ from datetime import datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.serialization import Encoding
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
+from devid.authority.ca_records import record_ca
 from devid.authority.core import Authority, IssuingCA
 from devid.authority.requests import MatterIds, paa_name
 from devid.errors import ConflictError, NotFoundError
@@ -27,7 +27,6 @@ from devid.pki.profiles import PROFILES, ProfileName, Template, self_signed_temp
 from devid.pki.serials import random_serial, serial_hex
 from devid.store import audit, repo
 from devid.store.engine import reading, writing
-from devid.store.models import cas
 
 PAA_ROLE = ProfileName.MATTER_PAA.value
 PAI_ROLE = ProfileName.MATTER_PAI.value
@@ -123,22 +122,15 @@ def _create(
         template, signer = Template.for_issuer(profile, parent.certificate), parent.key
     cert = template.builder(subject, key.public_key(), serial, now).sign(signer, hashes.SHA256())
     with writing(authority.engine) as conn:
-        # Ids by hand, as `devid init` numbers its CAs (PostgreSQL's sequence never moved).
-        ca_id = int(conn.execute(select(func.max(cas.c.id))).scalar_one()) + 1
         try:
-            conn.execute(
-                insert(cas).values(
-                    id=ca_id,
-                    name=name,
-                    role=role,
-                    parent_id=None if parent is None else parent.id,
-                    key_label=label,
-                    subject=subject.rfc4514_string(),
-                    serial=serial_hex(serial),
-                    not_after=cert.not_valid_after_utc,
-                    der=cert.public_bytes(Encoding.DER),
-                    created_at=now,
-                )
+            ca_id = record_ca(
+                conn,
+                name=name,
+                role=role,
+                parent_id=None if parent is None else parent.id,
+                key_label=label,
+                certificate=cert,
+                now=now,
             )
         except IntegrityError:
             raise ConflictError("matter-ca-exists", f"CA {name!r} was created meanwhile") from None

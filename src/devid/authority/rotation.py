@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.serialization import Encoding
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
+from devid.authority.ca_records import record_ca
 from devid.authority.core import ISSUING_ROLES, RETIRED_ROLE, Authority, CaState
 from devid.authority.setup import HIERARCHY, ca_profile
 from devid.errors import ConflictError, NotFoundError, PolicyError
@@ -95,23 +95,16 @@ def rotate(authority: Authority, role: str, overlap: timedelta | None, actor: st
     )
     retire_after = now + overlap
     with writing(authority.engine) as conn:
-        # Ids by hand, as `devid init` numbers its CAs (PostgreSQL's sequence never moved).
-        ca_id = int(conn.execute(select(func.max(cas.c.id))).scalar_one()) + 1
         try:
-            conn.execute(
-                insert(cas).values(
-                    id=ca_id,
-                    name=name,
-                    role=role,
-                    parent_id=root.id,
-                    key_label=authority.key_prefix + name,
-                    subject=subject.rfc4514_string(),
-                    serial=serial_hex(serial),
-                    not_after=cert.not_valid_after_utc,
-                    der=cert.public_bytes(Encoding.DER),
-                    created_at=now,
-                    crl_shards=previous.crl_shards,
-                )
+            record_ca(
+                conn,
+                name=name,
+                role=role,
+                parent_id=root.id,
+                key_label=authority.key_prefix + name,
+                certificate=cert,
+                now=now,
+                crl_shards=previous.crl_shards,
             )
         except IntegrityError:
             raise ConflictError(

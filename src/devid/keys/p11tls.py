@@ -24,6 +24,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from devid.errors import ConfigError, KeyAccessError
 from devid.fsutil import atomic_write
@@ -31,6 +32,7 @@ from devid.fsutil import atomic_write
 __all__ = [
     "CONF_FILE",
     "KEY_FILE",
+    "ProviderFiles",
     "ProviderKey",
     "TokenTls",
     "check_pin_file",
@@ -183,21 +185,29 @@ class ProviderKey:
 
 
 @dataclass(frozen=True)
-class TokenTls:
-    """The files a process needs to authenticate TLS with one token key, written in `directory`."""
+class ProviderFiles:
+    """Where the OpenSSL configuration activating a provider and the key's PEM for it are written."""
 
     directory: Path
-    pkcs11_module: str
-    uri: str
-    pin_file: Path
+    conf_name: ClassVar[str] = CONF_FILE
+    key_name: ClassVar[str] = KEY_FILE
 
     @property
     def conf_file(self) -> Path:
-        return self.directory / CONF_FILE
+        return self.directory / self.conf_name
 
     @property
     def key_file(self) -> Path:
-        return self.directory / KEY_FILE
+        return self.directory / self.key_name
+
+
+@dataclass(frozen=True)
+class TokenTls(ProviderFiles):
+    """The files a process needs to authenticate TLS with one token key, written in `directory`."""
+
+    pkcs11_module: str
+    uri: str
+    pin_file: Path
 
     def prepare(self) -> ProviderKey:
         """Write (only when changed) the OpenSSL configuration and the key's URI PEM, both 0600."""

@@ -23,10 +23,11 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from devid.errors import ConfigError, KeyAccessError
 from devid.fsutil import atomic_write
-from devid.keys.p11tls import ProviderKey, conf_value, modules_dir, provider_active
+from devid.keys.p11tls import ProviderFiles, ProviderKey, conf_value, modules_dir, provider_active
 
 __all__ = ["CONF_FILE", "DEFAULT_TCTI", "KEY_FILE", "TCTI_ENV", "TpmTls", "provider_module"]
 
@@ -73,19 +74,12 @@ def openssl_conf(provider: Path) -> bytes:
 
 
 @dataclass(frozen=True)
-class TpmTls:
+class TpmTls(ProviderFiles):
     """The files a process needs to authenticate TLS with a device's TPM key, in its folder."""
 
-    directory: Path
     tcti: str
-
-    @property
-    def conf_file(self) -> Path:
-        return self.directory / CONF_FILE
-
-    @property
-    def key_file(self) -> Path:
-        return self.directory / KEY_FILE
+    conf_name: ClassVar[str] = CONF_FILE
+    key_name: ClassVar[str] = KEY_FILE
 
     def _key_pem(self) -> bytes:
         state = json.loads((self.directory / "se.json").read_text())
