@@ -184,6 +184,10 @@ def test_operational_ca_rotation_with_overlap_and_retirement(
     # Until the last certificate it issued expires: the LDevIDs, and the first server's TLS certificate.
     until = flat(retired.stdout).rpartition("its status is served for certificates valid until ")[2]
     assert until >= f"{max(cert.not_valid_after_utc for cert in old_leaf.values()):%Y-%m-%d}"
+    # The trust bundle for relying parties no longer holds it; the successor it does.
+    exported = ok(devid("ca", "export", "--home", rhome.path)).stdout.encode()
+    bundle = _ders(x509.load_pem_x509_certificates(exported))
+    assert _ders([new]) <= bundle and not _ders([old]) & bundle
     second.close()
 
     # Back to the start for the restart: curl and the agents check the server certificate it

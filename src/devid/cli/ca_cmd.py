@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from rich.markup import escape
 
-from devid.authority.core import ca_states
+from devid.authority.core import RETIRED_ROLE, ca_states
 from devid.authority.matter import MATTER_ROLES
 from devid.cli.common import (
     HomeOpt,
@@ -99,10 +99,11 @@ def export(
     include_ocsp: Annotated[bool, typer.Option(help="include OCSP signer certificates")] = False,
 ) -> None:
     """The trust bundle: every CA certificate as PEM, root first. Matter PAAs and PAIs are not in
-    it: they anchor Matter attestation only (`devid ca show NAME --pem`)."""
+    it: they anchor Matter attestation only (`devid ca show NAME --pem`); nor are retired CAs, which
+    authenticate no one (their certificates' status is still served)."""
     if not pem:
         raise PolicyError("format", "only --pem export is supported")
-    left_out = set(MATTER_ROLES) | (set() if include_ocsp else {"ocsp-signer"})
+    left_out = {*MATTER_ROLES, RETIRED_ROLE} | (set() if include_ocsp else {"ocsp-signer"})
     bundle = b"".join(
         x509.load_der_x509_certificate(r["der"]).public_bytes(serialization.Encoding.PEM)  # type: ignore[arg-type]
         for r in _rows(home)
