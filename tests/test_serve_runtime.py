@@ -8,6 +8,7 @@ nor grow a worker by 50 MB."""
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import logging
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import pkcs7
 from e2e import devid, ok
 from est_helpers import EstServer, csr_b64, provision, running_server
 from test_serve import _reader, home, make_device, root_pem, start_serve  # noqa: F401
@@ -143,6 +145,75 @@ def test_a_killed_worker_is_restarted_while_the_port_keeps_answering(home: Home,
             f"\nkill -9 one worker: {len(after)} requests after the kill, {len(failed)} failed; "
             f"new worker after {restarted_at - killed_at:.2f} s"
         )
+        assert served.stop() == 0
+    finally:
+        if served.proc.poll() is None:
+            served.proc.kill()
+            served.proc.wait()
+
+
+def _cacerts_subjects(port: int, root: Path) -> set[str]:
+    ctx = ssl.create_default_context(cafile=str(root))
+    conn = http.client.HTTPSConnection("localhost", port, context=ctx, timeout=10)
+    try:
+        conn.request("GET", CACERTS)
+        body = conn.getresponse().read()
+    finally:
+        conn.close()
+    certs = pkcs7.load_der_pkcs7_certificates(base64.b64decode(body))
+    return {cert.subject.rfc4514_string() for cert in certs}
+
+
+def test_sighup_replaces_the_workers_one_at_a_time_and_they_serve_a_rotated_ca(
+    home: Home, root_pem: Path
+) -> None:
+    """`devid ca rotate`, then SIGHUP to the supervisor: each worker is replaced by a fresh one
+    (listening before its predecessor stops), and /cacerts serves the successor without a restart."""
+    served = start_serve(home.path, "--workers", "2")
+    notices: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=_reader, args=(served.proc.stderr, notices), daemon=True).start()
+    try:
+        workers_line = served.output.get(timeout=30)
+        pids = sorted(int(p) for p in workers_line.split("pids", 1)[1].strip(" ()\n").split(", "))
+        before = _cacerts_subjects(served.port, root_pem)
+        rotated = ok(devid("ca", "rotate", "--ca", "operational", "--json", "--home", home.path))
+        successor = json.loads(rotated.stdout)["new"]
+        assert _cacerts_subjects(served.port, root_pem) == before  # read once, at the workers' start
+
+        results: list[int] = []
+        stop = threading.Event()
+
+        def ask() -> None:
+            while not stop.is_set():
+                try:
+                    results.append(get_cacerts(served.port, root_pem))
+                except OSError:
+                    results.append(0)
+
+        asker = threading.Thread(target=ask)
+        asker.start()
+        wait_for(lambda: len(results) >= 3)
+        os.kill(served.proc.pid, signal.SIGHUP)
+        said: list[str] = []
+        while not any("reloaded:" in line for line in said):
+            said.append(notices.get(timeout=60))
+        asked = len(results)
+        wait_for(lambda: len(results) >= asked + 3)
+        stop.set()
+        asker.join()
+
+        assert "reloaded: 2 of 2 worker(s) replaced" in said[-1], said
+        now = sorted(worker_pids(served.proc.pid))
+        assert len(now) == 2 and not set(now) & set(pids), (pids, now)
+        after = _cacerts_subjects(served.port, root_pem)
+        assert len(after) == len(before) + 1 and before < after
+        with open_authority(home, PASSPHRASE) as auth:
+            assert auth.cas[successor].certificate.subject.rfc4514_string() in after
+        # A successor listens before its predecessor stops: at most the connections the kernel had
+        # queued on the closing socket (SO_REUSEPORT does not move them) fail.
+        failed = [status for status in results if status != 200]
+        assert len(failed) <= 2 and len(results) - len(failed) >= 6, results
+        print(f"\nSIGHUP rolling reload: {len(results)} requests meanwhile, {len(failed)} failed")
         assert served.stop() == 0
     finally:
         if served.proc.poll() is None:

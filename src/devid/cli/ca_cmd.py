@@ -132,7 +132,8 @@ def rotate(
     as_json: JsonOpt = False,
 ) -> None:
     """Make a successor of the operational or manufacturing CA, signed by the root; it issues from
-    the next start of `devid serve` on, while the old one stays trusted until `devid ca retire`."""
+    the next start of `devid serve` on (SIGHUP to a `--workers` server's supervisor: a rolling reload),
+    while the old one stays trusted until `devid ca retire`."""
     from devid.authority.rotation import rotate as rotate_ca
 
     overlap = None if overlap_days is None else timedelta(days=overlap_days)
@@ -153,7 +154,8 @@ def rotate(
         return
     console.print(
         f"CA {escape(done.new)} (serial {done.serial}) is the {done.role} CA from the next start of "
-        f"`devid serve` on; {escape(done.previous)} stays trusted: retire it after "
+        "`devid serve` on (or its rolling reload: `kill -HUP` a `--workers` server's supervisor); "
+        f"{escape(done.previous)} stays trusted: retire it after "
         f"{done.retire_after:%Y-%m-%d} with `devid ca retire --ca {escape(done.previous)}`",
         highlight=False,
     )
@@ -184,5 +186,7 @@ def retire(
         else ""
     )
     console.print(
-        f"CA {escape(ca)} is retired (restart `devid serve` to apply){stranded}{until}", highlight=False
+        f"CA {escape(ca)} is retired (restart `devid serve`, or `kill -HUP` a `--workers` server's "
+        f"supervisor, to apply){stranded}{until}",
+        highlight=False,
     )

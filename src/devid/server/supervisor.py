@@ -14,6 +14,8 @@ start: at the first start of the server any failure stops everything with the wo
 later the supervisor gives up after `give_up_after` failed starts in a row, instead of spinning.
 SIGTERM or SIGINT reaches every worker as SIGTERM: each finishes its requests in flight, then exits;
 on Linux the kernel sends it the same SIGTERM if the supervisor itself dies, even of SIGKILL.
+SIGHUP replaces the workers one at a time (`Supervisor._roll`): a rolling reload that picks up what
+a worker reads once at start, such as the CA set after `devid ca rotate` or `devid ca retire`.
 
 The workers' metrics are summed at each scrape through prometheus-client's multiprocess mode: the
 supervisor gives them a fresh private PROMETHEUS_MULTIPROC_DIR per run and removes it at the end.
@@ -194,6 +196,7 @@ class Supervisor:
         self.say = say
         self._mp = multiprocessing.get_context("spawn")
         self._stop = False
+        self._reload = False
         self._wake_r, self._wake_w = -1, -1
         self._metrics_dir = ""
         #: The UDP port of EST-coaps (chosen by `run` when 0 was asked), None when not served.
@@ -236,6 +239,7 @@ class Supervisor:
         previous_dir = os.environ.get(MULTIPROC_ENV)
         os.environ[MULTIPROC_ENV] = self._metrics_dir
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_reload)
         try:
             for slot in slots:
                 self._start(slot)
@@ -260,6 +264,13 @@ class Supervisor:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._stop = True
+        self._wake()
+
+    def _on_reload(self, signum: int, frame: FrameType | None) -> None:
+        self._reload = True
+        self._wake()
+
+    def _wake(self) -> None:
         with contextlib.suppress(OSError):  # the pipe is full: a wake-up is pending already
             os.write(self._wake_w, b"x")
 
@@ -308,7 +319,76 @@ class Supervisor:
                     self._read_report(slot)
                 if slot.proc is not None and slot.restart_at is None and slot.proc.sentinel in ready:
                     self._exited(slot, fatal=until_ready)
+            if self._reload and not until_ready:
+                self._reload = False
+                self._roll(slots)
         return False
+
+    def _roll(self, slots: list[_Slot]) -> None:
+        """SIGHUP: replace every worker by a fresh one, one at a time, so that what they read once at
+        start (the CA set after `devid ca rotate` or `retire`, configuration) is read again. A TCP
+        worker's successor listens before it stops (SO_REUSEPORT: the port never goes unanswered);
+        the EST-coaps worker stops first (its UDP port has one owner; DTLS peers shake hands anew).
+        A successor that fails to start leaves its predecessor serving."""
+        self.say(f"reloading: replacing {len(slots)} worker(s) one at a time")
+        replaced = 0
+        for slot in slots:
+            if self._stop:
+                return
+            if slot.proc is None or slot.restart_at is not None:
+                continue  # dead: its restart reads everything afresh anyway
+            before = slot.proc
+            fresh = _Slot(slot.index, slot.spec, generation=slot.generation)
+            if slot.spec.options.coaps_port is not None:
+                self._retire(slot)
+            self._start(fresh)
+            if not self._await_ready(fresh):
+                reason = fresh.error or "no reason given"
+                then = "the old one serves on" if slot.proc is not None else "starting it again"
+                self.say(f"reload: worker {slot.index}'s successor did not start ({reason}); {then}")
+                self._retire(fresh)
+                if slot.proc is None:
+                    slot.restart_at = time.monotonic()  # stopped for the successor: start it again
+                continue
+            if slot.proc is before:
+                self._retire(slot)
+            slot.proc, slot.report, slot.started, slot.ready = fresh.proc, fresh.report, fresh.started, True
+            slot.generation, slot.error, slot.failed_starts, slot.delay = fresh.generation, "", 0, 0.0
+            replaced += 1
+        self.say(f"reloaded: {replaced} of {len(slots)} worker(s) replaced")
+
+    def _await_ready(self, slot: _Slot) -> bool:
+        """Wait for a just-started worker to listen; False if it exits first (or a stop comes)."""
+        assert slot.proc is not None
+        while not slot.ready and not self._stop:
+            watched: list[object] = [self._wake_r, slot.proc.sentinel]
+            if slot.report is not None:
+                watched.append(slot.report)
+            ready = wait(watched, None)  # type: ignore[arg-type]
+            if self._wake_r in ready:
+                os.read(self._wake_r, 64)
+            if slot.report is not None and slot.report in ready:
+                self._read_report(slot)
+            elif slot.proc.sentinel in ready:
+                while slot.report is not None and slot.report.poll():
+                    self._read_report(slot)  # the error it reported before exiting
+                return False
+        return slot.ready
+
+    def _retire(self, slot: _Slot) -> None:
+        """Stop the slot's worker gracefully (SIGKILL after the shutdown timeout) and forget it."""
+        proc = slot.proc
+        if proc is None:
+            return
+        proc.terminate()
+        proc.join(self.spec.options.shutdown_timeout + 10)
+        if proc.exitcode is None:
+            proc.kill()
+            proc.join()
+        self._dead(proc)
+        if slot.report is not None:
+            slot.report.close()
+        slot.proc, slot.report, slot.ready = None, None, False
 
     def _read_report(self, slot: _Slot) -> None:
         assert slot.report is not None
