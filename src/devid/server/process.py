@@ -29,6 +29,7 @@ from devid.publish.plain_http import PlainHttpServer
 from devid.registry.delivery import Dispatcher
 from devid.revocation.publisher import Publisher
 from devid.server.app import AUTHORITY, ENROLLMENT, METRICS, STATUS, RunningServer, start_server
+from devid.server.heap import release_freed_memory
 from devid.server.listener import ConnectionLimits
 from devid.server.metrics import Metrics, log_json, request_log
 from devid.store.lease import Lease
@@ -202,6 +203,7 @@ async def _publish(publisher: Publisher, metrics: Metrics) -> None:
         try:
             built = await asyncio.to_thread(publisher.tick)
             if built:
+                await asyncio.to_thread(release_freed_memory)
                 metrics.published(built)
                 log.info("published %s", ", ".join(built))
         except DevidError as exc:
