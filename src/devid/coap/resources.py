@@ -136,15 +136,17 @@ class _NotAcceptable(RequestInvalid):
 class EstCoaps:
     """The EST-coaps resources of one enrollment service (a CoAP request handler)."""
 
-    def __init__(self, service: EnrollmentService) -> None:
+    def __init__(self, service: EnrollmentService, extra_links: tuple[str, ...] = ()) -> None:
         self.service = service
         self.authority = service.authority
+        #: /.well-known/core: the EST resources and those served beside them (`extra_links`).
+        self.links = ",".join((CORE_LINKS.decode(), *extra_links)).encode()
 
     async def __call__(self, request: Request) -> Response:
         if request.path == (".well-known", "core"):
             if request.method != Code.GET:
                 return _method_not_allowed("/.well-known/core", "GET")
-            return Response(Code.CONTENT, CORE_LINKS, ContentFormat.LINK_FORMAT)
+            return Response(Code.CONTENT, self.links, ContentFormat.LINK_FORMAT)
         found = route(request.path)
         if found is None:
             raise NotFoundError("not-found", f"no resource at /{'/'.join(request.path)}")

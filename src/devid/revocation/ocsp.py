@@ -119,7 +119,7 @@ class _Signer:
         _check_delegation(issuer)
         hash_name = {256: "sha256", 384: "sha384", 521: "sha512"}[issuer.signer_key.curve.key_size]
         signer_der = issuer.signer_cert.public_bytes(serialization.Encoding.DER)
-        key_hash = hashlib.sha1(_key_bits(issuer.signer_cert)).digest()
+        key_hash = hashlib.sha1(key_bits(issuer.signer_cert)).digest()
         return cls(
             ca_name=issuer.ca_name,
             key=issuer.signer_key,
@@ -168,7 +168,7 @@ def _check_delegation(issuer: OcspIssuer) -> None:
         )
 
 
-def _key_bits(cert: x509.Certificate) -> bytes:
+def key_bits(cert: x509.Certificate) -> bytes:
     """The value of the subjectPublicKey BIT STRING (without its unused-bits octet): what
     issuerKeyHash and a ResponderID byKey hash (RFC 6960 4.1.1, 4.2.2.3)."""
     spki = asn1_x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER)).public_key
@@ -177,7 +177,7 @@ def _key_bits(cert: x509.Certificate) -> bytes:
 
 def _cert_id_keys(cert: x509.Certificate) -> list[tuple[str, bytes, bytes]]:
     """(hash algorithm, issuerNameHash, issuerKeyHash) of CertIDs naming `cert` as the issuer."""
-    name, key = cert.subject.public_bytes(), _key_bits(cert)
+    name, key = cert.subject.public_bytes(), key_bits(cert)
     return [(alg, hashlib.new(alg, name).digest(), hashlib.new(alg, key).digest()) for alg in _CERT_ID_HASHES]
 
 

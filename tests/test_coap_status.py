@@ -1,0 +1,187 @@
+"""Compact certificate status over CoAP/DTLS (`FETCH /st`): a good and a revoked certificate,
+asked with libcoap's client and devid's own, each answer a COSE_Sign1 that verifies against the
+CA's delegated responder and fits the size bound; tampered answers fail; unknown serials are
+signed 'unknown'; bad requests get 4.xx; a revocation reaches the cached answers."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import cbor2
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from coaps_helpers import Coaps, coap_client, running_coaps
+from est_helpers import provision
+
+from devid.authority.core import Authority
+from devid.authority.revocation import RevokeRequest, Selector, revoke
+from devid.clock import FixedClock
+from devid.coap.client import CoapsClient, CoapsError, client_context
+from devid.coap.message import Code, Option
+from devid.errors import StatusAnswerInvalid
+from devid.pki.reasons import Reason
+from devid.publish.service import status_service
+from devid.revocation.cose_responder import CoseStatusResponder
+from devid.revocation.cose_status import (
+    CONTENT_FORMAT_CBOR,
+    CONTENT_FORMAT_COSE_SIGN1,
+    encode_request,
+    verify_status,
+)
+from devid.revocation.ocsp import OcspIssuer
+from devid.revocation.records import StoreStatus
+from devid.revocation.status import CertStatus
+
+#: Bounds of the answers (measured: see README, `devid revocation report`): serial of 20 bytes.
+GOOD_BOUND = 113
+REVOKED_BOUND = 119
+
+
+@dataclass
+class Setup:
+    coaps: Coaps
+    responder: CoseStatusResponder
+    good: x509.Certificate
+    revoked: x509.Certificate
+
+    def issuer(self, cert: x509.Certificate) -> OcspIssuer:
+        return next(i for i in self.responder.issuers if i.ca_cert.subject == cert.issuer)
+
+    def verify(self, answer: bytes, cert: x509.Certificate, clock: FixedClock) -> CertStatus:
+        issuer = self.issuer(cert)
+        found = verify_status(answer, issuer.signer_cert, issuer.ca_cert, clock.now(), cert.serial_number)
+        return found.status
+
+
+@pytest.fixture
+def setup(auth: Authority, tmp_path: Path) -> Iterator[Setup]:
+    good = provision(auth, "SN-ST-GOOD", tmp_path).idevid
+    revoked = provision(auth, "SN-ST-BAD", tmp_path).idevid
+    revoke(
+        auth,
+        RevokeRequest(Selector.SERIAL, format(revoked.serial_number, "x"), Reason.CESSATION_OF_OPERATION),
+        "test",
+    )
+    # The server's responder, over a store source that reads the generation at every look (the
+    # server's polls it at most every 0.25 s).
+    issuers = status_service(auth).compact.issuers
+    responder = CoseStatusResponder(issuers, StoreStatus(auth.engine, poll=0), auth.clock)
+    with running_coaps(auth, tmp_path / "coaps", status=responder) as srv:
+        yield Setup(srv, responder, good, revoked)
+
+
+def issuer_ca(setup: Setup, cert: x509.Certificate) -> x509.Certificate:
+    return setup.issuer(cert).ca_cert
+
+
+def fetch(setup: Setup, body: bytes, *, content_format: int | None = CONTENT_FORMAT_CBOR) -> bytes:
+    """One FETCH /st with devid's CoAP client (no client certificate: status is public)."""
+    context = client_context([setup.coaps.authority.root])
+
+    async def ask() -> bytes:
+        async with CoapsClient(f"coaps://127.0.0.1:{setup.coaps.port}", context, timeout=10) as client:
+            answer = await client.request(
+                Code.FETCH, "/st", body, content_format=content_format, accept=CONTENT_FORMAT_COSE_SIGN1
+            )
+        assert answer.uint(Option.CONTENT_FORMAT) == CONTENT_FORMAT_COSE_SIGN1
+        assert (answer.uint(Option.MAX_AGE) or 0) > 3600
+        return answer.payload
+
+    return setup.coaps.call(ask())
+
+
+def test_good_and_revoked_over_libcoap_verify_within_the_bound(
+    setup: Setup, clock: FixedClock, tmp_path: Path
+) -> None:
+    found = coap_client(setup.coaps, "get", "/.well-known/core")
+    assert b'</st>;rt="devid.status";ct=18' in found.stdout
+    for cert, expected, bound in (
+        (setup.good, CertStatus.GOOD, GOOD_BOUND),
+        (setup.revoked, CertStatus.REVOKED, REVOKED_BOUND),
+    ):
+        request = tmp_path / "request.cbor"
+        request.write_bytes(encode_request(issuer_ca(setup, cert), cert.serial_number))
+        out = tmp_path / f"{expected}.cose"
+        got = coap_client(setup.coaps, "fetch", "/st", payload=request, content_format=60, accept=18, out=out)
+        assert got.returncode == 0, got.stdout + got.stderr
+        answer = out.read_bytes()
+        assert setup.verify(answer, cert, clock) is expected
+        assert len(answer) <= bound, len(answer)
+    issuer = setup.issuer(setup.revoked)
+    revoked = verify_status(
+        (tmp_path / "revoked.cose").read_bytes(), issuer.signer_cert, issuer.ca_cert, clock.now()
+    )
+    assert revoked.reason is Reason.CESSATION_OF_OPERATION and revoked.revoked_at is not None
+
+
+def test_devid_client_answers_are_cached_and_follow_a_revocation(setup: Setup, clock: FixedClock) -> None:
+    body = encode_request(issuer_ca(setup, setup.good), setup.good.serial_number)
+    first = fetch(setup, body)
+    assert setup.verify(first, setup.good, clock) is CertStatus.GOOD
+    assert fetch(setup, body) == first and setup.responder.hits == 1  # pre-signed, not signed again
+    # A 4-byte prefix of the issuer key hash names the CA as well.
+    assert fetch(setup, cbor2.dumps([cbor2.loads(body)[0][:4], cbor2.loads(body)[1]])) == first
+    revoke(
+        setup.coaps.authority,
+        RevokeRequest(Selector.SERIAL, format(setup.good.serial_number, "x"), Reason.KEY_COMPROMISE),
+        "test",
+    )
+    setup.responder.refresh()
+    assert setup.verify(fetch(setup, body), setup.good, clock) is CertStatus.REVOKED
+
+
+def test_tampered_stale_or_misattributed_answers_fail_verification(setup: Setup, clock: FixedClock) -> None:
+    cert = setup.revoked
+    answer = fetch(setup, encode_request(issuer_ca(setup, cert), cert.serial_number))
+    issuer = setup.issuer(cert)
+    item = cbor2.loads(answer)
+    payload = cbor2.loads(item[2])
+    payload[1] = 0  # "good"
+    forged = cbor2.dumps([item[0], item[1], cbor2.dumps(payload), item[3]])
+    flipped = bytearray(answer)
+    flipped[-1] ^= 1
+    cases = [
+        (forged, cert.serial_number, clock.now(), "bad signature"),
+        (bytes(flipped), cert.serial_number, clock.now(), "bad signature"),
+        (answer, setup.good.serial_number, clock.now(), "is about serial"),
+        (answer, cert.serial_number, clock.now() + timedelta(days=2), "not current"),
+        (answer[:-3], cert.serial_number, clock.now(), "not CBOR"),
+    ]
+    for data, serial, now, why in cases:
+        with pytest.raises(StatusAnswerInvalid, match=why):
+            verify_status(data, issuer.signer_cert, issuer.ca_cert, now, serial)
+    # The CA certificate is no responder: signed by someone else.
+    with pytest.raises(StatusAnswerInvalid):
+        verify_status(answer, issuer.ca_cert, issuer.ca_cert, clock.now())
+
+
+def test_unknown_serials_are_signed_unknown_and_bad_requests_are_4xx(setup: Setup, clock: FixedClock) -> None:
+    ca = issuer_ca(setup, setup.good)
+    issuer = setup.issuer(setup.good)
+    answer = fetch(setup, encode_request(ca, 0x1234))
+    assert verify_status(answer, issuer.signer_cert, ca, clock.now(), 0x1234).status is CertStatus.UNKNOWN
+    refusals = {
+        b"\xff\xfe": "4.00",
+        cbor2.dumps([b"\x01\x02", b"\x01"]): "4.00",  # an issuer hash of 2 bytes
+        cbor2.dumps([ca.fingerprint(hashes.SHA256())[:8], b"\x01"]): "4.04",  # no such CA
+        cbor2.dumps({"serial": 1}): "4.00",
+    }
+    for body, code in refusals.items():
+        with pytest.raises(CoapsError) as raised:
+            fetch(setup, body)
+        assert f"{raised.value.coap_code >> 5}.{raised.value.coap_code & 31:02d}" == code, raised.value
+    with pytest.raises(CoapsError) as raised:
+        fetch(setup, encode_request(ca, 1), content_format=286)
+    assert raised.value.coap_code == Code.UNSUPPORTED_CONTENT_FORMAT
+    got = coap_client(setup.coaps, "get", "/st")
+    assert b"4.05" in got.stdout + got.stderr
+    got = coap_client(setup.coaps, "fetch", "/st", content_format=60, accept=287)
+    assert b"4.06" in got.stdout + got.stderr
