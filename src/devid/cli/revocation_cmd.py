@@ -1,4 +1,5 @@
-"""`devid revocation report`: how big CRLs, OCSP responses, filters and allowlists are for this
+"""`devid revocation report`: how big CRLs, OCSP responses, compact (COSE) status answers, filters
+and allowlists are for this
 store, and how long each takes to reach a device over NB-IoT and LoRaWAN."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from devid.authority.core import Authority
 from devid.cli.common import HomeOpt, JsonOpt, PassphraseOpt, authority, console, print_json
 from devid.errors import DevidError
 from devid.publish.service import status_service
+from devid.revocation.cose_status import StatusQuery, issuer_key_hash
 from devid.revocation.report import (
     FRAME_AIRTIME_S,
     LORAWAN_DUTY_CYCLE,
@@ -34,7 +36,13 @@ def report_rows(opened: Authority) -> list[Row]:
             raise DevidError("allowlist-unavailable", f"the allowlist of {name!r} answered {status}")
         return body
 
-    return size_report(opened, StatusSigners(lambda der: service.responder.respond(der).der, allowlist))
+    def compact(ca_name: str, serial: int) -> bytes:
+        query = StatusQuery(issuer_key_hash(opened.cas[ca_name].certificate), serial)
+        return service.compact.answer(query).answer
+
+    return size_report(
+        opened, StatusSigners(lambda der: service.responder.respond(der).der, allowlist, compact)
+    )
 
 
 @app.command("report")
