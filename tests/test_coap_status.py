@@ -15,6 +15,7 @@ import cbor2
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import pkcs7
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -27,6 +28,7 @@ from devid.clock import FixedClock
 from devid.coap.client import CoapsClient, CoapsError, client_context
 from devid.coap.message import Code, Option
 from devid.errors import StatusAnswerInvalid
+from devid.pki import c509
 from devid.pki.reasons import Reason
 from devid.publish.service import status_service
 from devid.revocation.cose_responder import CoseStatusResponder
@@ -34,6 +36,7 @@ from devid.revocation.cose_status import (
     CONTENT_FORMAT_CBOR,
     CONTENT_FORMAT_COSE_SIGN1,
     encode_request,
+    signer_kid,
     verify_status,
 )
 from devid.revocation.ocsp import OcspIssuer
@@ -138,6 +141,28 @@ def test_devid_client_answers_are_cached_and_follow_a_revocation(setup: Setup, c
     assert setup.verify(fetch(setup, body), setup.good, clock) is CertStatus.REVOKED
 
 
+def test_a_device_fetches_the_signers_and_verifies_with_them(
+    setup: Setup, clock: FixedClock, tmp_path: Path
+) -> None:
+    """What a device that holds only its CA certificate does: fetch the signers once (as C509),
+    pick the one its answers' kid names, and verify it against the CA."""
+    out = tmp_path / "signers.c509"
+    got = coap_client(setup.coaps, "get", "/st/signers", accept=c509.CONTENT_FORMAT_COSE_C509, out=out)
+    assert got.returncode == 0, got.stdout + got.stderr
+    signers = [x509.load_der_x509_certificate(der) for der in c509.decode_chain(out.read_bytes())]
+    p7 = tmp_path / "signers.p7"
+    assert coap_client(setup.coaps, "get", "/st/signers", out=p7).returncode == 0
+    assert sorted(pkcs7.load_der_pkcs7_certificates(p7.read_bytes()), key=str) == sorted(signers, key=str)
+    cert = setup.revoked
+    ca = issuer_ca(setup, cert)
+    answer = fetch(setup, encode_request(ca, cert.serial_number))
+    kid = cbor2.loads(answer)[1][4]
+    (signer,) = [s for s in signers if signer_kid(s) == kid]
+    assert verify_status(answer, signer, ca, clock.now(), cert.serial_number).status is CertStatus.REVOKED
+    got = coap_client(setup.coaps, "get", "/st/signers", accept=287)
+    assert b"4.06" in got.stdout + got.stderr
+
+
 def test_tampered_stale_or_misattributed_answers_fail_verification(setup: Setup, clock: FixedClock) -> None:
     cert = setup.revoked
     answer = fetch(setup, encode_request(issuer_ca(setup, cert), cert.serial_number))
@@ -183,5 +208,7 @@ def test_unknown_serials_are_signed_unknown_and_bad_requests_are_4xx(setup: Setu
     assert raised.value.coap_code == Code.UNSUPPORTED_CONTENT_FORMAT
     got = coap_client(setup.coaps, "get", "/st")
     assert b"4.05" in got.stdout + got.stderr
+    got = coap_client(setup.coaps, "fetch", "/st/other", content_format=60)
+    assert b"4.04" in got.stdout + got.stderr
     got = coap_client(setup.coaps, "fetch", "/st", content_format=60, accept=287)
     assert b"4.06" in got.stdout + got.stderr

@@ -95,7 +95,7 @@ async def start_coaps(
 
 def _with_status(est: EstCoaps, status: StatusCoaps) -> Handler:
     async def handle(request: Request) -> Response:
-        return await (status if request.path == STATUS_PATH else est)(request)
+        return await (status if request.path[:1] == STATUS_PATH else est)(request)
 
     return handle
 
