@@ -5,6 +5,7 @@ signed 'unknown'; bad requests get 4.xx; a revocation reaches the cached answers
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ import cbor2
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.serialization import pkcs7
+from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
+from e2e import devid_many
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -161,6 +163,33 @@ def test_a_device_fetches_the_signers_and_verifies_with_them(
     assert verify_status(answer, signer, ca, clock.now(), cert.serial_number).status is CertStatus.REVOKED
     got = coap_client(setup.coaps, "get", "/st/signers", accept=287)
     assert b"4.06" in got.stdout + got.stderr
+
+
+def test_cli_writes_the_request_and_checks_the_answer_a_device_gets(setup: Setup, tmp_path: Path) -> None:
+    cert = setup.revoked
+    ca_pem = tmp_path / "ca.pem"
+    ca_pem.write_bytes(issuer_ca(setup, cert).public_bytes(Encoding.PEM))
+    request, answer, signers = tmp_path / "req.cbor", tmp_path / "answer.cose", tmp_path / "signers.p7"
+    serial = format(cert.serial_number, "x")
+    made = devid_many(
+        [
+            ["revocation", "status-request", serial, "--ca-cert", ca_pem, "--out", request],
+            ["revocation", "status-request", "xyz", "--ca-cert", ca_pem, "--out", tmp_path / "no.cbor"],
+        ]
+    )
+    assert made[0].returncode == 0, made[0].stderr
+    assert made[1].returncode == 2 and "serial-syntax" in made[1].stderr
+    got = coap_client(setup.coaps, "fetch", "/st", payload=request, content_format=60, out=answer)
+    assert got.returncode == 0, got.stdout + got.stderr
+    assert coap_client(setup.coaps, "get", "/st/signers", out=signers).returncode == 0
+    tampered = tmp_path / "tampered.cose"
+    tampered.write_bytes(answer.read_bytes()[:-1] + bytes([answer.read_bytes()[-1] ^ 1]))
+    check = ["revocation", "status-check", "--ca-cert", ca_pem, "--signers", signers, "--serial", serial]
+    good, bad = devid_many([[*check, answer, "--json"], [*check, tampered]])
+    assert good.returncode == 0, good.stderr
+    info = json.loads(good.stdout)
+    assert info["status"] == "revoked" and info["reason"] == "cessationOfOperation" and info["bytes"] <= 119
+    assert bad.returncode == 2 and "bad signature" in bad.stderr and "status-invalid" in bad.stderr
 
 
 def test_tampered_stale_or_misattributed_answers_fail_verification(setup: Setup, clock: FixedClock) -> None:

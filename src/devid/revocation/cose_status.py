@@ -155,6 +155,28 @@ def sign_status(status: CompactStatus, signer: x509.Certificate, key: ec.Ellipti
     return cbor2.dumps([PROTECTED, {_HEADER_KID: signer_kid(signer)}, payload, signature])
 
 
+def _sign1(answer: bytes) -> list[Any]:
+    """The four items of a COSE_Sign1 (tagged or not), unverified."""
+    try:
+        item = cbor2.loads(answer)
+    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError, EOFError) as exc:
+        raise StatusAnswerInvalid(f"not CBOR: {exc}") from None
+    if isinstance(item, cbor2.CBORTag) and item.tag == 18:  # a tagged COSE_Sign1 is one too
+        item = item.value
+    if not (isinstance(item, list) and len(item) == 4):
+        raise StatusAnswerInvalid("not a COSE_Sign1 (an array of 4)")
+    return item
+
+
+def answer_kid(answer: bytes) -> bytes:
+    """The kid an answer names (unverified: which signer certificate to verify it with)."""
+    unprotected = _sign1(answer)[1]
+    kid = unprotected.get(_HEADER_KID) if isinstance(unprotected, dict) else None
+    if not isinstance(kid, bytes):
+        raise StatusAnswerInvalid("the answer names no kid")
+    return kid
+
+
 def verify_status(
     answer: bytes,
     signer: x509.Certificate,
@@ -166,14 +188,7 @@ def verify_status(
     of `issuer`: directly issued by it, EKU id-kp-OCSPSigning, valid `now`), about `serial` if
     given, and current at `now`. StatusAnswerInvalid otherwise."""
     _check_signer(signer, issuer, now)
-    try:
-        item = cbor2.loads(answer)
-    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError, EOFError) as exc:
-        raise StatusAnswerInvalid(f"not CBOR: {exc}") from None
-    if isinstance(item, cbor2.CBORTag) and item.tag == 18:  # a tagged COSE_Sign1 is one too
-        item = item.value
-    if not (isinstance(item, list) and len(item) == 4):
-        raise StatusAnswerInvalid("not a COSE_Sign1 (an array of 4)")
+    item = _sign1(answer)
     protected, unprotected, payload, signature = item
     if protected != PROTECTED:
         raise StatusAnswerInvalid("the protected header must be exactly {1: -7} (ES256)")
