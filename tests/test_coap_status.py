@@ -16,7 +16,8 @@ import cbor2
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, pkcs7
+from cwt import COSE, COSEKey
 from e2e import devid_many
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -190,6 +191,18 @@ def test_cli_writes_the_request_and_checks_the_answer_a_device_gets(setup: Setup
     info = json.loads(good.stdout)
     assert info["status"] == "revoked" and info["reason"] == "cessationOfOperation" and info["bytes"] <= 119
     assert bad.returncode == 2 and "bad signature" in bad.stderr and "status-invalid" in bad.stderr
+
+
+def test_an_independent_cose_library_verifies_the_answer(setup: Setup) -> None:
+    """The `cwt` library's COSE_Sign1 verification (not devid's) accepts the answer with the
+    signer's public key as an ES256 COSE key."""
+    cert = setup.good
+    answer = fetch(setup, encode_request(issuer_ca(setup, cert), cert.serial_number))
+    signer = setup.issuer(cert).signer_cert
+    public = signer.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    key = COSEKey.from_pem(public, alg="ES256", kid=signer_kid(signer))
+    payload = cbor2.loads(COSE.new().decode(cbor2.dumps(cbor2.CBORTag(18, cbor2.loads(answer))), key))
+    assert payload[:2] == [cert.serial_number.to_bytes(20, "big"), 0]
 
 
 def test_tampered_stale_or_misattributed_answers_fail_verification(setup: Setup, clock: FixedClock) -> None:
