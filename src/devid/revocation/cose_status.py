@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 from typing import Any
 
@@ -48,6 +48,8 @@ KID_BYTES = 4
 #: Shortest issuer key-hash prefix a request may name a CA by.
 MIN_ISSUER_BYTES = 4
 _HEADER_KID = 4
+#: How far ahead of the verifier's clock an answer's thisUpdate may be (a device's clock lags).
+CLOCK_SKEW = timedelta(minutes=5)
 _MAX_SERIAL_BYTES = 20
 
 
@@ -183,11 +185,14 @@ def verify_status(
     issuer: x509.Certificate,
     now: datetime,
     serial: int | None = None,
+    *,
+    skew: timedelta = CLOCK_SKEW,
 ) -> CompactStatus:
     """What `answer` says, once it is shown to be signed by `signer` (a delegated OCSP responder
     of `issuer`: directly issued by it, EKU id-kp-OCSPSigning, valid `now`), about `serial` if
-    given, and current at `now`. StatusAnswerInvalid otherwise."""
-    _check_signer(signer, issuer, now)
+    given, and current at `now` (thisUpdate may be up to `skew` ahead of a device's clock).
+    StatusAnswerInvalid otherwise."""
+    _check_signer(signer, issuer, now, skew)
     item = _sign1(answer)
     protected, unprotected, payload, signature = item
     if protected != PROTECTED:
@@ -207,14 +212,14 @@ def verify_status(
     status = _decode_payload(payload)
     if serial is not None and status.serial != serial:
         raise StatusAnswerInvalid(f"the answer is about serial {status.serial:x}, not {serial:x}")
-    if not status.this_update <= now < status.next_update:
+    if not status.this_update - skew <= now < status.next_update:
         raise StatusAnswerInvalid(
             f"not current: valid {status.this_update.isoformat()} to {status.next_update.isoformat()}"
         )
     return status
 
 
-def _check_signer(signer: x509.Certificate, issuer: x509.Certificate, now: datetime) -> None:
+def _check_signer(signer: x509.Certificate, issuer: x509.Certificate, now: datetime, skew: timedelta) -> None:
     try:
         signer.verify_directly_issued_by(issuer)
         eku = signer.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
@@ -222,7 +227,7 @@ def _check_signer(signer: x509.Certificate, issuer: x509.Certificate, now: datet
         raise StatusAnswerInvalid("the signer is not a responder certified by this CA") from None
     if ExtendedKeyUsageOID.OCSP_SIGNING not in eku:
         raise StatusAnswerInvalid("the signer lacks EKU id-kp-OCSPSigning")
-    if not signer.not_valid_before_utc <= now <= signer.not_valid_after_utc:
+    if not signer.not_valid_before_utc - skew <= now <= signer.not_valid_after_utc:
         raise StatusAnswerInvalid("the signer's certificate is outside its validity")
 
 
