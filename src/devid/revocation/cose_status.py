@@ -32,6 +32,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from devid.errors import RequestInvalid, StatusAnswerInvalid
@@ -91,7 +92,12 @@ class StatusQuery:
 
 def issuer_key_hash(ca: x509.Certificate) -> bytes:
     """SHA-256 of the CA's subjectPublicKey bits (OCSP's issuerKeyHash with SHA-256)."""
-    return hashlib.sha256(key_bits(ca)).digest()
+    public = ca.public_key()
+    if isinstance(public, ec.EllipticCurvePublicKey):  # the bits are the point: no ASN.1 parse
+        bits = public.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    else:
+        bits = key_bits(ca)
+    return hashlib.sha256(bits).digest()
 
 
 def signer_kid(signer: x509.Certificate) -> bytes:

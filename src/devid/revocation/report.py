@@ -124,7 +124,7 @@ def size_report(authority: Authority, signers: StatusSigners) -> list[Row]:
         )
         der = signers.ocsp(request.build().public_bytes(serialization.Encoding.DER))
         compact = signers.compact(name, cert.serial_number)
-        bare = _without_certs(der)
+        bare = ocsp_without_certs(der)
         rows += [
             Row(f"ocsp {name}", len(der), f"{status} certificate, delegated responder"),
             Row(f"ocsp-nocert {name}", len(bare), "the same, the responder certificate left out"),
@@ -201,7 +201,7 @@ def _filter_rows(authority: Authority, conn: Connection, name: str) -> list[Row]
     return rows
 
 
-def _without_certs(der: bytes) -> bytes:
+def ocsp_without_certs(der: bytes) -> bytes:
     """An OCSP response without the responder certificate it carries (outside the signed part, so
     it still verifies): what a device that holds the responder certificate needs."""
     response = asn1_ocsp.OCSPResponse.load(der)
