@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -27,10 +27,11 @@ from est_helpers import provision
 
 from devid.authority.core import Authority
 from devid.authority.revocation import RevokeRequest, Selector, revoke
+from devid.bench.ocsp import MemoryStatusSource
 from devid.clock import FixedClock
 from devid.coap.client import CoapsClient, CoapsError, client_context
 from devid.coap.message import Code, Option
-from devid.errors import StatusAnswerInvalid
+from devid.errors import StatusAnswerInvalid, StoreUnavailable
 from devid.pki import c509
 from devid.pki.reasons import Reason
 from devid.publish.service import status_service
@@ -38,13 +39,15 @@ from devid.revocation.cose_responder import CoseStatusResponder
 from devid.revocation.cose_status import (
     CONTENT_FORMAT_CBOR,
     CONTENT_FORMAT_COSE_SIGN1,
+    StatusQuery,
     encode_request,
+    issuer_key_hash,
     signer_kid,
     verify_status,
 )
 from devid.revocation.ocsp import OcspIssuer
 from devid.revocation.records import StoreStatus
-from devid.revocation.status import CertStatus
+from devid.revocation.status import CertStatus, StatusEntry
 
 #: Bounds of the answers (measured: see README, `devid revocation report`): serial of 20 bytes.
 GOOD_BOUND = 113
@@ -257,3 +260,31 @@ def test_unknown_serials_are_signed_unknown_and_bad_requests_are_4xx(setup: Setu
     assert b"4.04" in got.stdout + got.stderr
     got = coap_client(setup.coaps, "fetch", "/st", content_format=60, accept=287)
     assert b"4.06" in got.stdout + got.stderr
+
+
+class FailingSource(MemoryStatusSource):
+    """A status source whose store goes away when `down` is set."""
+
+    down = False
+
+    def statuses(self, ca_name: str, serials: Iterable[int]) -> dict[int, StatusEntry]:
+        if self.down:
+            raise StoreUnavailable("test: the store is down")
+        return super().statuses(ca_name, serials)
+
+
+def test_a_failing_store_gets_the_signed_answer_while_it_is_current(setup: Setup, clock: FixedClock) -> None:
+    issuer = setup.issuer(setup.good)
+    source = FailingSource(issuer.ca_name)
+    source.set(StatusEntry(setup.good.serial_number, CertStatus.GOOD))
+    responder = CoseStatusResponder([issuer], source, clock)
+    query = StatusQuery(issuer_key_hash(issuer.ca_cert), setup.good.serial_number)
+    first = responder.answer(query)
+    source.down = True
+    clock.advance(timedelta(hours=20))  # past the refresh (18 h), before nextUpdate (24 h)
+    assert responder.answer(query) == first
+    clock.advance(timedelta(hours=5))
+    with pytest.raises(StoreUnavailable):
+        responder.answer(query)
+    source.down = False
+    assert responder.answer(query).next_update > first.next_update
