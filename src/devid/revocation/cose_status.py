@@ -157,7 +157,12 @@ def _to_be_signed(payload: bytes) -> bytes:
 
 def sign_status(status: CompactStatus, signer: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> bytes:
     """The COSE_Sign1 answer for `status`, signed with the delegated responder's key."""
-    payload = _payload(status)
+    return sign_payload(_payload(status), signer, key)
+
+
+def sign_payload(payload: bytes, signer: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> bytes:
+    """A COSE_Sign1 (ES256, kid of `signer`) over any `payload` bytes (tests and fuzzers reach the
+    payload decoder behind a valid signature with it)."""
     r, s = decode_dss_signature(key.sign(_to_be_signed(payload), ec.ECDSA(hashes.SHA256())))
     signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
     return cbor2.dumps([PROTECTED, {_HEADER_KID: signer_kid(signer)}, payload, signature])
@@ -243,8 +248,9 @@ def _decode_payload(payload: bytes) -> CompactStatus:
         if not isinstance(fields, list) or len(fields) not in (4, 5, 6):
             raise ValueError("a payload of 4 to 6 items")
         serial, wire, this_update, next_update, *revoked = fields
+        # Exact types: cbor2 also yields shared and self-referencing values, which hash badly.
         if not isinstance(serial, bytes) or not all(
-            type(n) is int for n in (this_update, next_update, *revoked)
+            type(n) is int for n in (wire, this_update, next_update, *revoked)
         ):
             raise ValueError("field types")
         status = _STATUS[WireStatus(wire)]
@@ -258,5 +264,14 @@ def _decode_payload(payload: bytes) -> CompactStatus:
             datetime.fromtimestamp(revoked[0], UTC) if revoked else None,
             Reason(revoked[1]) if len(revoked) == 2 else (Reason.UNSPECIFIED if revoked else None),
         )
-    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError, EOFError) as exc:
+    # A time past year 9999 is OverflowError or (EOVERFLOW from the C library) OSError.
+    except (
+        cbor2.CBORDecodeError,
+        ValueError,
+        TypeError,
+        OverflowError,
+        OSError,
+        RecursionError,
+        EOFError,
+    ) as exc:
         raise StatusAnswerInvalid(f"malformed payload: {exc}") from None
