@@ -28,6 +28,7 @@ from devid.authority.enrollment import EnrollmentService
 from devid.coap.dtls import DtlsIdentity, DtlsLimits
 from devid.coap.exchange import BlockLimits
 from devid.coap.server import CoapsServer, start_coaps
+from devid.revocation.cose_responder import CoseStatusResponder
 from devid.server.tls import own_server_context
 
 PASSPHRASE = b"correct horse battery staple"
@@ -62,6 +63,7 @@ def running_coaps(
     limits: DtlsLimits | None = None,
     blocks: BlockLimits | None = None,
     onboarding: Onboarding | None = None,
+    status: CoseStatusResponder | None = None,
 ) -> Iterator[Coaps]:
     work_dir.mkdir(parents=True, exist_ok=True)
     _, cert = own_server_context(authority, work_dir / "tls", PASSPHRASE)
@@ -74,7 +76,7 @@ def running_coaps(
 
     async def start() -> tuple[EnrollmentService, CoapsServer]:
         service = EnrollmentService(authority, onboarding)
-        server = await start_coaps(service, identity, port=0, limits=limits, blocks=blocks)
+        server = await start_coaps(service, identity, port=0, limits=limits, blocks=blocks, status=status)
         return service, server
 
     service, server = asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=30)

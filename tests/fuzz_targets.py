@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import cbor2
 from asn1crypto import ocsp as asn1_ocsp
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -43,12 +44,22 @@ from devid.est.server import decode_body
 from devid.gateway.formats import AllowlistFormat, FilterFormat
 from devid.pki import c509
 from devid.pki.csr import load_and_check_csr
+from devid.pki.reasons import Reason
 from devid.registry import manufacturers
 from devid.registry.onboarding import Registry
 from devid.revocation.allowlist import build_allowlist, diff_allowlists
+from devid.revocation.cose_status import (
+    CompactStatus,
+    decode_request,
+    encode_request,
+    sign_payload,
+    sign_status,
+    verify_status,
+)
 from devid.revocation.filter import build_filter, diff_filters
 from devid.revocation.ocsp import INTERNAL_ERROR, OcspIssuer, OcspResponder
 from devid.revocation.signed import SIGNATURE_SIZE
+from devid.revocation.status import CertStatus
 
 PASSPHRASE = b"correct horse battery staple"
 DER = serialization.Encoding.DER
@@ -417,6 +428,36 @@ def c509_target() -> Target:
     return Target("c509", run, (*(c509.encode_certificate(d) for d in ders), *ders))
 
 
+def cose_status_target() -> Target:
+    """Compact status: any FETCH body decodes to a query or a clean refusal, and any answer
+    verifies or is refused; with first byte 1 the rest is signed as the payload, so the fuzzer
+    reaches the payload decoder behind a valid signature."""
+    ca = SigningCa.make()
+    signer_key = ec.generate_private_key(ec.SECP256R1())
+    signer = make_cert("Fuzz OCSP", "Fuzz CA", signer_key.public_key(), ca.key, ocsp_signing=True)
+    now = datetime.now(UTC).replace(microsecond=0)
+
+    def run(data: bytes) -> None:
+        refused_cleanly(lambda: decode_request(data))
+        answer = sign_payload(data[1:], signer, signer_key) if data[:1] == b"\x01" else data
+        refused_cleanly(lambda: verify_status(answer, signer, ca.cert, now))
+
+    statuses = [
+        CompactStatus(ca.leaf.serial_number, CertStatus.GOOD, now, now + timedelta(days=1)),
+        CompactStatus(
+            ca.leaf.serial_number,
+            CertStatus.REVOKED,
+            now,
+            now + timedelta(days=1),
+            now,
+            Reason.KEY_COMPROMISE,
+        ),
+    ]
+    answers = [sign_status(status, signer, signer_key) for status in statuses]
+    payloads = [b"\x01" + cbor2.loads(answer)[2] for answer in answers]
+    return Target("cose_status", run, (encode_request(ca.cert, ca.leaf.serial_number), *answers, *payloads))
+
+
 #: Targets that need no store, by name (each builds its own keys and certificates).
 PURE: dict[str, Callable[[], Target]] = {
     "csr": csr_target,
@@ -425,6 +466,7 @@ PURE: dict[str, Callable[[], Target]] = {
     "filter": filter_target,
     "allowlist": allowlist_target,
     "c509": c509_target,
+    "cose_status": cose_status_target,
 }
 #: Targets that run against a real authority on a fresh embedded store.
 WITH_AUTHORITY: dict[str, Callable[[Authority], Target]] = {

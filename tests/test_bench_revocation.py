@@ -38,3 +38,20 @@ def test_unknown_section_is_refused() -> None:
     result = devid("bench", "revocation", "--only", "crl,bogus")
     assert result.returncode != 0
     assert "bogus" in result.stdout + result.stderr
+
+
+def test_compact_section_sizes_the_cose_answer_beside_ocsp() -> None:
+    out = ok(devid("bench", "revocation", "--quick", "--json", "--only", "compact")).stdout
+    figures = {f["name"]: f for f in (json.loads(line) for line in out.splitlines() if line.startswith("{"))}
+    assert (figures["status.cose_bytes.good"]["value"], figures["status.cose_bytes.revoked"]["value"]) == (
+        113,
+        119,
+    )
+    for name in ("status.cose_bytes.good", "status.cose_bytes.revoked"):
+        assert figures[name]["baseline"] > 600 and "without the certificate" in figures[name]["note"]
+    for name in ("status.cose_sign_per_s", "status.cose_cached_per_s", "status.cose_verify_per_s"):
+        assert (
+            figures[name]["unit"] == "answers/s"
+            and figures[name]["value"] > 0
+            and figures[name]["baseline"] > 0
+        )

@@ -66,7 +66,7 @@ def coaps(auth: Authority, tmp_path: Path) -> Iterator[Coaps]:
 def test_discovery_and_ca_certificates_block_wise(coaps: Coaps, tmp_path: Path) -> None:
     found = coap_client(coaps, "get", "/.well-known/core")
     assert found.returncode == 0, found.stderr
-    assert b'</est/crts>;rt="ace.est.crts";ct="281 287"' in found.stdout
+    assert b'</est/crts>;rt="ace.est.crts";ct="281 287 65015"' in found.stdout
     out = tmp_path / "crts.p7"
     got = coap_client(coaps, "get", "/est/crts", accept=281, out=out)
     assert got.returncode == 0, got.stderr

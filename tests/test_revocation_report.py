@@ -104,6 +104,13 @@ def test_rows_are_what_was_signed_and_consistent(store: tuple[Home, Authority]) 
         assert row.nbiot_s == pytest.approx(row.bytes * 8 / 26_000)
         assert row.lorawan_hours == pytest.approx(row.lorawan_frames * FRAME_AIRTIME_S / 0.01 / 3600)
     assert rows["filter-delta operational"].bytes < rows["filter operational"].bytes + 16
+    # The compact answer about the same revoked certificate as the OCSP rows: a COSE_Sign1 of 119
+    # bytes (3 LoRaWAN frames) where the OCSP response needs 16 (7 without its responder certificate).
+    for ca in ("manufacturing", "operational"):
+        compact, full, bare = rows[f"cose-status {ca}"], rows[f"ocsp {ca}"], rows[f"ocsp-nocert {ca}"]
+        assert compact.detail.startswith("revoked certificate, COSE_Sign1")
+        assert compact.bytes == 119 and compact.lorawan_frames == 3
+        assert 2 * compact.bytes < bare.bytes < full.bytes - 400
 
 
 def test_an_unpublished_store_is_published_first(tmp_path: Path) -> None:

@@ -114,3 +114,11 @@ class C509Unsupported(C509Error):
 
     def __init__(self, part: str, message: str) -> None:
         super().__init__("c509-unsupported", part, message)
+
+
+class StatusAnswerInvalid(PolicyError):
+    """A compact status answer (COSE_Sign1) that does not verify: bad CBOR, another algorithm or
+    signer, a bad signature, another serial, or outside its thisUpdate..nextUpdate window."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("status-invalid", message)

@@ -18,6 +18,7 @@ which wrk's start-up address probe is, so wrk is given a script without that pro
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import re
 import shutil
@@ -450,3 +451,15 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def ocsp_request(issuer: x509.Certificate, serial: int) -> bytes:
+    """An RFC 5019 request (SHA-1 CertID, no nonce) for `serial` under `issuer`."""
+    public = issuer.public_key()
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    name_hash = hashlib.sha1(issuer.subject.public_bytes()).digest()
+    key_hash = hashlib.sha1(
+        public.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    ).digest()
+    request = ocsp.OCSPRequestBuilder().add_certificate_by_hash(name_hash, key_hash, serial, hashes.SHA1())
+    return request.build().public_bytes(serialization.Encoding.DER)

@@ -2,6 +2,7 @@
 
 Sections (`Section`):
 - ocsp: `devid.bench.ocsp.run` (a real `devid serve --http-port` against `openssl ocsp -index`).
+- compact: `devid.bench.compact_status.figures` (COSE_Sign1 status answers against OCSP responses).
 - filter: `devid.bench.filter.filter_figures` (our Golomb filter against Mozilla's filtercascade).
 - crl: a full CRL of N revoked certificates through `devid.revocation.crl.build` on a real store,
   against a bare cryptography `CertificateRevocationListBuilder` loop signing the same entries.
@@ -19,7 +20,6 @@ reason, times) and a placeholder DER no status path opens.
 from __future__ import annotations
 
 import gc
-import hashlib
 import random
 import subprocess
 import sys
@@ -42,6 +42,7 @@ from devid.authority.core import Authority
 from devid.authority.revocation import RevokeRequest, Selector, revoke
 from devid.authority.setup import init_home, open_authority
 from devid.bench import Figure
+from devid.bench import compact_status as compact_bench
 from devid.bench import filter as filter_bench
 from devid.bench import gateway as gateway_bench
 from devid.bench import ocsp as ocsp_bench
@@ -68,6 +69,7 @@ _PASSPHRASE = b"devid bench revocation passphrase"
 
 class Section(StrEnum):
     OCSP = "ocsp"
+    COMPACT = "compact"
     FILTER = "filter"
     CRL = "crl"
     MASS = "mass"
@@ -104,6 +106,8 @@ class Sizes:
     gateway_issued: int = 3_000_000
     gateway_connections: int = 300
     ocsp_seconds: float = 5.0
+    #: Certificates asked about by the compact-status section (half of them revoked).
+    compact_answers: int = 5_000
 
 
 QUICK = Sizes(
@@ -119,6 +123,7 @@ QUICK = Sizes(
     gateway_issued=30_000,
     gateway_connections=20,
     ocsp_seconds=1.0,
+    compact_answers=500,
 )
 
 
@@ -128,6 +133,9 @@ def run(sections: Sequence[Section], sizes: Sizes, db: str | None = None) -> Ite
     for section in sections:
         if section is Section.OCSP:
             yield ocsp_bench.run(sizes.ocsp_seconds)
+        elif section is Section.COMPACT:
+            with _authority() as authority:
+                yield compact_bench.figures(authority, sizes.compact_answers)
         elif section is Section.FILTER:
             yield filter_bench.filter_figures(
                 1,
@@ -319,18 +327,6 @@ def crl_figures(revoked_counts: Sequence[int]) -> list[Figure]:
 # --- mass revocation -------------------------------------------------------------------------------
 
 
-def ocsp_request(issuer: x509.Certificate, serial: int) -> bytes:
-    """An RFC 5019 request (SHA-1 CertID, no nonce) for `serial` under `issuer`."""
-    public = issuer.public_key()
-    assert isinstance(public, ec.EllipticCurvePublicKey)
-    name_hash = hashlib.sha1(issuer.subject.public_bytes()).digest()
-    key_hash = hashlib.sha1(
-        public.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
-    ).digest()
-    request = ocsp.OCSPRequestBuilder().add_certificate_by_hash(name_hash, key_hash, serial, hashes.SHA1())
-    return request.build().public_bytes(serialization.Encoding.DER)
-
-
 def _statuses(answers: Sequence[bytes]) -> set[ocsp.OCSPCertStatus]:
     return {ocsp.load_der_ocsp_response(der).certificate_status for der in answers}
 
@@ -347,7 +343,7 @@ def mass_figures(count: int, others: int, sample: int, db: str | None = None) ->
         responder = status_service(authority).responder
         issuer = authority.cas[CA].certificate
         rng = random.Random(2)
-        requests = [ocsp_request(issuer, s) for s in rng.sample(lot.serials, min(sample, count))]
+        requests = [ocsp_bench.ocsp_request(issuer, s) for s in rng.sample(lot.serials, min(sample, count))]
         if _statuses([responder.respond(r).der for r in requests]) != {ocsp.OCSPCertStatus.GOOD}:
             raise RuntimeError("OCSP does not answer good before the revocation")
         gc.collect()

@@ -49,7 +49,7 @@ from devid.bench.gateway import (
     pem_certs,
     wait_port,
 )
-from devid.bench.revocation import ocsp_request
+from devid.bench.ocsp import ocsp_request
 from devid.bench.slowdrip import rss_mb, worker_pids
 from devid.est.client import tls_context
 

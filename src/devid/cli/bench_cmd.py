@@ -182,8 +182,8 @@ def slowdrip(
 @app.command("revocation")
 def revocation(
     only: Annotated[
-        str, typer.Option("--only", help="comma-separated sections: ocsp,filter,crl,mass,gateway")
-    ] = "ocsp,filter,crl,mass,gateway",
+        str, typer.Option("--only", help="comma-separated sections: ocsp,compact,filter,crl,mass,gateway")
+    ] = "ocsp,compact,filter,crl,mass,gateway",
     quick: Annotated[bool, typer.Option("--quick", help="small sizes: a smoke run in seconds")] = False,
     crl_revoked: Annotated[
         str | None,
@@ -204,8 +204,9 @@ def revocation(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """OCSP responses/s, filter size, full CRL build time and size, mass revocation to every status
-    channel, gateway admission rate, revocation cut and memory; each beside a same-run baseline."""
+    """OCSP responses/s, compact (COSE) status answers beside OCSP's, filter size, full CRL build
+    time and size, mass revocation to every status channel, gateway admission rate, revocation cut
+    and memory; each beside a same-run baseline."""
     from dataclasses import replace
 
     from devid.bench import revocation as bench

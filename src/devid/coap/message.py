@@ -39,6 +39,7 @@ class Code(IntEnum):
     POST = 2
     PUT = 3
     DELETE = 4
+    FETCH = 5  # RFC 8132
     CHANGED = _code(2, 4)
     CONTENT = _code(2, 5)
     CONTINUE = _code(2, 31)

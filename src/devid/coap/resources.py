@@ -4,8 +4,9 @@ Thin like the HTTPS server (`devid.est.server`): parse the CoAP request, take th
 certificate as the credential, await the same `EnrollmentService` (one credential check, one
 enrollment decision, audited refusals), encode. Bodies are binary DER, told apart by CoAP
 Content-Format numbers (`ContentFormat`): answers are chosen by the request's Accept option
-through one table per resource (`_OFFERS`), so another representation (a C509 certificate, say)
-is one more entry and one encoder.
+through one table per resource (`_OFFERS`), each format with one encoder (`_CERT_ENCODERS`):
+DER and PKCS#7, or C509 (the issued certificate as a C509Certificate or a COSE_C509, the CA
+chain as a COSE_C509 chain), as the HTTPS server answers on `Accept`.
 
 Paths: `/est/<op>` (the short paths `/.well-known/core` advertises), `/est/<label>/<op>`, and
 the same under `/.well-known/est`. Operations: `crts` (cacerts), `sen` (simpleenroll), `sren`
@@ -31,6 +32,7 @@ from devid.authority.enrollment import EnrollmentService, EnrollRequest
 from devid.coap.exchange import TEXT_PLAIN, Request, Response
 from devid.coap.message import Code, Option, encode_uint
 from devid.errors import AuthenticationRequired, NotFoundError, PolicyError, RequestInvalid
+from devid.pki import c509
 from devid.pki.csr import csr_attributes
 from devid.pki.encoding import cert_der, certs_only
 
@@ -46,6 +48,10 @@ class ContentFormat(IntEnum):
     CSRATTRS = 285
     PKCS10 = 286
     PKIX_CERT = 287
+    #: C509 (draft-ietf-cose-cbor-encoded-cert): one C509Certificate, a COSE_C509, an ordered chain.
+    C509_CERT = c509.CONTENT_FORMAT_CERT
+    COSE_C509 = c509.CONTENT_FORMAT_COSE_C509
+    C509_CHAIN = c509.CONTENT_FORMAT_CHAIN
 
 
 #: devid's renewal instructions (the HTTPS server's Devid-Policy / Devid-Renew-At headers), as
@@ -62,9 +68,19 @@ _OPERATIONS = {"sen": Operation.ENROLL, "sren": Operation.REENROLL, "skg": Opera
 _GET_ONLY = ("crts", "att")
 #: The answers each resource offers, by Accept; the first is sent when the request has no Accept.
 _OFFERS: dict[str, tuple[ContentFormat, ...]] = {
-    "crts": (ContentFormat.PKCS7_CERTS, ContentFormat.PKIX_CERT),
-    "sen": (ContentFormat.PKCS7_CERTS, ContentFormat.PKIX_CERT),
-    "sren": (ContentFormat.PKCS7_CERTS, ContentFormat.PKIX_CERT),
+    "crts": (ContentFormat.PKCS7_CERTS, ContentFormat.PKIX_CERT, ContentFormat.C509_CHAIN),
+    "sen": (
+        ContentFormat.PKCS7_CERTS,
+        ContentFormat.PKIX_CERT,
+        ContentFormat.C509_CERT,
+        ContentFormat.COSE_C509,
+    ),
+    "sren": (
+        ContentFormat.PKCS7_CERTS,
+        ContentFormat.PKIX_CERT,
+        ContentFormat.C509_CERT,
+        ContentFormat.COSE_C509,
+    ),
     "skg": (ContentFormat.MULTIPART_CORE,),
     "att": (ContentFormat.CSRATTRS,),
 }
@@ -80,6 +96,9 @@ CORE_LINKS = ",".join(
 _CERT_ENCODERS: dict[ContentFormat, Callable[[list[x509.Certificate]], bytes]] = {
     ContentFormat.PKCS7_CERTS: certs_only,
     ContentFormat.PKIX_CERT: lambda certs: cert_der(certs[0]),
+    ContentFormat.C509_CERT: lambda certs: c509.encode_certificate(certs[0]),
+    ContentFormat.COSE_C509: c509.encode_chain,
+    ContentFormat.C509_CHAIN: c509.encode_chain,
 }
 
 
@@ -117,15 +136,17 @@ class _NotAcceptable(RequestInvalid):
 class EstCoaps:
     """The EST-coaps resources of one enrollment service (a CoAP request handler)."""
 
-    def __init__(self, service: EnrollmentService) -> None:
+    def __init__(self, service: EnrollmentService, extra_links: tuple[str, ...] = ()) -> None:
         self.service = service
         self.authority = service.authority
+        #: /.well-known/core: the EST resources and those served beside them (`extra_links`).
+        self.links = ",".join((CORE_LINKS.decode(), *extra_links)).encode()
 
     async def __call__(self, request: Request) -> Response:
         if request.path == (".well-known", "core"):
             if request.method != Code.GET:
                 return _method_not_allowed("/.well-known/core", "GET")
-            return Response(Code.CONTENT, CORE_LINKS, ContentFormat.LINK_FORMAT)
+            return Response(Code.CONTENT, self.links, ContentFormat.LINK_FORMAT)
         found = route(request.path)
         if found is None:
             raise NotFoundError("not-found", f"no resource at /{'/'.join(request.path)}")

@@ -1,4 +1,5 @@
-"""`devid serve --coaps-port`: EST-coaps on a UDP port, DTLS sessions swept once a second.
+"""`devid serve --coaps-port`: EST-coaps (and compact status, `/st`) on a UDP port, DTLS sessions
+swept once a second.
 
 coaps = await start_coaps(service, DtlsIdentity.load(cert_file, key_file, passphrase), port=5684)
 ...
@@ -15,9 +16,11 @@ from dataclasses import dataclass, field
 
 from devid.authority.enrollment import EnrollmentService
 from devid.coap.dtls import DtlsIdentity, DtlsLimits, DtlsServer, DtlsSession, server_context
-from devid.coap.exchange import BlockLimits, CoapEndpoint
+from devid.coap.exchange import BlockLimits, CoapEndpoint, Handler, Request, Response
 from devid.coap.resources import EstCoaps
+from devid.coap.status import STATUS_LINK, STATUS_PATH, StatusCoaps
 from devid.errors import ConfigError
+from devid.revocation.cose_responder import CoseStatusResponder
 
 log = logging.getLogger("devid.coap")
 
@@ -61,9 +64,13 @@ async def start_coaps(
     port: int = 5684,
     limits: DtlsLimits | None = None,
     blocks: BlockLimits | None = None,
+    status: CoseStatusResponder | None = None,
 ) -> CoapsServer:
-    """Listen for EST-coaps on UDP `host:port` (0: a free port)."""
-    resources = EstCoaps(service)
+    """Listen for EST-coaps on UDP `host:port` (0: a free port); with `status`, compact
+    certificate status at `/st` too (`devid.coap.status`)."""
+    resources: Handler = EstCoaps(service)
+    if status is not None:
+        resources = _with_status(EstCoaps(service, (STATUS_LINK,)), StatusCoaps(status))
     block_limits = blocks or BlockLimits()
     clock = time.monotonic
     tasks: set[asyncio.Task[None]] = set()
@@ -84,6 +91,13 @@ async def start_coaps(
     server = CoapsServer(dtls, host, bound, tasks)
     server._sweeper = asyncio.create_task(_sweep(dtls))
     return server
+
+
+def _with_status(est: EstCoaps, status: StatusCoaps) -> Handler:
+    async def handle(request: Request) -> Response:
+        return await (status if request.path[:1] == STATUS_PATH else est)(request)
+
+    return handle
 
 
 async def _sweep(dtls: DtlsServer) -> None:

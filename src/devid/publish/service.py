@@ -1,5 +1,6 @@
 """Everything a server process publishes about status, assembled once per process: the OCSP
-responder (signing with each issuing CA's delegated responder) and the CRL, filter and allowlist
+responder and the compact (COSE) status responder (both signing with each issuing CA's delegated
+responder, over one status source) and the CRL, filter and allowlist
 files, as aiohttp routes for the TLS server and as one handler for the plain-HTTP port."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from devid.publish.ocsp import OcspHttp
 from devid.publish.plain_http import Handler, dispatch
 from devid.publish.routes import status_routes
 from devid.publish.status_files import StatusFiles
+from devid.revocation.cose_responder import CoseStatusResponder
 from devid.revocation.ocsp import OcspIssuer, OcspResponder
 from devid.revocation.records import StoreStatus
 
@@ -24,6 +26,8 @@ class StatusService:
     files: StatusFiles
     responder: OcspResponder
     ocsp: OcspHttp
+    #: Compact status (COSE_Sign1) for constrained links, served over CoAP (`/st`).
+    compact: CoseStatusResponder
 
     def routes(self) -> list[web.RouteDef]:
         return [*status_routes(self.files), *self.ocsp.routes()]
@@ -43,5 +47,11 @@ def status_service(authority: Authority) -> StatusService:
     for ca in authority.device_issuers():
         delegated = responder(authority, ca.name)
         issuers.append(OcspIssuer(ca.name, ca.certificate, delegated.certificate, delegated.key))
-    ocsp_responder = OcspResponder(issuers, StoreStatus(authority.engine), authority.clock)
-    return StatusService(StatusFiles(authority), ocsp_responder, OcspHttp(ocsp_responder, authority.clock))
+    source = StoreStatus(authority.engine)
+    ocsp_responder = OcspResponder(issuers, source, authority.clock)
+    return StatusService(
+        StatusFiles(authority),
+        ocsp_responder,
+        OcspHttp(ocsp_responder, authority.clock),
+        CoseStatusResponder(issuers, source, authority.clock),
+    )

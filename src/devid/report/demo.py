@@ -189,7 +189,7 @@ def _fleet(before: FleetSnapshot, after: FleetSnapshot) -> Markup:
 
 def _revocation(revocation: LotRevocation) -> Markup:
     sizes = {row.name: row for row in revocation.sizes}
-    kinds = ("full CRL", "largest shard CRL", "filter", "one OCSP response")
+    kinds = ("full CRL", "largest shard CRL", "filter", "one OCSP response", "one compact (COSE) answer")
     per_ca: dict[str, tuple[Row | None, ...]] = {}
     for ca in revocation.cas:
         shards = [r for name, r in sizes.items() if name.startswith(f"crl {ca}/")]
@@ -198,6 +198,7 @@ def _revocation(revocation: LotRevocation) -> Markup:
             max(shards, key=lambda r: r.bytes, default=None),
             sizes.get(f"filter {ca}"),
             sizes.get(f"ocsp {ca}"),
+            sizes.get(f"cose-status {ca}"),
         )
     bars = [
         (f"{ca}: {kind}", row.bytes, colour)
@@ -227,7 +228,7 @@ def _revocation(revocation: LotRevocation) -> Markup:
         "<figure>{}<figcaption>Size of each kind of status data, per issuing CA. A full CRL lists every "
         "revoked certificate; a shard CRL only those of its partition (the one a certificate names); the "
         "filter answers 'revoked?' for the whole CA in a few hundred bytes; an OCSP response covers one "
-        "certificate.</figcaption></figure>"
+        "certificate, and so does a compact answer (a COSE_Sign1 over CoAP, /st).</figcaption></figure>"
         "{}<table><tr><th>item</th><th class=n>bytes</th><th class=n>NB-IoT s</th><th class=n>LoRaWAN frames"
         "</th><th class=n>LoRaWAN h</th><th>detail</th></tr>{}</table>"
         "<p class=note>Link assumptions: NB-IoT downlink {} kbit/s at the application layer; LoRaWAN EU868 "
@@ -253,7 +254,7 @@ def _takeaway(per_ca: Mapping[str, tuple[Row | None, ...]]) -> Markup:
     """The figures above in one sentence, for the CA with the largest full CRL."""
     complete = [
         (full, shard, filter_, ca)
-        for ca, (full, shard, filter_, _) in per_ca.items()
+        for ca, (full, shard, filter_, *_) in per_ca.items()
         if full is not None and shard is not None and filter_ is not None
     ]
     if not complete:

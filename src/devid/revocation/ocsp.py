@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -35,6 +34,7 @@ from devid.clock import Clock
 from devid.errors import ConfigError
 from devid.pki.reasons import Reason
 from devid.revocation.status import CertStatus, StatusEntry, StatusSource
+from devid.revocation.watch import GenerationWatch
 from devid.store.engine import unavailable
 
 log = logging.getLogger("devid.revocation.ocsp")
@@ -119,7 +119,7 @@ class _Signer:
         _check_delegation(issuer)
         hash_name = {256: "sha256", 384: "sha384", 521: "sha512"}[issuer.signer_key.curve.key_size]
         signer_der = issuer.signer_cert.public_bytes(serialization.Encoding.DER)
-        key_hash = hashlib.sha1(_key_bits(issuer.signer_cert)).digest()
+        key_hash = hashlib.sha1(key_bits(issuer.signer_cert)).digest()
         return cls(
             ca_name=issuer.ca_name,
             key=issuer.signer_key,
@@ -168,7 +168,7 @@ def _check_delegation(issuer: OcspIssuer) -> None:
         )
 
 
-def _key_bits(cert: x509.Certificate) -> bytes:
+def key_bits(cert: x509.Certificate) -> bytes:
     """The value of the subjectPublicKey BIT STRING (without its unused-bits octet): what
     issuerKeyHash and a ResponderID byKey hash (RFC 6960 4.1.1, 4.2.2.3)."""
     spki = asn1_x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER)).public_key
@@ -177,7 +177,7 @@ def _key_bits(cert: x509.Certificate) -> bytes:
 
 def _cert_id_keys(cert: x509.Certificate) -> list[tuple[str, bytes, bytes]]:
     """(hash algorithm, issuerNameHash, issuerKeyHash) of CertIDs naming `cert` as the issuer."""
-    name, key = cert.subject.public_bytes(), _key_bits(cert)
+    name, key = cert.subject.public_bytes(), key_bits(cert)
     return [(alg, hashlib.new(alg, name).digest(), hashlib.new(alg, key).digest()) for alg in _CERT_ID_HASHES]
 
 
@@ -233,14 +233,14 @@ class OcspResponder:
         self._max_request_bytes = max_request_bytes
         self._max_cert_ids = max_cert_ids
         self._max_cached = max_cached
-        self._check_interval = generation_check_interval
         #: Pre-signed answers by the DER of their CertIDs, and the CertIDs of request bytes seen.
         self._cache: dict[tuple[bytes, ...], _Cached] = {}
         self._request_keys: dict[bytes, tuple[bytes, ...]] = {}
         #: Which cache keys cover each (issuer index, serial): what a status change drops.
         self._covering: dict[tuple[int, int], set[tuple[bytes, ...]]] = {}
-        self._generations = [source.generation(issuer.ca_name) for issuer in issuers]
-        self._next_check = time.monotonic() + generation_check_interval
+        self._watch = GenerationWatch(
+            source, [issuer.ca_name for issuer in issuers], generation_check_interval
+        )
         #: Responses signed so far (pre-signed and on demand): what tests and benchmarks count.
         self.signed = 0
         #: Requests answered, and of those, answered from a pre-signed answer (the server's metrics).
@@ -249,7 +249,7 @@ class OcspResponder:
 
     def respond(self, request_der: bytes) -> OcspAnswer:
         """The answer to one DER OCSPRequest; never raises."""
-        if time.monotonic() >= self._next_check:
+        if self._watch.due():
             self.refresh()
         self.requests += 1
         now = self._clock.now()
@@ -296,24 +296,12 @@ class OcspResponder:
         The hot path calls it at most every `generation_check_interval` seconds; the server also
         calls it right after a revocation, so that no answer older than the revocation goes out.
         """
-        self._next_check = time.monotonic() + self._check_interval
-        for index, signer in enumerate(self._signers):
-            try:
-                generation = self._source.generation(signer.ca_name)
-                if generation == self._generations[index]:
-                    continue
-                if generation < self._generations[index]:  # the record was replaced: trust nothing
-                    changed = [serial for (i, serial) in self._covering if i == index]
-                else:
-                    changed = self._source.changed_since(signer.ca_name, self._generations[index])
-            except Exception:
-                # Pre-signed answers stay valid until their nextUpdate; serve them meanwhile.
-                log.exception("OCSP status generation of CA %r unavailable", signer.ca_name)
-                continue
+        for index, changed in self._watch.changes():
+            if changed is None:
+                changed = [serial for (i, serial) in self._covering if i == index]
             for serial in changed:
                 for key in self._covering.pop((index, serial), ()):
                     self._drop(key)
-            self._generations[index] = generation
 
     def _parse(self, der: bytes) -> _Query:
         if len(der) > self._max_request_bytes:

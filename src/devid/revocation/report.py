@@ -2,12 +2,13 @@
 
 For each issuing CA, the report measures what was actually signed and recorded in `published`
 (the full CRL, the largest shard CRL, the latest delta CRL, the filter and the delta between its
-two latest versions), one OCSP response signed for a real certificate, and the allowlist of the
+two latest versions), one OCSP response (RFC 5019 request, the responder certificate attached) and
+one compact status answer (COSE_Sign1) signed for the same real certificate, and the allowlist of the
 largest hub or enrollment group; and what leaving short-lived and session certificates out of the
 CRLs saves. Each size is turned into delivery time over NB-IoT and LoRaWAN downlinks.
 
-The OCSP response and the allowlist come from the status service (a higher layer): the caller
-passes them in as `StatusSigners`.
+The OCSP response, the compact answer and the allowlist come from the status service (a higher
+layer): the caller passes them in as `StatusSigners`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from asn1crypto import crl as asn1_crl
+from asn1crypto import ocsp as asn1_ocsp
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
@@ -90,10 +92,12 @@ class Row:
 @dataclass(frozen=True)
 class StatusSigners:
     """What the status service signs on demand: an OCSP response for a request (DER in, DER
-    out), and the current allowlist of a hub or enrollment group."""
+    out), the compact status answer (COSE_Sign1) of a CA's serial, and the current allowlist of a
+    hub or enrollment group."""
 
     ocsp: Callable[[bytes], bytes]
     allowlist: Callable[[str], bytes]
+    compact: Callable[[str, int], bytes]
 
 
 def size_report(authority: Authority, signers: StatusSigners) -> list[Row]:
@@ -111,14 +115,26 @@ def size_report(authority: Authority, signers: StatusSigners) -> list[Row]:
             rows += ca_rows
             entry_sizes += sizes
             rows += _filter_rows(authority, conn, name)
-        requests = {name: _ocsp_request(authority, conn, name) for name in names}
+        probes = {name: found for name in names if (found := _probe(conn, name)) is not None}
         largest = _largest_population(conn)
         short_lived = {name: _revoked_short_lived(conn, authority, name) for name in names}
-    rows += [
-        Row(f"ocsp {name}", len(signers.ocsp(request)), f"{status} certificate, delegated responder")
-        for name, (request, status) in requests.items()
-        if request
-    ]
+    for name, (cert, status) in probes.items():
+        request = ocsp.OCSPRequestBuilder().add_certificate(
+            cert, authority.cas[name].certificate, hashes.SHA1()
+        )
+        der = signers.ocsp(request.build().public_bytes(serialization.Encoding.DER))
+        compact = signers.compact(name, cert.serial_number)
+        bare = ocsp_without_certs(der)
+        rows += [
+            Row(f"ocsp {name}", len(der), f"{status} certificate, delegated responder"),
+            Row(f"ocsp-nocert {name}", len(bare), "the same, the responder certificate left out"),
+            Row(
+                f"cose-status {name}",
+                len(compact),
+                f"{status} certificate, COSE_Sign1 ES256 ({len(der) / len(compact):.1f}x smaller than OCSP, "
+                f"{len(bare) / len(compact):.1f}x without its certificate)",
+            ),
+        ]
     if largest is not None:
         scope, count = largest
         rows.append(Row(f"allowlist {scope}", len(signers.allowlist(scope)), f"{count} active devices"))
@@ -185,11 +201,19 @@ def _filter_rows(authority: Authority, conn: Connection, name: str) -> list[Row]
     return rows
 
 
-def _ocsp_request(authority: Authority, conn: Connection, name: str) -> tuple[bytes, str]:
-    """An RFC 5019 request (SHA-1 CertID, no nonce) for the CA's latest revoked certificate (a
-    revoked answer is the larger), else its latest one, and that certificate's status; empty if
-    the CA issued none."""
-    issuer = authority.cas[name].certificate
+def ocsp_without_certs(der: bytes) -> bytes:
+    """An OCSP response without the responder certificate it carries (outside the signed part, so
+    it still verifies): what a device that holds the responder certificate needs."""
+    response = asn1_ocsp.OCSPResponse.load(der)
+    basic = response["response_bytes"]["response"].parsed
+    basic["certs"] = None
+    response["response_bytes"]["response"] = basic
+    return bytes(response.dump(force=True))
+
+
+def _probe(conn: Connection, name: str) -> tuple[x509.Certificate, str] | None:
+    """The CA's latest revoked certificate (a revoked answer is the larger), else its latest one,
+    and its status: what the OCSP and compact status rows ask about; None if the CA issued none."""
     found = conn.execute(
         select(certificates.c.der, certificates.c.status)
         .where(certificates.c.issuer_id == records.ca_state(conn, name).id)
@@ -197,10 +221,8 @@ def _ocsp_request(authority: Authority, conn: Connection, name: str) -> tuple[by
         .limit(1)
     ).first()
     if found is None:
-        return b"", ""
-    cert = x509.load_der_x509_certificate(found.der)
-    builder = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA1())
-    return builder.build().public_bytes(serialization.Encoding.DER), str(found.status)
+        return None
+    return x509.load_der_x509_certificate(found.der), str(found.status)
 
 
 def _largest_population(conn: Connection) -> tuple[str, int] | None:

@@ -104,7 +104,9 @@ async def serve(
     coaps = None
     if options.coaps_port is not None and dtls is not None:
         try:
-            coaps = await start_coaps(app[ENROLLMENT], dtls, host=options.host, port=options.coaps_port)
+            coaps = await start_coaps(
+                app[ENROLLMENT], dtls, host=options.host, port=options.coaps_port, status=app[STATUS].compact
+            )
         except ConfigError:
             if plain is not None:
                 await plain.close()
