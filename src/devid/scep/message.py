@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -26,7 +27,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from devid.authority.scep_ra import RegistrationAuthority
+from devid.pki.der import encode_oid, tlv
 
+_DATA = "1.2.840.113549.1.7.1"
+_SIGNED_DATA = "1.2.840.113549.1.7.2"
 #: Largest pkiMessage read (an RSA-3072 request with its self-signed certificate is ~3 KiB).
 MAX_MESSAGE = 64 * 1024
 
@@ -105,21 +109,25 @@ cms.CMSAttribute._oid_specs.update(
 
 
 @dataclass(frozen=True)
-class Request:
-    """A request's envelope, read and its signature checked; `content` is still encrypted."""
+class PkiMessage:
+    """A pkiMessage's signed envelope as read (`read_message`); `content` is still encrypted."""
 
     message_type: str
     transaction_id: str
     sender_nonce: bytes
     signer: x509.Certificate
     signer_der: bytes
-    #: The EnvelopedData (DER or BER), decrypted by `decrypt`.
+    #: The EnvelopedData (DER or BER; empty when absent), opened by `open_envelope`.
     content: bytes
     #: What `check_signature` verifies.
     digest_name: str
     message_digest: object
     signed_attrs: bytes
     signature: bytes
+    #: A CertRep's.
+    pki_status: str | None = None
+    fail_info: str | None = None
+    recipient_nonce: bytes | None = None
 
 
 def _attribute(attrs: cms.CMSAttributes, name: str) -> object:
@@ -130,7 +138,7 @@ def _attribute(attrs: cms.CMSAttributes, name: str) -> object:
     return None
 
 
-def read_request(der: bytes) -> Request:
+def read_message(der: bytes) -> PkiMessage:
     """The signed envelope of a pkiMessage, its signature not yet checked (`check_signature`);
     UnreadableMessage for anything that is not one."""
     try:
@@ -148,7 +156,7 @@ def read_request(der: bytes) -> Request:
             or not isinstance(transaction_id, str)
             or not isinstance(nonce, bytes)
         ):
-            raise UnreadableMessage("a SCEP request names its messageType, transactionID and senderNonce")
+            raise UnreadableMessage("a pkiMessage names its messageType, transactionID and senderNonce")
         sid = signer_info["sid"]
         signer_der = next(
             c.chosen.dump()
@@ -159,9 +167,11 @@ def read_request(der: bytes) -> Request:
             and c.chosen.serial_number == sid.chosen["serial_number"].native
         )
         content = signed["encap_content_info"]["content"]
-        body = content.native if content is not None else None
+        body = (content.native if content is not None else None) or b""
         if not isinstance(body, bytes):
-            raise UnreadableMessage("the SignedData carries no content")
+            raise UnreadableMessage("the SignedData content is not an OCTET STRING")
+        status, fail = _attribute(attrs, "pki_status"), _attribute(attrs, "fail_info")
+        recipient_nonce = _attribute(attrs, "recipient_nonce")
         digest_name = signer_info["digest_algorithm"]["algorithm"].native
         signature = signer_info["signature"].native
         signed_attrs = attrs.untag().dump(force=True)
@@ -174,7 +184,7 @@ def read_request(der: bytes) -> Request:
         signer = x509.load_der_x509_certificate(signer_der)
     except ValueError:
         raise UnreadableMessage("the signer certificate cannot be read") from None
-    return Request(
+    return PkiMessage(
         message_type,
         transaction_id,
         nonce,
@@ -185,10 +195,13 @@ def read_request(der: bytes) -> Request:
         message_digest,
         signed_attrs,
         signature,
+        status if isinstance(status, str) else None,
+        fail if isinstance(fail, str) else None,
+        recipient_nonce if isinstance(recipient_nonce, bytes) else None,
     )
 
 
-def check_signature(request: Request) -> None:
+def check_signature(request: PkiMessage) -> None:
     """ScepError unless the request's signature verifies with its signer certificate's key (the
     proof of possession of that key) over its signed attributes, which hash its content."""
     digest_name, signer, body = request.digest_name, request.signer, request.content
@@ -252,29 +265,31 @@ def _cipher(name: str, key: bytes, iv: bytes) -> Cipher[modes.CBC]:
     raise ScepError(FailInfo.BAD_ALG, f"content encryption {name} is not supported (AES-CBC or 3DES-CBC)")
 
 
-def decrypt(request: Request, ra: RegistrationAuthority) -> bytes:
-    """The CSR inside the request's EnvelopedData. ScepError: badMessageCheck when it was not
-    encrypted to this RA or does not decrypt, badAlg for a cipher devid does not speak."""
+def open_envelope(content: bytes, recipient: x509.Certificate, unwrap: Callable[[bytes], bytes]) -> bytes:
+    """What an EnvelopedData holds for `recipient`, whose key `unwrap`s the content-encryption
+    key (RSA key transport). ScepError: badMessageCheck when it was not encrypted to `recipient`
+    or does not decrypt, badAlg for a cipher devid does not speak."""
     try:
-        info = cms.ContentInfo.load(request.content)
+        info = cms.ContentInfo.load(content)
         if info["content_type"].native != "enveloped_data":
-            raise ScepError(FailInfo.BAD_REQUEST, "the request content is not an EnvelopedData")
+            raise ScepError(FailInfo.BAD_REQUEST, "the message content is not an EnvelopedData")
         enveloped = info["content"]
-        ra_cert = asn1_x509.Certificate.load(ra.certificate.public_bytes(serialization.Encoding.DER))
+        mine = _asn1(recipient)
         wrapped = None
-        for recipient in enveloped["recipient_infos"]:
-            if recipient.name != "ktri":
+        for info in enveloped["recipient_infos"]:
+            if info.name != "ktri":
                 continue
-            rid = recipient.chosen["rid"]
+            rid = info.chosen["rid"]
             if (
                 rid.name == "issuer_and_serial_number"
-                and rid.chosen["issuer"] == ra_cert.issuer
-                and rid.chosen["serial_number"].native == ra_cert.serial_number
+                and rid.chosen["issuer"] == mine.issuer
+                and rid.chosen["serial_number"].native == mine.serial_number
             ):
-                wrapped = recipient.chosen["encrypted_key"].native
+                wrapped = info.chosen["encrypted_key"].native
         if wrapped is None:
             raise ScepError(
-                FailInfo.BAD_MESSAGE_CHECK, "the request is not encrypted to this RA's certificate"
+                FailInfo.BAD_MESSAGE_CHECK,
+                "the message is not encrypted to the expected certificate (the RA's)",
             )
         content_info = enveloped["encrypted_content_info"]
         algorithm = content_info["content_encryption_algorithm"]
@@ -289,7 +304,7 @@ def decrypt(request: Request, ra: RegistrationAuthority) -> bytes:
     if not isinstance(iv, bytes) or not isinstance(ciphertext, bytes):
         raise ScepError(FailInfo.BAD_REQUEST, "the EnvelopedData names no IV or carries no content")
     try:
-        key = ra.decrypt_key(wrapped)
+        key = unwrap(wrapped)
         decryptor = _cipher(name, key, iv).decryptor()
         padded = decryptor.update(ciphertext) + decryptor.finalize()
         unpadder = sym_padding.PKCS7(len(iv) * 8).unpadder()
@@ -298,11 +313,11 @@ def decrypt(request: Request, ra: RegistrationAuthority) -> bytes:
         raise
     except ValueError:
         raise ScepError(
-            FailInfo.BAD_MESSAGE_CHECK, "the request does not decrypt with this RA's key"
+            FailInfo.BAD_MESSAGE_CHECK, "the message does not decrypt with the recipient's key"
         ) from None
 
 
-def _envelope(content: bytes, recipient: x509.Certificate) -> cms.ContentInfo:
+def envelope(content: bytes, recipient: x509.Certificate) -> bytes:
     """`content` encrypted to `recipient` (RSA key transport) with AES-128-CBC (GetCACaps says
     AES; devid never encrypts with DES, whatever the client used)."""
     key, iv = os.urandom(16), os.urandom(16)
@@ -314,7 +329,7 @@ def _envelope(content: bytes, recipient: x509.Certificate) -> cms.ContentInfo:
         raise ScepError(
             FailInfo.BAD_ALG, "the answer is encrypted with RSA key transport: the signer key must be RSA"
         )
-    cert = asn1_x509.Certificate.load(recipient.public_bytes(serialization.Encoding.DER))
+    cert = _asn1(recipient)
     recipient_info = cms.KeyTransRecipientInfo(
         {
             "version": "v0",
@@ -339,23 +354,21 @@ def _envelope(content: bytes, recipient: x509.Certificate) -> cms.ContentInfo:
             },
         }
     )
-    return cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped})
+    return bytes(cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped}).dump())
 
 
 def certs_only(certs: list[x509.Certificate]) -> bytes:
-    """A degenerate certs-only SignedData (RFC 8894 3.4, GetCACert's RA + CA chain)."""
-    signed = cms.SignedData(
-        {
-            "version": "v1",
-            "digest_algorithms": [],
-            "encap_content_info": {"content_type": "data"},
-            "certificates": [
-                asn1_x509.Certificate.load(c.public_bytes(serialization.Encoding.DER)) for c in certs
-            ],
-            "signer_infos": [],
-        }
+    """A degenerate certs-only SignedData (RFC 8894 4.2.1.2: GetCACert's RA certificate, then the
+    CA chain), written by hand: an ASN.1 library sorts the SET OF certificates, losing that order."""
+    signed_data = tlv(
+        0x30,
+        tlv(0x02, b"\x01")  # version 1
+        + tlv(0x31, b"")  # no digestAlgorithms
+        + tlv(0x30, encode_oid(_DATA))  # encapContentInfo without content
+        + tlv(0xA0, b"".join(c.public_bytes(serialization.Encoding.DER) for c in certs))
+        + tlv(0x31, b""),  # no signerInfos
     )
-    return bytes(cms.ContentInfo({"content_type": "signed_data", "content": signed}).dump())
+    return tlv(0x30, encode_oid(_SIGNED_DATA) + tlv(0xA0, signed_data))
 
 
 @dataclass(frozen=True)
@@ -377,46 +390,63 @@ def cert_rep(
 ) -> bytes:
     """The CertRep (RFC 8894 3.3.2), signed by the RA; a SUCCESS carries the certificate in a
     certs-only SignedData encrypted to `recipient` (the request's signer)."""
-    encap: dict[str, object] = {"content_type": "data"}
-    body = b""
+    body = None
     if reply.status is PkiStatus.SUCCESS and reply.certificate is not None and recipient is not None:
-        body = _envelope(certs_only([reply.certificate]), recipient).dump()
-        encap["content"] = body
-    attrs: list[dict[str, object]] = [
-        {"type": "content_type", "values": ["data"]},
-        {"type": "message_digest", "values": [hashlib.sha256(body).digest()]},
-        {"type": "message_type", "values": [MessageType.CERT_REP.value]},
-        {"type": "pki_status", "values": [reply.status.value]},
-        {"type": "transaction_id", "values": [transaction_id]},
-        {"type": "sender_nonce", "values": [os.urandom(16)]},
-        {"type": "recipient_nonce", "values": [recipient_nonce]},
-    ]
+        body = envelope(certs_only([reply.certificate]), recipient)
+    attrs = {
+        "message_type": MessageType.CERT_REP.value,
+        "pki_status": reply.status.value,
+        "transaction_id": transaction_id,
+        "sender_nonce": os.urandom(16),
+        "recipient_nonce": recipient_nonce,
+    }
     if reply.fail_info is not None:
-        attrs.append({"type": "fail_info", "values": [reply.fail_info.value]})
+        attrs["fail_info"] = reply.fail_info.value
+    return signed(body, attrs, ra.certificate, ra.sign)
+
+
+def signed(
+    body: bytes | None,
+    scep_attributes: dict[str, str | bytes],
+    signer: x509.Certificate,
+    sign: Callable[[bytes], bytes],
+) -> bytes:
+    """A pkiMessage: SignedData over `body` (none: a CertRep without content), its SCEP attributes
+    signed with SHA-256 and RSASSA-PKCS1-v1_5 by `sign` (the key of `signer`)."""
+    encap: dict[str, object] = {"content_type": "data"}
+    if body is not None:
+        encap["content"] = body
+    attrs = [
+        {"type": "content_type", "values": ["data"]},
+        {"type": "message_digest", "values": [hashlib.sha256(body or b"").digest()]},
+        *({"type": name, "values": [value]} for name, value in scep_attributes.items()),
+    ]
     signed_attrs = cms.CMSAttributes(attrs)
-    ra_cert = asn1_x509.Certificate.load(ra.certificate.public_bytes(serialization.Encoding.DER))
+    cert = _asn1(signer)
     signer_info = cms.SignerInfo(
         {
             "version": "v1",
             "sid": cms.SignerIdentifier(
                 name="issuer_and_serial_number",
-                value=cms.IssuerAndSerialNumber(
-                    {"issuer": ra_cert.issuer, "serial_number": ra_cert.serial_number}
-                ),
+                value=cms.IssuerAndSerialNumber({"issuer": cert.issuer, "serial_number": cert.serial_number}),
             ),
             "digest_algorithm": {"algorithm": "sha256"},
             "signed_attrs": signed_attrs,
             "signature_algorithm": {"algorithm": "rsassa_pkcs1v15"},
-            "signature": ra.sign(signed_attrs.dump()),
+            "signature": sign(signed_attrs.dump()),
         }
     )
-    signed = cms.SignedData(
+    data = cms.SignedData(
         {
             "version": "v1",
             "digest_algorithms": [{"algorithm": "sha256"}],
             "encap_content_info": encap,
-            "certificates": [ra_cert],
+            "certificates": [cert],
             "signer_infos": [signer_info],
         }
     )
-    return bytes(cms.ContentInfo({"content_type": "signed_data", "content": signed}).dump())
+    return bytes(cms.ContentInfo({"content_type": "signed_data", "content": data}).dump())
+
+
+def _asn1(cert: x509.Certificate) -> asn1_x509.Certificate:
+    return asn1_x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))

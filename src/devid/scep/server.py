@@ -27,22 +27,29 @@ from devid.authority.credentials import CertificateCredential
 from devid.authority.enroll import Credential, Operation, SecretCredential
 from devid.authority.enrollment import EnrollmentService, EnrollRequest
 from devid.authority.scep_ra import RegistrationAuthority, registration_authority
-from devid.errors import AuthenticationRequired, BodyTooLarge, CredentialRefused, DevidError, PolicyError
+from devid.errors import (
+    AuthenticationRequired,
+    BodyTooLarge,
+    CredentialRefused,
+    DevidError,
+    PolicyError,
+    RequestInvalid,
+)
 from devid.pki.csr import load_csr
 from devid.scep.message import (
     MAX_MESSAGE,
     FailInfo,
     MessageType,
+    PkiMessage,
     PkiStatus,
     Reply,
-    Request,
     ScepError,
     UnreadableMessage,
     cert_rep,
     certs_only,
     check_signature,
-    decrypt,
-    read_request,
+    open_envelope,
+    read_message,
 )
 from devid.web.peer import from_trusted_proxy, peer_address
 
@@ -92,19 +99,23 @@ class ScepServer:
             body = certs_only([ra.certificate, *ra.chain])
             return web.Response(body=body, headers={"Content-Type": CA_RA_CERT})
         if operation != "PKIOperation":
-            raise PolicyError(
+            raise RequestInvalid(
                 "scep-operation",
                 f"unknown SCEP operation {operation!r}: GetCACaps, GetCACert or PKIOperation",
             )
         der = await self._message(request)
         ra = await self._ra()
         try:
-            message = read_request(der)
+            message = read_message(der)
         except UnreadableMessage as exc:
-            raise PolicyError("scep-message", f"not a SCEP pkiMessage: {exc}") from None
+            raise RequestInvalid("scep-message", f"not a SCEP pkiMessage: {exc}") from None
         try:
             check_signature(message)
-            csr = decrypt(message, ra) if message.message_type != MessageType.CERT_POLL else b""
+            csr = (
+                open_envelope(message.content, ra.certificate, ra.decrypt_key)
+                if message.message_type != MessageType.CERT_POLL
+                else b""
+            )
             reply = await self._operate(request, policy.label, policy.scep_rsa, message, csr)
         except ScepError as exc:
             reply = Reply(PkiStatus.FAILURE, exc.fail_info)
@@ -116,7 +127,7 @@ class ScepServer:
         return web.Response(body=body, headers={"Content-Type": PKI_MESSAGE})
 
     async def _operate(
-        self, request: web.Request, label: str, allow_rsa: bool, message: Request, csr_der: bytes
+        self, request: web.Request, label: str, allow_rsa: bool, message: PkiMessage, csr_der: bytes
     ) -> Reply:
         credential: Credential
         if message.message_type == MessageType.PKCS_REQ:
@@ -158,7 +169,7 @@ class ScepServer:
             try:
                 return base64.b64decode(text, validate=True)
             except binascii.Error:
-                raise PolicyError("scep-message", "the message parameter is not base64") from None
+                raise RequestInvalid("scep-message", "the message parameter is not base64") from None
         declared = request.content_length
         if declared is not None and declared > MAX_MESSAGE:
             raise BodyTooLarge("body-too-large", f"SCEP message of {declared} bytes exceeds {MAX_MESSAGE}")
