@@ -23,7 +23,7 @@ from est_helpers import EstServer, Response, https, provision, running_server
 from sqlalchemy import func, select
 
 from devid.authority.core import Authority
-from devid.authority.devices import create_enrollment_secret
+from devid.authority.devices import approve, create_enrollment_secret
 from devid.authority.policy import LabelPolicy, RenewalPolicy
 from devid.authority.scep_ra import registration_authority
 from devid.authority.scep_rsa import set_scep_rsa
@@ -39,6 +39,8 @@ from devid.store.models import audit_events, certificates, enrollment_secrets
 pytestmark = pytest.mark.skipif(shutil.which("scepclient") is None, reason="Debian package scep missing")
 
 LABEL = "legacy"
+#: A label whose enrollments wait for an operator's approval.
+HELD = "held"
 
 
 @dataclass
@@ -54,13 +56,13 @@ class Scep:
 
 @pytest.fixture
 def scep(sqlite_home: Home, clock: FixedClock, tmp_path: Path) -> Iterator[Scep]:
-    sqlite_home.config.est_labels[LABEL] = LabelPolicy(
-        LABEL, RenewalPolicy.RENEW, timedelta(days=90)
-    ).to_config()
+    labels = sqlite_home.config.est_labels
+    labels[LABEL] = LabelPolicy(LABEL, RenewalPolicy.RENEW, timedelta(days=90)).to_config()
+    labels[HELD] = LabelPolicy(HELD, RenewalPolicy.RENEW, timedelta(days=90), approval=True).to_config()
     sqlite_home.save()
-    set_scep_rsa(
-        sqlite_home, make_engine(sqlite_home.config.db_url), LABEL, True, actor="test", now=clock.now()
-    )
+    engine = make_engine(sqlite_home.config.db_url)
+    for label in (LABEL, HELD):
+        set_scep_rsa(sqlite_home, engine, label, True, actor="test", now=clock.now())
     authority = open_authority(sqlite_home, PASSPHRASE, clock=clock)
     try:
         ra = registration_authority(authority)
@@ -368,4 +370,16 @@ def test_allow_rsa_and_deny_rsa_are_stored_and_audited(scep: Scep, tmp_path: Pat
                 select(audit_events.c.action).where(audit_events.c.action.like("scep.%"))
             )
         ]
-    assert actions == ["scep.allow-rsa", "scep.deny-rsa"]
+    assert actions == ["scep.allow-rsa", "scep.allow-rsa", "scep.deny-rsa"]
+
+
+def test_pending_until_approved_then_the_same_request_completes(scep: Scep, attempt: Attempt) -> None:
+    csr_der = client.csr(attempt.signer.key, attempt.serial, attempt.secret)
+    before = unchanged(scep, attempt.serial)
+    assert send(scep, attempt, csr_der, label=HELD).status is PkiStatus.PENDING
+    assert send(scep, attempt, csr_der, label=HELD).status is PkiStatus.PENDING
+    assert unchanged(scep, attempt.serial) == before  # nothing issued, the secret not spent
+    approve(scep.authority, attempt.serial, "test")
+    done = send(scep, attempt, csr_der, label=HELD)
+    assert done.status is PkiStatus.SUCCESS and done.certificate is not None
+    assert unchanged(scep, attempt.serial) == (before[0] + 1, before[1] - 1)

@@ -20,6 +20,7 @@ import binascii
 
 from aiohttp import web
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import AttributeOID, NameOID
 
 from devid.authority.core import Authority
@@ -129,6 +130,12 @@ class ScepServer:
     async def _operate(
         self, request: web.Request, label: str, allow_rsa: bool, message: PkiMessage, csr_der: bytes
     ) -> Reply:
+        if not isinstance(message.signer.public_key(), rsa.RSAPublicKey):
+            # Checked before anything is issued: a certificate that cannot be delivered is not made.
+            raise ScepError(
+                FailInfo.BAD_ALG,
+                "the CertRep is encrypted with RSA key transport: sign the request with an RSA key",
+            )
         credential: Credential
         if message.message_type == MessageType.PKCS_REQ:
             credential = _challenge(csr_der)
