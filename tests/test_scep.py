@@ -383,3 +383,11 @@ def test_pending_until_approved_then_the_same_request_completes(scep: Scep, atte
     done = send(scep, attempt, csr_der, label=HELD)
     assert done.status is PkiStatus.SUCCESS and done.certificate is not None
     assert unchanged(scep, attempt.serial) == (before[0] + 1, before[1] - 1)
+
+
+def test_renewal_signed_by_a_certificate_devid_did_not_issue_fails(scep: Scep, attempt: Attempt) -> None:
+    before = unchanged(scep, attempt.serial)
+    csr_der = client.csr(attempt.signer.key, attempt.serial, None)
+    answer = send(scep, attempt, csr_der, message_type=MessageType.RENEWAL_REQ)
+    assert (answer.status, answer.fail_info) == (PkiStatus.FAILURE, FailInfo.BAD_MESSAGE_CHECK)
+    assert unchanged(scep, attempt.serial) == before

@@ -34,9 +34,17 @@ def _spki(key: HelperKey) -> bytes:
 
 
 def current(
-    authority: Authority, ca_name: str, profile: ProfileName, key: HelperKey, now: datetime
+    authority: Authority,
+    ca_name: str,
+    profile: ProfileName,
+    key: HelperKey,
+    now: datetime,
+    *,
+    earliest: bool = False,
 ) -> x509.Certificate | None:
-    """The newest valid certificate of `profile` CA `ca_name` issued for `key`, unless due for renewal."""
+    """The newest valid certificate of `profile` CA `ca_name` issued for `key`, unless due for
+    renewal; with `earliest`, the oldest such one, so processes that certified the same key at
+    once all settle on the same certificate (the first recorded)."""
     ca = authority.cas[ca_name]
     with reading(authority.engine) as conn:
         rows = conn.execute(
@@ -46,8 +54,8 @@ def current(
                 certificates.c.profile == profile.value,
                 certificates.c.status == CertificateStatus.VALID,
             )
-            .order_by(certificates.c.id.desc())
-            .limit(1)
+            .order_by(certificates.c.id if earliest else certificates.c.id.desc())
+            .limit(None if earliest else 1)
         ).all()
     for (der,) in rows:
         cert = x509.load_der_x509_certificate(der)

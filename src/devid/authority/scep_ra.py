@@ -70,11 +70,15 @@ class _Holder:
                 "scep-ra-keystore", "SCEP needs the CA keys in the software keystore (its RA key is RSA)"
             )
         key = keystore.rsa_decryption_key(f"{authority.key_prefix}scep-ra")
-        cert = delegates.current(authority, ca.name, ProfileName.SCEP_RA, key.public_key(), now)
+        public = key.public_key()
+        cert = delegates.current(authority, ca.name, ProfileName.SCEP_RA, public, now, earliest=True)
         if cert is None:
-            cert = delegates.issue(
-                authority, ca.name, ProfileName.SCEP_RA, f"{authority.org} SCEP RA", key.public_key(), now
-            )
+            delegates.issue(authority, ca.name, ProfileName.SCEP_RA, f"{authority.org} SCEP RA", public, now)
+            # Server processes starting together may each have certified the key: all of them
+            # answer with the first certificate recorded, so GetCACert is the same everywhere.
+            cert = delegates.current(authority, ca.name, ProfileName.SCEP_RA, public, now, earliest=True)
+            if cert is None:
+                raise ConfigError("scep-ra", "the SCEP RA certificate just issued is not in the store")
         return RegistrationAuthority(cert, tuple(authority.chain(ca.name, with_root=True)), key)
 
 

@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from devid.authority.scep_ra import registration_authority
 from devid.authority.setup import init_home, open_authority
 from devid.cli.common import HomeOpt, PassphraseOpt, console, home_path
 from devid.config import Pkcs11Settings, resolve_passphrase
@@ -53,10 +52,7 @@ def init(
         pkcs11=pkcs11,
         public_url=public_url,
     )
-    opened = open_authority(created, passphrase)
-    if key_backend == "software":
-        registration_authority(opened)  # SCEP's RA (RSA): made now, not at the first request
-    opened.checkpoint_audit()  # the hierarchy's events, anchored
+    open_authority(created, passphrase).checkpoint_audit()  # the hierarchy's events, anchored
     engine = make_engine(created.config.db_url)
     with reading(engine) as conn:
         names = [row.name for row in repo.all_cas(conn)]
