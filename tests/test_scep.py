@@ -5,6 +5,7 @@ with nothing changed."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import shutil
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from conftest import PASSPHRASE
@@ -391,3 +393,20 @@ def test_renewal_signed_by_a_certificate_devid_did_not_issue_fails(scep: Scep, a
     answer = send(scep, attempt, csr_der, message_type=MessageType.RENEWAL_REQ)
     assert (answer.status, answer.fail_info) == (PkiStatus.FAILURE, FailInfo.BAD_MESSAGE_CHECK)
     assert unchanged(scep, attempt.serial) == before
+
+
+def test_pkioperation_by_get(scep: Scep, attempt: Attempt) -> None:
+    """RFC 8894 4.1: without POSTPKIOperation a client sends the message base64 in the query."""
+    ra = registration_authority(scep.authority).certificate
+    body, _, nonce = client.request(
+        client.csr(attempt.signer.key, attempt.serial, attempt.secret), attempt.signer, ra
+    )
+    encoded = base64.b64encode(body).decode()
+    answer = https(
+        scep.server, "GET", f"/scep/{LABEL}?operation=PKIOperation&message={quote(encoded, safe='')}"
+    )
+    assert answer.status == 200, answer.text
+    reply = client.reply(answer.body, attempt.signer, ra, nonce)
+    assert reply.status is PkiStatus.SUCCESS
+    bad = https(scep.server, "GET", f"/scep/{LABEL}?operation=PKIOperation&message=%%%%")
+    assert bad.status == 400

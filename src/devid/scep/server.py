@@ -170,7 +170,8 @@ class ScepServer:
     async def _message(request: web.Request) -> bytes:
         """The pkiMessage: a POST body (DER), or GET's `message` parameter (base64)."""
         if request.method == "GET":
-            text = request.query.get("message", "")
+            # A `+` the client did not percent-encode arrives as a space (form decoding).
+            text = request.query.get("message", "").replace(" ", "+")
             if len(text) > MAX_MESSAGE * 4 // 3 + 4:
                 raise BodyTooLarge("body-too-large", f"SCEP message exceeds {MAX_MESSAGE} bytes")
             try:
