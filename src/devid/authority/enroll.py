@@ -27,7 +27,7 @@ from devid.authority.requests import Issued, IssueRequest, check_device_serial
 from devid.errors import AuthenticationRequired, PolicyError
 from devid.pki.csr import load_and_check_csr, load_csr
 from devid.pki.keypolicy import DeviceKey
-from devid.pki.profiles import ProfileName
+from devid.pki.profiles import PROFILES, ProfileName
 from devid.store import repo
 from devid.store.engine import reading
 
@@ -192,11 +192,12 @@ def _csr_key(
     return csr, key, None
 
 
-def _issued_profile(policy: LabelPolicy, key: DeviceKey) -> tuple[ProfileName, timedelta | None]:
+def _issued_profile(policy: LabelPolicy, key: DeviceKey) -> tuple[ProfileName, timedelta]:
     """The profile and lifetime to issue for `key`: an RSA key (accepted only on a SCEP label opted
-    into RSA) gets its own profile and that profile's short default lifetime."""
+    into RSA) gets its own profile, and lives no longer than that profile's short default."""
     if isinstance(key, rsa.RSAPublicKey):
-        return ProfileName.SCEP_RSA, None
+        short = PROFILES[ProfileName.SCEP_RSA].validity
+        return ProfileName.SCEP_RSA, min(policy.lifetime, short) if short else policy.lifetime
     return policy.profile, policy.lifetime
 
 
