@@ -235,7 +235,10 @@ def send(
     answer = post(scep, body, label)
     assert answer.status == 200, answer.text
     assert answer.headers["Content-Type"] == "application/x-pki-message"
-    return client.reply(answer.body, signer, ra_cert, nonce)
+    reply = client.reply(answer.body, signer, ra_cert, nonce)
+    # A failure's reason travels beside the CertRep (SCEP has no field for it).
+    assert (answer.headers["Devid-Error"] is None) == (reply.status is not PkiStatus.FAILURE)
+    return reply
 
 
 def unchanged(scep: Scep, serial: str) -> tuple[int, int]:
@@ -297,6 +300,9 @@ def test_wrong_challenge_fails_and_the_secret_stays_usable(scep: Scep, attempt: 
     before = unchanged(scep, attempt.serial)
     answer = send(scep, attempt, client.csr(attempt.signer.key, attempt.serial, "not-the-secret"))
     assert (answer.status, answer.fail_info) == (PkiStatus.FAILURE, FailInfo.BAD_MESSAGE_CHECK)
+    ra = registration_authority(scep.authority).certificate
+    wrong, _, _ = client.request(client.csr(attempt.signer.key, attempt.serial, "wrong"), attempt.signer, ra)
+    assert post(scep, wrong).headers["Devid-Error"] == "enroll-secret"
     missing = send(scep, attempt, client.csr(attempt.signer.key, attempt.serial, None))
     assert (missing.status, missing.fail_info) == (PkiStatus.FAILURE, FailInfo.BAD_REQUEST)
     assert unchanged(scep, attempt.serial) == before

@@ -52,6 +52,7 @@ from devid.scep.message import (
     open_envelope,
     read_message,
 )
+from devid.web.errors import ERROR_HEADER
 from devid.web.peer import from_trusted_proxy, peer_address
 
 PATH = "/scep"
@@ -118,14 +119,18 @@ class ScepServer:
                 else b""
             )
             reply = await self._operate(request, policy.label, policy.scep_rsa, message, csr)
+            headers = {"Content-Type": PKI_MESSAGE}
         except ScepError as exc:
             reply = Reply(PkiStatus.FAILURE, exc.fail_info)
+            headers = {"Content-Type": PKI_MESSAGE, ERROR_HEADER: f"scep-{exc.fail_info.name.lower()}"}
         except DevidError as exc:
+            # Audited by the enrollment service; the code also travels beside the CertRep.
             reply = Reply(PkiStatus.FAILURE, fail_info(exc))
+            headers = {"Content-Type": PKI_MESSAGE, ERROR_HEADER: exc.code}
         body = await asyncio.to_thread(
             cert_rep, ra, reply, message.transaction_id, message.sender_nonce, message.signer
         )
-        return web.Response(body=body, headers={"Content-Type": PKI_MESSAGE})
+        return web.Response(body=body, headers=headers)
 
     async def _operate(
         self, request: web.Request, label: str, allow_rsa: bool, message: PkiMessage, csr_der: bytes
