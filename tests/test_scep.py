@@ -34,7 +34,8 @@ from devid.clock import FixedClock
 from devid.config import Home
 from devid.pki.profiles import ProfileName
 from devid.scep import client
-from devid.scep.message import FailInfo, MessageType, PkiStatus, Reply, read_message
+from devid.scep.message import Reply, read_message
+from devid.scep.status import FailInfo, MessageType, PkiStatus
 from devid.store.engine import make_engine, reading
 from devid.store.models import audit_events, certificates, enrollment_secrets
 

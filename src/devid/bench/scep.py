@@ -39,7 +39,7 @@ from devid.est.client import tls_context
 from devid.pki.encoding import cert_pem
 from devid.pki.profiles import ProfileName
 from devid.scep import client
-from devid.scep.message import PkiStatus
+from devid.scep.status import PkiStatus
 from devid.store.engine import make_engine
 
 LABEL = "scep-bench"

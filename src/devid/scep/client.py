@@ -16,17 +16,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
-from devid.scep.message import (
-    FailInfo,
-    MessageType,
-    PkiStatus,
-    Reply,
-    check_signature,
-    envelope,
-    open_envelope,
-    read_message,
-    signed,
-)
+from devid.scep.envelope import envelope, open_envelope
+from devid.scep.message import Reply, check_signature, read_message, signed
+from devid.scep.status import FailInfo, MessageType, PkiStatus
 
 
 @dataclass(frozen=True)

@@ -37,21 +37,17 @@ from devid.errors import (
     RequestInvalid,
 )
 from devid.pki.csr import load_csr
+from devid.scep.envelope import open_envelope
 from devid.scep.message import (
     MAX_MESSAGE,
-    FailInfo,
-    MessageType,
     PkiMessage,
-    PkiStatus,
     Reply,
-    ScepError,
-    UnreadableMessage,
     cert_rep,
     certs_only,
     check_signature,
-    open_envelope,
     read_message,
 )
+from devid.scep.status import FailInfo, MessageType, PkiStatus, ScepError, UnreadableMessage
 from devid.web.errors import ERROR_HEADER
 from devid.web.peer import from_trusted_proxy, peer_address
 
