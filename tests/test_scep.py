@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -57,22 +58,30 @@ class Scep:
         return f"{self.server.url}/scep/{label}" if label else f"{self.server.url}/scep"
 
 
-@pytest.fixture
-def scep(sqlite_home: Home, clock: FixedClock, tmp_path: Path) -> Iterator[Scep]:
-    labels = sqlite_home.config.est_labels
+@contextmanager
+def serving(home: Home, clock: FixedClock, work: Path) -> Iterator[Scep]:
+    """The real server for `home`, with LABEL and HELD opted into RSA."""
+    labels = home.config.est_labels
     labels[LABEL] = LabelPolicy(LABEL, RenewalPolicy.RENEW, timedelta(days=90)).to_config()
     labels[HELD] = LabelPolicy(HELD, RenewalPolicy.RENEW, timedelta(days=90), approval=True).to_config()
-    sqlite_home.save()
-    engine = make_engine(sqlite_home.config.db_url)
+    home.save()
+    engine = make_engine(home.config.db_url)
     for label in (LABEL, HELD):
-        set_scep_rsa(sqlite_home, engine, label, True, actor="test", now=clock.now())
-    authority = open_authority(sqlite_home, PASSPHRASE, clock=clock)
+        set_scep_rsa(home, engine, label, True, actor="test", now=clock.now())
+    engine.dispose()
+    authority = open_authority(home, PASSPHRASE, clock=clock)
     try:
         ra = registration_authority(authority)
-        with running_server(authority, tmp_path / "server") as server:
-            yield Scep(server, authority, sqlite_home, ra.certificate.fingerprint(hashes.SHA256()).hex())
+        with running_server(authority, work) as server:
+            yield Scep(server, authority, home, ra.certificate.fingerprint(hashes.SHA256()).hex())
     finally:
         authority.close()
+
+
+@pytest.fixture
+def scep(sqlite_home: Home, clock: FixedClock, tmp_path: Path) -> Iterator[Scep]:
+    with serving(sqlite_home, clock, tmp_path / "server") as running:
+        yield running
 
 
 def scepclient(scep: Scep, work: Path, *args: str, label: str = LABEL) -> subprocess.CompletedProcess[str]:
@@ -417,3 +426,27 @@ def test_pkioperation_by_get(scep: Scep, attempt: Attempt) -> None:
     assert reply.status is PkiStatus.SUCCESS
     bad = https(scep.server, "GET", f"/scep/{LABEL}?operation=PKIOperation&message=%%%%")
     assert bad.status == 400
+
+
+def test_enrolls_and_renews_on_either_store(home: Home, clock: FixedClock, tmp_path: Path) -> None:
+    """SQLite and PostgreSQL: a PKCSReq with the secret, then a RenewalReq signed with the result."""
+    with serving(home, clock, tmp_path / "server") as running:
+        device = provision(running.authority, "SCEP-0003", tmp_path / "devices")
+        key = rsa.generate_private_key(65537, 2048)
+        attempt = Attempt(
+            device.serial,
+            create_enrollment_secret(running.authority, device.serial, "test"),
+            client.Signer.self_signed(key, "z"),
+        )
+        first = send(running, attempt, client.csr(key, device.serial, attempt.secret))
+        assert first.status is PkiStatus.SUCCESS and first.certificate is not None
+        current = client.Signer(key, first.certificate)
+        renewed = send(
+            running,
+            attempt,
+            client.csr(key, device.serial, None),
+            message_type=MessageType.RENEWAL_REQ,
+            signer=current,
+        )
+        assert renewed.status is PkiStatus.SUCCESS and renewed.certificate is not None
+        assert renewed.certificate.serial_number != first.certificate.serial_number
