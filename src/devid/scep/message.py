@@ -133,7 +133,8 @@ def read_message(der: bytes) -> PkiMessage:
         recipient_nonce = _attribute(attrs, "recipient_nonce")
         digest_name = signer_info["digest_algorithm"]["algorithm"].native
         signature = signer_info["signature"].native
-        signed_attrs = attrs.untag().dump(force=True)
+        # Signed as received with the SET OF tag in place of [0] (RFC 5652 5.4): never re-encoded.
+        signed_attrs = b"\x31" + attrs.dump()[1:]
         message_digest = _attribute(attrs, "message_digest")
     except UnreadableMessage:
         raise
