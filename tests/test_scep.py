@@ -13,7 +13,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
 
@@ -21,7 +21,7 @@ import pytest
 from conftest import PASSPHRASE
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from est_helpers import EstServer, Response, https, provision, running_server
 from sqlalchemy import func, select
 
@@ -35,7 +35,8 @@ from devid.clock import FixedClock
 from devid.config import Home
 from devid.pki.profiles import ProfileName
 from devid.scep import client
-from devid.scep.message import Reply, read_message
+from devid.scep.envelope import envelope
+from devid.scep.message import Reply, read_message, signed
 from devid.scep.status import FailInfo, MessageType, PkiStatus
 from devid.store.engine import make_engine, reading
 from devid.store.models import audit_events, certificates, enrollment_secrets
@@ -450,3 +451,37 @@ def test_enrolls_and_renews_on_either_store(home: Home, clock: FixedClock, tmp_p
         )
         assert renewed.status is PkiStatus.SUCCESS and renewed.certificate is not None
         assert renewed.certificate.serial_number != first.certificate.serial_number
+
+
+def test_request_signed_with_an_ec_key_fails_bad_alg_before_anything_is_issued(
+    scep: Scep, attempt: Attempt
+) -> None:
+    """The CertRep is encrypted by RSA key transport: an EC requester could not read it."""
+    before = unchanged(scep, attempt.serial)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, attempt.serial)])
+    now = datetime.now(UTC)
+    self_signed = (
+        x509.CertificateBuilder(
+            issuer_name=name,
+            subject_name=name,
+            public_key=key.public_key(),
+            serial_number=1,
+            not_valid_before=now,
+            not_valid_after=now + timedelta(days=1),
+        )
+    ).sign(key, hashes.SHA256())
+    csr_der = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(name)
+        .add_attribute(x509.oid.AttributeOID.CHALLENGE_PASSWORD, attempt.secret.encode())
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.DER)
+    )
+    ra = registration_authority(scep.authority).certificate
+    attrs: dict[str, str | bytes] = {"message_type": "19", "transaction_id": "t", "sender_nonce": b"n" * 16}
+    body = signed(envelope(csr_der, ra), attrs, self_signed, lambda d: key.sign(d, ec.ECDSA(hashes.SHA256())))
+    answer = post(scep, body)
+    message = read_message(answer.body)
+    assert (message.pki_status, message.fail_info) == (PkiStatus.FAILURE, FailInfo.BAD_ALG)
+    assert unchanged(scep, attempt.serial) == before
