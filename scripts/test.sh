@@ -16,9 +16,10 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 # simulated TPM), tpm2-abrmd on a private D-Bus (the resource manager OpenSSL's tpm2 provider needs),
 # tpm2-openssl (TLS with a TPM key), and libtss2-dev, pkg-config, gcc and python3-dev to build
 # tpm2-pytss, which PyPI has as source only; libcoap3-bin (coap-client, the EST-coaps peer).
+# scep: micromdm's scepclient, the SCEP peer.
 missing=()
 for pkg in softhsm2 openssl curl postgresql pkcs11-provider mosquitto chromium wrk \
-  swtpm tpm2-abrmd libtss2-tcti-tabrmd0 dbus tpm2-openssl libtss2-dev pkg-config gcc python3-dev libcoap3-bin; do
+  swtpm tpm2-abrmd libtss2-tcti-tabrmd0 dbus tpm2-openssl libtss2-dev pkg-config gcc python3-dev libcoap3-bin scep; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 # Debian's own python3 makes a venv with pip only with python3-venv installed.

@@ -30,6 +30,7 @@ LAYERS = {
     "web": 6,
     # Protocol layers: thin handlers over the authority.
     "est": 7,
+    "scep": 7,
     # EST over secure CoAP (RFC 9148), beside EST over HTTPS.
     "coap": 7,
     "tokens": 7,

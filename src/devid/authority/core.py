@@ -34,7 +34,7 @@ from devid.keys.base import KeyStore
 from devid.pki.csr import load_and_check_csr
 from devid.pki.der import HardwareModuleName
 from devid.pki.encoding import public_key_fingerprint
-from devid.pki.keypolicy import require_p256
+from devid.pki.keypolicy import require_p256, require_scep_rsa
 from devid.pki.matter import matter_subject
 from devid.pki.profiles import (
     CLOCK_SKEW,
@@ -60,6 +60,7 @@ ISSUER_OF: dict[ProfileName, str] = {
     ProfileName.LDEVID: "operational",
     ProfileName.SESSION: "operational",
     ProfileName.SERVER: "operational",
+    ProfileName.SCEP_RSA: "operational",
 }
 #: The roles whose CAs issue end-entity certificates, and so roll over.
 ISSUING_ROLES = frozenset(ISSUER_OF.values())
@@ -495,7 +496,10 @@ class Authority:
         ]
 
     def _check(self, req: IssueRequest) -> None:
-        require_p256(req.public_key)
+        if req.profile is ProfileName.SCEP_RSA:
+            require_scep_rsa(req.public_key)
+        else:
+            require_p256(req.public_key)
         profile = self.profile(req.profile)
         self.issuer_for(req.profile, req.matter)
         if req.matter is not None and req.profile is not ProfileName.MATTER_DAC:

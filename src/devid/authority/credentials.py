@@ -32,8 +32,11 @@ from devid.store import repo
 from devid.store.engine import reading
 from devid.store.states import CertificateStatus, DeviceState
 
-#: What a device may enroll with (EST): its IDevID, its LDevID, or a session certificate.
-ENROLLMENT_PROFILES = frozenset({ProfileName.IDEVID, ProfileName.LDEVID, ProfileName.SESSION})
+#: What a device may enroll with (EST, SCEP): its IDevID, its LDevID, a session certificate, or
+#: the RSA certificate a SCEP label opted into RSA issued it.
+ENROLLMENT_PROFILES = frozenset(
+    {ProfileName.IDEVID, ProfileName.LDEVID, ProfileName.SESSION, ProfileName.SCEP_RSA}
+)
 #: What a device may use once enrolled (session tokens): certificates of devid's operational CA.
 OPERATIONAL_PROFILES = frozenset({ProfileName.LDEVID, ProfileName.SESSION})
 

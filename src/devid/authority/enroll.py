@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import Connection, select
 
 from devid.authority.core import Authority
@@ -26,7 +26,8 @@ from devid.authority.policy import LabelPolicy
 from devid.authority.requests import Issued, IssueRequest, check_device_serial
 from devid.errors import AuthenticationRequired, PolicyError
 from devid.pki.csr import load_and_check_csr, load_csr
-from devid.pki.profiles import ProfileName
+from devid.pki.keypolicy import DeviceKey
+from devid.pki.profiles import PROFILES, ProfileName
 from devid.store import repo
 from devid.store.engine import reading
 
@@ -179,16 +180,25 @@ def _names_match(csr: x509.CertificateSigningRequest, current: x509.Certificate)
 
 
 def _csr_key(
-    operation: Operation, csr_data: bytes
-) -> tuple[x509.CertificateSigningRequest, ec.EllipticCurvePublicKey, ec.EllipticCurvePrivateKey | None]:
+    operation: Operation, csr_data: bytes, allow_rsa: bool
+) -> tuple[x509.CertificateSigningRequest, DeviceKey, ec.EllipticCurvePrivateKey | None]:
     """The checked CSR and the key to certify; for serverkeygen (RFC 7030 4.4.1) the CSR's key and
     signature are ignored, so only its syntax is checked, and a new P-256 key is made here."""
     if operation is Operation.SERVERKEYGEN:
         csr = load_csr(csr_data)
         private = ec.generate_private_key(ec.SECP256R1())
         return csr, private.public_key(), private
-    csr, key = load_and_check_csr(csr_data)
+    csr, key = load_and_check_csr(csr_data, allow_rsa=allow_rsa)
     return csr, key, None
+
+
+def _issued_profile(policy: LabelPolicy, key: DeviceKey) -> tuple[ProfileName, timedelta]:
+    """The profile and lifetime to issue for `key`: an RSA key (accepted only on a SCEP label opted
+    into RSA) gets its own profile, and lives no longer than that profile's short default."""
+    if isinstance(key, rsa.RSAPublicKey):
+        short = PROFILES[ProfileName.SCEP_RSA].validity
+        return ProfileName.SCEP_RSA, min(policy.lifetime, short) if short else policy.lifetime
+    return policy.profile, policy.lifetime
 
 
 def decide_with_secret(
@@ -197,6 +207,8 @@ def decide_with_secret(
     operation: Operation,
     credential: SecretCredential,
     csr_data: bytes,
+    *,
+    allow_rsa: bool = False,
 ) -> Decision:
     """HTTP Basic (authenticated by `check_secret`): `simpleenroll` of an LDevID only; the secret is
     spent only after the CSR passed its checks and approval (if any) was given."""
@@ -214,12 +226,13 @@ def decide_with_secret(
             "authenticate with their IDevID or LDevID",
         )
     require_active(serial, device_state(authority, serial))
-    _, key = load_and_check_csr(csr_data)
+    _, key = load_and_check_csr(csr_data, allow_rsa=allow_rsa)
     if policy.approval and approval_pending(authority, serial):
         return Decision(policy, serial)
     consume_enrollment_secret(authority, serial, credential.secret)
+    profile, lifetime = _issued_profile(policy, key)
     request = IssueRequest(
-        policy.profile, key, device_serial=serial, lifetime=policy.lifetime, short_lived=policy.short_lived
+        profile, key, device_serial=serial, lifetime=lifetime, short_lived=policy.short_lived
     )
     return Decision(policy, serial, request)
 
@@ -232,6 +245,8 @@ def decide_with_certificate(
     csr_data: bytes,
     onboarding: Onboarding | None = None,
     region: str | None = None,
+    *,
+    allow_rsa: bool = False,
 ) -> Decision:
     """A device authenticated by its certificate (`credentials.authenticate`, which checked a
     registered device is ACTIVE).
@@ -262,7 +277,7 @@ def decide_with_certificate(
                 f"({policy.policy.value}) does not re-enroll with the IDevID: renew with the LDevID "
                 "on simplereenroll",
             )
-        csr, public_key, private_key = _csr_key(operation, csr_data)
+        csr, public_key, private_key = _csr_key(operation, csr_data, allow_rsa)
         if onboarding is not None:
             # Approval holds the request without a certificate: then register now, else let the
             # registration commit with the certificate.
@@ -277,16 +292,17 @@ def decide_with_certificate(
                 f"a session certificate renews only session certificates, not label {policy.label!r} "
                 f"({policy.profile.value})",
             )
-        csr, public_key, private_key = _csr_key(operation, csr_data)
+        csr, public_key, private_key = _csr_key(operation, csr_data, allow_rsa)
         if operation is Operation.REENROLL:
             _names_match(csr, client.certificate)
-        if client.profile is policy.profile:
+        if client.profile is _issued_profile(policy, public_key)[0]:
             supersedes = client.fingerprint
+    profile, lifetime = _issued_profile(policy, public_key)
     request = IssueRequest(
-        policy.profile,
+        profile,
         public_key,
         device_serial=serial,
-        lifetime=policy.lifetime,
+        lifetime=lifetime,
         short_lived=policy.short_lived,
         supersedes=supersedes,
         supersedes_held=client.profile is ProfileName.IDEVID and policy.profile is ProfileName.LDEVID,

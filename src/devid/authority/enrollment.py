@@ -64,6 +64,10 @@ class EnrollRequest:
     peer: str | None = None
     #: The region the device reported (lowest-latency allocation).
     region: str | None = None
+    #: The protocol that carried it: refusals are audited as `<protocol>.<operation>`.
+    protocol: str = "est"
+    #: An RSA-2048/3072 CSR key is accepted too (SCEP on a label opted into RSA).
+    allow_rsa: bool = False
 
 
 def require_credential(credential: Credential | None) -> Credential:
@@ -132,7 +136,10 @@ class EnrollmentService:
             return decision.result(issued)
         except DevidError as exc:
             if not exc.audited and self._audit_alone(exc, request.peer, claimed):
-                action, detail = f"est.{request.operation.value}", {"credential": attempt.credential}
+                action, detail = (
+                    f"{request.protocol}.{request.operation.value}",
+                    {"credential": attempt.credential},
+                )
                 await asyncio.to_thread(
                     self.authority.record_refusal, exc, action, attempt.subject, request.actor, detail
                 )
@@ -159,12 +166,21 @@ class EnrollmentService:
         policy = authority.label_policy(request.label)
         if isinstance(credential, SecretCredential):
             check_secret(authority, credential)
-            return decide_with_secret(authority, policy, request.operation, credential, request.csr)
+            return decide_with_secret(
+                authority, policy, request.operation, credential, request.csr, allow_rsa=request.allow_rsa
+            )
         identity = identify(authority, credential, onboarding=self.onboarding)
         attempt.subject, attempt.credential = identity.device_serial, identity.profile.value
         check_standing(authority, identity)
         return decide_with_certificate(
-            authority, policy, request.operation, identity, request.csr, self.onboarding, request.region
+            authority,
+            policy,
+            request.operation,
+            identity,
+            request.csr,
+            self.onboarding,
+            request.region,
+            allow_rsa=request.allow_rsa,
         )
 
     def _registry_writes(self) -> bool:

@@ -343,8 +343,9 @@ def _is_p256(der: bytes) -> bool:
 def weak_key(conn: Connection, now: datetime, windows: Windows, limit: int, cap: int | None) -> Finding:
     """CA and registered manufacturer CA certificates whose key is not P-256 (a handful of rows).
 
-    Device certificates are not parsed: devid issues only for P-256 keys, and the store records no
-    key type to query a million of them by, so reading each would be the scan this module avoids.
+    Device certificates are not parsed: devid issues only for P-256 keys (RSA ones only under the
+    `scep-rsa` profile, on a label opted into RSA: found by profile), and the store records no key
+    type to query a million of them by, so reading each would be the scan this module avoids.
     """
     named = [f"ca:{r.name}" for r in conn.execute(select(cas.c.name, cas.c.der)) if not _is_p256(r.der)]
     named += [

@@ -36,6 +36,9 @@ class LabelPolicy:
     renew_fraction: float = 2 / 3
     jitter_fraction: float = 0.05
     approval: bool = False
+    #: SCEP on this label accepts RSA-2048/3072 device keys too (`devid scep allow-rsa`): the one
+    #: deviation from ECC-only, for legacy SCEP clients; such certificates get the `scep-rsa` profile.
+    scep_rsa: bool = False
 
     @property
     def profile(self) -> ProfileName:
@@ -66,7 +69,8 @@ class LabelPolicy:
         return not_before + life * fraction
 
     def to_config(self) -> dict[str, Any]:
-        return {
+        scep = {"scep_rsa": True} if self.scep_rsa else {}
+        return scep | {
             "policy": self.policy.value,
             "lifetime_hours": self.lifetime / timedelta(hours=1),
             "renew_fraction": self.renew_fraction,
@@ -84,6 +88,7 @@ class LabelPolicy:
                 float(data.get("renew_fraction", 2 / 3)),
                 float(data.get("jitter_fraction", 0.05)),
                 bool(data.get("approval", False)),
+                bool(data.get("scep_rsa", False)),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise ConfigError(

@@ -9,10 +9,10 @@ from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import Connection
 
 from devid.errors import PolicyError
+from devid.pki.keypolicy import DeviceKey
 from devid.pki.profiles import ProfileName
 
 #: No `_`: the serial is the subject's serialNumber (2.5.4.5), a PrintableString, which has none.
@@ -74,7 +74,7 @@ class IssueRequest:
     """One certificate to issue. The public key must already have passed key policy or a CSR check."""
 
     profile: ProfileName
-    public_key: ec.EllipticCurvePublicKey
+    public_key: DeviceKey
     device_serial: str | None = None
     new_device: NewDevice | None = None
     common_name: str | None = None

@@ -11,25 +11,18 @@ certificate devid issues.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from sqlalchemy import insert, select
 
+from devid.authority import delegates
 from devid.authority.core import Authority
 from devid.errors import ConflictError, NotFoundError
-from devid.pki.encoding import public_key_fingerprint
-from devid.pki.profiles import PROFILES, ProfileName, ca_subject, subject_text
-from devid.pki.serials import random_serial, serial_hex
-from devid.store import audit
-from devid.store.engine import reading, writing
-from devid.store.models import certificates
-from devid.store.states import CertificateStatus
+from devid.pki.profiles import ProfileName
 
 #: The role of a delegated OCSP responder in the hierarchy (`<ca>-ocsp`).
 OCSP_SIGNER_ROLE = "ocsp-signer"
@@ -70,14 +63,18 @@ class Responders:
         now = self._authority.clock.now().astimezone(UTC)
         with self._lock:
             found = self._current.get(ca_name)
-            if found is None or _renew_due(found.certificate, now):
+            if found is None or delegates.renew_due(found.certificate, now):
                 found = self._current[ca_name] = self._load_or_issue(ca_name, now)
             return found
 
     def _load_or_issue(self, ca_name: str, now: datetime) -> Responder:
         ca = self._authority.cas[ca_name]
         made = self._authority.cas.get(f"{ca_name}-ocsp")
-        if made is not None and made.role == OCSP_SIGNER_ROLE and not _renew_due(made.certificate, now):
+        if (
+            made is not None
+            and made.role == OCSP_SIGNER_ROLE
+            and not delegates.renew_due(made.certificate, now)
+        ):
             return Responder(ca_name, made.certificate, made.key)
         label = (
             made.key_label
@@ -85,17 +82,6 @@ class Responders:
             else f"{self._authority.key_prefix}ocsp-{ca_name}"
         )
         keystore = ca.keystore
-        with reading(self._authority.engine) as conn:
-            rows = conn.execute(
-                select(certificates.c.der)
-                .where(
-                    certificates.c.issuer_id == ca.id,
-                    certificates.c.profile == ProfileName.OCSP_SIGNER.value,
-                    certificates.c.status == CertificateStatus.VALID,
-                )
-                .order_by(certificates.c.id.desc())
-                .limit(1)
-            ).all()
         try:
             key = keystore.load(label)
         except NotFoundError:
@@ -103,73 +89,17 @@ class Responders:
                 key = keystore.generate(label)
             except ConflictError:  # another process made it first
                 key = keystore.load(label)
-        public = key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        for (der,) in rows:
-            cert = x509.load_der_x509_certificate(der)
-            same_key = (
-                cert.public_key().public_bytes(
-                    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-                )
-                == public
-            )
-            if same_key and not _renew_due(cert, now):
-                return Responder(ca_name, cert, key)
-        return Responder(ca_name, self._issue(ca_name, key, now), key)
-
-    def _issue(self, ca_name: str, key: ec.EllipticCurvePrivateKey, now: datetime) -> x509.Certificate:
-        authority = self._authority
-        ca = authority.cas[ca_name]
-        profile = PROFILES[ProfileName.OCSP_SIGNER]
-        now = now.replace(microsecond=0)
-        subject = ca_subject(authority.org, f"{ca_name} OCSP responder")
-        serial = random_serial()
-        cert = (
-            ca.template(profile).builder(subject, key.public_key(), serial, now).sign(ca.key, hashes.SHA256())
-        )
-        der = cert.public_bytes(serialization.Encoding.DER)
-        fingerprint = hashlib.sha256(der).hexdigest()
-        with writing(authority.engine) as conn:
-            conn.execute(
-                insert(certificates).values(
-                    serial=serial_hex(serial),
-                    issuer_id=ca.id,
-                    device_id=None,
-                    profile=ProfileName.OCSP_SIGNER.value,
-                    subject=subject_text(subject),
-                    not_before=cert.not_valid_before_utc,
-                    not_after=cert.not_valid_after_utc,
-                    fingerprint=fingerprint,
-                    public_key_fingerprint=public_key_fingerprint(key.public_key()),
-                    status=CertificateStatus.VALID,
-                    der=der,
-                    created_at=now,
-                )
-            )
-            audit.append(
-                conn,
-                [
-                    audit.Event(
-                        "certificate.issue",
-                        serial_hex(serial),
-                        "system",
-                        "ok",
-                        {
-                            "profile": ProfileName.OCSP_SIGNER.value,
-                            "issuer": ca_name,
-                            "fingerprint": fingerprint,
-                        },
-                    )
-                ],
+        cert = delegates.current(self._authority, ca_name, ProfileName.OCSP_SIGNER, key.public_key(), now)
+        if cert is None:
+            cert = delegates.issue(
+                self._authority,
+                ca_name,
+                ProfileName.OCSP_SIGNER,
+                f"{ca_name} OCSP responder",
+                key.public_key(),
                 now,
             )
-        return cert
-
-
-def _renew_due(cert: x509.Certificate, now: datetime) -> bool:
-    life = cert.not_valid_after_utc - cert.not_valid_before_utc
-    return now >= cert.not_valid_after_utc - life / 3
+        return Responder(ca_name, cert, key)
 
 
 def responder(authority: Authority, ca_name: str) -> Responder:

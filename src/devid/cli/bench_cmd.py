@@ -124,6 +124,19 @@ def coaps(
     report(bench.run(clients, n), as_json)
 
 
+@app.command("scep")
+def scep(
+    clients: Annotated[int, typer.Option("--clients", min=1, help="concurrent devices")] = 8,
+    n: Annotated[int, typer.Option("--n", min=10, help="enrollments per protocol")] = 200,
+    as_json: JsonOpt = False,
+) -> None:
+    """SCEP enrollments/s (PKCSReq with an enrollment secret, RSA-2048 keys on a label opted into
+    RSA) beside EST enrollments/s against the same server in the same run."""
+    from devid.bench import scep as bench
+
+    report(bench.run(clients, n), as_json)
+
+
 @app.command("onboard")
 def onboard(
     n: Annotated[

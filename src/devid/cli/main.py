@@ -59,6 +59,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "backup": ("devid.cli.backup_cmd", "backup", "Back up a home as it serves: store, sealed keys, config."),
     "restore": ("devid.cli.backup_cmd", "restore", "Make a new home from a backup (never over a newer one)."),
     "gateway": ("devid.cli.gateway_cmd", "gateway", "mTLS gateway to an MQTT broker: revoked devices cut."),
+    "scep": ("devid.cli.scep_cmd", "app", "SCEP: opt a label into RSA device keys, show the RA."),
 }
 
 

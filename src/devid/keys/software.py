@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 from cryptography import x509
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
@@ -31,7 +31,7 @@ from devid.fsutil import atomic_write, write_new
 _SIGN = ec.ECDSA(hashes.SHA256())
 
 
-def encrypt_private_key(key: ec.EllipticCurvePrivateKey, passphrase: bytes) -> bytes:
+def encrypt_private_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, passphrase: bytes) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -98,6 +98,31 @@ class SoftwareKeyStore:
         except FileNotFoundError:
             raise NotFoundError("key-missing", f"CA key {label!r} not found at {path}") from None
         return decrypt_private_key(pem, self._passphrase, f"CA key {label!r}")
+
+    def rsa_decryption_key(self, label: str, bits: int = 2048) -> rsa.RSAPrivateKey:
+        """The RSA key `label` (made on first use; two processes making it at once agree): for a
+        protocol that encrypts to the authority with RSA key transport (SCEP), never for signing
+        certificates."""
+        path = self.directory / f"{label}.rsa.pem"
+        try:
+            pem = path.read_bytes()
+        except FileNotFoundError:
+            key = rsa.generate_private_key(65537, bits)
+            self.directory.mkdir(parents=True, exist_ok=True)
+            try:
+                write_new(path, encrypt_private_key(key, self._passphrase))
+                return key
+            except FileExistsError:
+                pem = path.read_bytes()
+        try:
+            loaded = serialization.load_pem_private_key(pem, password=self._passphrase)
+        except (ValueError, TypeError):
+            raise KeyAccessError(
+                "wrong-passphrase", f"cannot decrypt key {label!r}: wrong passphrase"
+            ) from None
+        if not isinstance(loaded, rsa.RSAPrivateKey):
+            raise KeyAccessError("key-type", f"key {label!r} is not an RSA key")
+        return loaded
 
     def _secret_path(self, label: str) -> Path:
         return self.directory / f"{label}.secret.json"

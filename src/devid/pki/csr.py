@@ -5,12 +5,12 @@ from __future__ import annotations
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from devid.errors import PolicyError
 from devid.pki.der import encode_oid, tlv
 from devid.pki.encoding import looks_like_pem, pem_blocks
-from devid.pki.keypolicy import p256_key_of
+from devid.pki.keypolicy import DeviceKey, p256_key_of, require_scep_rsa
 
 MAX_CSR_BYTES = 16 * 1024
 _CSR_LABELS = {"CERTIFICATE REQUEST", "NEW CERTIFICATE REQUEST"}
@@ -39,13 +39,17 @@ def load_csr(data: bytes) -> x509.CertificateSigningRequest:
         raise PolicyError("csr-malformed", f"not a valid PKCS#10 CSR: {exc}") from None
 
 
-def check_csr(csr: x509.CertificateSigningRequest) -> ec.EllipticCurvePublicKey:
+def check_csr(csr: x509.CertificateSigningRequest, *, allow_rsa: bool = False) -> DeviceKey:
     """Check key policy, proof of possession and requested powers; return the device public key.
 
     Key type is checked before the signature so an RSA request is refused as RSA, which is what
     the operator needs to hear.
     """
-    key = p256_key_of(csr, "CSR key", "csr-malformed")
+    key: DeviceKey
+    if allow_rsa and isinstance(_public_key(csr), rsa.RSAPublicKey):
+        key = require_scep_rsa(csr.public_key(), "CSR key")
+    else:
+        key = p256_key_of(csr, "CSR key", "csr-malformed")
     try:
         digest = csr.signature_hash_algorithm
     except UnsupportedAlgorithm as exc:
@@ -55,7 +59,7 @@ def check_csr(csr: x509.CertificateSigningRequest) -> ec.EllipticCurvePublicKey:
     if not isinstance(digest, hashes.SHA256):
         name = digest.name if digest else "none"
         raise PolicyError(
-            "csr-signature-algorithm", f"CSR is signed with ECDSA-{name}: only ECDSA with SHA-256 is accepted"
+            "csr-signature-algorithm", f"CSR is signed with {name}: only signatures with SHA-256 are accepted"
         )
     if not csr.is_signature_valid:
         raise PolicyError("csr-signature", "CSR signature does not verify with its public key")
@@ -72,9 +76,19 @@ def check_csr(csr: x509.CertificateSigningRequest) -> ec.EllipticCurvePublicKey:
     return key
 
 
-def load_and_check_csr(data: bytes) -> tuple[x509.CertificateSigningRequest, ec.EllipticCurvePublicKey]:
+def load_and_check_csr(
+    data: bytes, *, allow_rsa: bool = False
+) -> tuple[x509.CertificateSigningRequest, DeviceKey]:
+    """`allow_rsa`: an RSA-2048/3072 key is accepted too (a SCEP label opted into RSA)."""
     csr = load_csr(data)
-    return csr, check_csr(csr)
+    return csr, check_csr(csr, allow_rsa=allow_rsa)
+
+
+def _public_key(csr: x509.CertificateSigningRequest) -> object:
+    try:
+        return csr.public_key()
+    except (UnsupportedAlgorithm, ValueError, TypeError):
+        return None  # refused with its reason by the P-256 check
 
 
 # OIDs named in csrattrs (RFC 7030 4.5.2): sign with ecdsa-with-SHA256, key ecPublicKey on P-256.

@@ -10,6 +10,9 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 
 from devid.errors import PolicyError
 
+#: A key devid certifies for a device: P-256, or RSA on a SCEP label opted into it.
+DeviceKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
+
 
 def describe_key(key: object) -> str:
     """A short human name of a public key's type, for error messages."""
@@ -59,3 +62,17 @@ def p256_key_of(
     except (ValueError, TypeError) as exc:
         raise PolicyError(malformed, f"{what} cannot be read: {exc}") from None
     return require_p256(key, what)
+
+
+#: The RSA sizes a label opted into RSA accepts (`devid scep allow-rsa`).
+SCEP_RSA_BITS = (2048, 3072)
+
+
+def require_scep_rsa(key: object, what: str = "device key") -> rsa.RSAPublicKey:
+    """Return `key` as an RSA-2048/3072 public key (a SCEP label opted into RSA), or refuse."""
+    if not isinstance(key, rsa.RSAPublicKey) or key.key_size not in SCEP_RSA_BITS:
+        raise PolicyError(
+            "key-type",
+            f"{what} is {describe_key(key)}: an RSA-allowed SCEP label accepts RSA-2048 or RSA-3072",
+        )
+    return key

@@ -17,7 +17,7 @@ from enum import StrEnum
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from devid.errors import PolicyError
@@ -41,13 +41,17 @@ class ProfileName(StrEnum):
     MATTER_PAA = "matter-paa"
     MATTER_PAI = "matter-pai"
     MATTER_DAC = "matter-dac"
+    #: A device certificate for an RSA key, issued over SCEP only on a label opted into RSA.
+    SCEP_RSA = "scep-rsa"
+    #: The SCEP registration authority: decrypts requests (RSA key transport), signs CertReps.
+    SCEP_RA = "scep-ra"
 
 
-def _key_usage(*, signature: bool = False, cert_sign: bool = False) -> x509.KeyUsage:
+def _key_usage(*, signature: bool = False, cert_sign: bool = False, encipher: bool = False) -> x509.KeyUsage:
     return x509.KeyUsage(
         digital_signature=signature,
         content_commitment=False,
-        key_encipherment=False,
+        key_encipherment=encipher,
         data_encipherment=False,
         key_agreement=False,
         key_cert_sign=cert_sign,
@@ -153,6 +157,22 @@ PROFILES: dict[ProfileName, Profile] = {
             _key_usage(signature=True),
             for_device=True,
             status_urls=False,
+            purpose_free=True,
+        ),
+        # The one deviation from ECC-only: legacy SCEP clients make RSA keys only. Short-lived by
+        # default, and a profile of its own so every such certificate can be found and counted.
+        Profile(
+            ProfileName.SCEP_RSA,
+            timedelta(days=30),
+            _key_usage(signature=True, encipher=True),
+            (ExtendedKeyUsageOID.CLIENT_AUTH,),
+            for_device=True,
+            hardware_module_name=True,
+        ),
+        Profile(
+            ProfileName.SCEP_RA,
+            timedelta(days=365),
+            _key_usage(signature=True, encipher=True),
             purpose_free=True,
         ),
     )
@@ -282,7 +302,7 @@ class Template:
     def builder(
         self,
         subject: x509.Name,
-        public_key: ec.EllipticCurvePublicKey,
+        public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
         serial: int,
         now: datetime,
         alt_names: Sequence[x509.GeneralName] = (),

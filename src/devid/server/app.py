@@ -24,6 +24,7 @@ from devid.errors import ConfigError, DevidError
 from devid.est.server import MAX_BODY, EstServer
 from devid.publish.service import StatusService, status_service
 from devid.registry.onboarding import Registry
+from devid.scep.server import ScepServer
 from devid.server.listener import ConnectionLimits, GuardedSite, request_phases
 from devid.server.metrics import CountingRegistry, Metrics
 from devid.server.trust import TrustSync
@@ -129,6 +130,7 @@ def make_app(
     app.add_routes(est.routes())
     app[ENROLLMENT] = est.service
     app.on_cleanup.append(est.close)
+    app.add_routes(ScepServer(authority, est.service).routes())
     app.cleanup_ctx.append(functools.partial(_anchor_audit, authority))
     # The admin API is a sub-application: its JSON errors, bearer tokens and audit apply under
     # /api/v1 only, and EST's answers stay exactly as they were.
