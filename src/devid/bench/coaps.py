@@ -73,6 +73,23 @@ async def _coaps_load(
     return Run(seconds, latencies, failures, time.process_time() - cpu), wire, handshakes
 
 
+async def _one_enrollment_bytes(
+    url: str, identity: Identity, root: list[x509.Certificate], accept: ContentFormat
+) -> tuple[int, int]:
+    """One `sen` in a DTLS session of its own asking for `accept`: (session bytes both ways, answer
+    payload bytes)."""
+    session = CoapsClient(url, client_context(root, identity.chain, identity.key), timeout=30)
+    async with session:
+        answer = await session.request(
+            Code.POST,
+            "/est/sen",
+            base64.b64decode(make_csrs(1)[0]),
+            content_format=ContentFormat.PKCS10,
+            accept=accept,
+        )
+    return session.sent + session.received, len(answer.payload)
+
+
 def https_wire_bytes(url: str, context: ssl.SSLContext, csr: bytes) -> tuple[int, int]:
     """Bytes of the TCP stream (both ways) of one `simpleenroll` on a new TLS connection: of its
     handshake, and in all."""
@@ -149,6 +166,11 @@ def run(clients: int, n: int) -> list[Figure]:
             https = timed_load(url, contexts, make_csrs(n), False)
             asyncio.run(_coaps_load(coaps_url, identities, make_csrs(min(clients * 2, 50)), root))
             coaps, wire, handshakes = asyncio.run(_coaps_load(coaps_url, identities, make_csrs(n), root))
+            der_wire, der_answer, c509_wire, c509_answer = (
+                size
+                for accept in (ContentFormat.PKIX_CERT, ContentFormat.C509_CERT)
+                for size in asyncio.run(_one_enrollment_bytes(coaps_url, identities[0], root, accept))
+            )
         finally:
             proc.terminate()
             proc.wait(timeout=60)
@@ -180,6 +202,15 @@ def run(clients: int, n: int) -> list[Figure]:
             float(https_handshake),
             "TLS handshake (mTLS, new connection)",
             "DTLS 1.2 with the HelloVerifyRequest round trip; the rest of each total is request and answer",
+        ),
+        Figure(
+            "coaps.wire_bytes_c509",
+            float(c509_wire),
+            "bytes",
+            float(der_wire),
+            "the same enrollment answered in DER (Accept 287)",
+            f"one EST-coaps enrollment answered in C509 (Accept {int(ContentFormat.C509_CERT)}), handshake "
+            f"included; the certificate itself {c509_answer} B in C509 against {der_answer} B in DER",
         ),
         Figure(
             "coaps.client_cpu", coaps.cpu_ms(coaps.client_cpu) or 0.0, "ms/enrollment", note="load generator"
