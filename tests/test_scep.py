@@ -13,7 +13,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote
 
@@ -35,8 +35,8 @@ from devid.clock import FixedClock
 from devid.config import Home
 from devid.pki.profiles import ProfileName
 from devid.scep import client
-from devid.scep.envelope import envelope
-from devid.scep.message import Reply, read_message, signed
+from devid.scep.envelope import envelope, open_envelope
+from devid.scep.message import Reply, read_message
 from devid.scep.status import FailInfo, MessageType, PkiStatus
 from devid.store.engine import make_engine, reading
 from devid.store.models import audit_events, certificates, enrollment_secrets
@@ -429,11 +429,17 @@ def test_pkioperation_by_get(scep: Scep, attempt: Attempt) -> None:
     assert bad.status == 400
 
 
-def test_enrolls_and_renews_on_either_store(home: Home, clock: FixedClock, tmp_path: Path) -> None:
-    """SQLite and PostgreSQL: a PKCSReq with the secret, then a RenewalReq signed with the result."""
+@pytest.mark.parametrize("kind", ["rsa", "p256"])
+def test_enrolls_and_renews_on_either_store(home: Home, clock: FixedClock, tmp_path: Path, kind: str) -> None:
+    """SQLite and PostgreSQL: a PKCSReq with the secret, then a RenewalReq signed with the result,
+    by an RSA requester (RSA label) and a P-256 one (key agreement)."""
     with serving(home, clock, tmp_path / "server") as running:
         device = provision(running.authority, "SCEP-0003", tmp_path / "devices")
-        key = rsa.generate_private_key(65537, 2048)
+        key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = (
+            rsa.generate_private_key(65537, 2048)
+            if kind == "rsa"
+            else ec.generate_private_key(ec.SECP256R1())
+        )
         attempt = Attempt(
             device.serial,
             create_enrollment_secret(running.authority, device.serial, "test"),
@@ -453,35 +459,92 @@ def test_enrolls_and_renews_on_either_store(home: Home, clock: FixedClock, tmp_p
         assert renewed.certificate.serial_number != first.certificate.serial_number
 
 
-def test_request_signed_with_an_ec_key_fails_bad_alg_before_anything_is_issued(
+def ec_signer(curve: ec.EllipticCurve | None = None) -> client.Signer:
+    return client.Signer.self_signed(ec.generate_private_key(curve or ec.SECP256R1()), "ec requester")
+
+
+def verify_with_openssl(scep: Scep, cert: x509.Certificate, work: Path) -> None:
+    chain, leaf = work / "chain.pem", work / "leaf.pem"
+    chain.write_bytes(
+        b"".join(
+            c.public_bytes(serialization.Encoding.PEM) for c in registration_authority(scep.authority).chain
+        )
+    )
+    leaf.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    done = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(chain), str(leaf)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_key_agreement_envelope_decrypts_with_openssl(tmp_path: Path) -> None:
+    """RFC 5753 ECDH (dhSinglePass-stdDH-sha256kdf, AES-128 wrap) to a P-256 certificate, as a
+    CertRep carries it: OpenSSL, an independent peer, decrypts it."""
+    signer = ec_signer()
+    message = os.urandom(1000)
+    (tmp_path / "envelope.der").write_bytes(envelope(message, signer.certificate))
+    (tmp_path / "cert.pem").write_bytes(signer.certificate.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(
+        signer.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    done = subprocess.run(
+        ["openssl", "cms", "-decrypt", "-inform", "DER", "-in", str(tmp_path / "envelope.der"),
+         "-recip", str(tmp_path / "cert.pem"), "-inkey", str(tmp_path / "key.pem")],
+        capture_output=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == message
+    # And what OpenSSL encrypts the same way, devid's client opens.
+    (tmp_path / "plain").write_bytes(message)
+    subprocess.run(
+        ["openssl", "cms", "-encrypt", "-binary", "-aes128", "-in", str(tmp_path / "plain"),
+         "-outform", "DER", "-out", str(tmp_path / "theirs.der"), "-recip", str(tmp_path / "cert.pem"),
+         "-keyopt", "ecdh_kdf_md:sha256"],
+        check=True,
+    )  # fmt: skip
+    theirs = (tmp_path / "theirs.der").read_bytes()
+    assert open_envelope(theirs, signer.certificate, signer.recipient_key()) == message
+
+
+def test_p256_requester_enrolls_and_renews_on_a_label_without_rsa(
+    scep: Scep, attempt: Attempt, tmp_path: Path
+) -> None:
+    """The default key policy: no opt-in, the label's normal profile (LDevID)."""
+    signer = ec_signer()
+    csr_der = client.csr(signer.key, attempt.serial, attempt.secret)
+    first = send(scep, attempt, csr_der, label="", signer=signer)
+    assert first.status is PkiStatus.SUCCESS and first.certificate is not None
+    assert first.certificate.public_key() == signer.key.public_key()
+    verify_with_openssl(scep, first.certificate, tmp_path)
+    with reading(scep.authority.engine) as conn:
+        profile = conn.execute(
+            select(certificates.c.profile).where(certificates.c.fingerprint == fp(first.certificate))
+        ).scalar_one()
+    assert profile == ProfileName.LDEVID.value
+    current = client.Signer(signer.key, first.certificate)
+    renewed = send(
+        scep,
+        attempt,
+        client.csr(signer.key, attempt.serial, None),
+        label="",
+        message_type=MessageType.RENEWAL_REQ,
+        signer=current,
+    )
+    assert renewed.status is PkiStatus.SUCCESS and renewed.certificate is not None
+    assert renewed.certificate.serial_number != first.certificate.serial_number
+    verify_with_openssl(scep, renewed.certificate, tmp_path)
+
+
+def test_request_signed_with_another_curve_fails_bad_alg_before_anything_is_issued(
     scep: Scep, attempt: Attempt
 ) -> None:
-    """The CertRep is encrypted by RSA key transport: an EC requester could not read it."""
+    """P-256 only: a P-384 requester gets badAlg and nothing is issued or spent."""
     before = unchanged(scep, attempt.serial)
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, attempt.serial)])
-    now = datetime.now(UTC)
-    self_signed = (
-        x509.CertificateBuilder(
-            issuer_name=name,
-            subject_name=name,
-            public_key=key.public_key(),
-            serial_number=1,
-            not_valid_before=now,
-            not_valid_after=now + timedelta(days=1),
-        )
-    ).sign(key, hashes.SHA256())
-    csr_der = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(name)
-        .add_attribute(x509.oid.AttributeOID.CHALLENGE_PASSWORD, attempt.secret.encode())
-        .sign(key, hashes.SHA256())
-        .public_bytes(serialization.Encoding.DER)
-    )
-    ra = registration_authority(scep.authority).certificate
-    attrs: dict[str, str | bytes] = {"message_type": "19", "transaction_id": "t", "sender_nonce": b"n" * 16}
-    body = signed(envelope(csr_der, ra), attrs, self_signed, lambda d: key.sign(d, ec.ECDSA(hashes.SHA256())))
-    answer = post(scep, body)
-    message = read_message(answer.body)
-    assert (message.pki_status, message.fail_info) == (PkiStatus.FAILURE, FailInfo.BAD_ALG)
+    signer = ec_signer(ec.SECP384R1())
+    csr_der = client.csr(signer.key, attempt.serial, attempt.secret)
+    for label in ("", LABEL):
+        answer = send(scep, attempt, csr_der, label=label, signer=signer)
+        assert (answer.status, answer.fail_info) == (PkiStatus.FAILURE, FailInfo.BAD_ALG)
     assert unchanged(scep, attempt.serial) == before

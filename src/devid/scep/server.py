@@ -20,7 +20,7 @@ import binascii
 
 from aiohttp import web
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import AttributeOID, NameOID
 
 from devid.authority.core import Authority
@@ -131,11 +131,15 @@ class ScepServer:
     async def _operate(
         self, request: web.Request, label: str, allow_rsa: bool, message: PkiMessage, csr_der: bytes
     ) -> Reply:
-        if not isinstance(message.signer.public_key(), rsa.RSAPublicKey):
+        signer_key = message.signer.public_key()
+        p256 = isinstance(signer_key, ec.EllipticCurvePublicKey) and isinstance(
+            signer_key.curve, ec.SECP256R1
+        )
+        if not p256 and not isinstance(signer_key, rsa.RSAPublicKey):
             # Checked before anything is issued: a certificate that cannot be delivered is not made.
             raise ScepError(
                 FailInfo.BAD_ALG,
-                "the CertRep is encrypted with RSA key transport: sign the request with an RSA key",
+                "the CertRep is encrypted to the request's signer: sign it with a P-256 or RSA key",
             )
         credential: Credential
         if message.message_type == MessageType.PKCS_REQ:
