@@ -36,10 +36,10 @@ from devid.config import Home
 from devid.pki.profiles import ProfileName
 from devid.scep import client
 from devid.scep.envelope import envelope, open_envelope
-from devid.scep.message import Reply, read_message
+from devid.scep.message import Reply, read_message, signed
 from devid.scep.status import FailInfo, MessageType, PkiStatus
 from devid.store.engine import make_engine, reading
-from devid.store.models import audit_events, certificates, enrollment_secrets
+from devid.store.models import audit_events, certificates, enrollment_secrets, scep_transactions
 
 pytestmark = pytest.mark.skipif(shutil.which("scepclient") is None, reason="Debian package scep missing")
 
@@ -354,11 +354,17 @@ def test_rsa_1024_is_refused_even_where_rsa_is_allowed(scep: Scep, attempt: Atte
     assert unchanged(scep, attempt.serial) == before
 
 
+def poll_body(scep: Scep, signer: client.Signer) -> bytes:
+    ca = registration_authority(scep.authority).chain[0]
+    return client.issuer_and_subject(ca.subject, signer.certificate.subject)
+
+
 def test_unknown_transaction_polled_fails_bad_cert_id(scep: Scep, attempt: Attempt) -> None:
     before = unchanged(scep, attempt.serial)
-    answer = send(scep, attempt, b"\x30\x00", message_type=MessageType.CERT_POLL)
+    answer = send(scep, attempt, poll_body(scep, attempt.signer), message_type=MessageType.CERT_POLL)
     assert (answer.status, answer.fail_info) == (PkiStatus.FAILURE, FailInfo.BAD_CERT_ID)
     assert unchanged(scep, attempt.serial) == before
+    assert count(scep.authority, scep_transactions) == 0
 
 
 def test_unknown_label_and_operation_are_404_and_400(scep: Scep) -> None:
@@ -402,6 +408,73 @@ def test_pending_until_approved_then_the_same_request_completes(scep: Scep, atte
     done = send(scep, attempt, csr_der, label=HELD)
     assert done.status is PkiStatus.SUCCESS and done.certificate is not None
     assert unchanged(scep, attempt.serial) == (before[0] + 1, before[1] - 1)
+
+
+@pytest.mark.parametrize("kind", ["rsa", "p256"])
+def test_certpoll_pending_until_approved_then_success(
+    home: Home, clock: FixedClock, tmp_path: Path, kind: str
+) -> None:
+    """RFC 8894 3.3.3, on SQLite and PostgreSQL: PKCSReq PENDING, CertPoll PENDING, approval,
+    CertPoll SUCCESS (a certificate openssl verifies); the transaction is kept in the store, so a
+    server opened afresh answers the poll, and a key that did not start it gets badCertId."""
+    with serving(home, clock, tmp_path / "server") as running:
+        device = provision(running.authority, "SCEP-0004", tmp_path / "devices")
+        signer = (
+            client.Signer.self_signed(rsa.generate_private_key(65537, 2048), "r")
+            if kind == "rsa"
+            else ec_signer()
+        )
+        attempt = Attempt(
+            device.serial, create_enrollment_secret(running.authority, device.serial, "t"), signer
+        )
+        before = unchanged(running, attempt.serial)
+        csr_der = client.csr(signer.key, attempt.serial, attempt.secret)
+        assert send(running, attempt, csr_der, label=HELD).status is PkiStatus.PENDING
+        assert count(running.authority, scep_transactions) == 1
+        body = poll_body(running, signer)
+        assert (
+            send(running, attempt, body, label=HELD, message_type=MessageType.CERT_POLL).status
+            is PkiStatus.PENDING
+        )
+        assert unchanged(running, attempt.serial) == before  # nothing issued, the secret not spent
+        approve(running.authority, attempt.serial, "test")
+        # Another server process over the same store completes it.
+        other = open_authority(home, PASSPHRASE, clock=clock)
+        try:
+            with running_server(other, tmp_path / "other") as server:
+                fresh = Scep(server, other, home, running.ra_fingerprint)
+                done = send(fresh, attempt, body, label=HELD, message_type=MessageType.CERT_POLL)
+        finally:
+            other.close()
+        assert done.status is PkiStatus.SUCCESS and done.certificate is not None
+        assert done.certificate.public_key() == signer.key.public_key()
+        verify_with_openssl(running, done.certificate, tmp_path)
+        assert count(running.authority, certificates, certificates.c.fingerprint == fp(done.certificate)) == 1
+        assert unchanged(running, attempt.serial) == (before[0] + 1, before[1] - 1)
+        assert count(running.authority, scep_transactions) == 0
+        again = send(running, attempt, body, label=HELD, message_type=MessageType.CERT_POLL)
+        assert (again.status, again.fail_info) == (PkiStatus.FAILURE, FailInfo.BAD_CERT_ID)
+
+
+def test_certpoll_from_another_key_fails_bad_cert_id(scep: Scep, attempt: Attempt) -> None:
+    """The transaction is the requester's: the same transactionID signed by another key is unknown."""
+    csr_der = client.csr(attempt.signer.key, attempt.serial, attempt.secret)
+    assert send(scep, attempt, csr_der, label=HELD).status is PkiStatus.PENDING
+    before = unchanged(scep, attempt.serial)
+    stranger = ec_signer()
+    ra = registration_authority(scep.authority).certificate
+    _, transaction, _ = client.request(b"", attempt.signer, ra)
+    attrs: dict[str, str | bytes] = {
+        "message_type": MessageType.CERT_POLL.value,
+        "transaction_id": transaction,
+        "sender_nonce": b"n" * 16,
+    }
+    body = signed(envelope(poll_body(scep, stranger), ra), attrs, stranger.certificate, stranger.sign)
+    answer = post(scep, body, HELD)
+    message = read_message(answer.body)
+    assert (message.pki_status, message.fail_info) == (PkiStatus.FAILURE, FailInfo.BAD_CERT_ID)
+    assert unchanged(scep, attempt.serial) == before
+    assert count(scep.authority, scep_transactions) == 1
 
 
 def test_renewal_signed_by_a_certificate_devid_did_not_issue_fails(scep: Scep, attempt: Attempt) -> None:

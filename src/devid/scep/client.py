@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
+from devid.pki.der import tlv
 from devid.scep.envelope import RecipientKey, envelope, open_envelope
 from devid.scep.message import Reply, check_signature, read_message, signed
 from devid.scep.status import FailInfo, MessageType, PkiStatus
@@ -85,6 +86,11 @@ def request(
         "sender_nonce": nonce,
     }
     return signed(envelope(csr_der, ra), attrs, signer.certificate, signer.sign), transaction, nonce
+
+
+def issuer_and_subject(issuer: x509.Name, subject: x509.Name) -> bytes:
+    """A CertPoll's content (RFC 8894 3.3.3): the CA's name and the requester's."""
+    return tlv(0x30, issuer.public_bytes() + subject.public_bytes())
 
 
 def ca_certificates(body: bytes) -> list[x509.Certificate]:
