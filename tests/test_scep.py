@@ -1,7 +1,8 @@
 """SCEP (RFC 8894) end to end: micromdm's scepclient (Debian's `scep` package) enrolling with a
 single-use enrollment secret and renewing with its certificate, against the real server over
-TLS; GetCACaps/GetCACert checked with curl and openssl; failures answered as CertRep FAILURE
-with nothing changed."""
+TLS; GetCACaps/GetCACert checked with curl and openssl; P-256 requesters answered by ECDH key
+agreement that `openssl cms -decrypt` opens; CertPoll of a PENDING PKCSReq completing once
+approved; failures answered as CertRep FAILURE with nothing changed."""
 
 from __future__ import annotations
 
