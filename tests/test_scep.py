@@ -27,7 +27,8 @@ from est_helpers import EstServer, Response, https, provision, running_server
 from sqlalchemy import func, select
 
 from devid.authority.core import Authority
-from devid.authority.devices import approve, create_enrollment_secret
+from devid.authority.credential_key import SEALED_PREFIX
+from devid.authority.devices import SECRET_TTL, approve, create_enrollment_secret
 from devid.authority.policy import LabelPolicy, RenewalPolicy
 from devid.authority.scep_ra import registration_authority
 from devid.authority.scep_rsa import set_scep_rsa
@@ -476,6 +477,25 @@ def test_certpoll_from_another_key_fails_bad_cert_id(scep: Scep, attempt: Attemp
     assert (message.pki_status, message.fail_info) == (PkiStatus.FAILURE, FailInfo.BAD_CERT_ID)
     assert unchanged(scep, attempt.serial) == before
     assert count(scep.authority, scep_transactions) == 1
+    # The kept CSR holds the enrollment secret: sealed, never in clear in the store.
+    with reading(scep.authority.engine) as conn:
+        stored = conn.execute(select(scep_transactions.c.csr)).scalar_one()
+    assert stored.startswith(SEALED_PREFIX) and attempt.secret.encode() not in stored
+    assert csr_der not in stored
+
+
+def test_certpoll_after_the_secret_lifetime_fails_bad_cert_id(
+    scep: Scep, attempt: Attempt, clock: FixedClock
+) -> None:
+    csr_der = client.csr(attempt.signer.key, attempt.serial, attempt.secret)
+    assert send(scep, attempt, csr_der, label=HELD).status is PkiStatus.PENDING
+    approve(scep.authority, attempt.serial, "test")
+    before = unchanged(scep, attempt.serial)
+    clock.advance(SECRET_TTL + timedelta(minutes=1))
+    body = poll_body(scep, attempt.signer)
+    answer = send(scep, attempt, body, label=HELD, message_type=MessageType.CERT_POLL)
+    assert (answer.status, answer.fail_info) == (PkiStatus.FAILURE, FailInfo.BAD_CERT_ID)
+    assert unchanged(scep, attempt.serial) == before
 
 
 def test_renewal_signed_by_a_certificate_devid_did_not_issue_fails(scep: Scep, attempt: Attempt) -> None:
