@@ -1,7 +1,8 @@
 """SCEP (RFC 8894) end to end: micromdm's scepclient (Debian's `scep` package) enrolling with a
 single-use enrollment secret and renewing with its certificate, against the real server over
-TLS; GetCACaps/GetCACert checked with curl and openssl; failures answered as CertRep FAILURE
-with nothing changed."""
+TLS; GetCACaps/GetCACert checked with curl and openssl; P-256 requesters answered by ECDH key
+agreement that `openssl cms -decrypt` opens; CertPoll of a PENDING PKCSReq completing once
+approved; failures answered as CertRep FAILURE with nothing changed."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote
 
@@ -26,7 +27,8 @@ from est_helpers import EstServer, Response, https, provision, running_server
 from sqlalchemy import func, select
 
 from devid.authority.core import Authority
-from devid.authority.devices import approve, create_enrollment_secret
+from devid.authority.credential_key import SEALED_PREFIX
+from devid.authority.devices import SECRET_TTL, approve, create_enrollment_secret
 from devid.authority.policy import LabelPolicy, RenewalPolicy
 from devid.authority.scep_ra import registration_authority
 from devid.authority.scep_rsa import set_scep_rsa
@@ -35,11 +37,11 @@ from devid.clock import FixedClock
 from devid.config import Home
 from devid.pki.profiles import ProfileName
 from devid.scep import client
-from devid.scep.envelope import envelope
+from devid.scep.envelope import envelope, open_envelope
 from devid.scep.message import Reply, read_message, signed
 from devid.scep.status import FailInfo, MessageType, PkiStatus
 from devid.store.engine import make_engine, reading
-from devid.store.models import audit_events, certificates, enrollment_secrets
+from devid.store.models import audit_events, certificates, enrollment_secrets, scep_transactions
 
 pytestmark = pytest.mark.skipif(shutil.which("scepclient") is None, reason="Debian package scep missing")
 
@@ -354,11 +356,17 @@ def test_rsa_1024_is_refused_even_where_rsa_is_allowed(scep: Scep, attempt: Atte
     assert unchanged(scep, attempt.serial) == before
 
 
+def poll_body(scep: Scep, signer: client.Signer) -> bytes:
+    ca = registration_authority(scep.authority).chain[0]
+    return client.issuer_and_subject(ca.subject, signer.certificate.subject)
+
+
 def test_unknown_transaction_polled_fails_bad_cert_id(scep: Scep, attempt: Attempt) -> None:
     before = unchanged(scep, attempt.serial)
-    answer = send(scep, attempt, b"\x30\x00", message_type=MessageType.CERT_POLL)
+    answer = send(scep, attempt, poll_body(scep, attempt.signer), message_type=MessageType.CERT_POLL)
     assert (answer.status, answer.fail_info) == (PkiStatus.FAILURE, FailInfo.BAD_CERT_ID)
     assert unchanged(scep, attempt.serial) == before
+    assert count(scep.authority, scep_transactions) == 0
 
 
 def test_unknown_label_and_operation_are_404_and_400(scep: Scep) -> None:
@@ -404,6 +412,92 @@ def test_pending_until_approved_then_the_same_request_completes(scep: Scep, atte
     assert unchanged(scep, attempt.serial) == (before[0] + 1, before[1] - 1)
 
 
+@pytest.mark.parametrize("kind", ["rsa", "p256"])
+def test_certpoll_pending_until_approved_then_success(
+    home: Home, clock: FixedClock, tmp_path: Path, kind: str
+) -> None:
+    """RFC 8894 3.3.3, on SQLite and PostgreSQL: PKCSReq PENDING, CertPoll PENDING, approval,
+    CertPoll SUCCESS (a certificate openssl verifies); the transaction is kept in the store, so a
+    server opened afresh answers the poll, and a key that did not start it gets badCertId."""
+    with serving(home, clock, tmp_path / "server") as running:
+        device = provision(running.authority, "SCEP-0004", tmp_path / "devices")
+        signer = (
+            client.Signer.self_signed(rsa.generate_private_key(65537, 2048), "r")
+            if kind == "rsa"
+            else ec_signer()
+        )
+        attempt = Attempt(
+            device.serial, create_enrollment_secret(running.authority, device.serial, "t"), signer
+        )
+        before = unchanged(running, attempt.serial)
+        csr_der = client.csr(signer.key, attempt.serial, attempt.secret)
+        assert send(running, attempt, csr_der, label=HELD).status is PkiStatus.PENDING
+        assert count(running.authority, scep_transactions) == 1
+        body = poll_body(running, signer)
+        assert (
+            send(running, attempt, body, label=HELD, message_type=MessageType.CERT_POLL).status
+            is PkiStatus.PENDING
+        )
+        assert unchanged(running, attempt.serial) == before  # nothing issued, the secret not spent
+        approve(running.authority, attempt.serial, "test")
+        # Another server process over the same store completes it.
+        other = open_authority(home, PASSPHRASE, clock=clock)
+        try:
+            with running_server(other, tmp_path / "other") as server:
+                fresh = Scep(server, other, home, running.ra_fingerprint)
+                done = send(fresh, attempt, body, label=HELD, message_type=MessageType.CERT_POLL)
+        finally:
+            other.close()
+        assert done.status is PkiStatus.SUCCESS and done.certificate is not None
+        assert done.certificate.public_key() == signer.key.public_key()
+        verify_with_openssl(running, done.certificate, tmp_path)
+        assert count(running.authority, certificates, certificates.c.fingerprint == fp(done.certificate)) == 1
+        assert unchanged(running, attempt.serial) == (before[0] + 1, before[1] - 1)
+        assert count(running.authority, scep_transactions) == 0
+        again = send(running, attempt, body, label=HELD, message_type=MessageType.CERT_POLL)
+        assert (again.status, again.fail_info) == (PkiStatus.FAILURE, FailInfo.BAD_CERT_ID)
+
+
+def test_certpoll_from_another_key_fails_bad_cert_id(scep: Scep, attempt: Attempt) -> None:
+    """The transaction is the requester's: the same transactionID signed by another key is unknown."""
+    csr_der = client.csr(attempt.signer.key, attempt.serial, attempt.secret)
+    assert send(scep, attempt, csr_der, label=HELD).status is PkiStatus.PENDING
+    before = unchanged(scep, attempt.serial)
+    stranger = ec_signer()
+    ra = registration_authority(scep.authority).certificate
+    _, transaction, _ = client.request(b"", attempt.signer, ra)
+    attrs: dict[str, str | bytes] = {
+        "message_type": MessageType.CERT_POLL.value,
+        "transaction_id": transaction,
+        "sender_nonce": b"n" * 16,
+    }
+    body = signed(envelope(poll_body(scep, stranger), ra), attrs, stranger.certificate, stranger.sign)
+    answer = post(scep, body, HELD)
+    message = read_message(answer.body)
+    assert (message.pki_status, message.fail_info) == (PkiStatus.FAILURE, FailInfo.BAD_CERT_ID)
+    assert unchanged(scep, attempt.serial) == before
+    assert count(scep.authority, scep_transactions) == 1
+    # The kept CSR holds the enrollment secret: sealed, never in clear in the store.
+    with reading(scep.authority.engine) as conn:
+        stored = conn.execute(select(scep_transactions.c.csr)).scalar_one()
+    assert stored.startswith(SEALED_PREFIX) and attempt.secret.encode() not in stored
+    assert csr_der not in stored
+
+
+def test_certpoll_after_the_secret_lifetime_fails_bad_cert_id(
+    scep: Scep, attempt: Attempt, clock: FixedClock
+) -> None:
+    csr_der = client.csr(attempt.signer.key, attempt.serial, attempt.secret)
+    assert send(scep, attempt, csr_der, label=HELD).status is PkiStatus.PENDING
+    approve(scep.authority, attempt.serial, "test")
+    before = unchanged(scep, attempt.serial)
+    clock.advance(SECRET_TTL + timedelta(minutes=1))
+    body = poll_body(scep, attempt.signer)
+    answer = send(scep, attempt, body, label=HELD, message_type=MessageType.CERT_POLL)
+    assert (answer.status, answer.fail_info) == (PkiStatus.FAILURE, FailInfo.BAD_CERT_ID)
+    assert unchanged(scep, attempt.serial) == before
+
+
 def test_renewal_signed_by_a_certificate_devid_did_not_issue_fails(scep: Scep, attempt: Attempt) -> None:
     before = unchanged(scep, attempt.serial)
     csr_der = client.csr(attempt.signer.key, attempt.serial, None)
@@ -429,11 +523,17 @@ def test_pkioperation_by_get(scep: Scep, attempt: Attempt) -> None:
     assert bad.status == 400
 
 
-def test_enrolls_and_renews_on_either_store(home: Home, clock: FixedClock, tmp_path: Path) -> None:
-    """SQLite and PostgreSQL: a PKCSReq with the secret, then a RenewalReq signed with the result."""
+@pytest.mark.parametrize("kind", ["rsa", "p256"])
+def test_enrolls_and_renews_on_either_store(home: Home, clock: FixedClock, tmp_path: Path, kind: str) -> None:
+    """SQLite and PostgreSQL: a PKCSReq with the secret, then a RenewalReq signed with the result,
+    by an RSA requester (RSA label) and a P-256 one (key agreement)."""
     with serving(home, clock, tmp_path / "server") as running:
         device = provision(running.authority, "SCEP-0003", tmp_path / "devices")
-        key = rsa.generate_private_key(65537, 2048)
+        key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = (
+            rsa.generate_private_key(65537, 2048)
+            if kind == "rsa"
+            else ec.generate_private_key(ec.SECP256R1())
+        )
         attempt = Attempt(
             device.serial,
             create_enrollment_secret(running.authority, device.serial, "test"),
@@ -453,35 +553,92 @@ def test_enrolls_and_renews_on_either_store(home: Home, clock: FixedClock, tmp_p
         assert renewed.certificate.serial_number != first.certificate.serial_number
 
 
-def test_request_signed_with_an_ec_key_fails_bad_alg_before_anything_is_issued(
+def ec_signer(curve: ec.EllipticCurve | None = None) -> client.Signer:
+    return client.Signer.self_signed(ec.generate_private_key(curve or ec.SECP256R1()), "ec requester")
+
+
+def verify_with_openssl(scep: Scep, cert: x509.Certificate, work: Path) -> None:
+    chain, leaf = work / "chain.pem", work / "leaf.pem"
+    chain.write_bytes(
+        b"".join(
+            c.public_bytes(serialization.Encoding.PEM) for c in registration_authority(scep.authority).chain
+        )
+    )
+    leaf.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    done = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(chain), str(leaf)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_key_agreement_envelope_decrypts_with_openssl(tmp_path: Path) -> None:
+    """RFC 5753 ECDH (dhSinglePass-stdDH-sha256kdf, AES-128 wrap) to a P-256 certificate, as a
+    CertRep carries it: OpenSSL, an independent peer, decrypts it."""
+    signer = ec_signer()
+    message = os.urandom(1000)
+    (tmp_path / "envelope.der").write_bytes(envelope(message, signer.certificate))
+    (tmp_path / "cert.pem").write_bytes(signer.certificate.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(
+        signer.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    done = subprocess.run(
+        ["openssl", "cms", "-decrypt", "-inform", "DER", "-in", str(tmp_path / "envelope.der"),
+         "-recip", str(tmp_path / "cert.pem"), "-inkey", str(tmp_path / "key.pem")],
+        capture_output=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == message
+    # And what OpenSSL encrypts the same way, devid's client opens.
+    (tmp_path / "plain").write_bytes(message)
+    subprocess.run(
+        ["openssl", "cms", "-encrypt", "-binary", "-aes128", "-in", str(tmp_path / "plain"),
+         "-outform", "DER", "-out", str(tmp_path / "theirs.der"), "-recip", str(tmp_path / "cert.pem"),
+         "-keyopt", "ecdh_kdf_md:sha256"],
+        check=True,
+    )  # fmt: skip
+    theirs = (tmp_path / "theirs.der").read_bytes()
+    assert open_envelope(theirs, signer.certificate, signer.recipient_key()) == message
+
+
+def test_p256_requester_enrolls_and_renews_on_a_label_without_rsa(
+    scep: Scep, attempt: Attempt, tmp_path: Path
+) -> None:
+    """The default key policy: no opt-in, the label's normal profile (LDevID)."""
+    signer = ec_signer()
+    csr_der = client.csr(signer.key, attempt.serial, attempt.secret)
+    first = send(scep, attempt, csr_der, label="", signer=signer)
+    assert first.status is PkiStatus.SUCCESS and first.certificate is not None
+    assert first.certificate.public_key() == signer.key.public_key()
+    verify_with_openssl(scep, first.certificate, tmp_path)
+    with reading(scep.authority.engine) as conn:
+        profile = conn.execute(
+            select(certificates.c.profile).where(certificates.c.fingerprint == fp(first.certificate))
+        ).scalar_one()
+    assert profile == ProfileName.LDEVID.value
+    current = client.Signer(signer.key, first.certificate)
+    renewed = send(
+        scep,
+        attempt,
+        client.csr(signer.key, attempt.serial, None),
+        label="",
+        message_type=MessageType.RENEWAL_REQ,
+        signer=current,
+    )
+    assert renewed.status is PkiStatus.SUCCESS and renewed.certificate is not None
+    assert renewed.certificate.serial_number != first.certificate.serial_number
+    verify_with_openssl(scep, renewed.certificate, tmp_path)
+
+
+def test_request_signed_with_another_curve_fails_bad_alg_before_anything_is_issued(
     scep: Scep, attempt: Attempt
 ) -> None:
-    """The CertRep is encrypted by RSA key transport: an EC requester could not read it."""
+    """P-256 only: a P-384 requester gets badAlg and nothing is issued or spent."""
     before = unchanged(scep, attempt.serial)
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, attempt.serial)])
-    now = datetime.now(UTC)
-    self_signed = (
-        x509.CertificateBuilder(
-            issuer_name=name,
-            subject_name=name,
-            public_key=key.public_key(),
-            serial_number=1,
-            not_valid_before=now,
-            not_valid_after=now + timedelta(days=1),
-        )
-    ).sign(key, hashes.SHA256())
-    csr_der = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(name)
-        .add_attribute(x509.oid.AttributeOID.CHALLENGE_PASSWORD, attempt.secret.encode())
-        .sign(key, hashes.SHA256())
-        .public_bytes(serialization.Encoding.DER)
-    )
-    ra = registration_authority(scep.authority).certificate
-    attrs: dict[str, str | bytes] = {"message_type": "19", "transaction_id": "t", "sender_nonce": b"n" * 16}
-    body = signed(envelope(csr_der, ra), attrs, self_signed, lambda d: key.sign(d, ec.ECDSA(hashes.SHA256())))
-    answer = post(scep, body)
-    message = read_message(answer.body)
-    assert (message.pki_status, message.fail_info) == (PkiStatus.FAILURE, FailInfo.BAD_ALG)
+    signer = ec_signer(ec.SECP384R1())
+    csr_der = client.csr(signer.key, attempt.serial, attempt.secret)
+    for label in ("", LABEL):
+        answer = send(scep, attempt, csr_der, label=label, signer=signer)
+        assert (answer.status, answer.fail_info) == (PkiStatus.FAILURE, FailInfo.BAD_ALG)
     assert unchanged(scep, attempt.serial) == before

@@ -43,6 +43,7 @@ class Purpose(StrEnum):
     REGISTRATION_CODE = "registration-code"
     SINK_SECRET = "sink-secret"
     UI_SESSION = "ui-session"
+    SCEP_TRANSACTION = "scep-transaction"
 
 
 def legacy_digest(value: str) -> str:

@@ -3,8 +3,9 @@ same run.
 
 A throw-away home gets a label opted into RSA (`devid scep allow-rsa`), one device and
 single-use enrollment secret per SCEP enrollment, and one IDevID per EST client. Every SCEP
-enrollment is a PKCSReq from its own RSA-2048 key, encrypted to the RA and signed with the key's
-self-signed certificate, POSTed on a new TLS connection; the CertRep is checked afterwards
+enrollment is a PKCSReq from its own key (RSA-2048, or P-256 with `--p256`: then the CertRep
+goes back by ECDH key agreement), encrypted to the RA and signed with the key's self-signed
+certificate, POSTed on a new TLS connection; the CertRep is checked afterwards
 (SUCCESS, the certificate for that key). The requests are built before the clock starts, as a
 device would have them ready, so the figure is the server's: RA decryption, the secret's check and
 spending, issuance, and the CertRep's encryption and RA signature. The EST baseline is `devid
@@ -52,10 +53,14 @@ class _Prepared:
     nonce: bytes
 
 
-def _prepare(authority: Authority, n: int, prefix: str) -> list[_Prepared]:
-    """`n` devices, each with an enrollment secret and a ready PKCSReq from its own RSA-2048 key."""
+def _key(p256: bool) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1()) if p256 else rsa.generate_private_key(65537, 2048)
+
+
+def _prepare(authority: Authority, n: int, prefix: str, p256: bool) -> list[_Prepared]:
+    """`n` devices, each with an enrollment secret and a ready PKCSReq from its own key."""
     serials = [f"{prefix}{i:06d}" for i in range(n)]
-    keys = [rsa.generate_private_key(65537, 2048) for _ in serials]
+    keys = [_key(p256) for _ in serials]
     # Devices exist before their secrets: registered with an IDevID, as a factory line would.
     authority.issue_many(
         [
@@ -141,7 +146,7 @@ def _issued(prepared: list[_Prepared], answers: list[bytes], ra: x509.Certificat
     return done
 
 
-def run(clients: int, n: int) -> list[Figure]:
+def run(clients: int, n: int, p256: bool = False) -> list[Figure]:
     with tempfile.TemporaryDirectory(prefix="devid-bench-scep-") as tmp:
         home = init_home(Path(tmp) / "home", org="Bench Org", passphrase=PASSPHRASE)
         home.config.est_labels[LABEL] = LabelPolicy(
@@ -152,7 +157,7 @@ def run(clients: int, n: int) -> list[Figure]:
         authority = open_authority(home, PASSPHRASE)
         identities = provision(authority, clients)
         warm = min(clients * 2, 50)
-        prepared = _prepare(authority, warm + n, "SCEP")
+        prepared = _prepare(authority, warm + n, "SCEP", p256)
         ra = registration_authority(authority).certificate
         trust = cert_pem(authority.root)
         contexts = [tls_context(trust, ident.chain, ident.key) for ident in identities]
@@ -172,7 +177,7 @@ def run(clients: int, n: int) -> list[Figure]:
     note = (
         f"{clients} clients, {n} enrollments per protocol, a new TLS connection each, "
         f"devid serve (1 process); SCEP: {issued}/{n} CertReps SUCCESS with the requested key, "
-        "RSA-2048 device keys"
+        + ("P-256 device keys (key agreement)" if p256 else "RSA-2048 device keys")
     )
     return [
         Figure(

@@ -128,13 +128,16 @@ def coaps(
 def scep(
     clients: Annotated[int, typer.Option("--clients", min=1, help="concurrent devices")] = 8,
     n: Annotated[int, typer.Option("--n", min=10, help="enrollments per protocol")] = 200,
+    p256: Annotated[
+        bool, typer.Option("--p256", help="P-256 device keys (answered by key agreement), not RSA-2048")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """SCEP enrollments/s (PKCSReq with an enrollment secret, RSA-2048 keys on a label opted into
-    RSA) beside EST enrollments/s against the same server in the same run."""
+    """SCEP enrollments/s (PKCSReq with an enrollment secret, on a label opted into RSA; RSA-2048
+    or P-256 device keys) beside EST enrollments/s against the same server in the same run."""
     from devid.bench import scep as bench
 
-    report(bench.run(clients, n), as_json)
+    report(bench.run(clients, n, p256), as_json)
 
 
 @app.command("onboard")

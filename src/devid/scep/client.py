@@ -13,10 +13,11 @@ from datetime import UTC, datetime, timedelta
 from asn1crypto import cms
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
-from devid.scep.envelope import envelope, open_envelope
+from devid.pki.der import tlv
+from devid.scep.envelope import RecipientKey, envelope, open_envelope
 from devid.scep.message import Reply, check_signature, read_message, signed
 from devid.scep.status import FailInfo, MessageType, PkiStatus
 
@@ -26,11 +27,11 @@ class Signer:
     """The client's key and the certificate it signs with: a self-signed one for a PKCSReq, the
     current certificate for a RenewalReq. The CertRep is encrypted to it."""
 
-    key: rsa.RSAPrivateKey
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
     certificate: x509.Certificate
 
     @classmethod
-    def self_signed(cls, key: rsa.RSAPrivateKey, common_name: str) -> Signer:
+    def self_signed(cls, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, common_name: str) -> Signer:
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
         now = datetime.now(UTC)
         cert = (
@@ -46,13 +47,21 @@ class Signer:
         return cls(key, cert)
 
     def sign(self, data: bytes) -> bytes:
+        if isinstance(self.key, ec.EllipticCurvePrivateKey):
+            return self.key.sign(data, ec.ECDSA(hashes.SHA256()))
         return self.key.sign(data, padding.PKCS1v15(), hashes.SHA256())
 
-    def unwrap(self, wrapped: bytes) -> bytes:
-        return self.key.decrypt(wrapped, padding.PKCS1v15())
+    def recipient_key(self) -> RecipientKey:
+        """What opens the CertRep: the EC key itself (key agreement), or RSA decryption."""
+        if isinstance(self.key, ec.EllipticCurvePrivateKey):
+            return self.key
+        rsa_key = self.key
+        return lambda wrapped: rsa_key.decrypt(wrapped, padding.PKCS1v15())
 
 
-def csr(key: rsa.RSAPrivateKey, common_name: str, challenge: str | None) -> bytes:
+def csr(
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, common_name: str, challenge: str | None
+) -> bytes:
     """A PKCS #10 CSR naming the device serial as commonName, with the challengePassword."""
     builder = x509.CertificateSigningRequestBuilder().subject_name(
         x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
@@ -79,6 +88,11 @@ def request(
     return signed(envelope(csr_der, ra), attrs, signer.certificate, signer.sign), transaction, nonce
 
 
+def issuer_and_subject(issuer: x509.Name, subject: x509.Name) -> bytes:
+    """A CertPoll's content (RFC 8894 3.3.3): the CA's name and the requester's."""
+    return tlv(0x30, issuer.public_bytes() + subject.public_bytes())
+
+
 def ca_certificates(body: bytes) -> list[x509.Certificate]:
     """GetCACert's answer: the RA certificate first, then the CA chain."""
     info = cms.ContentInfo.load(body)
@@ -99,5 +113,5 @@ def reply(der: bytes, signer: Signer, ra: x509.Certificate, nonce: bytes) -> Rep
         return Reply(status, FailInfo(message.fail_info or ""))
     if status is PkiStatus.PENDING:
         return Reply(status)
-    inner = open_envelope(message.content, signer.certificate, signer.unwrap)
+    inner = open_envelope(message.content, signer.certificate, signer.recipient_key())
     return Reply(status, certificate=ca_certificates(inner)[0])

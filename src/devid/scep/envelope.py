@@ -1,5 +1,6 @@
-"""CMS EnvelopedData as SCEP uses it (RFC 8894 3.2.2): the CSR encrypted to the RA, the issued
-certificate encrypted to the requester, both with RSA key transport.
+"""CMS EnvelopedData as SCEP uses it (RFC 8894 3.2.2): the CSR encrypted to the RA with RSA key
+transport, the issued certificate encrypted to the requester with RSA key transport (an RSA
+requester) or ECDH key agreement (a P-256 one, `devid.scep.agreement`).
 
 micromdm's scepclient writes its EnvelopedData in BER with constructed OCTET STRINGs, which
 `cryptography`'s PKCS #7 decryption refuses, and encrypts with single DES: it is read here with
@@ -18,10 +19,15 @@ from cryptography import x509
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from devid.scep.agreement import agreed_key, key_agree_recipient
 from devid.scep.status import FailInfo, ScepError
+
+#: How a recipient recovers the content-encryption key: its RSA decryption of a key-transport
+#: recipient's encryptedKey, or its EC private key for a key-agreement recipient.
+RecipientKey = Callable[[bytes], bytes] | ec.EllipticCurvePrivateKey
 
 
 def _encrypted_content(fields: bytes) -> bytes | None:
@@ -60,32 +66,40 @@ def _cipher(name: str, key: bytes, iv: bytes) -> Cipher[modes.CBC]:
     raise ScepError(FailInfo.BAD_ALG, f"content encryption {name} is not supported (AES-CBC or 3DES-CBC)")
 
 
-def open_envelope(content: bytes, recipient: x509.Certificate, unwrap: Callable[[bytes], bytes]) -> bytes:
-    """What an EnvelopedData holds for `recipient`, whose key `unwrap`s the content-encryption
-    key (RSA key transport). ScepError: badMessageCheck when it was not encrypted to `recipient`
-    or does not decrypt, badAlg for a cipher devid does not speak."""
+def _mine(rid: cms.IssuerAndSerialNumber, cert: asn1_x509.Certificate) -> bool:
+    return bool(rid["issuer"] == cert.issuer and rid["serial_number"].native == cert.serial_number)
+
+
+def _wrapped_key(
+    enveloped: cms.EnvelopedData, mine: asn1_x509.Certificate, key: RecipientKey
+) -> bytes | None:
+    """The content-encryption key of the recipient info addressed to `mine` (None: there is none).
+    ValueError when it does not decrypt."""
+    for info in enveloped["recipient_infos"]:
+        if info.name == "ktri" and not isinstance(key, ec.EllipticCurvePrivateKey):
+            rid = info.chosen["rid"]
+            if rid.name == "issuer_and_serial_number" and _mine(rid.chosen, mine):
+                return key(info.chosen["encrypted_key"].native)
+        elif info.name == "kari" and isinstance(key, ec.EllipticCurvePrivateKey):
+            for recipient in info.chosen["recipient_encrypted_keys"]:
+                rid = recipient["rid"]
+                if rid.name == "issuer_and_serial_number" and _mine(rid.chosen, mine):
+                    return agreed_key(info.chosen, recipient["encrypted_key"].native, key)
+    return None
+
+
+def open_envelope(content: bytes, recipient: x509.Certificate, key: RecipientKey) -> bytes:
+    """What an EnvelopedData holds for `recipient`, whose `key` recovers the content-encryption
+    key. ScepError: badMessageCheck when it was not encrypted to `recipient` or does not decrypt,
+    badAlg for a cipher devid does not speak."""
     try:
         info = cms.ContentInfo.load(content)
         if info["content_type"].native != "enveloped_data":
             raise ScepError(FailInfo.BAD_REQUEST, "the message content is not an EnvelopedData")
         enveloped = info["content"]
         mine = asn1_certificate(recipient)
-        wrapped = None
-        for info in enveloped["recipient_infos"]:
-            if info.name != "ktri":
-                continue
-            rid = info.chosen["rid"]
-            if (
-                rid.name == "issuer_and_serial_number"
-                and rid.chosen["issuer"] == mine.issuer
-                and rid.chosen["serial_number"].native == mine.serial_number
-            ):
-                wrapped = info.chosen["encrypted_key"].native
-        if wrapped is None:
-            raise ScepError(
-                FailInfo.BAD_MESSAGE_CHECK,
-                "the message is not encrypted to the expected certificate (the RA's)",
-            )
+        # Parsed before any key is used: a malformed envelope is a bad request.
+        recipient_infos = list(enveloped["recipient_infos"])
         content_info = enveloped["encrypted_content_info"]
         algorithm = content_info["content_encryption_algorithm"]
         name, iv = algorithm["algorithm"].native, algorithm["parameters"].native
@@ -96,50 +110,57 @@ def open_envelope(content: bytes, recipient: x509.Certificate, unwrap: Callable[
         raise ScepError(
             FailInfo.BAD_REQUEST, f"the EnvelopedData cannot be read: {type(exc).__name__}"
         ) from None
+    if not recipient_infos:
+        raise ScepError(FailInfo.BAD_REQUEST, "the EnvelopedData has no recipient")
     if not isinstance(iv, bytes) or not isinstance(ciphertext, bytes):
         raise ScepError(FailInfo.BAD_REQUEST, "the EnvelopedData names no IV or carries no content")
     try:
-        key = unwrap(wrapped)
-        decryptor = _cipher(name, key, iv).decryptor()
+        cek = _wrapped_key(enveloped, mine, key)
+        if cek is None:
+            raise ScepError(
+                FailInfo.BAD_MESSAGE_CHECK, "the message is not encrypted to the expected certificate"
+            )
+        decryptor = _cipher(name, cek, iv).decryptor()
         padded = decryptor.update(ciphertext) + decryptor.finalize()
         unpadder = sym_padding.PKCS7(len(iv) * 8).unpadder()
         return unpadder.update(padded) + unpadder.finalize()
     except ScepError:
         raise
-    except ValueError:
+    except (ValueError, TypeError, KeyError) as exc:
         raise ScepError(
-            FailInfo.BAD_MESSAGE_CHECK, "the message does not decrypt with the recipient's key"
+            FailInfo.BAD_MESSAGE_CHECK, f"the message does not decrypt with the recipient's key: {exc}"
         ) from None
 
 
 def envelope(content: bytes, recipient: x509.Certificate) -> bytes:
-    """`content` encrypted to `recipient` (RSA key transport) with AES-128-CBC (GetCACaps says
-    AES; devid never encrypts with DES, whatever the client used)."""
+    """`content` encrypted to `recipient` (RSA key transport, or ECDH key agreement for a P-256
+    key) with AES-128-CBC (GetCACaps says AES; devid never encrypts with DES, whatever the client
+    used). ScepError badAlg for any other key."""
     key, iv = os.urandom(16), os.urandom(16)
     padder = sym_padding.PKCS7(128).padder()
     encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
     ciphertext = encryptor.update(padder.update(content) + padder.finalize()) + encryptor.finalize()
-    public = recipient.public_key()
-    if not isinstance(public, rsa.RSAPublicKey):
-        raise ScepError(
-            FailInfo.BAD_ALG, "the answer is encrypted with RSA key transport: the signer key must be RSA"
-        )
     cert = asn1_certificate(recipient)
-    recipient_info = cms.KeyTransRecipientInfo(
-        {
-            "version": "v0",
-            "rid": cms.RecipientIdentifier(
-                name="issuer_and_serial_number",
-                value=cms.IssuerAndSerialNumber({"issuer": cert.issuer, "serial_number": cert.serial_number}),
-            ),
-            "key_encryption_algorithm": cms.KeyEncryptionAlgorithm({"algorithm": "rsaes_pkcs1v15"}),
-            "encrypted_key": public.encrypt(key, padding.PKCS1v15()),
-        }
-    )
+    rid = cms.IssuerAndSerialNumber({"issuer": cert.issuer, "serial_number": cert.serial_number})
+    public = recipient.public_key()
+    if isinstance(public, ec.EllipticCurvePublicKey) and isinstance(public.curve, ec.SECP256R1):
+        recipient_info, version = key_agree_recipient(key, public, rid), "v2"
+    elif isinstance(public, rsa.RSAPublicKey):
+        transport = cms.KeyTransRecipientInfo(
+            {
+                "version": "v0",
+                "rid": cms.RecipientIdentifier(name="issuer_and_serial_number", value=rid),
+                "key_encryption_algorithm": cms.KeyEncryptionAlgorithm({"algorithm": "rsaes_pkcs1v15"}),
+                "encrypted_key": public.encrypt(key, padding.PKCS1v15()),
+            }
+        )
+        recipient_info, version = cms.RecipientInfo(name="ktri", value=transport), "v0"
+    else:
+        raise ScepError(FailInfo.BAD_ALG, "the requester's key must be EC P-256 or RSA to receive the answer")
     enveloped = cms.EnvelopedData(
         {
-            "version": "v0",
-            "recipient_infos": [cms.RecipientInfo(name="ktri", value=recipient_info)],
+            "version": version,
+            "recipient_infos": [recipient_info],
             "encrypted_content_info": {
                 "content_type": "data",
                 "content_encryption_algorithm": algos.EncryptionAlgorithm(

@@ -244,7 +244,7 @@ def signed(
     sign: Callable[[bytes], bytes],
 ) -> bytes:
     """A pkiMessage: SignedData over `body` (none: a CertRep without content), its SCEP attributes
-    signed with SHA-256 and RSASSA-PKCS1-v1_5 by `sign` (the key of `signer`)."""
+    signed with SHA-256 and RSASSA-PKCS1-v1_5 or ECDSA (as `signer`'s key is) by `sign`."""
     encap: dict[str, object] = {"content_type": "data"}
     if body is not None:
         encap["content"] = body
@@ -264,7 +264,11 @@ def signed(
             ),
             "digest_algorithm": {"algorithm": "sha256"},
             "signed_attrs": signed_attrs,
-            "signature_algorithm": {"algorithm": "rsassa_pkcs1v15"},
+            "signature_algorithm": {
+                "algorithm": "sha256_ecdsa"
+                if isinstance(signer.public_key(), ec.EllipticCurvePublicKey)
+                else "rsassa_pkcs1v15"
+            },
             "signature": sign(signed_attrs.dump()),
         }
     )

@@ -8,8 +8,8 @@ certificate, which then goes through the one credential check.
 
 A request that cannot be read as a pkiMessage at all gets HTTP 400 (there is no transaction to
 answer); one that can is answered with a CertRep: SUCCESS with the certificate, PENDING while an
-operator's approval is awaited (the client sends its PKCSReq again, which completes once approved:
-the secret is spent only then), or FAILURE with a failInfo.
+operator's approval is awaited (the client polls with CertPoll, or sends its PKCSReq again; either
+completes once approved, and the secret is spent only then), or FAILURE with a failInfo.
 """
 
 from __future__ import annotations
@@ -20,13 +20,15 @@ import binascii
 
 from aiohttp import web
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import AttributeOID, NameOID
 
+from devid.authority import scep_transactions as transactions
 from devid.authority.core import Authority
 from devid.authority.credentials import CertificateCredential
 from devid.authority.enroll import Credential, Operation, SecretCredential
 from devid.authority.enrollment import EnrollmentService, EnrollRequest
+from devid.authority.policy import LabelPolicy
 from devid.authority.scep_ra import RegistrationAuthority, registration_authority
 from devid.errors import (
     AuthenticationRequired,
@@ -114,7 +116,7 @@ class ScepServer:
                 if message.message_type != MessageType.CERT_POLL
                 else b""
             )
-            reply = await self._operate(request, policy.label, policy.scep_rsa, message, csr)
+            reply = await self._operate(request, policy, message, csr)
             headers = {"Content-Type": PKI_MESSAGE}
         except ScepError as exc:
             reply = Reply(PkiStatus.FAILURE, exc.fail_info)
@@ -129,14 +131,19 @@ class ScepServer:
         return web.Response(body=body, headers=headers)
 
     async def _operate(
-        self, request: web.Request, label: str, allow_rsa: bool, message: PkiMessage, csr_der: bytes
+        self, request: web.Request, policy: LabelPolicy, message: PkiMessage, csr_der: bytes
     ) -> Reply:
-        if not isinstance(message.signer.public_key(), rsa.RSAPublicKey):
+        signer_key = message.signer.public_key()
+        p256 = isinstance(signer_key, ec.EllipticCurvePublicKey) and isinstance(
+            signer_key.curve, ec.SECP256R1
+        )
+        if not p256 and not isinstance(signer_key, rsa.RSAPublicKey):
             # Checked before anything is issued: a certificate that cannot be delivered is not made.
             raise ScepError(
                 FailInfo.BAD_ALG,
-                "the CertRep is encrypted with RSA key transport: sign the request with an RSA key",
+                "the CertRep is encrypted to the request's signer: sign it with a P-256 or RSA key",
             )
+        who = transactions.requester(message.signer)
         credential: Credential
         if message.message_type == MessageType.PKCS_REQ:
             credential = _challenge(csr_der)
@@ -145,26 +152,38 @@ class ScepServer:
             # check decides whether it authenticates a device.
             credential = CertificateCredential(message.signer_der)
         elif message.message_type == MessageType.CERT_POLL:
-            raise ScepError(
-                FailInfo.BAD_CERT_ID,
-                "devid keeps no SCEP transaction to poll: send the PKCSReq again, it completes once approved",
-            )
+            # The PKCSReq this key sent under this transactionID and that was answered PENDING.
+            held = await asyncio.to_thread(transactions.pending, self.authority, message.transaction_id, who)
+            if held is None:
+                raise ScepError(
+                    FailInfo.BAD_CERT_ID,
+                    "no pending SCEP transaction with this transactionID from this key",
+                )
+            policy, csr_der = self.authority.label_policy(held.label), held.csr
+            credential = _challenge(csr_der)
         else:
             raise ScepError(FailInfo.BAD_REQUEST, f"messageType {message.message_type} is not supported")
         peer = peer_address(request)
         enrollment = EnrollRequest(
-            label,
+            policy.label,
             Operation.ENROLL,
             credential,
             csr_der,
             actor=f"scep:{peer or '-'}",
             peer=None if from_trusted_proxy(request) else peer,
             protocol="scep",
-            allow_rsa=allow_rsa,
+            allow_rsa=policy.scep_rsa,
         )
         result = await self.service.enroll(enrollment)
         if result.issued is None:
+            if message.message_type == MessageType.PKCS_REQ:
+                await asyncio.to_thread(
+                    transactions.remember, self.authority, message.transaction_id, who, policy.label, csr_der
+                )
             return Reply(PkiStatus.PENDING)
+        if message.message_type == MessageType.CERT_POLL:
+            # A PKCSReq sent again instead leaves its row to expire: its secret is spent by then.
+            await asyncio.to_thread(transactions.forget, self.authority, message.transaction_id, who)
         return Reply(PkiStatus.SUCCESS, certificate=result.issued.certificate)
 
     @staticmethod

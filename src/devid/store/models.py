@@ -454,3 +454,19 @@ event_sinks = Table(
     # Key of the webhook body signature (HMAC-SHA256); it must be readable to sign with.
     Column("secret", LargeBinary),
 )
+
+
+#: SCEP PKCSReqs answered PENDING (RFC 8894 3.3.3), found by the requester's CertPoll: the
+#: requester is the SHA-256 of the signing key's SubjectPublicKeyInfo, hex; the CSR is sealed
+#: under the credential key (it carries the enrollment secret as challengePassword).
+scep_transactions = Table(
+    "scep_transactions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("transaction_id", String(128), nullable=False),
+    Column("requester", String(64), nullable=False),
+    Column("label", String(64), nullable=False),
+    Column("csr", LargeBinary, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("requester", "transaction_id"),
+)
