@@ -57,6 +57,12 @@ class Load:
     fallbacks: int = 0
     failed_answers: dict[int, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Open while clients may start a new operation; the test closes it from a kill until the
+    #: restarted server was checked, so the load outlasts every kill (retries in flight go on).
+    gate: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.gate.set()
 
     def request(
         self, method: str, path: str, body: bytes, headers: dict[str, str], ctx: ssl.SSLContext
@@ -128,13 +134,16 @@ class Load:
     def device_life(self, dev: Device, work: Path, index: int) -> None:
         """Enroll with the IDevID, renew RENEWALS times with the LDevID, revoke every third device."""
         key = ec.generate_private_key(ec.SECP256R1())
+        self.gate.wait()
         cert = self.est("simpleenroll", dev.idevid_files, lambda: csr_b64(key), dev.idevid_files)
         for n in range(RENEWALS):
             files = save_identity(dev.directory, f"ldevid{n}", cert, key)
             key, current = ec.generate_private_key(ec.SECP256R1()), cert
             csr = functools.partial(renewal_csr_b64, key, current)
+            self.gate.wait()
             cert = self.est("simplereenroll", files, csr, dev.idevid_files)
         if index % 3 == 0:
+            self.gate.wait()
             self.revoke(dev.serial)
 
 
@@ -227,6 +236,7 @@ def test_kill_9_the_whole_server_under_load_loses_nothing(tmp_path: Path, db_url
                 break
             crl_seen.append(_published_crl_number(http_port))
             cut.append(load.in_flight)
+            load.gate.clear()
             _kill_group(served)
             kills += 1
             db_crl_seen.append(_crl_numbers(home))
@@ -234,12 +244,14 @@ def test_kill_9_the_whole_server_under_load_loses_nothing(tmp_path: Path, db_url
             served = _serve(home, port, http_port)
             restarts.append(time.monotonic() - restart)
             crl_seen.append(_published_crl_number(http_port))
+            load.gate.set()
         for t in threads:
             t.join(timeout=RETRY_FOR * 2)
         assert not failures, failures
         crl_seen.append(_published_crl_number(http_port))
         assert served.stop() == 0
     finally:
+        load.gate.set()
         if served.proc.poll() is None:
             os.killpg(served.proc.pid, signal.SIGKILL)
             served.proc.wait()
