@@ -16,7 +16,6 @@ Errors: C509Malformed (bad input to decode), C509Unsupported (nothing C509 can c
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 
 import cbor2
@@ -74,14 +73,9 @@ def encode_chain(certs: Sequence[x509.Certificate | bytes]) -> bytes:
 
 def decode_chain(data: bytes) -> list[bytes]:
     """The DER certificates of a COSE_C509, in order."""
-    stream = io.BytesIO(data)
-    try:
-        item = cbor2.CBORDecoder(stream).decode()
-    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError, EOFError) as exc:
-        raise C509Malformed("COSE_C509", f"not CBOR: {exc}") from None
-    if stream.tell() != len(data):
-        raise C509Malformed("COSE_C509", "trailing data")
+    item = _cert.one_item(data, "COSE_C509")
     items = item if isinstance(item, list) and len(item) >= 2 else [item]
-    if not all(isinstance(i, bytes) for i in items):
+    certificates = [i for i in items if isinstance(i, bytes)]
+    if len(certificates) != len(items):
         raise C509Malformed("COSE_C509", "expected C509CertData (a byte string) or an array of two or more")
-    return [decode_certificate(i) for i in items]
+    return [decode_certificate(i) for i in certificates]

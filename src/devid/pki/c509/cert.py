@@ -230,16 +230,21 @@ def _decode_signature(alg: object, item: object) -> bytes:
     return asn1.tlv(asn1.SEQUENCE, b"".join(ints))
 
 
-def load(data: bytes) -> list[object]:
-    """The C509Certificate array of `data`: exactly one well-formed CBOR item, nothing after it."""
+def one_item(data: bytes, part: str) -> object:
+    """Exactly one well-formed CBOR item in `data`, nothing after it; else C509Malformed on `part`."""
     stream = io.BytesIO(data)
     try:
         item = cbor2.CBORDecoder(stream).decode()
     except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError, EOFError) as exc:
-        raise C509Malformed("certificate", f"not CBOR: {exc}") from None
+        raise C509Malformed(part, f"not CBOR: {exc}") from None
     if stream.tell() != len(data):
-        raise C509Malformed("certificate", "trailing data after the C509 certificate")
-    fields = values.array(item, "certificate")
+        raise C509Malformed(part, f"trailing data after the {part}")
+    return item
+
+
+def load(data: bytes) -> list[object]:
+    """The C509Certificate array of `data`."""
+    fields = values.array(one_item(data, "certificate"), "certificate")
     if len(fields) != _FIELDS:
         raise C509Malformed("certificate", f"expected {_FIELDS} elements, found {len(fields)}")
     kind = values.integer(fields[0], "c509CertificateType")
