@@ -3,6 +3,8 @@ workers; libcoap's client enrolls against it and fetches compact status (`/st`).
 
 from __future__ import annotations
 
+import http.client
+import ssl
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +23,17 @@ from test_serve import PASSPHRASE, start_serve
 from devid.authority.setup import init_home, open_authority
 from devid.revocation.cose_status import encode_request, signer_kid, verify_status
 from devid.revocation.status import CertStatus
+
+
+def _metrics(port: int, root: Path) -> str:
+    conn = http.client.HTTPSConnection(
+        "localhost", port, context=ssl.create_default_context(cafile=str(root)), timeout=10
+    )
+    try:
+        conn.request("GET", "/metrics")
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -75,6 +88,10 @@ def test_serve_coaps_port_enrolls_libcoap(tmp_path: Path, workers: str) -> None:
             answer.read_bytes(), signer, manufacturing, datetime.now(UTC), device.idevid.serial_number
         )
         assert found.status is CertStatus.GOOD
+        # Counted in /metrics (summed over the workers) by resource and CoAP code.
+        scraped = _metrics(served.port, tmp_path / "root.pem")
+        assert 'devid_coaps_requests_total{code="2.04",resource="sen"} 1.0' in scraped, scraped
+        assert 'devid_coaps_requests_total{code="2.05",resource="st"} 1.0' in scraped, scraped
         assert served.stop() == 0
     finally:
         if served.proc.poll() is None:

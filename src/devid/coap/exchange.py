@@ -28,6 +28,7 @@ from devid.coap.message import (
     Type,
     critical,
     decode,
+    dotted,
     encode_uint,
 )
 from devid.errors import BodyTooLarge, DevidError, RateLimited, RequestInvalid, StoreUnavailable
@@ -149,6 +150,18 @@ class _Transfer:
     response: Response | None = None
 
 
+#: Told of each request answered: its resource (the last Uri-Path segment) and the code, as `2.05`.
+Observer = Callable[[str, str], None]
+
+
+def _resource(message: Message) -> str:
+    try:
+        path = message.path
+    except MessageFormatError:
+        return "other"
+    return path[-1] if path else "root"
+
+
 class CoapEndpoint:
     """Serves `handler` to one peer (see the module doc)."""
 
@@ -159,11 +172,13 @@ class CoapEndpoint:
         limits: BlockLimits,
         clock: Callable[[], float],
         tasks: set[asyncio.Task[None]],
+        observe: Observer | None = None,
     ) -> None:
         """`tasks`: where requests being answered are held (by the server, which waits for them or
         cancels them when it stops); an answer for a peer whose session closed meanwhile is
         dropped, the enrollment behind it completes (like an HTTP client that went away)."""
         self.tasks = tasks
+        self.observe = observe
         self.peer = peer
         self.handler = handler
         self.limits = limits
@@ -232,6 +247,8 @@ class CoapEndpoint:
                 kind, mid = Type.ACK, message.mid
             else:
                 kind, mid = Type.NON, self._next_mid()
+            if self.observe is not None:
+                self.observe(_resource(message), dotted(response.code))
             out = Message(kind, response.code, mid, message.token, tuple(options), response.payload)
             encoded = out.encode()
             self._answered[message.mid] = encoded

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from devid.authority.enrollment import EnrollmentService
 from devid.coap.dtls import DtlsIdentity, DtlsLimits, DtlsServer, DtlsSession, server_context
-from devid.coap.exchange import BlockLimits, CoapEndpoint, Handler, Request, Response
+from devid.coap.exchange import BlockLimits, CoapEndpoint, Handler, Observer, Request, Response
 from devid.coap.resources import EstCoaps
 from devid.coap.status import STATUS_LINK, STATUS_PATH, StatusCoaps
 from devid.errors import ConfigError
@@ -65,6 +65,7 @@ async def start_coaps(
     limits: DtlsLimits | None = None,
     blocks: BlockLimits | None = None,
     status: CoseStatusResponder | None = None,
+    observe: Observer | None = None,
 ) -> CoapsServer:
     """Listen for EST-coaps on UDP `host:port` (0: a free port); with `status`, compact
     certificate status at `/st` too (`devid.coap.status`)."""
@@ -76,7 +77,7 @@ async def start_coaps(
     tasks: set[asyncio.Task[None]] = set()
 
     def endpoint(session: DtlsSession) -> CoapEndpoint:
-        return CoapEndpoint(session, resources, block_limits, clock, tasks)
+        return CoapEndpoint(session, resources, block_limits, clock, tasks, observe)
 
     dtls = DtlsServer(server_context(identity), endpoint, limits, clock=clock)
     loop = asyncio.get_running_loop()

@@ -195,6 +195,12 @@ class Metrics:
         self.est_requests = Counter(
             "devid_est_requests", "EST requests answered", ["operation", "status"], registry=registry
         )
+        self.coaps_requests = Counter(
+            "devid_coaps_requests",
+            "EST-coaps and compact-status requests answered, by resource (last path segment) and code",
+            ["resource", "code"],
+            registry=registry,
+        )
         self.api_requests = Counter(
             "devid_api_requests",
             "Admin API requests answered, by operation id (`other`: no such route)",
@@ -218,6 +224,10 @@ class Metrics:
         self._sync_lock = threading.Lock()
 
     # --- counting ------------------------------------------------------------------------------
+
+    def coaps_answered(self, resource: str, code: str) -> None:
+        """One CoAP request answered (`devid.coap`'s observer: resource `sen`, code `2.01`)."""
+        self.coaps_requests.labels(resource, code).inc()
 
     def observe_issuance(self, issued: Sequence[Issued], seconds: float) -> None:
         """The authority's issuance hook: one committed batch and how long it took."""

@@ -105,7 +105,12 @@ async def serve(
     if options.coaps_port is not None and dtls is not None:
         try:
             coaps = await start_coaps(
-                app[ENROLLMENT], dtls, host=options.host, port=options.coaps_port, status=app[STATUS].compact
+                app[ENROLLMENT],
+                dtls,
+                host=options.host,
+                port=options.coaps_port,
+                status=app[STATUS].compact,
+                observe=app[METRICS].coaps_answered,
             )
         except ConfigError:
             if plain is not None:
