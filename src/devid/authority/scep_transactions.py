@@ -51,25 +51,15 @@ def remember(authority: Authority, transaction_id: str, who: str, label: str, cs
     sealed = authority.credentials.seal(Purpose.SCEP_TRANSACTION, csr, _context(transaction_id, who))
     with writing(authority.engine) as conn:
         conn.execute(delete(scep_transactions).where(scep_transactions.c.created_at < now - SECRET_TTL))
-        exists = conn.execute(
-            select(scep_transactions.c.id).where(
-                scep_transactions.c.requester == who, scep_transactions.c.transaction_id == transaction_id
-            )
-        ).first()
-        if exists is None:
-            try:
-                with conn.begin_nested():
-                    conn.execute(
-                        insert(scep_transactions).values(
-                            transaction_id=transaction_id,
-                            requester=who,
-                            label=label,
-                            csr=sealed,
-                            created_at=now,
-                        )
+        try:
+            with conn.begin_nested():
+                conn.execute(
+                    insert(scep_transactions).values(
+                        transaction_id=transaction_id, requester=who, label=label, csr=sealed, created_at=now
                     )
-            except IntegrityError:
-                pass  # another worker kept the same transaction first
+                )
+        except IntegrityError:
+            pass  # kept already: a re-sent PKCSReq, or another worker first (unique requester + id)
 
 
 def pending(authority: Authority, transaction_id: str, who: str) -> PendingTransaction | None:
