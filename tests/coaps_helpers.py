@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives import serialization
+from est_helpers import Device, csr_der
 
 from devid.authority.core import Authority
 from devid.authority.enroll import Onboarding
@@ -132,3 +133,21 @@ def coap_client(
         args += ["-o", str(out)]
     args.append(srv.url(path))
     return subprocess.run(args, capture_output=True, timeout=60, check=False)
+
+
+def libcoap_enroll(srv: Coaps | Target, device: Device, work: Path, accept: int, out: Path) -> None:
+    """libcoap's `sen` with the device's IDevID and a CSR of its key, the answer (in `accept`'s
+    format) written to `out`; fails the test when the client does."""
+    csr = work / "csr.der"
+    csr.write_bytes(csr_der(device.key, "ignored"))
+    got = coap_client(
+        srv,
+        "post",
+        "/est/sen",
+        identity=device.idevid_files,
+        payload=csr,
+        content_format=286,
+        accept=accept,
+        out=out,
+    )
+    assert got.returncode == 0, got.stdout + got.stderr

@@ -25,7 +25,7 @@ from sqlalchemy import select
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from coaps_helpers import Coaps, coap_client, running_coaps
+from coaps_helpers import Coaps, coap_client, libcoap_enroll, running_coaps
 from est_helpers import Device, csr_der, provision, save_identity
 from manufacturer import Manufacturer
 
@@ -82,20 +82,8 @@ def test_discovery_and_ca_certificates_block_wise(coaps: Coaps, tmp_path: Path) 
 def test_libcoap_enrolls_with_its_idevid_and_reenrolls_with_its_ldevid(coaps: Coaps, tmp_path: Path) -> None:
     auth = coaps.authority
     device = provision(auth, "SN-COAP-1", tmp_path)
-    csr = tmp_path / "csr.der"
-    csr.write_bytes(csr_der(device.key, "ignored"))
     out = tmp_path / "ldevid.der"
-    got = coap_client(
-        coaps,
-        "post",
-        "/est/sen",
-        identity=device.idevid_files,
-        payload=csr,
-        content_format=286,
-        accept=287,
-        out=out,
-    )
-    assert got.returncode == 0, got.stdout + got.stderr
+    libcoap_enroll(coaps, device, tmp_path, 287, out)
     ldevid = x509.load_der_x509_certificate(out.read_bytes())
     assert ldevid.subject.get_attributes_for_oid(x509.NameOID.SERIAL_NUMBER)[0].value == "SN-COAP-1"
     assert ldevid.issuer == auth.issuer_for(ProfileName.LDEVID).certificate.subject
@@ -104,6 +92,7 @@ def test_libcoap_enrolls_with_its_idevid_and_reenrolls_with_its_ldevid(coaps: Co
     key = ec.generate_private_key(ec.SECP256R1())
     ldevid_files = save_identity(tmp_path, "ldevid", ldevid, device.key)
     san = ldevid.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    csr = tmp_path / "renewal.der"
     csr.write_bytes(csr_der(key, ldevid.subject, san=san))
     renewed = tmp_path / "renewed.p7"
     got = coap_client(

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from coaps_helpers import Coaps, coap_client, running_coaps
+from coaps_helpers import Coaps, coap_client, libcoap_enroll, running_coaps
 from est_helpers import csr_der, provision, save_identity
 
 from devid.authority.core import Authority
@@ -45,20 +45,8 @@ def coaps(auth: Authority, tmp_path: Path) -> Iterator[Coaps]:
 def test_libcoap_gets_its_ldevid_and_the_ca_chain_as_c509(coaps: Coaps, tmp_path: Path) -> None:
     auth = coaps.authority
     device = provision(auth, "SN-C509-1", tmp_path)
-    csr = tmp_path / "csr.der"
-    csr.write_bytes(csr_der(device.key, "ignored"))
     out = tmp_path / "ldevid.c509"
-    got = coap_client(
-        coaps,
-        "post",
-        "/est/sen",
-        identity=device.idevid_files,
-        payload=csr,
-        content_format=286,
-        accept=c509.CONTENT_FORMAT_CERT,
-        out=out,
-    )
-    assert got.returncode == 0, got.stdout + got.stderr
+    libcoap_enroll(coaps, device, tmp_path, c509.CONTENT_FORMAT_CERT, out)
     der = c509.decode_certificate(out.read_bytes())
     assert recorded_der(auth, der) == der
     ldevid = x509.load_der_x509_certificate(der)
@@ -68,6 +56,7 @@ def test_libcoap_gets_its_ldevid_and_the_ca_chain_as_c509(coaps: Coaps, tmp_path
     # Re-enrollment with the LDevID, answered as a COSE_C509 holding the new certificate.
     key = ec.generate_private_key(ec.SECP256R1())
     san = ldevid.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    csr = tmp_path / "renewal.der"
     csr.write_bytes(csr_der(key, ldevid.subject, san=san))
     renewed = tmp_path / "renewed.c509"
     got = coap_client(

@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from coaps_helpers import Target, coap_client
-from est_helpers import csr_der, pem, provision
+from coaps_helpers import Target, coap_client, libcoap_enroll
+from est_helpers import pem, provision
 from test_serve import PASSPHRASE, start_serve
 
 from devid.authority.setup import init_home, open_authority
@@ -56,20 +56,8 @@ def test_serve_coaps_port_enrolls_libcoap(tmp_path: Path, workers: str) -> None:
         base = line.split(" at ", 1)[1].strip().removesuffix("/.well-known/core")
         assert base.startswith("coaps://127.0.0.1:")
         target = Target(base, tmp_path / "root.pem")
-        csr = tmp_path / "csr.der"
-        csr.write_bytes(csr_der(device.key, "x"))
         out = tmp_path / "ldevid.der"
-        got = coap_client(
-            target,
-            "post",
-            "/est/sen",
-            identity=device.idevid_files,
-            payload=csr,
-            content_format=286,
-            accept=287,
-            out=out,
-        )
-        assert got.returncode == 0, got.stdout + got.stderr
+        libcoap_enroll(target, device, tmp_path, 287, out)
         assert (
             x509.load_der_x509_certificate(out.read_bytes()).subject.rfc4514_string().find("SN-SERVE-1") >= 0
         )
