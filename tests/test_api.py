@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from e2e import devid
 from est_helpers import EstServer, client_context, provision, running_server
 from openapi_spec_validator import validate
+from sqlalchemy import select
 
 from devid.api import tokens
 from devid.api.app import ANONYMOUS_RATE
@@ -34,6 +35,8 @@ from devid.clock import FixedClock
 from devid.config import Home
 from devid.store import audit
 from devid.store.engine import reading
+from devid.store.models import certificates, sightings
+from devid.store.models import devices as device_table
 
 PASSPHRASE = b"correct horse battery staple"
 
@@ -534,3 +537,42 @@ def test_registry_hubs_and_groups_two_operators_one_group(api: Api) -> None:
     code = api.call("POST", "/registration-codes", token=alice)
     assert code.status == 201 and len(code.json["code"]) == 64
     assert api.get("/manufacturers").json == {"items": [], "next": None}
+
+
+def test_gateway_sightings_need_the_gateway_role_and_a_sane_report(api: Api) -> None:
+    """A gateway's report: its role may only report; a malformed one is 400 and keeps nothing."""
+    devices(api, "SN-SEEN")
+    with reading(api.authority.engine) as conn:
+        fingerprint = conn.execute(
+            select(certificates.c.fingerprint)
+            .join(device_table, device_table.c.id == certificates.c.device_id)
+            .where(device_table.c.serial == "SN-SEEN")
+        ).scalar_one()
+    gateway = api.new_token(Role.GATEWAY, "gw-token")
+    now = api.authority.clock.now().isoformat()
+    seen = {"fingerprint": fingerprint, "first_seen": now, "last_seen": now}
+    path = "/gateways/edge-1:8883/sightings"
+    assert (
+        api.call("POST", path, {"sessions": [seen]}, token=api.new_token(Role.OPERATOR, "op")).status == 403
+    )
+    assert api.call("POST", path, {"sessions": [seen]}, token=None).status == 401
+    assert api.get("/devices", token=gateway).status == 403  # it reads nothing
+    bad = {
+        "not hex": {"sessions": [seen | {"fingerprint": "zz" * 32}]},
+        "no offset": {"sessions": [seen | {"last_seen": now[:19]}]},
+        "too many": {"sessions": [seen] * 301},
+        "extra": {"sessions": [seen], "more": 1},
+    }
+    for why, body in bad.items():
+        answer = api.call("POST", path, body, token=gateway)
+        assert answer.status == 400 and answer.code == "request-invalid", (why, answer.raw)
+    assert api.call("POST", "/gateways/bad%20name/sightings", {"sessions": []}, token=gateway).status == 400
+    with reading(api.authority.engine) as conn:
+        assert conn.execute(select(sightings)).all() == []
+
+    unknown = seen | {"fingerprint": "ab" * 32}
+    answer = api.call("POST", path, {"sessions": [seen, unknown]}, token=gateway)
+    assert answer.status == 200 and answer.json == {"recorded": 1, "unknown": 1, "revoked": 0}
+    with reading(api.authority.engine) as conn:
+        assert [r.gateway for r in conn.execute(select(sightings))] == ["edge-1:8883"]
+    assert [e.actor for e in api.events("api.POST /api/v1/gateways")][-1] == "token:gw-token"

@@ -24,6 +24,7 @@ from devid.authority.core import Authority
 from devid.authority.health import Windows, expiring_unrenewed, fallen_back, held_for_approval
 from devid.authority.requests import IssueRequest, NewDevice
 from devid.authority.revocation import RevokeRequest, Selector, revoke
+from devid.authority.sightings import Sighting, record
 from devid.clock import FixedClock
 from devid.errors import PolicyError
 from devid.pki.profiles import ProfileName
@@ -513,3 +514,56 @@ def test_dashboard_queries_on_sqlite_and_postgresql(authority: Authority) -> Non
         actions = [r.action for r in trail.audit]
         assert actions == ["device.approval-requested", "certificate.issue", "certificate.issue"]
         assert "device.revoked" in {r.type for r in trail.events}
+
+
+def test_a_gateway_token_cannot_open_the_dashboard(served: Served, clock: FixedClock) -> None:
+    """The gateway role reports sightings and reads nothing: its login is refused (403), no session."""
+    gateway = tokens.create(served.authority, "edge", "gateway", clock.now())[0]
+
+    async def run() -> None:
+        async with (
+            session(served) as client,
+            client.post("/ui/login", data=await login_form(client, gateway), allow_redirects=False) as answer,
+        ):
+            assert answer.status == 403 and "devid_ui=" not in " ".join(
+                answer.headers.getall("Set-Cookie", [])
+            )
+            assert "cannot open the dashboard" in await answer.text()
+
+    asyncio.run(run())
+
+
+def test_a_revoked_device_still_seen_at_a_gateway_shows_on_its_page_and_in_health(
+    served: Served, clock: FixedClock
+) -> None:
+    auth = served.authority
+    with reading(auth.engine) as conn:
+        fingerprint = conn.execute(
+            select(models.certificates.c.fingerprint)
+            .join(models.devices, models.devices.c.id == models.certificates.c.device_id)
+            .where(models.devices.c.serial == "LOT-B-002", models.certificates.c.profile == "ldevid")
+        ).scalar_one()
+    revoke(auth, RevokeRequest(Selector.DEVICE, "LOT-B-002", Reason.KEY_COMPROMISE), "op")
+    clock.advance(timedelta(hours=3))
+    record(auth, "edge-7", [Sighting(fingerprint, clock.now() - timedelta(hours=5), clock.now())])
+
+    async def run() -> None:
+        async with session(served) as client:
+            await login(client, served.tokens["auditor"])
+            async with client.get("/ui/health") as answer:
+                health = await answer.text()
+            async with client.get("/ui/devices/LOT-B-002") as answer:
+                device = await answer.text()
+            async with client.get("/ui/devices/LOT-B-001") as answer:
+                other = await answer.text()
+        row = re.search(
+            r"<td>revoked-still-connected</td><td[^>]*>critical</td><td class=\"n\">1</td>", health
+        )
+        assert row is not None, health
+        assert '<a href="/ui/devices/LOT-B-002">LOT-B-002 (certificate ' in health
+        assert "at gateway edge-7, 3 h after its revocation" in health
+        assert "<h2>Seen at gateways</h2>" in device and "<td>edge-7</td>" in device
+        assert f"<td>{clock.now():%Y-%m-%d %H:%M}</td>" in device  # last seen, and seen revoked
+        assert "No gateway reported this device" in other
+
+    asyncio.run(run())

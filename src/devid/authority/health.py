@@ -24,9 +24,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import ColumnElement, Connection, Select, exists, func, literal, select, tuple_
 
+from devid.authority.sightings import CUT_GRACE
+from devid.authority.sightings import revoked_still_connected as seen_revoked
 from devid.authority.status_signing import OCSP_SIGNER_ROLE
 from devid.pki.profiles import ProfileName
-from devid.store.models import cas, certificates, devices, manufacturers, shared_public_keys
+from devid.store.models import cas, certificates, devices, manufacturers, shared_public_keys, sightings
 from devid.store.states import CertificateStatus, DeviceState, ManufacturerState
 
 #: How many devices (or CAs, keys) a finding names; its count is always the total.
@@ -197,22 +199,42 @@ def device_cert_expiring(
 def revoked_still_connected(
     conn: Connection, now: datetime, windows: Windows, limit: int, cap: int | None
 ) -> Finding:
-    """Not computable from the store, and said so rather than guessed.
-
-    The connections that matter are a device's sessions at the MQTT broker or gateway, which
-    report nothing to the store. The store's own evidence of authentication (EST enrollments and
-    token issuance, in the audit log) cannot show a revoked certificate at work: both check the
-    certificate's standing at each request and refuse a revoked one (audited as refused), so a
-    query over it would always answer 0 and read as a clean bill of health it is not.
-    """
+    """Revoked certificates a gateway reported connected past their revocation (critical), from
+    the gateways' sightings (`devid.authority.sightings`). With no gateway reporting, the check
+    says so (info) rather than read as a clean bill of health: devid's own EST and token
+    endpoints refuse revoked certificates, so the store alone could never see one at work."""
+    if conn.execute(select(sightings.c.gateway).limit(1)).first() is None:
+        return Finding(
+            "revoked-still-connected",
+            Severity.INFO,
+            0,
+            (),
+            "data source missing: no gateway reports its sessions (devid gateway --report)",
+        )
+    rows, more = _capped(conn, seen_revoked(), cap)
+    grace = int(CUT_GRACE.total_seconds())
     return Finding(
         "revoked-still-connected",
-        Severity.INFO,
-        0,
-        (),
-        "data source missing: gateways do not report connections to the store "
-        "(devid's EST and token endpoints refuse revoked certificates themselves)",
+        Severity.CRITICAL,
+        len(rows),
+        tuple(
+            f"{r.device or r.serial} (certificate {r.serial} at gateway {r.gateway}, "
+            f"{_elapsed(r.revoked_seen_at - r.revoked_at)} after its revocation)"
+            for r in rows[:limit]
+        ),
+        f"revoked certificates gateways reported connected over {grace} s after their revocation "
+        "(one per certificate and gateway)",
+        more,
     )
+
+
+def _elapsed(span: timedelta) -> str:
+    seconds = int(span.total_seconds())
+    if seconds >= 86400:
+        return f"{seconds // 86400} d"
+    if seconds >= 3600:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 60} min"
 
 
 def shared_public_key(

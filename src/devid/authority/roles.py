@@ -3,22 +3,25 @@
 Each route names one permission; each role is a set of permissions. Keeping the matrix here, as
 data, makes it the single place to read (and test) what a token of a given role can reach.
 
-| permission        | admin | operator | factory | auditor |
-|-------------------|:-----:|:--------:|:-------:|:-------:|
-| cas:read          |   x   |    x     |    x    |    x    |
-| devices:read      |   x   |    x     |    x    |    x    |
-| devices:write     |   x   |    x     |         |         |
-| certificates:read |   x   |    x     |    x    |    x    |
-| registry:read     |   x   |    x     |         |    x    |
-| registry:write    |   x   |    x     |         |         |
-| audit:read        |   x   |          |         |    x    |
-| tokens:read       |   x   |          |         |    x    |
-| tokens:write      |   x   |          |         |         |
+| permission        | admin | operator | factory | auditor | gateway |
+|-------------------|:-----:|:--------:|:-------:|:-------:|:-------:|
+| cas:read          |   x   |    x     |    x    |    x    |         |
+| devices:read      |   x   |    x     |    x    |    x    |         |
+| devices:write     |   x   |    x     |         |         |         |
+| certificates:read |   x   |    x     |    x    |    x    |         |
+| registry:read     |   x   |    x     |         |    x    |         |
+| registry:write    |   x   |    x     |         |         |         |
+| audit:read        |   x   |          |         |    x    |         |
+| tokens:read       |   x   |          |         |    x    |         |
+| tokens:write      |   x   |          |         |         |         |
+| sightings:write   |   x   |          |         |         |    x    |
 
 `factory` is deliberately narrow: a production line needs the trust anchors it provisions against
 and to read back the devices and IDevIDs it made. The store does not record which token made a
 device (the line issues through the authority, not the API), so "its devices" cannot be told apart
 from others; factory tokens therefore read devices and certificates but change nothing.
+`gateway` is narrower still: an edge gateway reports the certificates its sessions presented
+(for `devid health`'s revoked-still-connected check) and reads nothing.
 `registry` covers manufacturers, enrollment groups, individual enrollments and hubs.
 """
 
@@ -32,6 +35,7 @@ class Role(StrEnum):
     OPERATOR = "operator"
     FACTORY = "factory"
     AUDITOR = "auditor"
+    GATEWAY = "gateway"
 
 
 class Permission(StrEnum):
@@ -44,6 +48,7 @@ class Permission(StrEnum):
     AUDIT_READ = "audit:read"
     TOKENS_READ = "tokens:read"
     TOKENS_WRITE = "tokens:write"
+    SIGHTINGS_WRITE = "sightings:write"
 
 
 P = Permission
@@ -54,6 +59,7 @@ MATRIX: dict[Role, frozenset[Permission]] = {
     ),
     Role.FACTORY: frozenset({P.CAS_READ, P.DEVICES_READ, P.CERTIFICATES_READ}),
     Role.AUDITOR: frozenset(p for p in Permission if p.value.endswith(":read")),
+    Role.GATEWAY: frozenset({P.SIGHTINGS_WRITE}),
 }
 
 

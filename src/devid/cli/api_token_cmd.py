@@ -36,7 +36,7 @@ app = typer.Typer(help="Admin API tokens: create (shown once), list, revoke.", n
 @app.command("create")
 def create(
     name: str,
-    role: Annotated[Role, typer.Option("--role", help="admin, operator, factory or auditor")],
+    role: Annotated[Role, typer.Option("--role", help="admin, operator, factory, auditor or gateway")],
     rate_per_minute: Annotated[
         int, typer.Option("--rate-per-minute", help="calls per minute before 429")
     ] = tokens.DEFAULT_RATE_PER_MINUTE,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
+import ssl
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -12,13 +14,16 @@ from typing import Annotated
 
 import typer
 
+from devid.authority.sightings import GATEWAY_NAME
 from devid.cli.options import parse_duration
 from devid.clock import SystemClock
 from devid.config import resolve_passphrase
 from devid.errors import PolicyError
+from devid.fsutil import read_file
 from devid.gateway.formats import AllowlistFormat, FilterFormat
 from devid.gateway.ocsp import OcspStatus
 from devid.gateway.proxy import FailMode, Gateway, GatewayOptions, serve
+from devid.gateway.report import Reporter
 from devid.gateway.snapshots import SnapshotFormat, SnapshotKind, SnapshotStatus
 from devid.gateway.status import StatusView
 from devid.gateway.tls import gateway_context, load_bundle
@@ -100,6 +105,27 @@ def gateway(
     passphrase_file: Annotated[
         Path | None, typer.Option("--passphrase-file", help="passphrase of an encrypted --key")
     ] = None,
+    report: Annotated[
+        str | None,
+        typer.Option(
+            "--report",
+            help="devid's https:// URL: report the certificates sessions presented (devid health's "
+            "revoked-still-connected check); needs --report-token-file",
+        ),
+    ] = None,
+    report_token_file: Annotated[
+        Path | None,
+        typer.Option("--report-token-file", help="file holding an API token of the gateway role (last line)"),
+    ] = None,
+    report_cacert: Annotated[
+        Path | None,
+        typer.Option("--report-cacert", help="PEM devid's TLS certificate chains to (default --ca-bundle)"),
+    ] = None,
+    report_every: Annotated[str, typer.Option("--report-every", help="how often to report")] = "1m",
+    name: Annotated[
+        str | None,
+        typer.Option("--name", help="this gateway's name in reports (default HOSTNAME:LISTEN_PORT)"),
+    ] = None,
     metrics_port: Annotated[
         int | None,
         typer.Option(
@@ -148,7 +174,12 @@ def gateway(
         tick=min(1.0, every.total_seconds()),
         metrics_port=metrics_port,
     )
-    gw = Gateway(options, context, anchors, view, clock, mode=status.value)
+    reporter = (
+        None
+        if report is None
+        else _reporter(report, report_token_file, report_cacert or ca_bundle, report_every, name, listen_port)
+    )
+    gw = Gateway(options, context, anchors, view, clock, mode=status.value, reporter=reporter)
 
     def listening(port: int) -> None:
         typer.echo(f"devid gateway on {listen_host}:{port} -> {up_host}:{up_port} (status {status.value})")
@@ -158,3 +189,21 @@ def gateway(
 
     asyncio.run(serve(gw, (up_host, up_port, events_topic) if events else None, listening))
     typer.echo("stopped")
+
+
+def _reporter(
+    url: str, token_file: Path | None, cacert: Path, every: str, name: str | None, listen_port: int
+) -> Reporter:
+    """The sightings reporter `--report` asks for, its options checked before anything listens."""
+    if token_file is None:
+        raise PolicyError(
+            "gateway-report", "--report needs --report-token-file (an API token of the gateway role)"
+        )
+    lines = read_file(token_file, "--report-token-file").decode(errors="replace").split()
+    if not lines:
+        raise PolicyError("gateway-report", f"{token_file} holds no token")
+    name = name or f"{socket.gethostname()}:{listen_port}"
+    if not GATEWAY_NAME.fullmatch(name):
+        raise PolicyError("gateway-name", f"--name {name!r}: 1-128 of letters, digits and . _ : -")
+    context = ssl.create_default_context(cadata=read_file(cacert, "--report-cacert").decode(errors="replace"))
+    return Reporter(url, lines[-1], context, name, parse_duration(every, "--report-every"))

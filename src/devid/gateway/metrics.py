@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from devid.errors import ConfigError
+from devid.gateway.report import Reporter
 
 
 @dataclass
@@ -31,9 +32,12 @@ class Counters:
 class GatewayCollector(Collector):
     """The gateway's counters, and its live sessions, as metric families."""
 
-    def __init__(self, counters: Counters, sessions: Callable[[], int]) -> None:
+    def __init__(
+        self, counters: Counters, sessions: Callable[[], int], reporter: Reporter | None = None
+    ) -> None:
         self.counters = counters
         self.sessions = sessions
+        self.reporter = reporter
 
     def collect(self) -> Iterable[Metric]:
         c = self.counters
@@ -42,7 +46,27 @@ class GatewayCollector(Collector):
         )
         for reason, count in sorted(c.refused.items()):
             refused.add_metric([reason], count)
+        reports: list[Metric] = []
+        if self.reporter is not None:
+            reports = [
+                CounterMetricFamily(
+                    "devid_gateway_sightings_reported",
+                    "Certificate sightings reported to devid",
+                    value=self.reporter.sent,
+                ),
+                CounterMetricFamily(
+                    "devid_gateway_report_failures",
+                    "Reports to devid that failed",
+                    value=self.reporter.failures,
+                ),
+                GaugeMetricFamily(
+                    "devid_gateway_sightings_pending",
+                    "Sightings not yet reported",
+                    value=self.reporter.pending,
+                ),
+            ]
         return [
+            *reports,
             CounterMetricFamily("devid_gateway_admissions", "Device connections admitted", value=c.admitted),
             refused,
             CounterMetricFamily(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import json
 import logging
@@ -38,6 +39,7 @@ from devid.errors import ConfigError, CredentialRefused
 from devid.fsutil import atomic_write
 from devid.gateway.events import listen
 from devid.gateway.metrics import Counters, GatewayCollector, start_metrics
+from devid.gateway.report import Reporter, final_report
 from devid.gateway.status import CertRef, Hint, Known, StatusUnavailable, StatusView, Verdict
 from devid.pki.client_chain import check_client_chain
 
@@ -103,6 +105,8 @@ class Session:
     client: asyncio.StreamWriter
     upstream: asyncio.StreamWriter
     admitted_at: datetime
+    #: SHA-256 of the presented certificate (DER), hex: what a report names it by.
+    fingerprint: str = ""
     cut_reason: str | None = None
 
     def cut(self, reason: str) -> None:
@@ -134,6 +138,7 @@ class Gateway:
         clock: Clock,
         *,
         mode: str = "",
+        reporter: Reporter | None = None,
     ) -> None:
         self.options = options
         self.context = context
@@ -141,10 +146,12 @@ class Gateway:
         self.status = status
         self.clock = clock
         self.mode = mode
+        self.reporter = reporter
+        self._reported_at = clock.now()
         self.sessions: dict[int, Session] = {}
         self.counters = Counters()
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(GatewayCollector(self.counters, lambda: len(self.sessions)))
+        self.registry.register(GatewayCollector(self.counters, lambda: len(self.sessions), reporter))
         self.metrics_port: int | None = None
         self._metrics: web.AppRunner | None = None
         self.last_refresh: datetime | None = None
@@ -153,6 +160,7 @@ class Gateway:
         self._ids = itertools.count(1)
         self._server: asyncio.Server | None = None
         self._refreshing: asyncio.Task[None] | None = None
+        self._reporting: asyncio.Task[object] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         #: Connections being served (cancelled on stop).
         self._handlers: set[asyncio.Task[Any]] = set()
@@ -196,6 +204,7 @@ class Gateway:
                 if self.status.due(self.clock.now()):
                     self._refresh_soon()
                 self.recheck()
+                self._report_if_due()
                 self.write_status()
                 await asyncio.sleep(self.options.tick)
         finally:
@@ -210,11 +219,14 @@ class Gateway:
             self._metrics = None
         for session in list(self.sessions.values()):
             session.cut("gateway stopping")
+            self._ended(session)
         pending = [*self._tasks, *self._handlers]
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         await self.status.aclose()
+        if self.reporter is not None:
+            await final_report(self.reporter)
 
     # --- status ---------------------------------------------------------------------------------
 
@@ -243,6 +255,25 @@ class Gateway:
     def _refresh_soon(self) -> None:
         if self._refreshing is None or self._refreshing.done():
             self._refreshing = self._spawn(self.refresh())
+
+    # --- reports --------------------------------------------------------------------------------
+
+    def _report_if_due(self) -> None:
+        now = self.clock.now()
+        if self.reporter is None or now - self._reported_at < self.reporter.every:
+            return
+        self._reported_at = now
+        for session in self.sessions.values():
+            self.reporter.seen(session.fingerprint, session.admitted_at, now)
+        self._spawn(self._report())
+
+    async def _report(self) -> None:
+        if self.reporter is not None and self._reporting is None:
+            self._reporting = asyncio.current_task()
+            try:
+                await self.reporter.send()
+            finally:
+                self._reporting = None
 
     async def on_hint(self, hint: Hint) -> None:
         """A pushed event: ask the signed source again at once (never revoke on the event itself)."""
@@ -284,6 +315,7 @@ class Gateway:
     def _cut(self, session: Session, decision: Decision) -> None:
         self.sessions.pop(session.id, None)
         session.cut(decision.code)
+        self._ended(session)
         self.counters.cut += 1
         log.warning(
             "cut %s device=%s serial=%x: %s (%s)",
@@ -295,6 +327,11 @@ class Gateway:
         )
         if self.on_cut is not None:
             self.on_cut(session)
+
+    def _ended(self, session: Session) -> None:
+        """A session over (cut, closed or stopped): its certificate was seen until now."""
+        if self.reporter is not None:
+            self.reporter.seen(session.fingerprint, session.admitted_at, self.clock.now())
 
     def report(self) -> dict[str, Any]:
         now = self.clock.now()
@@ -315,6 +352,15 @@ class Gateway:
             "stale": oldest is not None and now - oldest > self.options.max_staleness,
             "fail": self.options.fail.value,
             "max_staleness_seconds": self.options.max_staleness.total_seconds(),
+            "sightings": None
+            if self.reporter is None
+            else {
+                "sent": self.reporter.sent,
+                "pending": self.reporter.pending,
+                "failures": self.reporter.failures,
+                "dropped": self.reporter.dropped,
+                "revoked": self.reporter.revoked,
+            },
         }
 
     def log_status(self) -> None:
@@ -391,7 +437,9 @@ class Gateway:
             up_writer.transport.abort()
             self._refuse(who, decision.code, decision.why)
             return
-        session = Session(next(self._ids), ref, peer, writer, up_writer, self.clock.now())
+        session = Session(
+            next(self._ids), ref, peer, writer, up_writer, self.clock.now(), hashlib.sha256(der).hexdigest()
+        )
         self.sessions[session.id] = session
         self.counters.admitted += 1
         log.info("admitted %s%s", who, f" ({decision.why})" if decision.why else "")
@@ -399,6 +447,8 @@ class Gateway:
             await self._copy(session, reader, up_reader)
         finally:
             self.sessions.pop(session.id, None)
+            if session.cut_reason is None:  # a cut one was seen last when it was cut
+                self._ended(session)
             up_writer.close()
 
     async def _copy(

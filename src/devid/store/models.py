@@ -204,6 +204,24 @@ shared_public_keys = Table(
 )
 
 
+#: Certificates seen connected at a gateway, as its reports say (`devid.authority.sightings`):
+#: one row per (gateway, certificate), times by the gateway's clock. `revoked_seen_at` is set when
+#: a report shows the certificate connected past its revocation (and the cut's grace): what
+#: `devid health`'s revoked-still-connected check reads, from its own index.
+sightings = Table(
+    "sightings",
+    metadata,
+    Column("gateway", String(128), primary_key=True),
+    Column("certificate_id", BigId, ForeignKey("certificates.id"), primary_key=True),
+    Column("first_seen", UTCDateTime(), nullable=False),
+    Column("last_seen", UTCDateTime(), nullable=False),
+    Column("revoked_seen_at", UTCDateTime()),
+    # A device page lists where its certificates were seen.
+    Index("ix_sightings_certificate", "certificate_id"),
+    Index("ix_sightings_revoked_seen", "revoked_seen_at"),
+)
+
+
 #: One revocation as an operator (or the API) made it: what was selected, why, how much it hit.
 revocations = Table(
     "revocations",

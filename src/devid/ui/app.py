@@ -33,7 +33,7 @@ from devid.authority.health import (
 )
 from devid.authority.revocation import RevokeRequest, Selector, revoke
 from devid.authority.roles import Permission, allows
-from devid.errors import AuthenticationRequired, DevidError
+from devid.errors import AuthenticationRequired, DevidError, PolicyError
 from devid.pki.reasons import Reason
 from devid.store import audit, models
 from devid.store.audit import Verification
@@ -107,8 +107,8 @@ class Dashboard:
             raise web.HTTPForbidden(text="the login form's CSRF token is missing or wrong; reload the page")
         try:
             cookie, _ = await asyncio.to_thread(self.sessions.login, token if isinstance(token, str) else "")
-        except AuthenticationRequired as exc:
-            return self._login_page(exc.message, 401)
+        except (AuthenticationRequired, PolicyError) as exc:
+            return self._login_page(exc.message, status_for(exc))
         response = web.HTTPSeeOther(PREFIX)
         response.del_cookie(LOGIN_COOKIE, path=PREFIX, secure=True, httponly=True, samesite="Strict")
         response.set_cookie(COOKIE, cookie, path=PREFIX, secure=True, httponly=True, samesite="Strict")

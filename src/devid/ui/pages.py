@@ -272,6 +272,25 @@ def device(session: Session, view: DeviceView) -> Markup:
         ),
         numeric_from=99,
     )
+    seen = (
+        _table(
+            ("gateway", "certificate", "profile", "first seen", "last seen", "seen revoked"),
+            (
+                (
+                    g.gateway,
+                    g.serial,
+                    g.profile,
+                    _when(g.first_seen),
+                    _when(g.last_seen),
+                    _when(g.revoked_seen_at) or "—",
+                )
+                for g in found.sightings
+            ),
+            numeric_from=99,
+        )
+        if found.sightings
+        else h("<p>No gateway reported this device's certificates.</p>")
+    )
     notice = h('<p class="ok" role="status">{}</p>', view.notice) if view.notice else Markup("")
     if view.error:
         notice = h('<p class="err" role="alert">{}</p>', view.error)
@@ -316,11 +335,13 @@ def device(session: Session, view: DeviceView) -> Markup:
         )
     )
     body = h(
-        "{}<section>{}</section><section><h2>Certificates</h2>{}</section>{}{}"
+        "{}<section>{}</section><section><h2>Certificates</h2>{}</section>"
+        "<section><h2>Seen at gateways</h2>{}</section>{}{}"
         "<section><h2>Events (newest first, among the latest {} events)</h2>{}</section>{}",
         notice,
         facts,
         certs,
+        seen,
         state,
         action,
         f"{TRAIL_WINDOW:,}",
@@ -382,7 +403,7 @@ def _example(text: str) -> Markup:
 
 
 #: Checks whose examples are not device serials (CAs, keys).
-_NOT_DEVICES = frozenset({"ca-expiring", "weak-key", "revoked-still-connected", "shared-public-key"})
+_NOT_DEVICES = frozenset({"ca-expiring", "weak-key", "shared-public-key"})
 
 
 @dataclass(frozen=True)

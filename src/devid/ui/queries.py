@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, case, func, literal, select
 
+from devid.authority.sightings import seen_for_device
 from devid.pki.profiles import ProfileName
 from devid.registry.enrollments import Kind as EnrollmentKind
 from devid.store.counters import Dimension
@@ -174,6 +175,8 @@ class DevicePage:
     device: Any
     hub: str | None
     certificates: list[Any]
+    #: Where its certificates were seen connected, as gateways reported (latest first).
+    sightings: list[Any]
 
 
 def device(conn: Connection, serial: str) -> DevicePage | None:
@@ -191,7 +194,8 @@ def device(conn: Connection, serial: str) -> DevicePage | None:
             .order_by(c.id)
         )
     )
-    return DevicePage(row, hub, certs)
+    seen = list(conn.execute(seen_for_device(row.id).limit(SIGHTINGS_SHOWN)))
+    return DevicePage(row, hub, certs, seen)
 
 
 #: How many rows a list names (the counts are totals, up to `COUNT_CAP`).
@@ -202,6 +206,8 @@ COUNT_CAP = 1_000
 #: has an index by subject: the newest window is read by primary key, never the whole table.
 TRAIL_WINDOW = 20_000
 PAGE_SIZE = 50
+#: Gateways a device page lists (a device is usually carried by one or two).
+SIGHTINGS_SHOWN = 20
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ from sqlalchemy import select
 from devid.authority.api_tokens import token_info, verify
 from devid.authority.core import Authority
 from devid.authority.credential_key import Purpose
-from devid.authority.roles import Role
-from devid.errors import AuthenticationRequired
+from devid.authority.roles import Permission, Role, allows
+from devid.errors import AuthenticationRequired, PolicyError
 from devid.store import audit
 from devid.store.engine import reading, writing
 from devid.store.models import api_tokens, audit_events
@@ -64,10 +64,17 @@ class Sessions:
         return self.authority.credentials.mac(Purpose.UI_SESSION, message)
 
     def login(self, token: str) -> tuple[str, Session]:
-        """The cookie value and session for a valid API `token`; else AuthenticationRequired."""
+        """The cookie value and session for a valid API `token`; else AuthenticationRequired (or
+        PolicyError for a role that may read nothing the dashboard shows)."""
         now = self.authority.clock.now()
         with reading(self.authority.engine) as conn:
             info = verify(conn, self.authority.credentials, token.strip(), now)
+        if not allows(info.role, Permission.DEVICES_READ):
+            # A gateway's token reports sessions and reads nothing: no page would be its to see.
+            raise PolicyError(
+                "ui-role-refused",
+                f"a {info.role.value} token cannot open the dashboard (it needs devices:read)",
+            )
         expires = now + LIFETIME
         if info.expires_at is not None:
             expires = min(expires, info.expires_at)

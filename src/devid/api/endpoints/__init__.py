@@ -12,6 +12,7 @@ from devid.api.endpoints import (
     certificates,
     devices,
     enrollments,
+    gateways,
     hubs,
     manufacturers,
     revocations,
@@ -26,6 +27,7 @@ ROUTES: list[Route] = [
     *manufacturers.ROUTES,
     *enrollments.ROUTES,
     *hubs.ROUTES,
+    *gateways.ROUTES,
     *audit_events.ROUTES,
     *api_tokens.ROUTES,
 ]
