@@ -106,6 +106,21 @@ def world(tmp_path: Path) -> Iterator[tuple[Pki, int, int, dict[str, Credential]
             served.stop()
 
 
+def _edge(pki: Pki, broker: int) -> list[str | Path]:
+    """A gateway's listening, upstream and TLS options in front of `broker`."""
+    return [
+        *(
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            f"127.0.0.1:{broker}",
+            "--ca-bundle",
+            pki.dir / "bundle.pem",
+        ),
+        *("--cert", pki.server.cert_file, "--key", pki.server.key_file),
+    ]
+
+
 MODES = {"filter": ["--status-ca", "operational"], "allowlist": ["--allowlist", "hub-a"], "ocsp": []}
 
 
@@ -122,16 +137,7 @@ def test_revoke_cuts_live_sessions_through_the_real_path(
     base = f"http://127.0.0.1:{http_port}"
     gateways = {
         mode: Gateway(
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            f"127.0.0.1:{broker}",
-            "--ca-bundle",
-            pki.dir / "bundle.pem",
-            "--cert",
-            pki.server.cert_file,
-            "--key",
-            pki.server.key_file,
+            *_edge(pki, broker),
             "--server",
             base + ("/ocsp" if mode == "ocsp" else ""),
             "--status",
@@ -200,18 +206,12 @@ def test_gateways_report_sessions_and_health_names_a_revoked_device_still_connec
     token_file.write_text(made.stdout.strip().splitlines()[-1] + "\n")
     token_file.chmod(0o600)
     common = [
-        *(
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            f"127.0.0.1:{broker}",
-            "--ca-bundle",
-            pki.dir / "bundle.pem",
-        ),
-        *("--cert", pki.server.cert_file, "--key", pki.server.key_file, "--status", "ocsp"),
+        *_edge(pki, broker),
+        "--status",
+        "ocsp",
         *(
             "--report",
-            served.url,
+            served.url,  # EST's URL: the reporter takes its scheme, host and port
             "--report-token-file",
             token_file,
             "--report-cacert",

@@ -379,6 +379,18 @@ def test_revocations_page_by_reason_and_selector_with_a_filter(served: Served) -
                 r"<td>lot</td><td class=\"n\">1</td><td class=\"n\">6</td><td class=\"n\">3</td>", page
             )
             assert '<a href="/ui/devices/LOT-A-003">' in page and "<td>depot</td>" in page
+            # By lot: the lot revocation, its certificates and devices.
+            by_lot = page.split("By lot (lot revocations)")[1].split("</section>")[0]
+            assert re.search(r"<td>LOT-B</td><td class=\"n\">1</td><td class=\"n\">6</td>", by_lot)
+            # Over time: this week's bar holds both revocations' 8 certificates, by reason.
+            assert "certificates revoked per week" in page
+            assert page.count("<title>keyCompromise: 6 revoked in the week of") == 1
+            assert page.count("<title>superseded: 2 revoked in the week of") == 1
+            # One OCSP answer per issuing CA, signed by this server's responder, with its size.
+            answers = page.split("One OCSP response")[1]
+            sizes = re.findall(r"<td>(manufacturing|operational)</td><td class=\"n\">([\d,]+)</td>", answers)
+            assert sorted(name for name, _ in sizes) == ["manufacturing", "operational"]
+            assert all(400 < int(n.replace(",", "")) < 2000 for _, n in sizes), sizes
             assert re.search(
                 r"<td>crl</td><td>operational</td><td class=\"n\">\d+</td><td class=\"n\">[\d,]+</td>", page
             )

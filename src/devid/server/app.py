@@ -140,7 +140,7 @@ def make_app(
     # The token service reads the client certificate the same way EST does (trusted proxies).
     app.add_routes(token_routes(authority, peer_certificate=peer_certificate))
     # The operator dashboard (HTML, signed-cookie sessions) under /ui.
-    app.add_routes(ui_routes(authority))
+    app.add_routes(ui_routes(authority, lambda der: status.responder.respond(der).der))
     app[STATUS] = status
     app.add_routes(status.routes())
     app.cleanup_ctx.append(functools.partial(_refresh_ocsp, status))

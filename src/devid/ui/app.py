@@ -14,11 +14,16 @@ error inline, at a 4xx status, and nothing changed. Store work runs on a worker 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+from collections.abc import Callable
 from datetime import timedelta
 from urllib.parse import quote
 
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
 
 from devid.authority.core import Authority
 from devid.authority.devices import approve, set_state
@@ -35,12 +40,13 @@ from devid.authority.revocation import RevokeRequest, Selector, revoke
 from devid.authority.roles import Permission, allows
 from devid.errors import AuthenticationRequired, DevidError, PolicyError
 from devid.pki.reasons import Reason
+from devid.revocation.report import ocsp_without_certs
 from devid.store import audit, models
 from devid.store.audit import Verification
 from devid.store.engine import reading
 from devid.store.states import DeviceState
 from devid.ui import pages, queries
-from devid.ui.chart import expiry_chart
+from devid.ui.chart import expiry_chart, weekly_chart
 from devid.ui.html import Markup, h
 from devid.ui.session import COOKIE, LOGIN_COOKIE, Session, Sessions
 from devid.web.errors import status_for
@@ -66,10 +72,16 @@ def _html(body: Markup, status: int = 200) -> web.Response:
     )
 
 
+#: The server's OCSP responder (request DER in, response DER out), for the revocations page's
+#: sample answer: the dashboard does not sign status itself.
+OcspResponder = Callable[[bytes], bytes]
+
+
 class Dashboard:
-    def __init__(self, authority: Authority) -> None:
+    def __init__(self, authority: Authority, ocsp: OcspResponder | None = None) -> None:
         self.authority = authority
         self.sessions = Sessions(authority)
+        self.ocsp = ocsp
 
     async def _session(self, request: web.Request) -> Session:
         try:
@@ -324,22 +336,44 @@ class Dashboard:
         selector = q.get("selector", "")[:16]
         where = queries.RevocationFilter(reason, selector or None, before)
 
-        def read() -> Markup:
+        def read() -> tuple[pages.RevocationsView, list[tuple[str, bytes]]]:
             r = models.revocations.c
+            now = self.authority.clock.now()
             with reading(self.authority.engine) as conn:
                 listed = queries.revocation_list(conn, where)
+                start, weeks = queries.revoked_weeks(conn, now)
+                samples = queries.latest_serials(conn, [ca.name for ca in self.authority.device_issuers()])
                 view = pages.RevocationsView(
                     queries.revocation_totals(conn, r.reason),
                     queries.revocation_totals(conn, r.selector),
+                    queries.revocation_totals(conn, r.value, "lot"),
+                    weekly_chart(weeks, start, "revoked", f"over the last {len(weeks)} weeks, by reason"),
                     listed,
                     reason,
                     selector,
                     listed[-1].id if len(listed) == queries.PAGE_SIZE else None,
                     queries.latest_published(conn),
                 )
-            return pages.revocations(session, view)
+            return view, samples
 
-        return _html(await asyncio.to_thread(read))
+        view, samples = await asyncio.to_thread(read)
+        # The responder belongs to the event loop (the OCSP endpoints call it there): asked here too.
+        return _html(pages.revocations(session, dataclasses.replace(view, ocsp=self._ocsp_sizes(samples))))
+
+    def _ocsp_sizes(self, samples: list[tuple[str, bytes]]) -> tuple[tuple[str, int, int], ...]:
+        """(CA, bytes, bytes without the responder certificate) of one OCSP answer per issuing CA,
+        for its latest certificate, from the server's responder (its cache answers repeats)."""
+        if self.ocsp is None:
+            return ()
+        sizes = []
+        for name, der in samples:
+            request = ocsp.OCSPRequestBuilder().add_certificate(
+                x509.load_der_x509_certificate(der), self.authority.cas[name].certificate, hashes.SHA1()
+            )
+            answer = self.ocsp(request.build().public_bytes(serialization.Encoding.DER))
+            if ocsp.load_der_ocsp_response(answer).response_status is ocsp.OCSPResponseStatus.SUCCESSFUL:
+                sizes.append((name, len(answer), len(ocsp_without_certs(answer))))
+        return tuple(sizes)
 
     def _audit_view(
         self, session: Session, action: str, before: int | None, verification: Verification | None
@@ -401,8 +435,8 @@ def _refusal_reason(detail: str) -> str:
         return "refused"
 
 
-def ui_routes(authority: Authority) -> list[web.RouteDef]:
-    ui = Dashboard(authority)
+def ui_routes(authority: Authority, ocsp: OcspResponder | None = None) -> list[web.RouteDef]:
+    ui = Dashboard(authority, ocsp)
     return [
         web.get(PREFIX, ui.overview),
         web.get(f"{PREFIX}/login", ui.login_form),

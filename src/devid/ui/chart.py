@@ -1,6 +1,7 @@
-"""The expiry timeline as inline SVG: a stacked bar per week, one colour per profile, with axes,
-tick labels, units and a legend. Hand-drawn because no chart library renders server-side SVG
-without pulling in a plotting stack (and the page must make no outside request)."""
+"""Weekly stacked bar charts as inline SVG (the expiry timeline, revocations over time): a bar per
+week, one colour per series, with axes, tick labels, units and a legend. Hand-drawn because no
+chart library renders server-side SVG without pulling in a plotting stack (and the page must make
+no outside request)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,12 @@ def nice_step(top: int, ticks: int = 5) -> int:
 
 
 def expiry_chart(weeks: list[dict[str, int]], start: datetime) -> Markup:
+    """Certificates expiring in each week from `start`, stacked by profile."""
+    return weekly_chart(weeks, start, "expiring", f"for the next {len(weeks)} weeks, by profile")
+
+
+def weekly_chart(weeks: list[dict[str, int]], start: datetime, what: str, aria: str) -> Markup:
+    """Certificates `what` (expiring, revoked) in each week from `start`, stacked by series."""
     profiles = sorted({p for week in weeks for p in week})
     totals = [sum(week.values()) for week in weeks]
     step = nice_step(max(totals, default=0))
@@ -50,7 +57,7 @@ def expiry_chart(weeks: list[dict[str, int]], start: datetime) -> Markup:
                 continue
             height = plot_h * count / top
             y -= height
-            label = f"{profile}: {count:,} expiring in the week of {(start + timedelta(weeks=i)):%Y-%m-%d}"
+            label = f"{profile}: {count:,} {what} in the week of {(start + timedelta(weeks=i)):%Y-%m-%d}"
             parts.append(
                 h(
                     '<rect x="{}" y="{}" width="{}" height="{}" fill="{}"><title>{}</title></rect>',
@@ -94,7 +101,7 @@ def expiry_chart(weeks: list[dict[str, int]], start: datetime) -> Markup:
         '<line x1="{l}" x2="{r}" y1="{b}" y2="{b}" stroke="#333"/>'
         '<text x="{mid}" y="{xl}" text-anchor="middle" class="axis">week starting (UTC, {year})</text>'
         '<text transform="translate(16 {ym}) rotate(-90)" text-anchor="middle" class="axis">'
-        "certificates expiring per week</text>",
+        "certificates {what} per week</text>",
         l=LEFT,
         r=LEFT + plot_w,
         t=TOP,
@@ -103,15 +110,17 @@ def expiry_chart(weeks: list[dict[str, int]], start: datetime) -> Markup:
         xl=HEIGHT - 12,
         ym=TOP + plot_h / 2,
         year=f"{start:%Y} to {start + timedelta(weeks=len(weeks)):%Y}",
+        what=what,
     )
     return h(
         '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {} {}" width="100%" role="img" '
-        'aria-label="certificates expiring per week for the next {} weeks, by profile">'
+        'aria-label="certificates {} per week {}">'
         "<style>.tick{{font:11px sans-serif;fill:#333}}.axis{{font:13px sans-serif;fill:#111}}</style>"
         "{}{}</svg>",
         WIDTH,
         HEIGHT,
-        len(weeks),
+        what,
+        aria,
         axes,
         join(parts),
     )

@@ -445,12 +445,18 @@ def device_links(items: Iterable[tuple[str, str]]) -> tuple[Markup, ...]:
 class RevocationsView:
     by_reason: list[Any]
     by_selector: list[Any]
+    #: Lot revocations, by lot (the largest first).
+    by_lot: list[Any]
+    #: Certificates revoked per week, by reason.
+    chart: Markup
     listed: list[Any]
     reason: int | None
     selector: str
     #: Where the next (older) page starts, if the page is full.
     next_before: int | None
     published: list[tuple[str, str, int, int, datetime]]
+    #: One OCSP answer per issuing CA: (CA, bytes, bytes without the responder certificate).
+    ocsp: tuple[tuple[str, int, int], ...] = ()
 
 
 def revocations(session: Session, view: RevocationsView) -> Markup:
@@ -516,18 +522,29 @@ def revocations(session: Session, view: RevocationsView) -> Markup:
         ((k, s, n, f"{size:,}", _when(at)) for k, s, n, size, at in view.published),
         numeric_from=2,
     )
+    answers = _table(
+        ("issuing CA", "bytes", "without the responder certificate"),
+        ((name, f"{size:,}", f"{bare:,}") for name, size, bare in view.ocsp),
+    )
     body = h(
         '<div class="grid"><section><h2>By reason</h2>{}</section><section><h2>By selector</h2>{}</section>'
-        "</div><section><h2>Revocations, newest first</h2>{}{}{}</section>"
+        "<section><h2>By lot (lot revocations)</h2>{}</section></div>"
+        "<section><h2>Certificates revoked per week</h2>{}</section>"
+        "<section><h2>Revocations, newest first</h2>{}{}{}</section>"
         "<section><h2>Current status data: CRLs, deltas, filters (latest of each)</h2>{}"
-        "<p><small>OCSP answers are signed on request and cached in each server's memory, not stored: "
-        "their size is not known here.</small></p></section>",
+        "<h3>One OCSP response (for each CA's latest certificate)</h3>{}"
+        "<p><small>OCSP answers are signed on request and cached in each server's memory; these are "
+        "this server's answers now. A device fetching its own status pays one of these per check; "
+        "a CRL or filter covers the whole fleet.</small></p></section>",
         totals(view.by_reason, lambda k: Reason(k).rfc_name),
         totals(view.by_selector, str),
+        totals(view.by_lot, str) if view.by_lot else h("<p>No lot was revoked.</p>"),
+        view.chart,
         filters,
         listed,
         more,
         status,
+        answers,
     )
     return page(session, "Revocations", body)
 

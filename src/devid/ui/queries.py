@@ -20,6 +20,7 @@ from sqlalchemy import ColumnElement, Connection, and_, case, func, literal, sel
 
 from devid.authority.sightings import seen_for_device
 from devid.pki.profiles import ProfileName
+from devid.pki.reasons import Reason
 from devid.registry.enrollments import Kind as EnrollmentKind
 from devid.store.counters import Dimension
 from devid.store.models import (
@@ -161,6 +162,39 @@ def expiry_weeks(conn: Connection, start: datetime, weeks: int = WEEKS) -> list[
     return out
 
 
+def revoked_weeks(
+    conn: Connection, now: datetime, weeks: int = WEEKS
+) -> tuple[datetime, list[dict[str, int]]]:
+    """Certificates revoked in each of the last `weeks` weeks, by reason, from the revocations
+    (one row per operator action: a small table, read for the window only); and the first week's
+    start."""
+    start = datetime.combine(now.date(), time(), now.tzinfo) - timedelta(weeks=weeks - 1)
+    out: list[dict[str, int]] = [{} for _ in range(weeks)]
+    r = revocations.c
+    for row in conn.execute(select(r.at, r.reason, r.certificates).where(r.at >= start, r.certificates > 0)):
+        week = out[min((row.at - start).days // 7, weeks - 1)]
+        name = Reason(row.reason).rfc_name
+        week[name] = week.get(name, 0) + int(row.certificates)
+    return start, out
+
+
+def latest_serials(conn: Connection, issuers: Sequence[str]) -> list[tuple[str, bytes]]:
+    """Each named CA's most recently indexed certificate (DER), for a sample OCSP answer: the
+    (issuer, idx) index read backwards, one row each."""
+    found = []
+    for name in issuers:
+        der = conn.execute(
+            select(certificates.c.der)
+            .join(cas, cas.c.id == certificates.c.issuer_id)
+            .where(cas.c.name == name, certificates.c.idx.is_not(None))
+            .order_by(certificates.c.idx.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+        if der is not None:
+            found.append((name, der))
+    return found
+
+
 def search(conn: Connection, prefix: str) -> list[Any]:
     """Devices whose serial starts with `prefix` (a range on the unique serial index)."""
     d = devices.c
@@ -293,8 +327,9 @@ def revocation_list(conn: Connection, where: RevocationFilter) -> list[Any]:
     return list(conn.execute(query))
 
 
-def revocation_totals(conn: Connection, by: Any) -> list[Any]:
-    """Revocation actions, certificates and devices grouped by `by` (a revocations column)."""
+def revocation_totals(conn: Connection, by: Any, selector: str | None = None) -> list[Any]:
+    """Revocation actions, certificates and devices grouped by `by` (a revocations column), of
+    one selector's actions if given (`value` by the `lot` selector: the lots revoked)."""
     r = revocations.c
     query = (
         select(
@@ -305,7 +340,10 @@ def revocation_totals(conn: Connection, by: Any) -> list[Any]:
         )
         .group_by(by)
         .order_by(func.sum(r.certificates).desc())
+        .limit(LIST_LIMIT)
     )
+    if selector is not None:
+        query = query.where(r.selector == selector)
     return list(conn.execute(query))
 
 
