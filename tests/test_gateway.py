@@ -4,11 +4,13 @@ signed snapshot format (standing in for devid.revocation.filter) served over HTT
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import json
 import queue
 import socket
+import ssl
 import threading
 import time
 import urllib.request
@@ -21,6 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import paho.mqtt.client as mqtt
 import pytest
+from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -43,10 +46,11 @@ from devid.bench.gateway import (
     wait_for,
 )
 from devid.clock import SystemClock
-from devid.errors import CredentialRefused
+from devid.errors import ConfigError, CredentialRefused
 from devid.gateway.events import hint_of, subscription
 from devid.gateway.ocsp import OcspStatus
 from devid.gateway.proxy import FailMode, GatewayOptions
+from devid.gateway.report import Reporter
 from devid.gateway.snapshots import SnapshotKind, SnapshotStatus
 from devid.gateway.status import CertRef, Hint, Verdict
 from devid.pki.client_chain import check_client_chain
@@ -539,3 +543,58 @@ def test_past_max_staleness_fail_closed_cuts_and_fail_open_keeps(
         report = json.loads((tmp_path / "status.json").read_text())
         assert report["last_error"] and report["staleness_seconds"] >= 1
         sub.close()
+
+
+def test_a_failed_report_is_kept_merged_and_sent_in_batches(pki: Pki) -> None:
+    """The reporter against a TLS server that refuses the first report: nothing is lost, sightings
+    of the same certificate merge (earliest first, latest last), and 650 go as 300 + 300 + 50."""
+    bodies: list[dict[str, Any]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        assert request.headers["Authorization"] == "Bearer tok"
+        bodies.append(await request.json())
+        if len(bodies) == 1:
+            return web.json_response({"error": {"code": "store-unavailable"}}, status=503)
+        return web.json_response({"recorded": len(bodies[-1]["sessions"]), "unknown": 0, "revoked": 1})
+
+    async def run() -> None:
+        app = web.Application()
+        app.router.add_post("/api/v1/gateways/{name}/sightings", handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        served.load_cert_chain(pki.server.cert_file, pki.server.key_file)
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=served)
+        await site.start()
+        port = runner.addresses[0][1]
+        trust = ssl.create_default_context(cafile=str(pki.root_file))
+        reporter = Reporter(
+            f"https://127.0.0.1:{port}/.well-known/est", "tok", trust, "edge:1", dt.timedelta(minutes=1)
+        )
+        t0 = dt.datetime(2026, 1, 1, tzinfo=UTC)
+        try:
+            reporter.seen("aa" * 32, t0, t0 + dt.timedelta(minutes=1))
+            assert not await reporter.send() and reporter.failures == 1 and reporter.pending == 1
+            reporter.seen("aa" * 32, t0 - dt.timedelta(minutes=5), t0)  # an earlier sighting merges
+            for i in range(649):
+                reporter.seen(f"{i:064x}", t0, t0)
+            assert await reporter.send() and reporter.pending == 0
+        finally:
+            await reporter.aclose()
+            await runner.cleanup()
+        assert [len(b["sessions"]) for b in bodies] == [1, 300, 300, 50]
+        first = bodies[1]["sessions"][0]
+        assert first == {
+            "fingerprint": "aa" * 32,
+            "first_seen": (t0 - dt.timedelta(minutes=5)).isoformat(),
+            "last_seen": (t0 + dt.timedelta(minutes=1)).isoformat(),
+        }
+        assert (reporter.sent, reporter.revoked) == (650, 3)
+
+    asyncio.run(run())
+
+
+def test_a_report_url_must_be_https() -> None:
+    with pytest.raises(ConfigError) as info:
+        Reporter("http://devid:8443", "tok", ssl.create_default_context(), "edge", dt.timedelta(minutes=1))
+    assert info.value.code == "gateway-report"

@@ -160,7 +160,7 @@ class Gateway:
         self._ids = itertools.count(1)
         self._server: asyncio.Server | None = None
         self._refreshing: asyncio.Task[None] | None = None
-        self._reporting: asyncio.Task[object] | None = None
+        self._reporting: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         #: Connections being served (cancelled on stop).
         self._handlers: set[asyncio.Task[Any]] = set()
@@ -265,15 +265,13 @@ class Gateway:
         self._reported_at = now
         for session in self.sessions.values():
             self.reporter.seen(session.fingerprint, session.admitted_at, now)
-        self._spawn(self._report())
+        # One report in flight at a time; what is seen meanwhile waits in the reporter for the next.
+        if self._reporting is None or self._reporting.done():
+            self._reporting = self._spawn(self._report(self.reporter))
 
-    async def _report(self) -> None:
-        if self.reporter is not None and self._reporting is None:
-            self._reporting = asyncio.current_task()
-            try:
-                await self.reporter.send()
-            finally:
-                self._reporting = None
+    @staticmethod
+    async def _report(reporter: Reporter) -> None:
+        await reporter.send()
 
     async def on_hint(self, hint: Hint) -> None:
         """A pushed event: ask the signed source again at once (never revoke on the event itself)."""
