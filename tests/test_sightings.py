@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from cryptography.hazmat.primitives.asymmetric import ec
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from devid.authority.core import Authority
 from devid.authority.health import Finding, Severity, Windows, run_checks
@@ -17,7 +17,7 @@ from devid.authority.sightings import CUT_GRACE, Recorded, Sighting, record
 from devid.clock import FixedClock
 from devid.pki.profiles import ProfileName
 from devid.pki.reasons import Reason
-from devid.store.engine import reading
+from devid.store.engine import reading, writing
 from devid.store.models import certificates, devices, sightings
 
 MINUTE = timedelta(minutes=1)
@@ -100,8 +100,11 @@ def test_the_grace_is_the_boundary_and_a_later_report_does_not_unmark(
     assert _finding(auth).count == 0
     late = revoked_at + CUT_GRACE + timedelta(seconds=1)
     assert record(auth, "gw", [Sighting(fp["edge"], revoked_at, late)]).revoked == 1
-    # An older report arriving late neither moves the last sighting back nor clears the mark.
+    # An older report arriving late neither moves the last sighting back nor clears the mark, nor
+    # moves the mark back.
     assert record(auth, "gw", [Sighting(fp["edge"], revoked_at, revoked_at)]).revoked == 0
+    earlier_mark = revoked_at + CUT_GRACE + timedelta(microseconds=500)
+    assert record(auth, "gw", [Sighting(fp["edge"], revoked_at, earlier_mark)]).revoked == 1
     with reading(auth.engine) as conn:
         row = conn.execute(select(sightings)).one()
     assert (row.last_seen, row.revoked_seen_at) == (late, late)
@@ -119,17 +122,20 @@ def test_a_lifted_hold_is_no_longer_reported(auth: Authority, clock: FixedClock)
 
 
 def test_upsert_on_sqlite_and_postgresql(authority: Authority) -> None:
-    """The ON CONFLICT spelling of each store: the last sighting only moves on, the mark stays."""
+    """The ON CONFLICT spelling of each store: the last sighting and the mark only move on."""
     fp = _ldevids(authority, "both")["both"]
     revoke(authority, RevokeRequest(Selector.DEVICE, "both", Reason.KEY_COMPROMISE), "op")
     now = authority.clock.now()
     before = now - 30 * MINUTE
-    with reading(authority.engine) as conn:
-        revoked_at = conn.execute(
-            select(certificates.c.revoked_at).where(certificates.c.fingerprint == fp)
-        ).scalar_one()
-    assert record(authority, "gw", [Sighting(fp, before, revoked_at + 2 * CUT_GRACE)]).revoked == 0  # clamped
-    assert record(authority, "gw", [Sighting(fp, before, before)]) == Recorded(1, 0, 0)
+    assert record(authority, "gw", [Sighting(fp, before, now + 60 * MINUTE)]).revoked == 0  # clamped to now
+    with writing(authority.engine) as conn:  # as if revoked 20 minutes ago
+        conn.execute(
+            update(certificates).where(certificates.c.fingerprint == fp).values(revoked_at=now - 20 * MINUTE)
+        )
+    assert record(authority, "gw", [Sighting(fp, before, now)]) == Recorded(1, 0, 1)
+    assert record(authority, "gw", [Sighting(fp, before, now - 10 * MINUTE)]) == Recorded(1, 0, 1)
+    assert record(authority, "gw", [Sighting(fp, before - MINUTE, before)]) == Recorded(1, 0, 0)
     with reading(authority.engine) as conn:
         row = conn.execute(select(sightings)).one()
-    assert row.first_seen == before and row.last_seen >= revoked_at and row.revoked_seen_at is None
+    # The last sighting is the clamped first report's (the store's clock then, just after `now`).
+    assert (row.first_seen, row.revoked_seen_at) == (before, now) and now <= row.last_seen < now + MINUTE

@@ -91,18 +91,20 @@ def _row(
 
 
 def _upsert(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Insert, or move an existing row's last sighting on (its first stays; a revoked sighting is
-    kept until a later one replaces it). SQLite and PostgreSQL spell ON CONFLICT alike."""
+    """Insert, or move an existing row's sightings on: its first stays, its last and its last
+    past revocation only ever move later (a report arriving late changes nothing). SQLite and
+    PostgreSQL spell ON CONFLICT alike; the later of two values is max() on one, greatest() on
+    the other (SQLite's max() is NULL if either is, hence the coalesces)."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    later = func.max if dialect is sqlite else func.greatest
     stmt = dialect.insert(sightings)
+    new, old = stmt.excluded.revoked_seen_at, sightings.c.revoked_seen_at
     conn.execute(
         stmt.on_conflict_do_update(
             index_elements=[sightings.c.gateway, sightings.c.certificate_id],
             set_={
-                "last_seen": func.max(stmt.excluded.last_seen, sightings.c.last_seen)
-                if dialect is sqlite
-                else func.greatest(stmt.excluded.last_seen, sightings.c.last_seen),
-                "revoked_seen_at": func.coalesce(stmt.excluded.revoked_seen_at, sightings.c.revoked_seen_at),
+                "last_seen": later(stmt.excluded.last_seen, sightings.c.last_seen),
+                "revoked_seen_at": later(func.coalesce(new, old), func.coalesce(old, new)),
             },
         ),
         rows,
