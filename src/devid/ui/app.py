@@ -342,7 +342,8 @@ class Dashboard:
             with reading(self.authority.engine) as conn:
                 listed = queries.revocation_list(conn, where)
                 start, weeks = queries.revoked_weeks(conn, now)
-                samples = queries.latest_serials(conn, [ca.name for ca in self.authority.device_issuers()])
+                issuers = [ca.name for ca in self.authority.device_issuers()]
+                samples = queries.latest_certificates(conn, issuers)
                 view = pages.RevocationsView(
                     queries.revocation_totals(conn, r.reason),
                     queries.revocation_totals(conn, r.selector),

@@ -178,7 +178,7 @@ def revoked_weeks(
     return start, out
 
 
-def latest_serials(conn: Connection, issuers: Sequence[str]) -> list[tuple[str, bytes]]:
+def latest_certificates(conn: Connection, issuers: Sequence[str]) -> list[tuple[str, bytes]]:
     """Each named CA's most recently indexed certificate (DER), for a sample OCSP answer: the
     (issuer, idx) index read backwards, one row each."""
     found = []
