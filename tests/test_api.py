@@ -12,7 +12,7 @@ import http.client
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from sqlalchemy import select
 from devid.api import tokens
 from devid.api.app import ANONYMOUS_RATE
 from devid.api.endpoints import ROUTES
+from devid.api.endpoints.gateways import parse_time
 from devid.api.routes import PREFIX
 from devid.authority.core import Authority
 from devid.authority.credential_key import Purpose
@@ -576,3 +577,19 @@ def test_gateway_sightings_need_the_gateway_role_and_a_sane_report(api: Api) -> 
     with reading(api.authority.engine) as conn:
         assert [r.gateway for r in conn.execute(select(sightings))] == ["edge-1:8883"]
     assert [e.actor for e in api.events("api.POST /api/v1/gateways")][-1] == "token:gw-token"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-01-01T00:00:60Z", datetime(2026, 1, 1, 0, 0, 59, tzinfo=UTC)),  # a leap second
+        ("2026-01-01t01:02:03.123456789z", datetime(2026, 1, 1, 1, 2, 3, 123456, tzinfo=UTC)),
+        ("2026-01-01T01:00:00-00:00", datetime(2026, 1, 1, 1, tzinfo=UTC)),
+        ("2026-01-01T01:00:00+01:00", datetime(2026, 1, 1, tzinfo=UTC)),
+        ("0001-01-01T00:00:00+01:00", datetime.min.replace(tzinfo=UTC)),  # before Python's range in UTC
+        ("9999-12-31T23:59:59-01:00", datetime.max.replace(tzinfo=UTC)),
+    ],
+)
+def test_report_times_take_what_rfc3339_allows(text: str, expected: datetime) -> None:
+    """Whatever the schema's date-time format admits is read, as aware UTC, never refused."""
+    assert parse_time(text) == expected

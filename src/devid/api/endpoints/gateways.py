@@ -38,7 +38,7 @@ RECORDED = obj(
 _RFC3339 = re.compile(r"(\d{4}-\d\d-\d\d)[Tt](\d\d:\d\d):(\d\d)(\.\d+)?([Zz]|[+-]\d\d:\d\d)")
 
 
-def _time(text: str) -> datetime:
+def parse_time(text: str) -> datetime:
     """An RFC 3339 time as aware UTC. Python's parser takes less than RFC 3339 allows, and a
     well-formed report must not be refused for it: a leap second is read as :59, digits past the
     microsecond are dropped, and a time beyond Python's range once in UTC is its nearest end."""
@@ -60,7 +60,7 @@ def report_sightings(call: Call) -> dict[str, Any]:
     """Keep the certificates a gateway saw connected since its last report (a first sighting
     later than the last is read as the last)."""
     seen = [
-        sightings.Sighting(item["fingerprint"], _time(item["first_seen"]), _time(item["last_seen"]))
+        sightings.Sighting(item["fingerprint"], parse_time(item["first_seen"]), parse_time(item["last_seen"]))
         for item in call.body["sessions"]
     ]
     done = sightings.record(call.authority, call.path["name"], seen)
