@@ -222,7 +222,9 @@ def test_gateways_report_sessions_and_health_names_a_revoked_device_still_connec
     enforcing = Gateway(*common, "--server", f"http://127.0.0.1:{http_port}/ocsp", "--name", "edge-enforcing")
     # Its status server never answers: under --fail open it admits (and keeps) on no data at all.
     lax = Gateway(
-        *common, "--server", f"http://127.0.0.1:{free_port()}/ocsp", "--fail", "open", "--name", "edge-open"
+        *common,
+        *("--server", f"http://127.0.0.1:{free_port()}/ocsp", "--fail", "open", "--name", "edge-open"),
+        *("--metrics-port", "0"),
     )
     fingerprint = hashlib.sha256(creds["GW-2"].cert.public_bytes(Encoding.DER)).hexdigest()
 
@@ -277,6 +279,12 @@ def test_gateways_report_sessions_and_health_names_a_revoked_device_still_connec
         assert (finding["severity"], finding["count"]) == ("critical", 1)
         assert finding["examples"][0].startswith("GW-2 (certificate ")
         assert "at gateway edge-open, 10 min after its revocation" in finding["examples"][0]
+        assert lax.metrics is not None
+        with urllib.request.urlopen(lax.metrics) as answer:
+            scraped = answer.read().decode()
+        reported = re.search(r"^devid_gateway_sightings_reported_total (\d+)\.0$", scraped, re.M)
+        assert reported is not None and int(reported.group(1)) >= 3, scraped  # a report a second
+        assert "devid_gateway_report_failures_total 0.0" in scraped
         kept.close()
     finally:
         enforcing.stop()
