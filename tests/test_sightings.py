@@ -38,9 +38,9 @@ def _ldevids(auth: Authority, *serials: str) -> dict[str, str]:
         return {r.serial: r.fingerprint for r in rows}
 
 
-def _finding(auth: Authority) -> Finding:
+def _finding(auth: Authority, windows: Windows | None = None) -> Finding:
     with reading(auth.engine) as conn:
-        found = {f.check: f for f in run_checks(conn, auth.clock.now(), Windows())}
+        found = {f.check: f for f in run_checks(conn, auth.clock.now(), windows or Windows())}
     return found["revoked-still-connected"]
 
 
@@ -119,6 +119,27 @@ def test_a_lifted_hold_is_no_longer_reported(auth: Authority, clock: FixedClock)
     assert _finding(auth).count == 1
     unrevoke(auth, Selector.DEVICE, "held", "op")
     assert _finding(auth).count == 0
+
+
+def test_an_old_mark_stops_counting_and_old_rows_go_with_their_gateways_next_report(
+    auth: Authority, clock: FixedClock
+) -> None:
+    fp = _ldevids(auth, "gone", "here")
+    revoke(auth, RevokeRequest(Selector.DEVICE, "gone", Reason.KEY_COMPROMISE), "op")
+    clock.advance(10 * MINUTE)
+    now = clock.now()
+    record(auth, "gw-a", [Sighting(fp["gone"], now, now)])
+    record(auth, "gw-b", [Sighting(fp["gone"], now, now)])
+    assert _finding(auth).count == 2
+    clock.advance(timedelta(days=8))  # "still connected" means within the window (7 days by default)
+    assert _finding(auth).count == 0 and _finding(auth, Windows(connected_days=10)).count == 2
+    clock.advance(timedelta(days=23))  # 31 days unseen: past retention
+    later = clock.now()
+    record(auth, "gw-a", [Sighting(fp["here"], later, later)])  # gw-a's report drops its own old rows
+    with reading(auth.engine) as conn:
+        rows = sorted((r.gateway, r.certificate_id) for r in conn.execute(select(sightings)))
+        ids = dict(conn.execute(select(certificates.c.fingerprint, certificates.c.id)).all())
+    assert rows == sorted([("gw-a", ids[fp["here"]]), ("gw-b", ids[fp["gone"]])])
 
 
 def test_upsert_on_sqlite_and_postgresql(authority: Authority) -> None:

@@ -56,6 +56,8 @@ class Windows:
     expiry_days: int = 30
     fallback_days: int = 7
     approval_days: int = 3
+    #: How recent a revoked certificate's sighting at a gateway must be to count as still connected.
+    connected_days: int = 7
 
 
 @dataclass(frozen=True)
@@ -211,7 +213,7 @@ def revoked_still_connected(
             (),
             "data source missing: no gateway reports its sessions (devid gateway --report)",
         )
-    rows, more = _capped(conn, seen_revoked(), cap)
+    rows, more = _capped(conn, seen_revoked(now - timedelta(days=windows.connected_days)), cap)
     grace = int(CUT_GRACE.total_seconds())
     return Finding(
         "revoked-still-connected",
@@ -222,8 +224,8 @@ def revoked_still_connected(
             f"{_elapsed(r.revoked_seen_at - r.revoked_at)} after its revocation)"
             for r in rows[:limit]
         ),
-        f"revoked certificates gateways reported connected over {grace} s after their revocation "
-        "(one per certificate and gateway)",
+        f"revoked certificates gateways reported connected over {grace} s after their revocation, "
+        f"within the last {windows.connected_days} days (one per certificate and gateway)",
         more,
     )
 

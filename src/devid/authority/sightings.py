@@ -8,6 +8,9 @@ finding (a gateway failing open on stale data, one that does not enforce, a cloc
 grace covers an enforcing gateway's normal cut: it follows the signed status within seconds, and
 a session open at the revocation is last seen at its cut.
 
+A row not seen for `RETENTION` goes when its gateway next reports (a certificate that expired or
+was replaced, a device moved to another gateway): the table holds about what the gateways carry.
+
 Times are the gateway's, clamped to the store's clock: a gateway whose clock runs ahead must not
 date a sighting in the future. Fingerprints the store does not know (a registered manufacturer's
 IDevID, another PKI's certificate) are counted and left out.
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Select, func, select
+from sqlalchemy import Connection, Select, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from devid.authority.core import Authority
@@ -32,6 +35,8 @@ from devid.store.states import CertificateStatus
 #: How long past its revocation a certificate may be reported connected before it counts as
 #: still connected: an enforcing gateway's cut (seconds) plus clock skew between it and the CA.
 CUT_GRACE = timedelta(minutes=2)
+#: How long a (gateway, certificate) row is kept after its last sighting.
+RETENTION = timedelta(days=30)
 #: A gateway's name as it reports (`devid gateway --name`).
 GATEWAY_NAME = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 #: The most sessions one report may carry (a report's body stays well under the server's 64 KiB).
@@ -59,10 +64,13 @@ class Recorded:
 
 
 def record(authority: Authority, gateway: str, seen: Sequence[Sighting]) -> Recorded:
-    """Keep one gateway's report, in one transaction."""
+    """Keep one gateway's report, and drop its rows past `RETENTION`, in one transaction."""
     now = authority.clock.now()
     by_fingerprint = {s.fingerprint: s for s in seen}
     with writing(authority.engine) as conn:
+        conn.execute(
+            delete(sightings).where(sightings.c.gateway == gateway, sightings.c.last_seen < now - RETENTION)
+        )
         known = conn.execute(
             select(certificates.c.id, certificates.c.fingerprint, certificates.c.revoked_at).where(
                 certificates.c.fingerprint.in_(list(by_fingerprint))
@@ -111,9 +119,10 @@ def _upsert(conn: Connection, rows: list[dict[str, Any]]) -> None:
     )
 
 
-def revoked_still_connected() -> Select[Any]:
-    """Revoked certificates seen connected past their revocation, latest first: the certificate,
-    its device, the gateway and when. Reads only the marked rows (their own index)."""
+def revoked_still_connected(since: datetime) -> Select[Any]:
+    """Revoked certificates seen connected past their revocation at or after `since`, latest
+    first: the certificate, its device, the gateway and when. Reads only the marked rows in that
+    range (their own index)."""
     return (
         select(
             certificates.c.serial,
@@ -125,10 +134,7 @@ def revoked_still_connected() -> Select[Any]:
         .select_from(sightings)
         .join(certificates, certificates.c.id == sightings.c.certificate_id)
         .outerjoin(devices, devices.c.id == certificates.c.device_id)
-        .where(
-            sightings.c.revoked_seen_at.is_not(None),
-            certificates.c.status == CertificateStatus.REVOKED,
-        )
+        .where(sightings.c.revoked_seen_at >= since, certificates.c.status == CertificateStatus.REVOKED)
         .order_by(sightings.c.revoked_seen_at.desc())
     )
 

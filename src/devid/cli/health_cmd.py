@@ -32,12 +32,15 @@ def health(
     expiry_window: Annotated[int, _days("--expiry-window", 30, "device certificates expiring within")] = 30,
     fallback_days: Annotated[int, _days("--fallback-days", 7, "devices without an LDevID for over")] = 7,
     approval_days: Annotated[int, _days("--approval-days", 3, "approvals pending for over")] = 3,
+    connected_days: Annotated[
+        int, _days("--connected-days", 7, "revoked certificates a gateway reported connected within")
+    ] = 7,
     home: HomeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run the fleet health checks: one line per check (count 0 when it found nothing), with its
     severity and the first devices named. Exits 1 if any critical or high finding, else 0."""
-    windows = Windows(ca_window, expiry_window, fallback_days, approval_days)
+    windows = Windows(ca_window, expiry_window, fallback_days, approval_days, connected_days)
     engine = store(home)
     try:
         with reading(engine) as conn:

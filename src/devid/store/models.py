@@ -219,6 +219,8 @@ sightings = Table(
     # A device page lists where its certificates were seen.
     Index("ix_sightings_certificate", "certificate_id"),
     Index("ix_sightings_revoked_seen", "revoked_seen_at"),
+    # A gateway's report drops its rows past retention.
+    Index("ix_sightings_gateway_last_seen", "gateway", "last_seen"),
 )
 
 

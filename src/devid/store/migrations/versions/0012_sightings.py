@@ -5,7 +5,8 @@ Revises: 0011
 
 Gateways report the certificates of the sessions they carried (`POST /api/v1/gateways/{name}/
 sightings`); a row per (gateway, certificate) keeps when it was first and last seen, and when it
-was last seen connected although revoked, which `devid health` reads from its own index.
+was last seen connected although revoked, which `devid health` reads from its own index; a
+gateway's report drops its rows unseen for a month, by (gateway, last seen).
 """
 
 from __future__ import annotations
@@ -34,9 +35,11 @@ def upgrade() -> None:
     )
     op.create_index("ix_sightings_certificate", "sightings", ["certificate_id"])
     op.create_index("ix_sightings_revoked_seen", "sightings", ["revoked_seen_at"])
+    op.create_index("ix_sightings_gateway_last_seen", "sightings", ["gateway", "last_seen"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_sightings_gateway_last_seen", table_name="sightings")
     op.drop_index("ix_sightings_revoked_seen", table_name="sightings")
     op.drop_index("ix_sightings_certificate", table_name="sightings")
     op.drop_table("sightings")
