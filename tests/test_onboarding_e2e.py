@@ -5,6 +5,7 @@ their group is disabled — all through the `devid` CLI, the admin API and a run
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -102,7 +103,14 @@ def test_manufacturer_fleet_onboarding_through_cli_api_and_est(tmp_path: Path) -
         assert status == 200 and json.loads(answer)["state"] == "ACTIVE", answer
         # 5. Disabling the group (CLI) blocks new registrations in the running server.
         ok(devid("group", "disable", "sensors", "--home", home))
-        until(lambda: b"enrollment-disabled" in enroll(served, root, acme, "ACME-LATE")[2].encode())
+        # A new serial each try: one that registered before the server saw the change is a device
+        # now, and its next try (with a new key) is refused for its identity, not for the group.
+        tries = itertools.count()
+        until(
+            lambda: (
+                b"enrollment-disabled" in enroll(served, root, acme, f"ACME-LATE-{next(tries)}")[2].encode()
+            )
+        )
         status, _, body = enroll(served, root, acme, "ACME-LATER")
         assert status == 403 and "enrollment-disabled" in body
         assert "ACME-LATER" not in flat(ok(devid("device", "list", "--json", "--home", home)).stdout)
