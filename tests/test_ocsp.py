@@ -29,12 +29,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 
-from devid.bench.ocsp import MemoryStatusSource, export_openssl_index, make_cert
+from devid.authority.core import Authority
+from devid.authority.requests import IssueRequest, NewDevice
+from devid.authority.revocation import RevokeRequest, Selector, revoke
+from devid.bench.ocsp import MemoryStatusSource, export_openssl_index, make_cert, ocsp_request
 from devid.clock import FixedClock
 from devid.errors import ConfigError
+from devid.pki.profiles import ProfileName
 from devid.pki.reasons import Reason
 from devid.publish.ocsp import OcspHttp
 from devid.publish.plain_http import Limits, PlainHttpServer, dispatch
+from devid.publish.service import status_service
 from devid.revocation.ocsp import MALFORMED_REQUEST, UNAUTHORIZED, OcspIssuer, OcspResponder
 from devid.revocation.status import CertStatus, StatusEntry
 
@@ -418,3 +423,18 @@ def test_plain_http_drops_a_slow_sender(servers: Servers) -> None:
         started = time.monotonic()
         assert read_all(sock) == b""
     assert time.monotonic() - started < 3
+
+
+def test_refresh_right_after_a_revocation_reads_the_store_not_a_recent_generation(auth: Authority) -> None:
+    """The store-backed source keeps a generation for a moment (the hot path's poll); the refresh
+    the server makes right after a revocation must not be answered from it."""
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    auth.issue(IssueRequest(ProfileName.IDEVID, key, new_device=NewDevice("OCSP-FRESH")))
+    issued = auth.issue(IssueRequest(ProfileName.LDEVID, key, device_serial="OCSP-FRESH"))
+    responder = status_service(auth).responder
+    request = ocsp_request(auth.cas["operational"].certificate, issued.certificate.serial_number)
+    status = lambda: ocsp.load_der_ocsp_response(responder.respond(request).der).certificate_status  # noqa: E731
+    assert status() is ocsp.OCSPCertStatus.GOOD  # answered, pre-signed and cached, generation read
+    revoke(auth, RevokeRequest(Selector.DEVICE, "OCSP-FRESH", Reason.KEY_COMPROMISE), "t")
+    responder.refresh()
+    assert status() is ocsp.OCSPCertStatus.REVOKED

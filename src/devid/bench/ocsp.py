@@ -147,7 +147,7 @@ class MemoryStatusSource:
         known = self.entries if ca_name == self.ca_name else {}
         return {s: known.get(s) or StatusEntry(s, CertStatus.UNKNOWN) for s in serials}
 
-    def generation(self, ca_name: str) -> int:
+    def generation(self, ca_name: str, *, fresh: bool = False) -> int:
         return self._generation if ca_name == self.ca_name else 0
 
     def changed_since(self, ca_name: str, generation: int) -> list[int]:

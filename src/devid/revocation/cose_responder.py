@@ -77,7 +77,7 @@ class CoseStatusResponder:
         """The signed answer about `query`'s serial (a serial the CA never issued: status unknown)."""
         index = self.issuer_of(query.issuer)
         if self._watch.due():
-            self.refresh()
+            self.refresh(fresh=False)
         key = (index, query.serial)
         now = self._clock.now()
         cached = self._cache.get(key)
@@ -100,9 +100,10 @@ class CoseStatusResponder:
         """Seconds a cache may keep `signed`: until the responder would sign it again."""
         return max(0, int((signed.refresh_at - self._clock.now()).total_seconds()))
 
-    def refresh(self) -> None:
-        """Drop the answers of serials whose status changed since they were signed."""
-        for index, changed in self._watch.changes():
+    def refresh(self, *, fresh: bool = True) -> None:
+        """Drop the answers of serials whose status changed since they were signed (`fresh`: by
+        the store's generations now, as after a revocation; the hot path passes False)."""
+        for index, changed in self._watch.changes(fresh=fresh):
             if changed is None:
                 changed = [serial for (i, serial) in self._cache if i == index]
             for serial in changed:

@@ -250,7 +250,7 @@ class OcspResponder:
     def respond(self, request_der: bytes) -> OcspAnswer:
         """The answer to one DER OCSPRequest; never raises."""
         if self._watch.due():
-            self.refresh()
+            self.refresh(fresh=False)
         self.requests += 1
         now = self._clock.now()
         key = self._request_keys.get(request_der)
@@ -290,13 +290,14 @@ class OcspResponder:
             log.exception("OCSP response failed")
             return OcspAnswer(TRY_LATER if unavailable(exc) is not None else INTERNAL_ERROR)
 
-    def refresh(self) -> None:
+    def refresh(self, *, fresh: bool = True) -> None:
         """Drop the pre-signed answers of serials whose status changed since they were signed.
 
-        The hot path calls it at most every `generation_check_interval` seconds; the server also
-        calls it right after a revocation, so that no answer older than the revocation goes out.
+        The hot path calls it at most every `generation_check_interval` seconds (and may read a
+        generation the source kept for a moment); the server also calls it right after a
+        revocation, reading the store now, so that no answer older than the revocation goes out.
         """
-        for index, changed in self._watch.changes():
+        for index, changed in self._watch.changes(fresh=fresh):
             if changed is None:
                 changed = [serial for (i, serial) in self._covering if i == index]
             for serial in changed:

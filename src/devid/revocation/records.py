@@ -263,11 +263,11 @@ class StoreStatus:
                 found[serial] = StatusEntry(serial, CertStatus.GOOD, not_after=not_after)
         return found
 
-    def generation(self, ca_name: str) -> int:
+    def generation(self, ca_name: str, *, fresh: bool = False) -> int:
         now = time.monotonic()
         with self._lock:
             cached = self._generations.get(ca_name)
-            if cached is not None and now - cached[0] < self._poll:
+            if not fresh and cached is not None and now - cached[0] < self._poll:
                 return cached[1]
         with reading(self._engine) as conn:
             gen = int(conn.execute(select(cas.c.revocation_gen).where(cas.c.name == ca_name)).scalar() or 0)

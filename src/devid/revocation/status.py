@@ -37,8 +37,9 @@ class StatusSource(Protocol):
         """The status of each serial of CA `ca_name` (every serial asked gets an entry)."""
         ...
 
-    def generation(self, ca_name: str) -> int:
-        """A number that grows whenever any status under `ca_name` changes: caches compare it."""
+    def generation(self, ca_name: str, *, fresh: bool = False) -> int:
+        """A number that grows whenever any status under `ca_name` changes: caches compare it.
+        `fresh`: read now, not a value a source may have kept for a moment (after a revocation)."""
         ...
 
     def changed_since(self, ca_name: str, generation: int) -> list[int]:

@@ -26,16 +26,17 @@ class GenerationWatch:
     def due(self) -> bool:
         return time.monotonic() >= self._next_check
 
-    def changes(self) -> list[tuple[int, list[int] | None]]:
+    def changes(self, *, fresh: bool = False) -> list[tuple[int, list[int] | None]]:
         """(CA index, the serials whose status changed) for each CA whose generation moved since
         the last call; None instead of serials when the record went back (it was replaced: trust
         no answer of that CA). A CA whose generation cannot be read is skipped: answers signed
-        before stay true until their nextUpdate."""
+        before stay true until their nextUpdate. `fresh`: generations read from the store now (a
+        caller that just revoked must not get the source's recent, older reading)."""
         self._next_check = time.monotonic() + self._interval
         found: list[tuple[int, list[int] | None]] = []
         for index, name in enumerate(self._names):
             try:
-                generation = self._source.generation(name)
+                generation = self._source.generation(name, fresh=fresh)
                 if generation == self._generations[index]:
                     continue
                 changed = (
