@@ -34,6 +34,7 @@ from devid.authority.roles import Permission, Role, allows
 from devid.authority.setup import open_authority
 from devid.clock import FixedClock
 from devid.config import Home
+from devid.errors import PolicyError
 from devid.store import audit
 from devid.store.engine import reading
 from devid.store.models import certificates, sightings
@@ -593,3 +594,9 @@ def test_gateway_sightings_need_the_gateway_role_and_a_sane_report(api: Api) -> 
 def test_report_times_take_what_rfc3339_allows(text: str, expected: datetime) -> None:
     """Whatever the schema's date-time format admits is read, as aware UTC, never refused."""
     assert parse_time(text) == expected
+
+
+def test_a_report_time_that_is_not_rfc3339_is_refused() -> None:
+    with pytest.raises(PolicyError) as info:
+        parse_time("2026-01-01 00:00:00")  # no T, no offset
+    assert info.value.code == "request-invalid"

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from e2e import devid
 from paho.mqtt.enums import CallbackAPIVersion
 
 from devid.authority.core import Authority
@@ -598,3 +599,26 @@ def test_a_report_url_must_be_https() -> None:
     with pytest.raises(ConfigError) as info:
         Reporter("http://devid:8443", "tok", ssl.create_default_context(), "edge", dt.timedelta(minutes=1))
     assert info.value.code == "gateway-report"
+
+
+@pytest.mark.parametrize(
+    ("extra", "code"),
+    [
+        ([], "gateway-report"),  # no token file
+        (["--report-token-file", "EMPTY"], "gateway-report"),
+        (["--report-token-file", "TOKEN", "--name", "edge one"], "gateway-name"),
+    ],
+)
+def test_report_options_are_checked_before_the_gateway_listens(pki: Pki, extra: list[str], code: str) -> None:
+    (pki.dir / "EMPTY").write_text("\n")
+    (pki.dir / "TOKEN").write_text("devid_token\n")
+    (pki.dir / "bundle.pem").write_bytes(pem_certs(*pki.anchors))
+    args = [str(pki.dir / a) if a in ("EMPTY", "TOKEN") else a for a in extra]
+    result = devid(
+        "gateway", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:9",
+        "--ca-bundle", pki.dir / "bundle.pem",
+        "--cert", pki.server.cert_file, "--key", pki.server.key_file, "--server", "http://127.0.0.1:9/ocsp",
+        "--status", "ocsp", "--no-events", "--report", "https://127.0.0.1:9", *args,
+    )  # fmt: skip
+    assert result.returncode == 2 and f"[{code}]" in result.stderr, result.stderr
+    assert "devid gateway on" not in result.stdout  # it never listened

@@ -106,7 +106,7 @@ class Session:
     upstream: asyncio.StreamWriter
     admitted_at: datetime
     #: SHA-256 of the presented certificate (DER), hex: what a report names it by.
-    fingerprint: str = ""
+    fingerprint: str
     cut_reason: str | None = None
 
     def cut(self, reason: str) -> None:
